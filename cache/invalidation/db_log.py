@@ -1,0 +1,105 @@
+"""The invalidation log as a table in the app database (the embedded default).
+
+Ids come from the table's sequence, but a sequence hands out ids at insert time, not at
+commit: two concurrent writers could commit 6 before 5, and a reader that saw 6 would skip
+5 for ever. So every append takes one transaction-scoped advisory lock on PostgreSQL
+(SQLite serialises writers itself): ids then become visible in order. Readers poll.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+
+from cache.invalidation.events import id_key
+from cache.invalidation.log import NOTHING, Batch, LogState, LogUnavailable
+from cache.invalidation.tables import invalidation_log
+
+APPEND_LOCK = 0x63776976  # "cwiv": the advisory lock that orders appends on PostgreSQL
+TRIM_EVERY = 100
+EPOCH = "db"  # a table is not lost by a restart: one epoch for ever
+
+
+def _unavailable(exc: sa.exc.SQLAlchemyError) -> LogUnavailable:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return LogUnavailable(f"invalidation log table unreachable: {exc.__class__.__name__}: {first}")
+
+
+class DatabaseLog:
+    """`invalidation_log` on `engine`, trimmed to about `maxlen` rows, polled by readers."""
+
+    def __init__(self, engine: sa.Engine, maxlen: int = 100_000, poll_interval: float = 0.05):
+        self.engine = engine
+        self.maxlen = maxlen
+        self.poll_interval = poll_interval
+
+    def append(self, data: str) -> str:
+        try:
+            with self.engine.begin() as conn:
+                return self.append_in(conn, [data])[-1]
+        except sa.exc.SQLAlchemyError as exc:
+            raise _unavailable(exc) from exc
+
+    def append_in(self, conn: sa.Connection, datas: list[str]) -> list[str]:
+        """Append in the caller's transaction (the relay uses this: exactly once)."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(APPEND_LOCK)))
+        ids = [
+            conn.execute(
+                invalidation_log.insert().values(data=data).returning(invalidation_log.c.id)
+            ).scalar_one()
+            for data in datas
+        ]
+        if any(i % TRIM_EVERY == 0 for i in ids):
+            bound = ids[-1] - self.maxlen
+            conn.execute(invalidation_log.delete().where(invalidation_log.c.id <= bound))
+        return [str(i) for i in ids]
+
+    def state(self) -> LogState:
+        try:
+            with self.engine.connect() as conn:
+                head = conn.execute(sa.select(sa.func.max(invalidation_log.c.id))).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise _unavailable(exc) from exc
+        return LogState(EPOCH, NOTHING if head is None else str(head))
+
+    def read(self, after: str, count: int = 500) -> Batch:
+        cursor = id_key(after)[0]
+        query = sa.select(invalidation_log.c.id, invalidation_log.c.data).order_by(
+            invalidation_log.c.id
+        )
+        if cursor == 0:
+            query = query.where(invalidation_log.c.id > 0).limit(count)
+        else:  # include the cursor's own row: if it is gone, rows after it may be too
+            query = query.where(invalidation_log.c.id >= cursor).limit(count + 1)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise _unavailable(exc) from exc
+        gap = False
+        if cursor and rows:
+            if rows[0].id == cursor:
+                rows = rows[1:]
+            else:
+                gap = True
+        return Batch(EPOCH, gap, [(str(row.id), row.data) for row in rows])
+
+    def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
+        stop.wait(min(timeout, self.poll_interval))
+
+    def close(self) -> None:
+        """Nothing to release: the engine belongs to the caller."""
+
+    def trim(self, maxlen: int) -> int:
+        """Keep only the newest `maxlen` rows (tests, operators); returns rows removed."""
+        try:
+            with self.engine.begin() as conn:
+                head = conn.execute(sa.select(sa.func.max(invalidation_log.c.id))).scalar() or 0
+                result = conn.execute(
+                    invalidation_log.delete().where(invalidation_log.c.id <= head - maxlen)
+                )
+                return result.rowcount
+        except sa.exc.SQLAlchemyError as exc:
+            raise _unavailable(exc) from exc

@@ -1,0 +1,353 @@
+"""Following the log in one process: the tracker (cursor, gap handling, applying events)
+and the listener thread that tails the log on a reconnecting loop with hooks.
+
+The tracker is the one place events are applied, by the listener thread and by the
+task-start catch-up alike, under one lock. Its state lives on the target (the process's
+cached-table registry): `target.cursor` is the id of the last event applied and
+`target.listener` holds the stats and the log's epoch. A process that might have missed
+events (a gap, a new epoch, an unreachable log) drops its cached tables, which reload on
+their next read: never a silent stale read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Protocol
+
+from cache.errors import CacheworkError, TransientError, ValidationError
+from cache.invalidation.events import Event, decode_event, id_key, is_after
+from cache.invalidation.log import NOTHING, Batch, InvalidationLog, LogState, LogUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Target(Protocol):
+    """What the listener invalidates: a process's cached-table registry."""
+
+    cursor: str
+    listener: dict
+
+    def names(self) -> list[str]: ...
+    def coerce_key(self, name: str, key: object) -> object: ...
+    def invalidate(self, name: str, keys: list | None) -> None: ...
+    def drop_all(self, reason: str) -> None: ...
+
+
+STAT_KEYS = ("applied", "ignored", "malformed", "gaps", "drops", "reconnects", "catch_ups")
+
+
+class Tracker:
+    """This process's position in the log; applies events to `target`, drops on doubt."""
+
+    def __init__(
+        self,
+        target: Target,
+        log: InvalidationLog,
+        *,
+        max_keys: int = 10_000,
+        batch: int = 500,
+        recent: int = 4096,
+    ) -> None:
+        self.target = target
+        self.log = log
+        self.max_keys = max_keys
+        self.batch = batch
+        self.recent: deque[tuple[str, float]] = deque(maxlen=recent)  # (id, applied at)
+        self._lock = threading.RLock()
+        stats = target.listener
+        for key in STAT_KEYS:
+            stats.setdefault(key, 0)
+        stats.setdefault("epoch", None)
+        stats.setdefault("connected", False)
+        stats.setdefault("last_drop", None)
+
+    @property
+    def cursor(self) -> str:
+        return self.target.cursor
+
+    @property
+    def stats(self) -> dict:
+        return self.target.listener
+
+    # --- reading ------------------------------------------------------------------------
+
+    def sync(self, source: InvalidationLog | None = None) -> int:
+        """Apply what this process has not seen yet: one `state()` call when up to date.
+
+        Raises LogUnavailable if the log cannot be reached."""
+        source = source or self.log
+        with self._lock:
+            state = source.state()
+            if self.stats["epoch"] is None or state.epoch != self.stats["epoch"]:
+                self._adopt(state)
+                return 0
+            if not is_after(state.head, self.cursor):
+                return 0
+            return self._drain(source)
+
+    def poll(self, source: InvalidationLog | None = None) -> int:
+        """Read and apply whatever follows the cursor (the listener's step)."""
+        source = source or self.log
+        with self._lock:
+            if self.stats["epoch"] is None:
+                self._adopt(source.state())
+                return 0
+            return self._drain(source)
+
+    def catch_up(self) -> int:
+        """`sync()` for the start of a task: never raises; if the log cannot be reached,
+        the cached tables are dropped (the task then reads fresh records)."""
+        try:
+            applied = self.sync()
+        except LogUnavailable as exc:
+            self.drop(f"invalidation log unreachable at task start ({exc})")
+            return 0
+        except Exception as exc:
+            log.exception("invalidation catch-up failed")
+            self.drop(f"invalidation catch-up failed ({exc.__class__.__name__}: {exc})")
+            return 0
+        if applied:
+            self.stats["catch_ups"] += 1
+        return applied
+
+    def wait_for(self, event_id: str, timeout: float = 5.0) -> None:
+        """Return once event `event_id` is applied here (or the tables were dropped after it
+        was published); TransientError naming it after `timeout` seconds."""
+        target = id_key(event_id)
+        drops = self.stats["drops"]
+        deadline = time.monotonic() + timeout
+        while True:
+            if id_key(self.cursor) >= target or self.stats["drops"] > drops:
+                return
+            self.catch_up()
+            if id_key(self.cursor) >= target or self.stats["drops"] > drops:
+                return
+            if time.monotonic() >= deadline:
+                raise TransientError(
+                    f"invalidation event_id={event_id!r} was not applied within {timeout}s "
+                    f"(this process is at {self.cursor!r})"
+                )
+            time.sleep(0.01)
+
+    def drop(self, reason: str) -> None:
+        """Drop every cached table of the target (they reload on their next read)."""
+        with self._lock:
+            log.warning("dropping cached tables: %s", reason)
+            self.target.drop_all(reason)
+            self.stats["drops"] += 1
+            self.stats["last_drop"] = reason
+
+    # --- internals (lock held) -----------------------------------------------------------
+
+    def _adopt(self, state: LogState) -> None:
+        """Start following at the head; drop first unless this is a fresh process."""
+        old_epoch = self.stats["epoch"]
+        if old_epoch is not None or self.cursor != NOTHING:
+            self.drop(
+                f"the invalidation log was replaced (epoch {old_epoch!r} -> {state.epoch!r}, "
+                f"e.g. Redis restarted without persistence): events after {self.cursor!r} "
+                "may be lost"
+            )
+        self.stats["epoch"] = state.epoch
+        self.target.cursor = state.head
+
+    def _drain(self, source: InvalidationLog) -> int:
+        applied = 0
+        while True:
+            before = self.cursor
+            batch = source.read(before, self.batch)
+            if batch.epoch != self.stats["epoch"] or batch.gap:
+                self._lost(source, batch, before)
+                return applied
+            if not batch.entries:
+                return applied
+            applied += self._apply(batch)
+            if len(batch.entries) < self.batch:
+                return applied
+
+    def _lost(self, source: InvalidationLog, batch: Batch, before: str) -> None:
+        state = source.state()  # read before dropping: events after it are read normally
+        if batch.epoch != self.stats["epoch"]:
+            self._adopt(state)
+        else:
+            self.stats["gaps"] += 1
+            self.drop(
+                f"gap: the invalidation log was trimmed past this process's cursor {before!r}"
+            )
+            self.target.cursor = state.head
+            self.stats["epoch"] = state.epoch
+
+    def _apply(self, batch: Batch) -> int:
+        names = set(self.target.names())
+        applied = 0
+        for event_id, raw in batch.entries:
+            if not is_after(event_id, self.cursor):
+                continue
+            try:
+                event = decode_event(raw, self.max_keys)
+            except ValidationError as exc:
+                self.stats["malformed"] += 1
+                log.warning("skipping malformed invalidation %s: %s", event_id, exc)
+            else:
+                try:
+                    if self._apply_event(event, names):
+                        applied += 1
+                except Exception as exc:  # never stop following; never keep what may be stale
+                    log.exception("could not apply invalidation %s", event_id)
+                    self.drop(f"could not apply invalidation {event_id} ({exc})")
+            self.target.cursor = event_id
+            self.recent.append((event_id, time.time()))
+        return applied
+
+    def _apply_event(self, event: Event, names: set[str]) -> bool:
+        if event.table not in names:
+            self.stats["ignored"] += 1
+            return False
+        if event.keys is None:
+            self.target.invalidate(event.table, None)
+        else:
+            keys = []
+            for key in event.keys:
+                try:
+                    keys.append(self.target.coerce_key(event.table, key))
+                except CacheworkError:  # cannot be the key of any cached record
+                    log.debug("invalidation key %r does not fit table %s", key, event.table)
+            if keys:
+                self.target.invalidate(event.table, keys)
+        self.stats["applied"] += 1
+        return True
+
+
+class ReconnectingLoop:
+    """A daemon thread running connect -> iterate until stopped, reconnecting with backoff.
+
+    The shape of kombu's ConsumerMixin: subclasses fill in hooks; reconnecting, backoff,
+    unexpected errors and shutdown are handled here, in one tested place.
+    """
+
+    name = "cachework-loop"
+    recoverable: tuple[type[BaseException], ...] = (LogUnavailable,)
+    backoff_start = 0.05
+    backoff_max = 5.0
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # hooks
+    def on_connect(self) -> None:
+        """(Re)connect; called before the first iteration and after each error."""
+
+    def on_iteration(self) -> None:
+        """One unit of work; should block at most a short while (it is not interrupted)."""
+        raise NotImplementedError
+
+    def on_connection_error(self, exc: BaseException, delay: float) -> float:
+        """A recoverable error; returns how long to wait before reconnecting."""
+        return delay
+
+    def on_unexpected_error(self, exc: BaseException) -> None:
+        log.exception("%s: unexpected error, restarting the loop", self.name)
+
+    def on_stop(self) -> None:
+        """Called once, in the thread, after the loop ends."""
+
+    # the loop
+    def run(self) -> None:
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.on_connect()
+                    while not self._stop.is_set():
+                        self.on_iteration()
+                        failures = 0
+                except self.recoverable as exc:
+                    failures += 1
+                    delay = min(self.backoff_max, self.backoff_start * 2 ** min(failures - 1, 20))
+                    self._stop.wait(self.on_connection_error(exc, delay))
+                except Exception as exc:
+                    failures += 1
+                    self.on_unexpected_error(exc)
+                    self._stop.wait(min(self.backoff_max, self.backoff_start * 2**failures))
+        finally:
+            self.on_stop()
+
+    def start(self) -> ReconnectingLoop:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the loop to end and wait for it; True if the thread is gone."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self.alive
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+
+class Listener(ReconnectingLoop):
+    """Tails `log` for `tracker` in a daemon thread. If the log stays unreachable for
+    `stale_after` seconds it drops the cached tables (and again every `stale_after` seconds
+    while the outage lasts), since invalidations may be passing it by."""
+
+    name = "cachework-invalidation-listener"
+
+    def __init__(
+        self, tracker: Tracker, log: InvalidationLog, *, stale_after: float = 30.0, block=0.5
+    ) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.log = log
+        self.stale_after = stale_after
+        self.block = block
+        self._down_since: float | None = None
+        self._last_drop: float | None = None
+
+    def on_connect(self) -> None:
+        if self._down_since is not None:
+            self.log.close()  # fresh connections after an error
+        self.tracker.poll(self.log)
+        stats = self.tracker.stats
+        stats["connected"] = True
+        if self._down_since is not None:
+            stats["reconnects"] += 1
+            log.info(
+                "invalidation listener reconnected after %.1fs",
+                time.monotonic() - self._down_since,
+            )
+        self._down_since = self._last_drop = None
+
+    def on_iteration(self) -> None:
+        if self.tracker.poll(self.log) == 0:
+            self.log.wait(self.tracker.cursor, self.block, self._stop)
+
+    def on_connection_error(self, exc: BaseException, delay: float) -> float:
+        now = time.monotonic()
+        self.tracker.stats["connected"] = False
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("invalidation listener lost the log, reconnecting: %s", exc)
+        since = self._last_drop if self._last_drop is not None else self._down_since
+        if now - since >= self.stale_after:
+            self.tracker.drop(f"invalidation log unreachable for {now - self._down_since:.1f}s")
+            self._last_drop = since = now
+        return max(0.01, min(delay, since + self.stale_after - now))
+
+    def on_stop(self) -> None:
+        self.tracker.stats["connected"] = False
+        try:
+            self.log.close()
+        except Exception:  # closing a broken connection must not mask the shutdown
+            log.debug("closing the invalidation log failed", exc_info=True)

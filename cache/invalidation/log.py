@@ -1,0 +1,67 @@
+"""The invalidation log: one interface, two implementations (Redis Stream, database table).
+
+The log is durable and ordered; every entry gets an id that grows. Readers never consume
+entries (no consumer groups): each process tails the log from its own cursor, so every
+process sees every entry, and one that was away catches up. What a reader cannot see by
+itself is that entries it never read are gone; `Batch.gap` and `LogState.epoch` tell it:
+
+- `gap`: the entry at the reader's cursor is no longer in the log (it was trimmed), so
+  entries after it may have been trimmed unread too;
+- `epoch`: an id of the log's lifetime; a Redis restarted without persistence starts a new
+  stream (and a new epoch), so a reader holding the old epoch knows it lost entries.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cache.errors import TransientError
+
+NOTHING = "0"  # the cursor of a reader that has seen nothing yet / head of an empty log
+
+
+class LogUnavailable(TransientError):
+    """The log cannot be reached (connection lost, server restarting, database down)."""
+
+
+@dataclass(frozen=True)
+class LogState:
+    """What one cheap call tells about the log: its epoch and the id of its newest entry."""
+
+    epoch: str | None
+    head: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Entries after a cursor, read atomically with the checks that make skipping visible."""
+
+    epoch: str | None
+    gap: bool
+    entries: list[tuple[str, object]] = field(default_factory=list)  # (id, raw payload)
+
+
+class InvalidationLog(Protocol):
+    """A durable, ordered log of JSON events. Errors reaching it raise LogUnavailable."""
+
+    def append(self, data: str) -> str:
+        """Store one event (JSON text); returns its id."""
+        ...
+
+    def state(self) -> LogState:
+        """Epoch and head id, in one round trip (task-start catch-up calls this)."""
+        ...
+
+    def read(self, after: str, count: int = 500) -> Batch:
+        """Up to `count` entries with ids after `after`, oldest first, plus gap/epoch."""
+        ...
+
+    def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
+        """Block until an entry after `after` may exist, `timeout` passes, or `stop` is set."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (the log can be used again; it reconnects)."""
+        ...

@@ -1,0 +1,138 @@
+"""The invalidation log as a Redis Stream (when Redis is configured).
+
+`XADD ... MAXLEN ~ n` keeps the stream bounded; readers use plain `XRANGE`/`XREAD` from
+their own cursor (no consumer groups), so every process sees every entry. Each call is
+one round trip: small Lua scripts read the epoch key and the stream together, so the gap
+and epoch checks are atomic with the read they guard.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from cache.invalidation.log import NOTHING, Batch, LogState, LogUnavailable
+
+STREAM_KEY = "cachework:invalidations"
+FIELD = b"e"
+
+# Every script makes sure the epoch key exists, so all readers agree on one epoch.
+_EPOCH = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then epoch = ARGV[1]; redis.call('SET', KEYS[2], epoch) end
+"""
+APPEND = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[1]) end
+return id
+"""
+STATE = (
+    _EPOCH
+    + """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local head = '0'
+if #last > 0 then head = last[1][1] end
+return {epoch, head}
+"""
+)
+READ = (
+    _EPOCH
+    + """
+local gap = 0
+local entries
+if ARGV[2] == '0' then
+  entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[3])
+else
+  entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', tonumber(ARGV[3]) + 1)
+  if #entries > 0 and entries[1][1] == ARGV[2] then
+    table.remove(entries, 1)
+  elseif #entries > 0 then
+    gap = 1
+  end
+end
+return {epoch, gap, entries}
+"""
+)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _unavailable(exc: redis.RedisError) -> LogUnavailable:
+    return LogUnavailable(f"invalidation stream unreachable: {exc.__class__.__name__}: {exc}")
+
+
+class RedisLog:
+    """A Redis Stream `key` (plus `key:epoch`), trimmed to about `maxlen` entries."""
+
+    def __init__(self, client: redis.Redis, key: str = STREAM_KEY, maxlen: int = 100_000):
+        self.client = client
+        self.key = key
+        self.epoch_key = f"{key}:epoch"
+        self.maxlen = maxlen
+        self._append = client.register_script(APPEND)
+        self._state = client.register_script(STATE)
+        self._read = client.register_script(READ)
+
+    @classmethod
+    def for_listener(cls, url: str, key: str = STREAM_KEY, maxlen: int = 100_000) -> RedisLog:
+        """A log on a connection of its own that never retries behind the caller's back:
+        a listener must see every disconnect (it checks the epoch after reconnecting)."""
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        return cls(client, key, maxlen)
+
+    def append(self, data: str) -> str:
+        try:
+            new_epoch = uuid.uuid4().hex
+            return _text(self._append([self.key, self.epoch_key], [new_epoch, self.maxlen, data]))
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def state(self) -> LogState:
+        try:
+            epoch, head = self._state([self.key, self.epoch_key], [uuid.uuid4().hex])
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return LogState(_text(epoch), _text(head))
+
+    def read(self, after: str, count: int = 500) -> Batch:
+        args = [uuid.uuid4().hex, after, count]
+        try:
+            epoch, gap, raw = self._read([self.key, self.epoch_key], args)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        entries: list[tuple[str, object]] = []
+        for entry_id, fields in raw:
+            pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+            entries.append((_text(entry_id), pairs.get(FIELD, pairs.get("e", pairs))))
+        return Batch(_text(epoch), bool(gap), entries)
+
+    def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
+        if stop.is_set():
+            return
+        start = "0-0" if after == NOTHING else after
+        try:
+            self.client.xread({self.key: start}, count=1, block=max(1, int(timeout * 1000)))
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def close(self) -> None:
+        self.client.connection_pool.disconnect()
+
+    def trim(self, maxlen: int) -> int:
+        """Trim exactly to `maxlen` entries (tests, operators); returns entries removed."""
+        try:
+            return int(self.client.xtrim(self.key, maxlen=maxlen, approximate=False))
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc

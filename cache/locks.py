@@ -1,0 +1,259 @@
+"""The rebuild lock and dirty flag of one (project, app) cache scope.
+
+Queue-time deduplication would drop a rebuild requested while one runs and leave the cache
+stale. Instead each scope has a run lock plus a set of dirty item names: a request marks
+the names dirty and then tries the lock; the holder takes the dirty names, rebuilds them,
+and loops until none are left, checking once more after releasing. So no request is lost
+and no two rebuilds of a scope run at once.
+
+Two backends with one interface: Redis (`SET NX PX`, renewed by a Lua compare-and-extend,
+dirty names in a set) when a client is given, else two small tables in the app database.
+A `Renewer` thread keeps the lock alive while a long rebuild runs; if renewal ever fails
+the lock is marked lost and the holder must not commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cache.schema import metadata
+
+log = logging.getLogger(__name__)
+ALL = "*"  # the dirty name that means "every item of the scope"
+PREFIX = "cachework:cache"
+
+cache_locks = sa.Table(
+    "cache_locks",
+    metadata,
+    sa.Column("key", sa.String(600), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("expires_ms", sa.BigInteger, nullable=True),
+)
+cache_dirty = sa.Table(
+    "cache_dirty",
+    metadata,
+    sa.Column("key", sa.String(600), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+)
+
+
+def scope_key(project: str | None, app_name: str) -> str:
+    """The lock key of one scope; '-' stands for the site-wide items."""
+    return f"{app_name}:{project or '-'}"
+
+
+class RebuildLock(Protocol):
+    """One scope's run lock and dirty names."""
+
+    key: str
+    lost: bool
+
+    def mark_dirty(self, names: list[str] | None) -> None: ...
+    def take_dirty(self) -> set[str]: ...
+    def is_dirty(self) -> bool: ...
+    def acquire(self) -> bool: ...
+    def renew(self) -> bool: ...
+    def release(self) -> None: ...
+
+
+class LockBackend(Protocol):
+    ttl_ms: int
+
+    def lock(self, key: str) -> RebuildLock: ...
+
+
+def _names(names: list[str] | None) -> list[str]:
+    return [ALL] if not names else list(dict.fromkeys(names))
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # noqa: E501
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"  # noqa: E501
+
+
+class RedisLock:
+    """`SET NX PX` with an owner token; renew and release only while still the owner."""
+
+    def __init__(self, client, key: str, ttl_ms: int) -> None:
+        self.client = client
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._lock_key = f"{PREFIX}:lock:{key}"
+        self._dirty_key = f"{PREFIX}:dirty:{key}"
+
+    def mark_dirty(self, names: list[str] | None) -> None:
+        self.client.sadd(self._dirty_key, *_names(names))
+
+    def take_dirty(self) -> set[str]:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.smembers(self._dirty_key)
+        pipe.delete(self._dirty_key)
+        members, _ = pipe.execute()
+        return {m.decode() if isinstance(m, bytes) else m for m in members}
+
+    def is_dirty(self) -> bool:
+        return bool(self.client.exists(self._dirty_key))
+
+    def acquire(self) -> bool:
+        self.lost = False
+        return bool(self.client.set(self._lock_key, self.token, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> bool:
+        return bool(self.client.eval(_RENEW, 1, self._lock_key, self.token, self.ttl_ms))
+
+    def release(self) -> None:
+        self.client.eval(_RELEASE, 1, self._lock_key, self.token)
+
+
+class RedisLocks:
+    def __init__(self, client, ttl_ms: int) -> None:
+        self.client = client
+        self.ttl_ms = ttl_ms
+
+    def lock(self, key: str) -> RedisLock:
+        return RedisLock(self.client, key, self.ttl_ms)
+
+
+# --- database -------------------------------------------------------------------------------
+
+
+def _insert(engine: sa.Engine, table: sa.Table):
+    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DatabaseLock:
+    """A row per scope with owner and expiry; taken by a conditional UPDATE (atomic on
+    PostgreSQL and SQLite). Each call is its own short transaction on `engine`, apart
+    from the rebuild's session."""
+
+    def __init__(self, engine: sa.Engine, key: str, ttl_ms: int) -> None:
+        self.engine = engine
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.token = uuid.uuid4().hex
+        self.lost = False
+
+    def mark_dirty(self, names: list[str] | None) -> None:
+        rows = [{"key": self.key, "name": n} for n in _names(names)]
+        with self.engine.begin() as conn:
+            conn.execute(_insert(self.engine, cache_dirty).values(rows).on_conflict_do_nothing())
+
+    def take_dirty(self) -> set[str]:
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                sa.delete(cache_dirty)
+                .where(cache_dirty.c.key == self.key)
+                .returning(cache_dirty.c.name)
+            )
+            return set(taken.scalars())
+
+    def is_dirty(self) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(cache_dirty.c.name).where(cache_dirty.c.key == self.key).limit(1)
+            ).first()
+        return found is not None
+
+    def acquire(self) -> bool:
+        self.lost = False
+        now = _now_ms()
+        with self.engine.begin() as conn:
+            conn.execute(
+                _insert(self.engine, cache_locks)
+                .values(key=self.key, owner=None, expires_ms=None)
+                .on_conflict_do_nothing()
+            )
+            taken = conn.execute(
+                sa.update(cache_locks)
+                .where(
+                    cache_locks.c.key == self.key,
+                    sa.or_(cache_locks.c.owner.is_(None), cache_locks.c.expires_ms < now),
+                )
+                .values(owner=self.token, expires_ms=now + self.ttl_ms)
+            )
+            return taken.rowcount == 1
+
+    def renew(self) -> bool:
+        with self.engine.begin() as conn:
+            renewed = conn.execute(
+                sa.update(cache_locks)
+                .where(cache_locks.c.key == self.key, cache_locks.c.owner == self.token)
+                .values(expires_ms=_now_ms() + self.ttl_ms)
+            )
+            return renewed.rowcount == 1
+
+    def release(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(cache_locks)
+                .where(cache_locks.c.key == self.key, cache_locks.c.owner == self.token)
+                .values(owner=None, expires_ms=None)
+            )
+
+
+class DatabaseLocks:
+    def __init__(self, engine: sa.Engine, ttl_ms: int) -> None:
+        self.engine = engine
+        self.ttl_ms = ttl_ms
+
+    def lock(self, key: str) -> DatabaseLock:
+        return DatabaseLock(self.engine, key, self.ttl_ms)
+
+
+def lock_backend(engine: sa.Engine, redis_client=None, ttl_ms: int = 60_000) -> LockBackend:
+    """Redis locks when a client is given, database locks otherwise."""
+    if redis_client is not None:
+        return RedisLocks(redis_client, ttl_ms)
+    return DatabaseLocks(engine, ttl_ms)
+
+
+# --- renewal --------------------------------------------------------------------------------
+
+
+class Renewer:
+    """Renews `lock` every third of its TTL while the `with` block runs; joined on exit.
+
+    If a renewal fails (the lock expired and someone else may hold it) `lock.lost` is set,
+    so the holder can refuse to commit."""
+
+    def __init__(self, lock: RebuildLock, ttl_ms: int) -> None:
+        self.lock = lock
+        self.interval = max(ttl_ms / 3000.0, 0.02)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"cache-lock-renewer:{lock.key}", daemon=True
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                ok = self.lock.renew()
+            except Exception:  # a connection error: we can no longer prove we own it
+                log.exception("renewing cache lock %s failed", self.lock.key)
+                ok = False
+            if not ok:
+                log.error("cache lock %s was lost during a rebuild", self.lock.key)
+                self.lock.lost = True
+                return
+
+    def __enter__(self) -> Renewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,172 @@
+"""The rebuild loop of project cache items.
+
+`rebuild_scope` rebuilds one (project, app) scope under its lock: mark the requested names
+dirty, try the lock (if another rebuild holds it, that one will see the dirty names and
+do the work: this request is "deferred", not lost), then take the dirty names, run the
+plugin in a fresh session, write its items, commit, and loop while names are dirty,
+checking once more after releasing. A plugin that raises is reported in `errors` naming
+the app and the project; its items are not written; other scopes carry on.
+
+`session_factory` is a context manager factory that commits on success (e.g.
+`Database.session`): each round is its own transaction, committed before the lock is
+released.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from cache.errors import NotFoundError
+from cache.locks import ALL, LockBackend, Renewer, scope_key
+from cache.plugins import CachePlugin, ItemWriter
+from cache.store import DEFAULT_MAX_BYTES, projects_with_items, set_items, validate_project
+
+log = logging.getLogger(__name__)
+SessionFactory = Callable[[], AbstractContextManager[Session]]
+# The projects of the app database (DESIGN.md: `projects.uuid`); a table clause, so the
+# cache layer needs no model class.
+PROJECTS = sa.table("projects", sa.column("uuid", sa.String))
+MAX_ROUNDS = 1_000  # a bound on one holder's loop; what is still dirty waits for the next run
+
+
+@dataclass
+class ScopeResult:
+    updated: int = 0
+    errors: list[str] = field(default_factory=list)
+    deferred: bool = False
+    rounds: int = 0
+
+    def add(self, other: ScopeResult) -> None:
+        self.updated += other.updated
+        self.errors.extend(other.errors)
+
+
+def scope_label(project: str | None) -> str:
+    return "site-wide items" if project is None else f"project {project}"
+
+
+def list_projects(session: Session) -> list[str]:
+    """Every project id, in a stable order."""
+    return list(session.execute(sa.select(PROJECTS.c.uuid).order_by(PROJECTS.c.uuid)).scalars())
+
+
+def check_project(session: Session, project: object, allow_orphans: bool = False) -> str | None:
+    """Validate the format (ValidationError) and existence (NotFoundError) of a project.
+
+    With `allow_orphans`, a project that no longer exists but still has cache items is
+    accepted (so its items can be deleted)."""
+    project = validate_project(project)
+    if project is None:
+        return None
+    exists = session.execute(sa.select(PROJECTS.c.uuid).where(PROJECTS.c.uuid == project)).first()
+    if exists is None and not (allow_orphans and project in projects_with_items(session)):
+        raise NotFoundError(f"project {project!r} does not exist (no row in projects.uuid)")
+    return project
+
+
+def _names_for(plugin: CachePlugin, names: set[str]) -> list[str | None] | None:
+    """The `name` arguments to call the plugin with; None when nothing of it is asked."""
+    if ALL in names:
+        return [None]
+    declared = getattr(plugin, "item_names", None)
+    wanted = sorted(n for n in names if declared is None or n in declared)
+    return wanted or None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The message without SQL dumps or tracebacks (those go to the log)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+def _round(
+    session_factory: SessionFactory,
+    plugin: CachePlugin,
+    project: str | None,
+    names: set[str],
+    user: str | None,
+    max_bytes: int,
+    lock,
+) -> ScopeResult:
+    result = ScopeResult()
+    calls = _names_for(plugin, names)
+    if calls is None:
+        return result
+    writer = ItemWriter(plugin.app_name, project, user, max_bytes)
+    try:
+        with session_factory() as session:
+            for name in calls:
+                plugin.update_cache(writer, session, project=project, name=name)
+            session.rollback()  # a plugin computes; only the framework writes
+            if lock.lost:
+                lock.mark_dirty(sorted(names))  # the new holder redoes it
+                raise RuntimeError("the rebuild lock expired before commit; left dirty")
+            result.updated = set_items(session, writer.rows(), user=user, max_bytes=max_bytes)
+    except Exception as exc:
+        log.exception("cache plugin %s failed for %s", plugin.app_name, scope_label(project))
+        result.errors.append(
+            f"{plugin.app_name} failed for {scope_label(project)}: "
+            f"{exc.__class__.__name__}: {_first_line(exc)}"
+        )
+        result.updated = 0
+    return result
+
+
+def rebuild_scope(
+    session_factory: SessionFactory,
+    locks: LockBackend,
+    plugin: CachePlugin,
+    project: str | None,
+    names: list[str] | None = None,
+    user: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_rounds: int = MAX_ROUNDS,
+) -> ScopeResult:
+    """Rebuild `names` (None: all items) of one plugin for one scope, never twice at once."""
+    lock = locks.lock(scope_key(project, plugin.app_name))
+    lock.mark_dirty(names)
+    result = ScopeResult()
+    while result.rounds < max_rounds:
+        if not lock.acquire():
+            result.deferred = result.rounds == 0
+            return result
+        try:
+            with Renewer(lock, locks.ttl_ms):
+                while result.rounds < max_rounds:
+                    pending = lock.take_dirty()
+                    if not pending:
+                        break
+                    result.rounds += 1
+                    result.add(
+                        _round(session_factory, plugin, project, pending, user, max_bytes, lock)
+                    )
+        finally:
+            lock.release()
+        # A request that marked dirty after our last take but before the release could not
+        # get the lock: check once more, now that it is free.
+        if not lock.is_dirty():
+            return result
+    log.warning("cache scope %s still dirty after %d rounds", lock.key, max_rounds)
+    return result
+
+
+def rebuild(
+    session_factory: SessionFactory,
+    locks: LockBackend,
+    plugins: list[CachePlugin],
+    project: str | None,
+    names: list[str] | None = None,
+    user: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ScopeResult:
+    """Rebuild one scope (a project, or the site-wide items) for each plugin in turn."""
+    total = ScopeResult()
+    for plugin in plugins:
+        total.add(rebuild_scope(session_factory, locks, plugin, project, names, user, max_bytes))
+    return total

@@ -1,0 +1,97 @@
+"""Celery settings (lowercase names), built from the `CACHEWORK_*` environment.
+
+`celery -A worker ...` loads this module through `app.config_from_object("celeryconfig")`.
+`build(settings)` gives the same settings as a dict, so tests and tools can make an app for
+another environment without touching `os.environ`.
+"""
+
+from __future__ import annotations
+
+from celery.schedules import crontab
+from kombu import Exchange, Queue
+
+from worker.routing import QUEUES, ROUTES
+from worker.settings import Settings, load_settings
+
+
+def _transport_options(s: Settings) -> dict:
+    # Longer than the hard time limit (and any retry countdown), or an unacked late-ack
+    # task is handed to a second worker while the first still runs it.
+    options: dict = {"visibility_timeout": max(3600, 2 * s.task_time_limit)}
+    if s.broker_url.startswith("filesystem"):
+        folder = s.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        options.update(
+            data_folder_in=str(folder / "queue"),
+            data_folder_out=str(folder / "queue"),
+            processed_folder=str(folder / "processed"),
+            control_folder=str(folder / "control"),
+            store_processed=False,
+            polling_interval=0.05,
+        )
+    options.update(s.broker_transport_options)
+    return options
+
+
+def _beat_schedule(s: Settings) -> dict:
+    schedule: dict = {}
+    if s.import_schedule:
+        minute, hour, day_of_month, month_of_year, day_of_week = s.import_schedule.split()
+        schedule["nightly-version-import"] = {
+            "task": "cachework.import_versions",
+            "schedule": crontab(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month_of_year,
+                day_of_week=day_of_week,
+            ),
+            "kwargs": {"comment": "scheduled version import"},
+        }
+    if s.sync_schedule:
+        schedule["project-cache-sync"] = {
+            "task": "cachework.sync_cache",
+            "schedule": s.sync_schedule,
+        }
+    return schedule
+
+
+def build(s: Settings) -> dict:
+    """The Celery settings for `s`, as a dict of lowercase names."""
+    return {
+        "broker_url": s.broker_url,
+        "broker_transport": s.broker_transport,
+        "broker_transport_options": _transport_options(s),
+        "broker_connection_retry_on_startup": True,
+        "result_backend": s.result_backend,
+        "result_expires": 24 * 3600,
+        "result_extended": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": tuple(Queue(q, Exchange(q), routing_key=q) for q in QUEUES),
+        "task_default_queue": "cache",
+        "task_default_exchange": "cache",
+        "task_default_routing_key": "cache",
+        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_track_started": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_soft_time_limit": s.task_soft_time_limit,
+        "task_time_limit": s.task_time_limit,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": _beat_schedule(s),
+        "beat_schedule_filename": str(s.data_dir / "celerybeat-schedule"),
+    }
+
+
+globals().update(build(load_settings()))

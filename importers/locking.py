@@ -1,0 +1,121 @@
+"""One import at a time per database, and one snapshot per import.
+
+PostgreSQL: a session-level advisory lock taken on a side connection BEFORE the import's
+own transaction takes its snapshot, and released only after that transaction ends, so the
+next import always sees everything the previous one committed. The import's transaction
+runs at REPEATABLE READ, so every statement of the run sees the same snapshot. Taking the
+lock inside the import's transaction instead would leave a window where the snapshot is
+older than the lock.
+
+SQLite: `BEGIN IMMEDIATE` takes the database's write lock before the first read, which
+both serialises imports (a second one waits for the busy timeout, then gets `LockedError`)
+and gives the run one snapshot (pysqlite would otherwise run the reads outside any
+transaction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+from cache.errors import LockedError, TransientError, ValidationError
+
+LOCK_NAME = "cachework.import_versions"
+# A stable signed 64-bit key for pg_try_advisory_lock, derived from the lock's name.
+LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)
+
+
+def begin_import(session: Session, mapper: type | None = None, lock_key: int = LOCK_KEY) -> None:
+    """Start `session`'s transaction for an import: lock first, then one snapshot.
+
+    The session must not have begun a transaction yet (its isolation level and the lock
+    must come before its first statement). Raises `LockedError` when another import holds
+    the lock.
+    """
+    if session.in_transaction():
+        raise ValidationError(
+            "the version import needs a session that has not begun a transaction yet "
+            "(it takes the import lock and its snapshot first); pass a fresh session"
+        )
+    bind = session.get_bind(mapper=mapper)
+    where = {"mapper": mapper} if mapper is not None else None
+    dialect = bind.dialect.name
+    if dialect == "postgresql":
+        _lock_postgresql(session, bind, lock_key)
+        session.connection(
+            bind_arguments=where, execution_options={"isolation_level": "REPEATABLE READ"}
+        )
+    elif dialect == "sqlite":
+        connection = session.connection(bind_arguments=where)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except sa.exc.OperationalError as exc:
+            if "locked" in str(exc.orig).lower():
+                raise LockedError(
+                    "another writer (perhaps another version import) holds this SQLite "
+                    "database's write lock; try again later"
+                ) from None
+            raise
+    else:
+        raise ValidationError(
+            f"version imports support postgresql and sqlite, not {dialect!r} databases"
+        )
+
+
+def _engine_of(bind: sa.Engine | sa.Connection) -> sa.Engine:
+    return bind.engine if isinstance(bind, sa.Connection) else bind
+
+
+def _lock_postgresql(session: Session, bind: sa.Engine | sa.Connection, key: int) -> None:
+    side = _engine_of(bind).connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        got = side.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
+    except BaseException:
+        side.close()
+        raise
+    if not got:
+        side.close()
+        raise LockedError(
+            f"another version import is running against this database (advisory lock "
+            f"{LOCK_NAME!r}, key {key}); try again when it has finished"
+        )
+
+    held = [True]
+
+    def release(_session: Session, transaction: SessionTransaction) -> None:
+        # Listeners cannot be removed while they are being dispatched: this one stays
+        # registered and does nothing after the first outermost transaction end.
+        if transaction.parent is not None or not held[0]:
+            return
+        held[0] = False
+        try:
+            side.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        except sa.exc.DBAPIError:
+            side.invalidate()  # a broken connection never goes back to the pool locked
+        finally:
+            side.close()
+
+    event.listen(session, "after_transaction_end", release)
+
+
+@contextmanager
+def transient_errors() -> Iterator[None]:
+    """Turn database conditions that a retry can cure into `TransientError`.
+
+    Lost connections, deadlocks, serialization failures and "database is locked" all reach
+    SQLAlchemy as `OperationalError` (or a DBAPIError with the connection invalidated);
+    constraint violations and SQL errors stay as they are: retrying cannot fix them.
+    """
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        raise TransientError(f"database error, worth retrying: {exc.orig!s:.300}") from exc
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise TransientError(f"database connection lost: {exc.orig!s:.300}") from exc
+        raise

@@ -1,0 +1,30 @@
+"""A health-check task that proves the whole path: broker, child process, database."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import sqlalchemy as sa
+from celery import shared_task
+
+from cache.errors import ValidationError
+from worker.db import get_database
+
+
+@shared_task(name="cachework.ping")
+def ping(hold: float = 0.0) -> dict:
+    """Answer with this child's pid and its database connection's server-side id.
+
+    `hold` (at most 5 s) keeps the child busy, so concurrent pings reach several children.
+    """
+    if not isinstance(hold, int | float) or not 0 <= hold <= 5:
+        raise ValidationError(f"hold={hold!r} must be a number of seconds from 0 to 5")
+    database = get_database()
+    with database.session() as session:
+        if session.bind.dialect.name == "postgresql":
+            backend = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        else:
+            backend = session.execute(sa.text("SELECT 1")).scalar_one()
+    time.sleep(hold)
+    return {"pid": os.getpid(), "backend": backend, "dialect": session.bind.dialect.name}

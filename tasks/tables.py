@@ -1,0 +1,39 @@
+"""Tasks that read this worker process's cached tables (see `worker.registry`)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import shared_task
+
+from cache.errors import TransientError, ValidationError
+from cache.records import to_json
+from worker.registry import get_registry
+
+
+@shared_task(
+    name="cachework.lookup",
+    autoretry_for=(TransientError,),
+    retry_backoff=True,
+    max_retries=3,
+)
+def lookup(table: str, key: object) -> dict | None:
+    """The record of `table` with primary key `key` (coerced to its type) as a JSON object,
+    or None, read through this process's cached table."""
+    if not isinstance(table, str):
+        raise ValidationError(f"table={table!r} must be a cached table name")
+    registry = get_registry()
+    coerced = registry.coerce_key(table, key)
+    return to_json(registry.table(table).get(coerced))
+
+
+@shared_task(name="cachework.cache_status")
+def cache_status() -> dict:
+    """This process's pid, invalidation cursor, per-table statistics and listener state."""
+    registry = get_registry()
+    return {
+        "pid": os.getpid(),
+        "cursor": registry.cursor,
+        "tables": registry.status(),
+        "listener": dict(registry.listener),
+    }

@@ -1,0 +1,74 @@
+"""`cachework.import_versions`: the version import as a Celery task (see DESIGN.md)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from cache.errors import TransientError
+from importers.locking import transient_errors
+from importers.versions import import_versions as run_import
+from worker.bootstrap import bootstrap
+from worker.db import get_database
+from worker.settings import Settings, load_settings
+
+
+def _results_share_sqlite(settings: Settings, database_url: str) -> bool:
+    """True when task results live in the SQLite file being imported: the import holds
+    its write lock until commit, so a PROGRESS write would wait on the import itself."""
+    return database_url.startswith("sqlite") and settings.result_backend == "db+" + database_url
+
+
+@shared_task(
+    bind=True,
+    name="cachework.import_versions",
+    autoretry_for=(TransientError,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+)
+def import_versions(
+    self,
+    models: list[str] | None = None,
+    user: str | None = None,
+    remote_addr: str | None = None,
+    comment: str | None = None,
+    dry_run: bool = False,
+    create: bool = True,
+    update: bool = True,
+    delete: bool = True,
+    max_changes: int | None = None,
+    repair: bool = False,
+) -> dict:
+    """Bring every (or each named) version table in line with its live table.
+
+    Progress goes to the task state (`PROGRESS`, meta: model, stage and counts). Transient
+    database errors and a held import lock are retried with backoff; bad input is not.
+    """
+
+    settings = load_settings()
+    database = get_database()
+    report = bool(self.request.id) and not _results_share_sqlite(settings, database.url)
+
+    def progress(event: dict) -> None:
+        if report:
+            self.update_state(state="PROGRESS", meta=event)
+
+    classes = bootstrap(settings.models).versioned
+    with transient_errors(), database.session() as session:
+        result = run_import(
+            session,
+            classes,
+            names=models,
+            user=user,
+            remote_addr=remote_addr,
+            comment=comment,
+            dry_run=dry_run,
+            create=create,
+            update=update,
+            delete=delete,
+            max_changes=max_changes,
+            repair=repair,
+            progress=progress,
+        )
+    return result.as_dict()

@@ -1,0 +1,121 @@
+"""Helpers for the invalidation tests: a fake cached-table registry, a Redis server of the
+test's own (to restart it), and bounded waiting."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from cache.errors import ValidationError
+
+
+class FakeTarget:
+    """Records what the listener does; the shape of worker.registry.Registry."""
+
+    def __init__(self, names: tuple[str, ...] = ("categories",)) -> None:
+        self.cursor = "0"
+        self.listener: dict = {}
+        self._names = list(names)
+        self.invalidated: list[tuple[str, list | None]] = []
+        self.dropped: list[str] = []
+        self.gate: threading.Event | None = None  # when set up, invalidate() waits on it
+        self.lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def coerce_key(self, name: str, key: object) -> object:
+        if isinstance(key, bool) or not isinstance(key, int | str):
+            raise ValidationError(f"{name} key={key!r} is not an integer")
+        try:
+            return int(key)
+        except ValueError:
+            raise ValidationError(f"{name} key={key!r} is not an integer") from None
+
+    def invalidate(self, name: str, keys: list | None) -> None:
+        if self.gate is not None:
+            self.gate.wait(10)
+        with self.lock:
+            self.invalidated.append((name, None if keys is None else list(keys)))
+
+    def drop_all(self, reason: str) -> None:
+        with self.lock:
+            self.dropped.append(reason)
+
+    def keys_seen(self) -> list:
+        with self.lock:
+            return [k for _n, keys in self.invalidated for k in (keys or [None])]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, every=0.01) -> object:
+    """Poll `predicate` until truthy; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class OwnRedis:
+    """A redis-server of the test's own on a free loopback port, no persistence, so a
+    restart loses everything (like a crashed cache server)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> OwnRedis:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.folder),
+                "--protected-mode", "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            wait_until(lambda: _pings(client), timeout=timeout, every=0.05)
+        finally:
+            client.close()
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

@@ -1,0 +1,81 @@
+"""Test-only cache plugins, registered the ordinary way: a model module that names them.
+
+Workers started with `CACHEWORK_MODELS=demo.models,tests.project_cache_helpers` find them
+through `cache.plugins.discover` (this module re-exports the demo's `Base`, which is what
+bootstrap asks of a model module; it maps no classes of its own).
+
+- `recorder`: item `total` = the sum of the project's prices; holds the rebuild for
+  HOLD seconds (or the Redis key HOLD_KEY), pushes its pid on `started:<project>` when it
+  starts and its (start, end, pid) on `intervals:<project>` when done. Needs Redis.
+- `flaky`: item `value`; raises for a project whose title starts with "FAIL" after
+  having set an item, to prove a failed rebuild writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import sqlalchemy as sa
+
+from demo.models import Base, Product, Project  # noqa: F401 - Base: bootstrap's model check
+
+CACHE_PLUGINS = [
+    "tests.project_cache_helpers:RecordingPlugin",
+    "tests.project_cache_helpers:FlakyPlugin",
+]
+HOLD = 0.4
+HOLD_KEY = "recorder:hold"  # seconds, overrides HOLD
+
+
+def intervals_key(project: str) -> str:
+    return f"intervals:{project}"
+
+
+def started_key(project: str) -> str:
+    return f"started:{project}"
+
+
+def price_total(session, project: str) -> str:
+    total = session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(Product.price), 0)).where(
+            Product.project_uuid == project
+        )
+    ).scalar_one()
+    return f"{total:.2f}"
+
+
+class RecordingPlugin:
+    app_name = "recorder"
+    item_names = ("total",)
+
+    def update_cache(self, store, session, project=None, name=None) -> None:
+        if project is None:
+            return
+        from worker.redis_client import get_redis
+
+        client = get_redis()
+        hold = float(client.get(HOLD_KEY) or HOLD)
+        start = time.time()
+        client.rpush(started_key(project), os.getpid())
+        time.sleep(hold / 2)
+        total = price_total(session, project)  # read mid-way: a change after it needs a round
+        time.sleep(hold / 2)
+        store.set_item("total", {"sum": total})
+        client.rpush(intervals_key(project), json.dumps([start, time.time(), os.getpid()]))
+
+
+class FlakyPlugin:
+    app_name = "flaky"
+
+    def update_cache(self, store, session, project=None, name=None) -> None:
+        if project is None:
+            store.set_item("value", {"site": True})
+            return
+        title = session.execute(
+            sa.select(Project.title).where(Project.uuid == project)
+        ).scalar_one()
+        store.set_item("value", {"title": title})
+        if title.startswith("FAIL"):
+            raise RuntimeError(f"cannot rebuild {title!r}")

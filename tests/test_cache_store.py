@@ -1,0 +1,222 @@
+"""The project cache store and the rebuild locks, on SQLite and PostgreSQL (and Redis)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC
+
+import pytest
+import sqlalchemy as sa
+
+from cache import store
+from cache.errors import ValidationError
+from cache.locks import DatabaseLocks, RedisLocks, Renewer
+
+P1 = str(uuid.uuid4())
+P2 = str(uuid.uuid4())
+
+
+def test_set_and_get_item_round_trip(database):
+    with database.session() as session:
+        store.set_item(session, "inventory", "summary", {"a": [1, 2]}, project=P1, user="ann")
+    with database.session() as session:
+        item = store.get_item(session, "inventory", "summary", project=P1)
+    assert item.data == {"a": [1, 2]}
+    assert (item.project, item.app_name, item.name, item.user) == (
+        P1,
+        "inventory",
+        "summary",
+        "ann",
+    )
+    assert item.updated_at.tzinfo is not None and item.updated_at.utcoffset().total_seconds() == 0
+    assert item.created_at == item.updated_at
+
+
+def test_every_write_moves_update_time_and_keeps_created_at(database):
+    times = []
+    for value in range(5):
+        with database.session() as session:
+            store.set_item(session, "app", "item", {"v": value % 2}, project=P1)
+        with database.session() as session:
+            times.append(store.get_update_time(session, "app", "item", project=P1))
+    assert times == sorted(times) and len(set(times)) == 5
+    with database.session() as session:
+        # Same data again, in one transaction: still moves.
+        store.set_item(session, "app", "item", {"v": 0}, project=P1)
+        first = store.get_update_time(session, "app", "item", project=P1)
+        store.set_item(session, "app", "item", {"v": 0}, project=P1)
+        second = store.get_update_time(session, "app", "item", project=P1)
+        item = store.get_item(session, "app", "item", project=P1)
+    assert times[-1] < first < second
+    assert item.created_at == times[0]
+
+
+def test_site_wide_and_project_items_never_collide(database):
+    with database.session() as session:
+        store.set_item(session, "app", "x", "site", project=None)
+        store.set_item(session, "app", "x", "p1", project=P1)
+        store.set_item(session, "app", "x", "site again", project=None)  # upsert, not a 2nd row
+    with database.session() as session:
+        assert store.get_item(session, "app", "x").data == "site again"
+        assert store.get_item(session, "app", "x", project=P1).data == "p1"
+        assert store.get_item(session, "app", "x", project=P2) is None
+        assert [i.data for i in store.get_project_items(session, None)] == ["site again"]
+        assert [i.data for i in store.get_project_items(session, P1)] == ["p1"]
+        rows = session.execute(sa.select(sa.func.count()).select_from(store.cache_items))
+        assert rows.scalar_one() == 2
+    with database.session() as session:
+        assert store.delete_items(session, site_wide=True) == 1
+        assert store.get_item(session, "app", "x", project=P1).data == "p1"
+
+
+def test_a_project_item_is_not_found_when_asking_site_wide(database):
+    with database.session() as session:
+        store.set_item(session, "app", "only-project", 1, project=P1)
+        assert store.get_item(session, "app", "only-project") is None
+        assert store.get_update_time(session, "app", "only-project") is None
+
+
+def test_set_items_bulk_upserts_in_batches(database, monkeypatch):
+    monkeypatch.setattr(store, "BATCH", 7)
+    items = [
+        {"project": P1 if n % 2 else None, "app_name": "bulk", "name": f"i{n}", "data": {"n": n}}
+        for n in range(30)
+    ]
+    with database.session() as session:
+        assert store.set_items(session, items, user="bob") == 30
+        assert store.get_item(session, "bulk", "i4").user == "bob"
+    items[3] = {**items[3], "data": "changed"}
+    with database.session() as session:
+        before = store.get_update_time(session, "bulk", "i3", project=P1)
+        # Duplicates within one call: the last one wins, no "row affected twice" error.
+        assert store.set_items(session, [*items, {**items[3], "data": "last"}]) == 30
+    with database.session() as session:
+        assert store.get_item(session, "bulk", "i3", project=P1).data == "last"
+        assert store.get_update_time(session, "bulk", "i3", project=P1) > before
+        assert len(store.get_project_items(session, P1, app_name="bulk")) == 15
+        assert len(store.get_project_items(session, None)) == 15
+        assert store.get_item(session, "bulk", "i4").user is None  # the last writer's
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"project": "not-a-uuid"}, "project='not-a-uuid' is not a uuid"),
+        ({"project": 42}, "project=42 must be a uuid string"),
+        ({"data": {"when": object()}}, "app/x (project " + P1 + "): data is not JSON"),
+        ({"data": float("nan")}, "data is not JSON-serializable"),
+        ({"data": "x" * 200, "max_bytes": 100}, "over the limit of 100"),
+        ({"app_name": ""}, "app_name='' must be a non-empty string"),
+        ({"data_type": "xml"}, "data_type='xml' is not one of json"),
+    ],
+)
+def test_bad_items_are_refused_naming_the_item_and_write_nothing(database, kwargs, message):
+    args = {"app_name": "app", "name": "x", "data": 1, "project": P1, **kwargs}
+    with database.session() as session, pytest.raises(ValidationError, match=_re(message)):
+        store.set_item(session, **args)
+    with database.session() as session:
+        bulk = [{"app_name": "app", "name": "ok", "data": 1}, {**args}]
+        max_bytes = bulk[1].pop("max_bytes", store.DEFAULT_MAX_BYTES)
+        with pytest.raises(ValidationError):
+            store.set_items(session, bulk, max_bytes=max_bytes)
+        assert (
+            session.execute(sa.select(sa.func.count()).select_from(store.cache_items)).scalar() == 0
+        )
+
+
+def _re(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_project_ids_are_normalised(database):
+    with database.session() as session:
+        store.set_item(session, "app", "x", 1, project=P1.upper())
+        assert store.get_item(session, "app", "x", project=uuid.UUID(P1)).project == P1
+
+
+def test_delete_items_filters_and_counts(database):
+    with database.session() as session:
+        for project in (P1, P2, None):
+            for app in ("a", "b"):
+                store.set_item(session, app, "n1", 1, project=project)
+                store.set_item(session, app, "n2", 2, project=project)
+    with database.session() as session:
+        assert store.delete_items(session, project=P1, app_name="a", name="n1") == 1
+        assert store.delete_items(session, project=P1) == 3
+        assert len(store.get_project_items(session, P2)) == 4
+        assert store.delete_items(session, app_name="b") == 4
+        assert store.delete_items(session) == 4
+        with pytest.raises(ValidationError, match="contradicts site_wide"):
+            store.delete_items(session, project=P1, site_wide=True)
+
+
+def test_times_are_utc_aware_on_every_dialect(database):
+    with database.session() as session:
+        store.set_item(session, "app", "x", 1)
+        stamp = store.get_update_time(session, "app", "x")
+    assert stamp.tzinfo is not None and stamp.astimezone(UTC) == stamp
+
+
+# --- locks --------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["database", "redis"])
+def locks(request, database):
+    if request.param == "database":
+        return DatabaseLocks(database.engine, ttl_ms=300)
+    import redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    request.addfinalizer(client.close)
+    return RedisLocks(client, ttl_ms=300)
+
+
+def test_lock_is_exclusive_and_released_only_by_its_owner(locks):
+    first, second = locks.lock("app:p"), locks.lock("app:p")
+    assert first.acquire()
+    assert not second.acquire()
+    second.release()  # not the owner: no effect
+    assert not second.acquire()
+    assert locks.lock("app:other").acquire()  # other scopes are independent
+    first.release()
+    assert second.acquire()
+    second.release()
+
+
+def test_lock_expires_unless_renewed(locks):
+    holder, other = locks.lock("app:p"), locks.lock("app:p")
+    assert holder.acquire()
+    with Renewer(holder, locks.ttl_ms):
+        time.sleep(0.5)  # longer than the 300 ms TTL: only renewal keeps it
+        assert not other.acquire()
+        assert not holder.lost
+    time.sleep(0.4)
+    assert other.acquire()  # expired after renewal stopped
+    assert not holder.renew()  # and the old holder knows it lost it
+    other.release()
+
+
+def test_renewer_marks_a_stolen_lock_as_lost(locks):
+    holder = locks.lock("app:p")
+    assert holder.acquire()
+    with Renewer(holder, locks.ttl_ms):
+        holder.release()  # as if it expired and someone else could take it
+        deadline = time.monotonic() + 3
+        while not holder.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert holder.lost
+
+
+def test_dirty_names_are_taken_once(locks):
+    lock = locks.lock("app:p")
+    assert not lock.is_dirty()
+    lock.mark_dirty(["a", "b"])
+    locks.lock("app:p").mark_dirty(["b", "c"])
+    assert lock.is_dirty()
+    assert lock.take_dirty() == {"a", "b", "c"}
+    assert lock.take_dirty() == set()
+    lock.mark_dirty(None)
+    assert lock.take_dirty() == {"*"}

@@ -1,0 +1,95 @@
+"""The `cachework` command line as a user runs it: a real subprocess, real databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import MODELS, make_env
+
+CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main()"]
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CACHEWORK, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_initdb_creates_demo_and_continuum_tables(backend, request, tmp_path: Path):
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    done = run_cli(make_env(tmp_path, database_url=url), "initdb")
+    assert done.returncode == 0, done.stderr
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    expected = {"projects", "categories", "products", "categories_version", "products_version"}
+    assert expected | {"transaction", "transaction_meta"} <= tables
+    assert "database ready" in done.stdout
+
+
+def test_orm_edit_through_continuum_writes_a_version_row(database):
+    from sqlalchemy_continuum import version_class
+
+    from demo.seed import seed
+
+    Product = MODELS.by_name()["Product"]
+    ProductVersion = version_class(Product)
+    with database.session() as session:
+        seed(session, projects=1, products=3)
+    with database.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(ProductVersion)) == 0
+        product = session.get(Product, 2)
+        product.price = Decimal("12.34")
+    with database.session() as session:
+        versions = session.scalars(sa.select(ProductVersion)).all()
+        assert [(v.id, v.operation_type, v.price) for v in versions] == [(2, 1, Decimal("12.34"))]
+        assert versions[0].transaction_id is not None
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [
+        ("initdb", "CACHEWORK_DATABASE_URL", "oracle://scott:tiger@127.0.0.1/x"),
+        ("status", "CACHEWORK_BROKER_URL", "redis://127.0.0.1:1/0"),
+        ("worker", "CACHEWORK_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//"),
+        ("initdb", "CACHEWORK_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nothing"),
+    ],
+)
+def test_bad_configuration_exits_quickly_naming_variable_and_value(
+    command, variable, value, tmp_path: Path
+):
+    env = make_env(tmp_path)
+    env[variable] = value
+    started = time.monotonic()
+    done = run_cli(env, command, timeout=30)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert variable in done.stderr
+    shown = value.replace(":tiger@", ":***@").replace(":guest@", ":***@")
+    assert shown.split("//")[1].split("@")[-1].split("/")[0] in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "tiger" not in done.stderr  # passwords never printed
+    assert elapsed < 15, f"took {elapsed:.1f}s"
+
+
+def test_status_reports_broker_database_workers_and_queues(
+    tmp_path: Path, sqlite_url, redis_url, worker_process
+):
+    env = make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url)
+    node, _app = worker_process(env, concurrency=1)
+    done = run_cli(env, "status", "--timeout", "3")
+    assert done.returncode == 0, done.stderr
+    assert "reachable" in done.stdout
+    assert node.name in done.stdout
+    for queue in ("versions", "cache", "invalidations"):
+        assert f"queue {queue}" in done.stdout

@@ -1,0 +1,102 @@
+"""`cachework.import_versions` through a real prefork worker, the task's progress, the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from demo.seed import seed
+from tests.conftest import make_env
+from tests.import_helpers import transactions
+from worker.cli import main
+
+
+def test_task_through_a_real_worker(tmp_path, pg_database, redis_url, worker_process):
+    with pg_database.session() as session:
+        seed(session, projects=2, products=40)
+    env = make_env(tmp_path, database_url=pg_database.url, broker_url=redis_url)
+    _node, app = worker_process(env, concurrency=1)
+
+    def call(**kwargs):
+        return app.send_task("cachework.import_versions", kwargs=kwargs)
+
+    bad = {
+        "unknown model": ({"models": ["Nope"]}, "NotFoundError", "unknown versioned model 'Nope'"),
+        "negative limit": ({"max_changes": -3}, "ValidationError", "max_changes=-3"),
+        "wrong type": ({"dry_run": "yes"}, "ValidationError", "dry_run='yes'"),
+        "models not a list": ({"models": "Product"}, "ValidationError", "models='Product'"),
+    }
+    for name, (kwargs, error, text) in bad.items():
+        result = call(**kwargs)
+        exc = result.get(timeout=60, interval=0.05, propagate=False)
+        assert result.status == "FAILURE", name
+        assert type(exc).__name__ == error and text in str(exc), (name, exc)
+    with pg_database.session() as session:
+        assert transactions(session) == 0  # bad input wrote nothing
+
+    first = call(user="web", remote_addr="192.0.2.1", comment="first").get(timeout=60)
+    assert set(first) >= {"transaction_id", "dry_run", "models", "warnings"}
+    assert isinstance(first["transaction_id"], int) and first["dry_run"] is False
+    assert first["models"]["Product"] == {
+        "created": 40, "updated": 0, "deleted": 0, "unchanged": 0, "skipped": 0, "repaired": 0,
+    }  # fmt: skip
+    assert first["models"]["Category"]["created"] == 8 and first["warnings"] == []
+    with pg_database.session() as session:
+        session.execute(sa.text("UPDATE products SET price = price * 2 WHERE id <= 4"))
+    dry = call(models=["Product"], dry_run=True).get(timeout=60)
+    assert dry["transaction_id"] is None and dry["models"]["Product"]["updated"] == 4
+    second = call(models=["Product"], max_changes=4).get(timeout=60)
+    assert second["transaction_id"] == first["transaction_id"] + 1
+    assert second["models"] == dry["models"]
+    with pg_database.session() as session:
+        meta = dict(
+            session.execute(
+                sa.text("SELECT key, value FROM transaction_meta WHERE transaction_id = :t"),
+                {"t": first["transaction_id"]},
+            ).all()
+        )
+        assert meta == {"user": "web", "comment": "first"}
+
+
+def test_task_reports_progress_through_its_state(pg_database, monkeypatch):
+    from tasks.versions import import_versions as task
+
+    with pg_database.session() as session:
+        seed(session, projects=1, products=5)
+    states = []
+    monkeypatch.setattr(task, "update_state", lambda **kw: states.append(kw))
+    task.push_request(id="progress-test")
+    try:
+        result = task.run(models=["Product"])
+    finally:
+        task.pop_request()
+    assert result["models"]["Product"]["created"] == 5
+    assert {s["state"] for s in states} == {"PROGRESS"}
+    assert [(s["meta"]["model"], s["meta"]["stage"]) for s in states] == [
+        ("Product", "checking"), ("Product", "counted"), ("Product", "done"),
+    ]  # fmt: skip
+    assert states[-1]["meta"]["created"] == 5
+
+
+def test_cli_runs_in_process_and_rejects_bad_names(database):
+    with database.session() as session:
+        seed(session, projects=1, products=12)
+    runner = CliRunner()
+    dry = runner.invoke(main, ["import-versions", "--dry-run", "--model", "Product"])
+    assert dry.exit_code == 0, dry.output
+    assert "dry run: nothing written" in dry.output and "12" in dry.output
+    real = runner.invoke(main, ["import-versions", "--user", "cli", "--comment", "c"])
+    assert real.exit_code == 0, real.output
+    assert "transaction 1" in real.output
+    again = runner.invoke(main, ["import-versions", "--no-delete", "--max-changes", "0"])
+    assert again.exit_code == 0 and "nothing written" in again.output
+    wrong = runner.invoke(main, ["import-versions", "--model", "Nope"])
+    assert wrong.exit_code == 2
+    assert "unknown versioned model 'Nope'; valid names: Category, Product" in wrong.output
+
+
+@pytest.mark.parametrize("limit", ["-1", "ten"])
+def test_cli_checks_max_changes(database, limit):
+    result = CliRunner().invoke(main, ["import-versions", "--max-changes", limit])
+    assert result.exit_code == 2 and "--max-changes" in result.output

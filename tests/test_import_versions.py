@@ -1,0 +1,270 @@
+"""The version importer against SQLite and PostgreSQL, checked against Continuum's ORM path."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy_continuum import version_class
+
+from cache.errors import LockedError, NotFoundError, ValidationError
+from importers.diff import ChangeLimitExceeded
+from importers.locking import LOCK_KEY
+from importers.versions import import_versions
+from tests.import_helpers import (
+    MODELS,
+    STEPS,
+    VERSIONED,
+    Category,
+    LedgerEntry,
+    OrderLine,
+    Product,
+    apply_orm,
+    apply_sql,
+    create_all,
+    history,
+    reference_database,
+    seed_fixed,
+    transactions,
+)
+
+ALL = MODELS.versioned
+
+
+@pytest.fixture
+def vdb(database):
+    create_all(database)
+    return database
+
+
+def run(database, **kwargs):
+    with database.session() as session:
+        return import_versions(session, ALL, **kwargs)
+
+
+def test_import_gives_the_history_continuums_orm_path_gives(vdb, tmp_path):
+    with vdb.session() as session:
+        seed_fixed(session)
+    results = []
+    for step in STEPS:
+        with vdb.session() as session:
+            apply_sql(session, step)
+        results.append(run(vdb, user="ann", comment="step", remote_addr="10.0.0.1"))
+    in_sync = run(vdb)
+    with reference_database(tmp_path) as ref:
+        with ref.session() as session:
+            seed_fixed(session)
+        for step in STEPS:
+            with ref.session() as session:
+                apply_orm(session, step)
+        with vdb.session() as imported, ref.session() as orm:
+            for cls in VERSIONED:
+                assert history(imported, cls) == history(orm, cls), cls.__name__
+            assert transactions(imported) == transactions(orm) == len(STEPS)
+
+    first, second, third = (r.as_dict() for r in results)
+    assert first["models"]["Product"] == {
+        "created": 6, "updated": 0, "deleted": 0, "unchanged": 0, "skipped": 0, "repaired": 0,
+    }  # fmt: skip
+    assert {k: second["models"]["Product"][k] for k in ("updated", "deleted", "unchanged")} == {
+        "updated": 2, "deleted": 1, "unchanged": 3,
+    }  # fmt: skip
+    assert {k: third["models"]["Product"][k] for k in ("created", "updated", "unchanged")} == {
+        "created": 1, "updated": 1, "unchanged": 4,
+    }  # fmt: skip
+    assert third["models"]["OrderLine"]["created"] == 1
+    assert third["models"]["LedgerEntry"] == {
+        "created": 1, "updated": 0, "deleted": 0, "unchanged": 2, "skipped": 0, "repaired": 0,
+    }  # fmt: skip
+    order = list(first["models"])
+    assert sorted(order) == ["Category", "LedgerEntry", "OrderLine", "Product"]
+    assert order.index("Category") < order.index("Product")  # foreign keys: parents first
+    assert third["models"]["OrderLine"]["unchanged"] == 2  # the excluded column changed
+    # An in-sync run writes nothing at all, not even a transaction row.
+    assert in_sync.transaction_id is None
+    assert all(c.changes == 0 for c in in_sync.models.values())
+    with vdb.session() as session:
+        assert transactions(session) == len(STEPS)
+        txn = session.get(version_class(Product).transaction.property.mapper.class_, 1)
+        assert txn.remote_addr == "10.0.0.1"
+        assert txn.meta == {"user": "ann", "comment": "step"}
+
+
+def test_continuum_api_and_later_orm_edits_after_an_import(vdb):
+    with vdb.session() as session:
+        seed_fixed(session)
+        apply_sql(session, STEPS[0])
+    first = run(vdb).transaction_id
+    with vdb.session() as session:
+        product = session.get(Product, 1)
+        assert [(v.operation_type, v.end_transaction_id) for v in product.versions] == [(0, None)]
+        product.name = "edited through the ORM"
+        line = session.get(OrderLine, (1, 1))
+        line.note = "orm note"
+    with vdb.session() as session:
+        product = session.get(Product, 1)
+        versions = product.versions.all()
+        assert [v.operation_type for v in versions] == [0, 1]
+        assert versions[0].transaction_id == first
+        assert versions[0].end_transaction_id == versions[1].transaction_id
+        assert versions[1].previous.transaction_id == first
+        assert versions[0].next.name == "edited through the ORM"
+        assert [v.note for v in session.get(OrderLine, (1, 1)).versions] == [None, "orm note"]
+        session.delete(session.get(LedgerEntry, 1))
+    # The import finds the ORM's history consistent and in sync with the live rows.
+    again = run(vdb)
+    assert again.transaction_id is None and again.warnings == []
+
+
+def test_several_open_versions_are_reported_and_repaired(vdb, tmp_path):
+    with vdb.session() as session:
+        seed_fixed(session)
+        apply_sql(session, STEPS[0])
+    run(vdb)  # tx 1: every row has one open version
+    table = version_class(Product).__table__
+    with vdb.session() as session:
+        # What a row-by-row importer leaves behind: product 3 deleted and re-created with
+        # both versions left open, product 5 updated without closing its predecessor.
+        session.execute(sa.text('INSERT INTO "transaction" (id) VALUES (2), (3)'))
+        base = {c: v for c, v in session.execute(
+            sa.select(table).where(table.c.id == 3)).mappings().one().items()}  # fmt: skip
+        session.execute(sa.insert(table), [
+            {**base, "transaction_id": 2, "operation_type": 2},
+            {**base, "transaction_id": 3, "operation_type": 0},
+        ])  # fmt: skip
+        five = dict(session.execute(sa.select(table).where(table.c.id == 5)).mappings().one())
+        session.execute(sa.insert(table), [{**five, "transaction_id": 2, "operation_type": 1}])
+    report = run(vdb)
+    assert report.inconsistent == {"Product": [3, 5]}
+    assert "Product: 2 key(s) have several open versions" in report.warnings[0]
+    assert report.transaction_id is None and report.repaired["Product"] == 0
+    dry = run(vdb, repair=True, dry_run=True)
+    assert dry.repaired["Product"] == 3
+    with vdb.session() as session:
+        assert [v for _op, _vals, v in history(session, Product)[(3,)]] == ["open"] * 3
+    fixed = run(vdb, repair=True)
+    assert fixed.repaired["Product"] == 3 and fixed.transaction_id is None
+    assert run(vdb).warnings == []
+    with reference_database(tmp_path) as ref:
+        with ref.session() as session:
+            seed_fixed(session)
+            apply_orm(session, STEPS[0])
+        with ref.session() as session:  # tx 2: delete 3, "update" 5 to the same values
+            session.delete(session.get(Product, 3))
+        with ref.session() as session:  # tx 3: re-create 3
+            columns = [c.name for c in Product.__table__.c]
+            session.add(Product(**{k: base[k] for k in columns}))
+        with vdb.session() as imported, ref.session() as orm:
+            got, want = history(imported, Product), history(orm, Product)
+    assert got[(3,)] == want[(3,)]
+    assert [(op, v) for op, _vals, v in got[(5,)]] == [(0, "next"), (1, "open")]
+
+
+def test_dry_run_switches_and_limits_write_nothing(vdb):
+    with vdb.session() as session:
+        seed_fixed(session)
+        apply_sql(session, STEPS[0])
+    dry = run(vdb, dry_run=True)
+    assert dry.dry_run and dry.transaction_id is None
+    with pytest.raises(ChangeLimitExceeded, match="max_changes=5; nothing was written"):
+        run(vdb, max_changes=5)
+    with vdb.session() as session:
+        assert transactions(session) == 0
+        assert session.execute(sa.select(sa.func.count()).select_from(
+            version_class(Product).__table__)).scalar_one() == 0  # fmt: skip
+    real = run(vdb, max_changes=sum(c.changes for c in dry.models.values()))
+    assert {n: c.as_dict() for n, c in real.models.items()} == {
+        n: c.as_dict() for n, c in dry.models.items()
+    }
+    with vdb.session() as session:
+        apply_sql(session, STEPS[1])
+    partial = run(vdb, delete=False, update=False)
+    assert partial.models["Product"].deleted == 0 and partial.models["Product"].updated == 0
+    assert partial.models["Product"].skipped == 3
+    assert partial.transaction_id is None  # nothing to create in step 2
+    rest = run(vdb)
+    assert rest.models["Product"].updated == 2 and rest.models["Product"].deleted == 1
+
+
+def test_failure_in_the_second_model_writes_nothing(vdb):
+    with vdb.session() as session:
+        seed_fixed(session)
+        apply_sql(session, STEPS[0])
+        # A delete version already sitting on the id the next transaction will get makes
+        # Product's INSERT fail after Category's versions were written.
+        table = version_class(Product).__table__
+        session.execute(sa.insert(table).values(
+            id=5, sku="SKU-5", name="x", transaction_id=1, operation_type=2))  # fmt: skip
+    with pytest.raises(sa.exc.IntegrityError):
+        run(vdb, names=["Product", "Category"])
+    with vdb.session() as session:
+        assert transactions(session) == 0
+        assert session.execute(sa.select(sa.func.count()).select_from(
+            version_class(Category).__table__)).scalar_one() == 0  # fmt: skip
+        assert [(op, v) for op, _vals, v in history(session, Product)[(5,)]] == [(2, "open")]
+
+
+def test_progress_events_and_model_selection(vdb):
+    with vdb.session() as session:
+        seed_fixed(session)
+        apply_sql(session, STEPS[0])
+    events = []
+    result = run(vdb, names=["Product", "Category", "Product"], progress=events.append)
+    assert list(result.models) == ["Category", "Product"]  # parents first, once each
+    assert [(e["model"], e["stage"]) for e in events] == [
+        ("Category", "checking"), ("Category", "counted"),
+        ("Product", "checking"), ("Product", "counted"),
+        ("Category", "done"), ("Product", "done"),
+    ]  # fmt: skip
+    assert events[3]["created"] == 6 and events[3]["total"] == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"names": ["Nope"]}, NotFoundError, "unknown versioned model 'Nope'; valid names: "
+         "Category, LedgerEntry, OrderLine, Product"),
+        ({"names": "Product"}, ValidationError, "models='Product' must be a list"),
+        ({"max_changes": -1}, ValidationError, "max_changes=-1 must be 0 or more"),
+        ({"max_changes": "10"}, ValidationError, "max_changes='10' must be a whole number"),
+        ({"dry_run": "yes"}, ValidationError, "dry_run='yes' must be true or false"),
+        ({"user": 7}, ValidationError, "user=7 must be a string"),
+        ({"remote_addr": "x" * 51}, ValidationError, "longer than 50 characters"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_rejected_before_anything_is_written(vdb, kwargs, error, message):
+    with vdb.session() as session:
+        seed_fixed(session)
+        apply_sql(session, STEPS[0])
+    with pytest.raises(error, match=message.replace("(", r"\(")):
+        run(vdb, **kwargs)
+    with vdb.session() as session:
+        assert transactions(session) == 0
+
+
+def test_session_already_in_a_transaction_is_refused(vdb):
+    with vdb.session() as session:
+        session.execute(sa.text("SELECT 1"))
+        with pytest.raises(ValidationError, match="has not begun a transaction"):
+            import_versions(session, ALL)
+
+
+def test_two_imports_never_run_at_once(vdb):
+    if vdb.engine.dialect.name == "postgresql":
+        with vdb.engine.connect() as holder:
+            holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+            with pytest.raises(LockedError, match="another version import is running"):
+                run(vdb)
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            holder.commit()
+    else:
+        impatient = sa.create_engine(vdb.url, connect_args={"timeout": 0.1})
+        try:
+            with vdb.engine.connect() as holder:
+                holder.exec_driver_sql("BEGIN IMMEDIATE")
+                with Session(impatient) as session, pytest.raises(LockedError):
+                    import_versions(session, ALL)
+                holder.rollback()
+        finally:
+            impatient.dispose()
+    assert run(vdb).transaction_id is None  # the lock is free again

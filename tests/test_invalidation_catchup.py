@@ -1,0 +1,105 @@
+"""Task-start catch-up, the task and the CLI, in-process (no listener thread runs here:
+a solo pool gets only the catch-up, so these tests see it alone)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from cache.errors import NotFoundError, ValidationError
+from cache.invalidation import DatabaseLog, current_tracker, publish
+from tests.conftest import make_env, settings_of
+
+
+@pytest.fixture
+def seeded(database):
+    from demo.seed import seed
+
+    with database.session() as session:
+        seed(session, projects=2, products=10)
+    return database
+
+
+@pytest.fixture
+def registry(seeded):
+    from worker.registry import Registry, load_declarations, set_registry
+
+    registry = Registry(load_declarations(("demo.cached_tables",)), seeded.engine)
+    previous = set_registry(registry)
+    yield registry
+    set_registry(previous)
+
+
+def _rename(engine: sa.Engine, key: int, name: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE categories SET name = :n WHERE id = :k"), {"n": name, "k": key}
+        )
+
+
+def test_task_start_catch_up_alone_keeps_a_solo_worker_fresh(
+    tmp_path, seeded, registry, redis_url, inprocess_worker
+):
+    from worker import create_app
+    from worker.registry import get_registry
+
+    results = f"db+sqlite:///{tmp_path / 'results.db'}"  # no pooled PG connection left over
+    env = make_env(tmp_path, database_url=seeded.url, broker_url=redis_url, result_backend=results)
+    app = create_app(settings_of(env))
+    try:
+        # The solo pool runs the fork hooks in this process: db.after_fork() abandons the
+        # pool's open connections (dispose(close=False)), so hand it an empty pool.
+        seeded.engine.dispose()
+        inprocess_worker(app)
+        assert current_tracker() is None  # no listener thread in a solo pool
+
+        def lookup() -> str:
+            result = app.send_task("cachework.lookup", kwargs={"table": "categories", "key": 1})
+            return result.get(timeout=20, interval=0.01)["name"]
+
+        assert lookup() == "Tools"
+        _rename(seeded.engine, 1, "Renamed")
+        assert lookup() == "Tools"  # really cached: nobody said otherwise
+        event_id = publish("categories", [1], log=DatabaseLog(seeded.engine))
+        assert lookup() == "Renamed"
+        worker_registry = get_registry()  # the pool's init hooks gave the worker a new one
+        assert worker_registry.cursor == event_id
+        assert worker_registry.listener["catch_ups"] == 1
+        assert worker_registry.listener["drops"] == 0
+    finally:
+        app.close()
+
+
+def test_process_invalidation_validates_publishes_and_rebuilds(seeded, registry):
+    from demo.seed import project_uuid
+    from tasks.invalidation import process_invalidation
+
+    engine_log = DatabaseLog(seeded.engine)
+    with pytest.raises(NotFoundError, match=r"'nope'.*categories.*products"):
+        process_invalidation(table="nope")
+    with pytest.raises(ValidationError, match=r"keys\[0\].*'abc'"):
+        process_invalidation(table="categories", keys=["abc"])
+    with pytest.raises(NotFoundError):
+        process_invalidation(table="products", project="00000000-0000-4000-8000-000000000000")
+    assert engine_log.state().head == "0"  # bad input published nothing
+    result = process_invalidation(table="categories", keys=["1", 2])
+    assert result == {"event_id": engine_log.state().head, "rebuilt": 0}
+    assert '"keys":[1,2]' in engine_log.read("0").entries[0][1]
+    scoped = process_invalidation(table="products", project=project_uuid(0), app_name="inventory")
+    assert scoped["rebuilt"] == 2 and scoped["event_id"] != result["event_id"]
+
+
+def test_cli_invalidate_publishes_and_reports_errors_in_one_line(seeded, registry):
+    from worker.cli import main
+
+    runner = CliRunner()
+    ok = runner.invoke(main, ["invalidate", "categories", "3", "4"])
+    assert ok.exit_code == 0, ok.output
+    head = DatabaseLog(seeded.engine).state().head
+    assert f"published invalidation {head} for categories (2 key(s))" in ok.output
+    bad = runner.invoke(main, ["invalidate", "categories", "x"])
+    assert bad.exit_code == 2 and "keys[0]" in bad.output and "Traceback" not in bad.output
+    unknown = runner.invoke(main, ["invalidate", "nope"])
+    assert unknown.exit_code == 2 and "known tables:" in unknown.output
+    assert DatabaseLog(seeded.engine).state().head == head

@@ -1,0 +1,116 @@
+"""The invalidation event: strict validation, JSON round trip, id ordering (pure)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cache.errors import NotFoundError, ValidationError
+from cache.invalidation.events import Event, decode_event, id_key, is_after, validate_event
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "names"),
+    [
+        ({"table": None}, ValidationError, "table=None"),
+        ({"table": ""}, ValidationError, "table=''"),
+        ({"table": 5}, ValidationError, "table=5"),
+        ({"table": "t", "keys": "abc"}, ValidationError, "keys='abc'"),
+        ({"table": "t", "keys": []}, ValidationError, "keys=[]"),
+        ({"table": "t", "keys": [1, True]}, ValidationError, "keys[1]=True"),
+        ({"table": "t", "keys": [1.5]}, ValidationError, "keys[0]=1.5"),
+        ({"table": "t", "keys": [{"a": 1}]}, ValidationError, "keys[0]="),
+        ({"table": "t", "keys": list(range(4))}, ValidationError, "at most 3"),
+        ({"table": "t", "project": 7}, ValidationError, "project=7"),
+        ({"table": "t", "app_name": ""}, ValidationError, "app_name=''"),
+        ({"table": "t", "names": "summary"}, ValidationError, "names='summary'"),
+        ({"table": "t", "names": ["ok", 3]}, ValidationError, "names[1]=3"),
+        ({"table": "nope"}, NotFoundError, "known tables: categories, products"),
+        ({"table": "categories", "keys": ["x"]}, ValidationError, "keys[0]: 'x'"),
+    ],
+)
+def test_bad_events_name_the_field(kwargs, error, names):
+    def coerce(key):
+        if not str(key).isdigit():
+            raise ValidationError(f"{key!r} is not an integer")
+        return int(key)
+
+    known = {"categories": coerce, "products": None, "t": None}
+    if kwargs["table"] == "nope":
+        known = {"categories": coerce, "products": None}
+    with pytest.raises(error) as info:
+        validate_event(**kwargs, known_tables=known, max_keys=3)
+    assert names in str(info.value)
+
+
+def test_valid_event_is_normalised_and_round_trips():
+    event = validate_event(
+        "categories",
+        ["3", 3, "4"],
+        project="p",
+        app_name="inventory",
+        names=["summary", "summary"],
+        known_tables={"categories": int},
+    )
+    assert event == Event("categories", (3, 4), "p", "inventory", ("summary",))
+    assert decode_event(event.to_json()) == event
+    assert decode_event(event.to_json().encode()) == event
+    whole = validate_event("categories", known_tables=["categories"])
+    assert whole.keys is None and decode_event(whole.to_json()) == whole
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe",
+        "not json",
+        "[1, 2]",
+        '{"table": "t"}',
+        '{"v": 1}',
+        '{"v": 1, "table": "t", "extra": 1}',
+        '{"v": 1, "table": "t", "keys": {}}',
+        {"a": 1},
+        "[" * 5000,
+    ],
+)
+def test_malformed_entries_are_validation_errors(raw):
+    with pytest.raises(ValidationError):
+        decode_event(raw)
+
+
+def test_event_ids_compare_as_numbers_not_strings():
+    assert is_after("10", "9")
+    assert is_after("1700000000000-10", "1700000000000-9")
+    assert is_after("1700000000001-0", "1700000000000-99")
+    assert not is_after("0", "0")
+    assert id_key("0") == (0, 0) and id_key(b"5-1") == (5, 1) and id_key(7) == (7, 0)
+    for bad in ("", "abc", "1-2-3", "-1", None, 1.5, True):
+        with pytest.raises(ValidationError, match="event_id="):
+            id_key(bad)
+
+
+keys = st.one_of(st.integers(-(2**40), 2**40), st.text(min_size=1, max_size=20))
+texts = st.text(min_size=1, max_size=30).filter(str.strip)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    table=texts,
+    keys=st.none() | st.lists(keys, min_size=1, max_size=20),
+    project=st.none() | texts,
+    app_name=st.none() | texts,
+    names=st.none() | st.lists(texts, min_size=1, max_size=5),
+)
+def test_any_valid_event_round_trips(table, keys, project, app_name, names):
+    event = validate_event(table, keys, project, app_name, names)
+    assert decode_event(event.to_json()) == event
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200), st.from_regex(r"\{.*\}")))
+def test_decoding_garbage_only_ever_raises_validation_error(raw):
+    with contextlib.suppress(ValidationError):
+        decode_event(raw)

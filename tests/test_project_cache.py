@@ -1,0 +1,265 @@
+"""Project cache rebuilds in-process (SQLite and PostgreSQL): demo items against independent
+SQL, error capture, the dirty-flag loop, validation, discovery and the CLI."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from cache import plugins as cache_plugins
+from cache import store
+from cache.errors import ConfigError, NotFoundError, ValidationError
+from cache.locks import DatabaseLocks
+from cache.sync import rebuild, rebuild_scope
+from demo.plugin import InventoryPlugin
+from demo.seed import project_uuid, seed
+from tests.project_cache_helpers import FlakyPlugin
+
+EMPTY = str(uuid.UUID(int=7))
+
+
+@pytest.fixture
+def seeded(database):
+    with database.session() as session:
+        seed(session, projects=4, products=90)
+        session.execute(
+            sa.text("INSERT INTO projects (uuid, title) VALUES (:u, 'Empty')"), {"u": EMPTY}
+        )
+    return database
+
+
+def _expected(session) -> dict[str, dict]:
+    """The demo items, computed with plain SQL independently of the plugin."""
+    projects = session.execute(sa.text("SELECT uuid FROM projects")).scalars()
+    expected = {
+        p: {"summary": {"products": 0, "active": 0, "cents": 0}, "by_category": {}}
+        for p in projects
+    }
+    for project, count, active, cents in session.execute(
+        sa.text(
+            "SELECT project_uuid, COUNT(*), SUM(CASE WHEN active THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN active THEN CAST(ROUND(price * 100) AS INTEGER) ELSE 0 END) "
+            "FROM products GROUP BY project_uuid"
+        )
+    ):
+        expected[project]["summary"] = {"products": count, "active": active, "cents": cents}
+    for project, code, count in session.execute(
+        sa.text(
+            "SELECT p.project_uuid, c.code, COUNT(*) FROM products p "
+            "JOIN categories c ON c.id = p.category_id GROUP BY p.project_uuid, c.code"
+        )
+    ):
+        expected[project]["by_category"][code] = count
+    return expected
+
+
+def _actual(session) -> dict[str, dict]:
+    actual = {}
+    for project in session.execute(sa.text("SELECT uuid FROM projects")).scalars():
+        items = {i.name: i.data for i in store.get_project_items(session, project, "inventory")}
+        summary = dict(items["summary"])
+        summary["cents"] = int(Decimal(summary.pop("total_value")) * 100)
+        actual[project] = {"summary": summary, "by_category": items["by_category"]}
+    return actual
+
+
+def test_demo_items_equal_independent_sql_for_every_project(seeded):
+    from tasks.project_cache import rebuild_items
+
+    result = rebuild_items(None, None, None, user="tester")
+    assert result == {"updated": 10, "errors": []}  # 5 projects x 2 items, none site-wide
+    with seeded.session() as session:
+        expected = _expected(session)
+        assert _actual(session) == expected
+        assert expected[EMPTY]["summary"] == {"products": 0, "active": 0, "cents": 0}
+        assert store.get_item(session, "inventory", "summary", project=EMPTY).data == {
+            "products": 0,
+            "active": 0,
+            "total_value": "0.00",
+        }
+        assert store.get_project_items(session, None) == []
+
+
+def test_rebuild_items_limits_to_names_and_goes_through_the_lock(seeded):
+    from tasks.project_cache import rebuild_items
+
+    project = project_uuid(1)
+    rebuild_items(project, "inventory", None)
+    with seeded.session() as session:
+        before = {
+            n: store.get_update_time(session, "inventory", n, project=project)
+            for n in ("summary", "by_category")
+        }
+    assert rebuild_items(project, "inventory", ["summary"]) == {"updated": 1, "errors": []}
+    with seeded.session() as session:
+        assert (
+            store.get_update_time(session, "inventory", "summary", project=project)
+            > before["summary"]
+        )
+        assert (
+            store.get_update_time(session, "inventory", "by_category", project=project)
+            == before["by_category"]
+        )
+        # The lock was released and the dirty names consumed.
+        assert session.execute(sa.text("SELECT COUNT(*) FROM cache_dirty")).scalar() == 0
+        assert (
+            session.execute(
+                sa.text("SELECT COUNT(*) FROM cache_locks WHERE owner IS NOT NULL")
+            ).scalar()
+            == 0
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (("nope", None, None), ValidationError, "project='nope' is not a uuid"),
+        ((EMPTY.replace("0", "1"), None, None), NotFoundError, "does not exist"),
+        ((None, "no-such-app", None), NotFoundError, "app_name='no-such-app'"),
+        ((None, "inventory", ["summary", "bogus"]), NotFoundError, "'bogus' unknown"),
+        ((None, None, "summary"), ValidationError, "must be a list of item names"),
+    ],
+)
+def test_rebuild_items_refuses_bad_input_and_changes_nothing(seeded, args, error, message):
+    from tasks.project_cache import rebuild_items
+
+    with pytest.raises(error, match=message):
+        rebuild_items(*args)
+    with seeded.session() as session:
+        assert session.execute(sa.text("SELECT COUNT(*) FROM cache_items")).scalar() == 0
+
+
+def test_a_failing_plugin_is_reported_and_leaves_no_partial_item(seeded):
+    failing = project_uuid(2)
+    with seeded.session() as session:
+        session.execute(
+            sa.text("UPDATE projects SET title = 'FAIL me' WHERE uuid = :u"), {"u": failing}
+        )
+    locks = DatabaseLocks(seeded.engine, ttl_ms=10_000)
+    plugins = [FlakyPlugin(), InventoryPlugin()]
+    results = [rebuild(seeded.session, locks, plugins, project_uuid(i)) for i in range(4)]
+    errors = [e for r in results for e in r.errors]
+    assert errors == [f"flaky failed for project {failing}: RuntimeError: cannot rebuild 'FAIL me'"]
+    with seeded.session() as session:
+        assert store.get_item(session, "flaky", "value", project=failing) is None  # no partial
+        assert store.get_item(session, "inventory", "summary", project=failing) is not None
+        for i in (0, 1, 3):
+            assert store.get_item(session, "flaky", "value", project=project_uuid(i)).data == {
+                "title": f"Project {i + 1}"
+            }
+
+
+def test_a_request_during_a_rebuild_is_not_lost(seeded):
+    """A second request while the first holds the lock is deferred, and the holder runs
+    another round that sees the change made before that request."""
+    project = project_uuid(0)
+    locks = DatabaseLocks(seeded.engine, ttl_ms=10_000)
+    calls: list[str | None] = []
+
+    class Interrupted(InventoryPlugin):
+        def update_cache(self, store_, session, project=None, name=None):
+            calls.append(name)
+            super().update_cache(store_, session, project=project, name=name)
+            if len(calls) == 1:  # mid-rebuild: data changes, then someone asks again
+                with seeded.session() as other:
+                    other.execute(
+                        sa.text("UPDATE products SET active = false WHERE project_uuid = :p"),
+                        {"p": project},
+                    )
+                nested = rebuild_scope(seeded.session, locks, self, project, ["summary"])
+                assert nested.deferred and nested.updated == 0
+
+    result = rebuild_scope(seeded.session, locks, Interrupted(), project, None)
+    assert calls == [None, "summary"]
+    assert result.rounds == 2 and result.updated == 3 and not result.deferred
+    with seeded.session() as session:
+        assert store.get_item(session, "inventory", "summary", project=project).data["active"] == 0
+
+
+def test_discovery_from_model_modules_and_entry_points(monkeypatch):
+    found = cache_plugins.discover(["demo.models", "tests.project_cache_helpers"], None)
+    assert list(found) == ["flaky", "inventory", "recorder"]
+
+    class Point:
+        name, value = "inventory", "demo.plugin:InventoryPlugin"
+
+    monkeypatch.setattr(cache_plugins, "entry_points", lambda group: [Point()])
+    both = cache_plugins.discover(["demo.models"])  # the same class twice counts once
+    assert list(both) == ["inventory"] and isinstance(both["inventory"], InventoryPlugin)
+
+    class Clash:
+        name, value = "other", "tests.project_cache_helpers:FlakyPlugin"
+
+    monkeypatch.setattr(FlakyPlugin, "app_name", "inventory")
+    monkeypatch.setattr(cache_plugins, "entry_points", lambda group: [Point(), Clash()])
+    with pytest.raises(ConfigError, match="two cache plugins claim app 'inventory'"):
+        cache_plugins.discover()
+
+
+def test_a_broken_plugin_reference_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"'demo\.plugin:Nope'"):
+        cache_plugins._load("demo.plugin:Nope", "a test")
+    with pytest.raises(ConfigError, match="has no `app_name`"):
+        cache_plugins._load("demo.seed:seed", "a test")
+
+
+def test_delete_for_one_project_leaves_the_others(seeded):
+    from tasks.project_cache import delete_cache, rebuild_items
+
+    rebuild_items(None, None, None)
+    target = project_uuid(3)
+    assert delete_cache(project=target) == {"deleted": 2}
+    with seeded.session() as session:
+        assert store.get_project_items(session, target) == []
+        assert all(len(store.get_project_items(session, project_uuid(i))) == 2 for i in range(3))
+    with pytest.raises(NotFoundError, match="app_name='ghost'"):
+        delete_cache(app_name="ghost")
+    with pytest.raises(ValidationError, match="'bad' is not a uuid"):
+        delete_cache(project="bad")
+    assert delete_cache() == {"deleted": 8}
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_sync_and_delete_in_process(seeded):
+    from worker.cli import main
+
+    runner = CliRunner()
+    synced = runner.invoke(main, ["sync-cache", "--user", "cli"])
+    assert synced.exit_code == 0, synced.output
+    assert "updated 10 item(s) in 5 project(s); 0 error(s)" in synced.output
+    one = runner.invoke(
+        main, ["sync-cache", "-p", project_uuid(0), "-a", "inventory", "-n", "summary"]
+    )
+    assert one.exit_code == 0 and "updated 1 item(s) in 1 project(s)" in one.output
+    deleted = runner.invoke(main, ["delete-cache", "-p", project_uuid(0)])
+    assert deleted.exit_code == 0 and "deleted 2 item(s)" in deleted.output
+    with seeded.session() as session:
+        assert session.execute(sa.text("SELECT COUNT(*) FROM cache_items")).scalar() == 8
+        assert (
+            store.get_item(session, "inventory", "summary", project=project_uuid(1)).user == "cli"
+        )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sync-cache", "-p", str(uuid.UUID(int=9))], "does not exist"),
+        (["sync-cache", "-a", "nope"], "app_name='nope' has no cache plugin"),
+        (["sync-cache", "-n", "nope"], "'nope' unknown"),
+        (["delete-cache", "-p", "xyz"], "project='xyz' is not a uuid"),
+    ],
+)
+def test_cli_unknown_project_or_app_is_one_red_line_and_changes_nothing(seeded, argv, message):
+    from worker.cli import main
+
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    with seeded.session() as session:
+        assert session.execute(sa.text("SELECT COUNT(*) FROM cache_items")).scalar() == 0

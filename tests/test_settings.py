@@ -1,0 +1,107 @@
+"""Settings and Celery config: pure logic, no services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import celeryconfig
+from cache.errors import ConfigError
+from worker.settings import load_settings, mask_url
+
+
+def test_embedded_defaults(tmp_path: Path):
+    s = load_settings({"CACHEWORK_DATA_DIR": str(tmp_path)})
+    assert s.database_url == f"sqlite:///{tmp_path / 'cachework.db'}"
+    assert s.broker_url == "filesystem://"
+    assert s.result_backend == "db+" + s.database_url
+    assert s.redis_url is None
+    assert s.models == ("demo.models",)
+
+
+def test_postgres_url_gets_psycopg_driver_and_redis_broker_feeds_redis_url(tmp_path: Path):
+    s = load_settings(
+        {
+            "CACHEWORK_DATA_DIR": str(tmp_path),
+            "CACHEWORK_DATABASE_URL": "postgresql://u:secret@127.0.0.1/app",
+            "CACHEWORK_BROKER_URL": "redis://127.0.0.1:6379/3",
+        }
+    )
+    assert s.database_url == "postgresql+psycopg://u:secret@127.0.0.1/app"
+    assert s.redis_url == "redis://127.0.0.1:6379/3"
+    assert s.result_backend == "db+postgresql+psycopg://u:secret@127.0.0.1/app"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("CACHEWORK_DATABASE_URL", "mongodb://x:pw@h/db", "unknown scheme 'mongodb'"),
+        ("CACHEWORK_BROKER_URL", "kafka://h", "unknown scheme 'kafka'"),
+        ("CACHEWORK_REDIS_URL", "http://h", "not a redis://"),
+        ("CACHEWORK_TASK_SOFT_TIME_LIMIT", "ten", "not an integer"),
+        ("CACHEWORK_IMPORT_SCHEDULE", "3 * *", "five-field crontab"),
+        ("CACHEWORK_SYNC_SCHEDULE", "-5", "at least"),
+        ("CACHEWORK_MODELS", "demo.models,not a module", "not a module path"),
+        ("CACHEWORK_LOG_LEVEL", "LOUD", "LOUD"),
+    ],
+)
+def test_bad_values_name_the_variable_and_value(name, value, fragment, tmp_path: Path):
+    with pytest.raises(ConfigError) as info:
+        load_settings({"CACHEWORK_DATA_DIR": str(tmp_path), name: value})
+    message = str(info.value)
+    assert name in message or name == "CACHEWORK_LOG_LEVEL"
+    assert fragment in message
+    assert "pw@" not in message  # passwords are masked
+
+
+def test_hard_limit_must_exceed_soft_limit(tmp_path: Path):
+    with pytest.raises(ConfigError, match="CACHEWORK_TASK_TIME_LIMIT=30"):
+        load_settings(
+            {
+                "CACHEWORK_DATA_DIR": str(tmp_path),
+                "CACHEWORK_TASK_SOFT_TIME_LIMIT": "60",
+                "CACHEWORK_TASK_TIME_LIMIT": "30",
+            }
+        )
+
+
+def test_mask_url_hides_only_the_password():
+    assert mask_url("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert mask_url("amqp://guest:pw@127.0.0.1//") == "amqp://guest:***@127.0.0.1//"
+    assert mask_url("filesystem://") == "filesystem://"
+
+
+def test_celery_config_is_json_only_late_ack_and_routed(tmp_path: Path):
+    conf = celeryconfig.build(load_settings({"CACHEWORK_DATA_DIR": str(tmp_path)}))
+    assert conf["accept_content"] == ["json"]
+    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_soft_time_limit"] < conf["task_time_limit"]
+    assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"]
+    assert conf["worker_send_task_events"] and not conf["worker_hijack_root_logger"]
+    assert {q.name for q in conf["task_queues"]} == {"versions", "cache", "invalidations"}
+    routes = conf["task_routes"]
+    assert routes["cachework.import_versions"] == {"queue": "versions"}
+    assert routes["cachework.sync_cache"] == {"queue": "cache"}
+    assert routes["cachework.process_invalidation"] == {"queue": "invalidations"}
+    assert (tmp_path / "broker" / "queue").is_dir()
+
+
+def test_beat_schedule_is_configurable_and_can_be_turned_off(tmp_path: Path):
+    on = celeryconfig.build(
+        load_settings({"CACHEWORK_DATA_DIR": str(tmp_path), "CACHEWORK_SYNC_SCHEDULE": "120"})
+    )["beat_schedule"]
+    assert on["nightly-version-import"]["task"] == "cachework.import_versions"
+    assert on["project-cache-sync"]["schedule"] == 120.0
+    off = celeryconfig.build(
+        load_settings(
+            {
+                "CACHEWORK_DATA_DIR": str(tmp_path),
+                "CACHEWORK_IMPORT_SCHEDULE": "off",
+                "CACHEWORK_SYNC_SCHEDULE": "off",
+            }
+        )
+    )["beat_schedule"]
+    assert off == {}

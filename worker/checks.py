@@ -1,0 +1,44 @@
+"""Start-up checks that turn unreachable services into one clear line, within seconds."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from kombu import Connection
+
+from cache.errors import ConfigError
+from worker.settings import Settings, mask_url
+
+
+def check_broker(settings: Settings, timeout: float = 3.0) -> None:
+    """Connect to the broker once; ConfigError naming CACHEWORK_BROKER_URL if it fails."""
+    options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    if settings.broker_url.startswith("filesystem"):
+        options = {}
+    conn = Connection(
+        settings.broker_url,
+        transport=settings.broker_transport,
+        connect_timeout=timeout,
+        transport_options=options,
+    )
+    try:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    except Exception as exc:
+        raise ConfigError(
+            f"CACHEWORK_BROKER_URL={mask_url(settings.broker_url)!r} cannot be reached: "
+            f"{exc.__class__.__name__}: {exc}"
+        ) from None
+    finally:
+        conn.release()
+
+
+def check_database(engine: sa.Engine) -> None:
+    """Run `SELECT 1`; ConfigError naming CACHEWORK_DATABASE_URL if it fails."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        url = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"CACHEWORK_DATABASE_URL={url!r} cannot be reached: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None

@@ -1,0 +1,128 @@
+"""`cachework demo`: the whole path on the embedded default, no server needed.
+
+It builds a fresh SQLite database and `filesystem://` broker under `.cachework/demo`,
+seeds the example app, starts a real prefork worker subprocess, runs each step of
+`DEMO_STEPS` against it, and stops the worker. Each feature adds its own step module
+(a `run(ctx)` function), so the demo grows without one long function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from celery import Celery
+from rich.console import Console
+from sqlalchemy.orm import Session
+
+from worker import create_app, db
+from worker.bootstrap import Models, bootstrap
+from worker.schema import create_tables
+from worker.settings import Settings, load_settings
+from worker.spawn import WorkerProcess
+
+DEMO_STEPS = [
+    "worker.demo_steps.basics:run",
+    "worker.demo_steps.versions:run",
+    "worker.demo_steps.project_cache:run",
+    "worker.demo_steps.tables:run",
+    "worker.demo_steps.invalidation:run",
+]
+
+
+@dataclass
+class DemoContext:
+    """What every demo step gets: console, settings, database, app and a running worker."""
+
+    console: Console
+    settings: Settings
+    env: dict[str, str]
+    database: db.Database
+    models: Models
+    app: Celery
+    worker: WorkerProcess
+
+    def session(self) -> Session:
+        return self.database.sessionmaker()
+
+    def call(self, name: str, timeout: float = 60.0, **kwargs) -> object:
+        """Send task `name` through the broker and wait for its JSON result."""
+        started = time.perf_counter()
+        result = self.app.send_task(name, kwargs=kwargs).get(timeout=timeout, interval=0.05)
+        self.console.print(
+            f"  [dim]{name}({_args(kwargs)}) took {time.perf_counter() - started:.2f}s[/dim]"
+        )
+        return result
+
+
+def _args(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def demo_env(folder: Path) -> dict[str, str]:
+    """The environment of the embedded demo: nothing outside `folder` is touched."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEWORK_")}
+    env.update(
+        CACHEWORK_DATA_DIR=str(folder),
+        CACHEWORK_IMPORT_SCHEDULE="off",
+        CACHEWORK_SYNC_SCHEDULE="off",
+        CACHEWORK_LOG_LEVEL="INFO",
+    )
+    return env
+
+
+@click.command()
+@click.option("--projects", default=3, show_default=True, help="Projects to seed.")
+@click.option("--products", default=60, show_default=True, help="Products to seed.")
+@click.option(
+    "--folder",
+    type=click.Path(path_type=Path),
+    default=Path(".cachework/demo"),
+    show_default=True,
+    help="Where the demo keeps its database, broker and worker log (recreated).",
+)
+def demo(projects: int, products: int, folder: Path) -> None:
+    """Seed the embedded database, start a real worker and run every job through it."""
+    console = Console()
+    folder = folder.resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    env = demo_env(folder)
+    settings = load_settings(env)
+    database = db.Database(settings.database_url)
+    previous = db.set_database(database)
+    worker = WorkerProcess(env, concurrency=2, name="demo@127.0.0.1", logfile=folder / "worker.log")
+    try:
+        models = bootstrap(settings.models)
+        tables = create_tables(database.engine, models)
+        console.rule("[bold]cachework demo")
+        console.print(f"database  {settings.database_url}")
+        console.print(f"broker    {settings.broker_url} (folder {settings.broker_folder})")
+        console.print(f"tables    {len(tables)}: {', '.join(tables)}")
+        from demo.seed import seed
+
+        with database.session() as session:
+            counts = seed(session, projects=projects, products=products)
+        console.print(f"seeded    {counts} (plain SQL inserts: no versions yet)")
+        app = create_app(settings)
+        console.print(f"worker    starting {worker.name} (prefork, 2 children) ...")
+        worker.start()
+        worker.wait_ready(app, timeout=90)
+        ctx = DemoContext(console, settings, env, database, models, app, worker)
+        for step in DEMO_STEPS:
+            module, func = step.split(":")
+            getattr(importlib.import_module(module), func)(ctx)
+        console.rule("[bold green]demo finished")
+    finally:
+        code = worker.stop()
+        console.print(f"worker    stopped (exit code {code}); log in {folder / 'worker.log'}")
+        db.set_database(previous)
+        database.dispose()
+
+
+COMMANDS = [demo]

@@ -1,0 +1,75 @@
+"""`cachework invalidate TABLE [KEY]...`: publish an invalidation (every worker process's
+cached tables hear it) and rebuild the project cache items it names.
+
+Runs in-process by default, `--enqueue` sends `cachework.process_invalidation` to the
+workers. Arguments are checked first in both modes: a bad table or key names it and
+publishes nothing.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cache.invalidation import validate_event
+from worker.bootstrap import bootstrap
+from worker.db import get_database
+from worker.settings import load_settings
+
+
+@click.command("invalidate")
+@click.argument("table")
+@click.argument("keys", nargs=-1)
+@click.option("-p", "--project", default=None, help="Project uuid whose cache items to rebuild.")
+@click.option("-a", "--app", "app_name", default=None, help="App whose cache items to rebuild.")
+@click.option("-n", "--name", "names", multiple=True, help="Item name to rebuild (repeatable).")
+@click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (--enqueue).")
+def invalidate(
+    table: str,
+    keys: tuple[str, ...],
+    project: str | None,
+    app_name: str | None,
+    names: tuple[str, ...],
+    enqueue: bool,
+    timeout: float,
+) -> None:
+    """Invalidate KEYs (primary keys; none = the whole table) of TABLE everywhere."""
+    from worker.invalidation import known_tables
+
+    settings = load_settings()
+    bootstrap(settings.models)
+    get_database(settings)
+    event = validate_event(
+        table,
+        list(keys) or None,
+        project,
+        app_name,
+        list(names) or None,
+        known_tables=known_tables(settings),
+        max_keys=settings.invalidation_max_keys,
+    )
+    kwargs = {
+        "table": event.table,
+        "keys": list(event.keys) if event.keys is not None else None,
+        "project": event.project,
+        "app_name": event.app_name,
+        "names": list(event.names) if event.names is not None else None,
+    }
+    if enqueue:
+        from worker import app
+
+        sent = app.send_task("cachework.process_invalidation", kwargs=kwargs)
+        click.echo(f"sent cachework.process_invalidation as task {sent.id}; waiting ...")
+        result = sent.get(timeout=timeout, interval=0.1)
+    else:
+        from tasks.invalidation import invalidate as run
+
+        result = run(**kwargs)
+    what = "every record" if event.keys is None else f"{len(event.keys)} key(s)"
+    click.echo(
+        f"published invalidation {result['event_id']} for {event.table} ({what}); "
+        f"rebuilt {result['rebuilt']} cache item(s)"
+    )
+
+
+COMMANDS = [invalidate]

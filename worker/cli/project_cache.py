@@ -1,0 +1,119 @@
+"""`sync-cache` and `delete-cache`: project cache jobs in-process, or `--enqueue`d.
+
+Arguments are checked before anything runs (an unknown project or app names it and
+changes nothing), in both modes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from cache.sync import ScopeResult, list_projects, scope_label
+from worker.bootstrap import bootstrap
+from worker.db import get_database
+from worker.settings import load_settings
+
+
+def _prepare() -> None:
+    settings = load_settings()
+    bootstrap(settings.models)
+    get_database(settings)
+
+
+def _enqueue(console: Console, name: str, kwargs: dict, timeout: float) -> dict:
+    from worker import app
+
+    result = app.send_task(name, kwargs=kwargs)
+    console.print(f"sent {name} as task {result.id}; waiting up to {timeout:.0f}s ...")
+    return result.get(timeout=timeout, interval=0.2)
+
+
+def _report(console: Console, summary: dict) -> None:
+    errors = summary["errors"]
+    console.print(
+        f"updated {summary['updated']} item(s) in {summary['projects']} project(s); "
+        f"{len(errors)} error(s)"
+    )
+    for error in errors:
+        console.print(f"  [red]{error}[/red]", highlight=False)
+    if errors:
+        sys.exit(1)
+
+
+@click.command("sync-cache")
+@click.option("-p", "--project", default=None, help="Project uuid (default: every project).")
+@click.option("-a", "--app", "app_name", default=None, help="App name (default: every app).")
+@click.option("-n", "--name", default=None, help="Item name (default: every item).")
+@click.option("--user", default=None, help="Recorded on the items written.")
+@click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait (--enqueue).")
+def sync_cache(
+    project: str | None,
+    app_name: str | None,
+    name: str | None,
+    user: str | None,
+    enqueue: bool,
+    timeout: float,
+) -> None:
+    """Rebuild project cache items through the app plugins."""
+    from tasks.project_cache import rebuild_scope_now, validate
+
+    _prepare()
+    console = Console()
+    project, chosen, names = validate(project, app_name, [name] if name else None, user)
+    if enqueue:
+        kwargs = {"project": project, "app_name": app_name, "name": name, "user": user}
+        _report(console, _enqueue(console, "cachework.sync_cache", kwargs, timeout))
+        return
+    if project is not None:
+        scopes: list[str | None] = [project]
+    else:
+        with get_database().session() as session:
+            scopes = [None, *list_projects(session)]
+    total = ScopeResult()
+    deferred = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task("syncing", total=len(scopes))
+        for scope in scopes:
+            progress.update(bar, description=scope_label(scope))
+            result = rebuild_scope_now(scope, chosen, names, user)
+            deferred += result.deferred
+            total.add(result)
+            progress.advance(bar)
+    if deferred:
+        console.print(f"{deferred} scope(s) were being rebuilt elsewhere: marked dirty there")
+    projects = sum(1 for scope in scopes if scope is not None)
+    _report(console, {"updated": total.updated, "projects": projects, "errors": total.errors})
+
+
+@click.command("delete-cache")
+@click.option("-p", "--project", default=None, help="Project uuid (default: every project).")
+@click.option("-a", "--app", "app_name", default=None, help="App name (default: every app).")
+@click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (--enqueue).")
+def delete_cache(project: str | None, app_name: str | None, enqueue: bool, timeout: float) -> None:
+    """Delete project cache items (no options: every item)."""
+    from tasks.project_cache import delete_cache as delete_task
+    from tasks.project_cache import validate_delete
+
+    _prepare()
+    console = Console()
+    project = validate_delete(project, app_name)
+    if enqueue:
+        kwargs = {"project": project, "app_name": app_name}
+        summary = _enqueue(console, "cachework.delete_cache", kwargs, timeout)
+    else:
+        summary = delete_task(project=project, app_name=app_name)
+    scope = "every project" if project is None else f"project {project}"
+    console.print(
+        f"deleted {summary['deleted']} item(s) of {scope}, "
+        f"{'every app' if app_name is None else 'app ' + app_name}"
+    )
+
+
+COMMANDS = [sync_cache, delete_cache]

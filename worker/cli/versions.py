@@ -1,0 +1,153 @@
+"""`cachework import-versions`: run the version import here, or `--enqueue` it to a worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from importers.locking import transient_errors
+from importers.versions import import_versions
+from worker.bootstrap import bootstrap
+from worker.db import get_database
+from worker.settings import load_settings
+
+COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
+
+
+class ModelProgress:
+    """A rich progress row per model, fed by the importer's (or the task's) events."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<14}"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self.rows: dict[str, Any] = {}
+
+    def __enter__(self) -> ModelProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for row in self.rows.values():
+            self.progress.update(row, completed=2)
+        self.progress.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        model = event.get("model")
+        if not model:
+            return
+        if model not in self.rows:
+            self.rows[model] = self.progress.add_task(model, total=2, status="checking")
+        row, stage = self.rows[model], event.get("stage")
+        counts = " ".join(f"{k[0]}={event[k]}" for k in COLUMNS[:4] if k in event)
+        if stage == "counted":
+            self.progress.update(row, completed=1, status=f"counted {counts}")
+        elif stage == "done":
+            self.progress.update(row, completed=2, status=f"written {counts}")
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    title = "version import" + (" (dry run: nothing written)" if result["dry_run"] else "")
+    table = Table(title=title)
+    table.add_column("model")
+    for name in COLUMNS:
+        table.add_column(name, justify="right")
+    for model, counts in result["models"].items():
+        table.add_row(model, *(str(counts.get(name, 0)) for name in COLUMNS))
+    return table
+
+
+def _enqueue(kwargs: dict[str, Any], timeout: float, on_event: Callable[[dict], None]) -> dict:
+    from worker import app
+
+    async_result = app.send_task("cachework.import_versions", kwargs=kwargs)
+    deadline = time.monotonic() + timeout
+    while not async_result.ready():
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"no result from task {async_result.id} after {timeout:.0f}s (still queued or "
+                "running; is a worker consuming the 'versions' queue?)"
+            )
+        if async_result.state == "PROGRESS" and isinstance(async_result.info, dict):
+            on_event(async_result.info)
+        time.sleep(0.2)
+    return async_result.get(propagate=True, timeout=5)
+
+
+@click.command("import-versions")
+@click.option("--model", "models", multiple=True, help="A versioned model name (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Count what would change; write nothing.")
+@click.option("--user", help="Recorded on the Continuum transaction.")
+@click.option("--comment", help="Recorded in the Continuum transaction's meta.")
+@click.option("--remote-addr", help="Recorded on the Continuum transaction.")
+@click.option("--no-create", is_flag=True, help="Do not write versions for new rows.")
+@click.option("--no-update", is_flag=True, help="Do not write versions for changed rows.")
+@click.option("--no-delete", is_flag=True, help="Do not write versions for deleted rows.")
+@click.option(
+    "--max-changes",
+    type=click.IntRange(min=0),
+    help="Abort, writing nothing, if the run would write more changes than this.",
+)
+@click.option("--repair", is_flag=True, help="Close all but the newest of several open versions.")
+@click.option("--enqueue", is_flag=True, help="Send the task to the workers and wait.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait (--enqueue).")
+def import_versions_command(
+    models: tuple[str, ...],
+    dry_run: bool,
+    user: str | None,
+    comment: str | None,
+    remote_addr: str | None,
+    no_create: bool,
+    no_update: bool,
+    no_delete: bool,
+    max_changes: int | None,
+    repair: bool,
+    enqueue: bool,
+    timeout: float,
+) -> None:
+    """Bring every version table in line with its live table (one Continuum transaction)."""
+    kwargs = {
+        "models": list(models) or None,
+        "user": user,
+        "remote_addr": remote_addr,
+        "comment": comment,
+        "dry_run": dry_run,
+        "create": not no_create,
+        "update": not no_update,
+        "delete": not no_delete,
+        "max_changes": max_changes,
+        "repair": repair,
+    }
+    console = Console()
+    settings = load_settings()
+    with ModelProgress(console) as progress:
+        if enqueue:
+            result = _enqueue(kwargs, timeout, progress)
+        else:
+            classes = bootstrap(settings.models).versioned
+            names = kwargs.pop("models")
+            with transient_errors(), get_database(settings).session() as session:
+                result = import_versions(
+                    session, classes, names=names, progress=progress, **kwargs
+                ).as_dict()
+    console.print(summary_table(result))
+    txn = result["transaction_id"]
+    console.print(
+        f"transaction {txn}" if txn is not None else "no Continuum transaction (nothing written)"
+    )
+    for warning in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+COMMANDS = [import_versions_command]

@@ -1,0 +1,115 @@
+"""The per-process engine and session factory.
+
+A prefork child must never use a socket its parent opened: `after_fork()` (called from
+`worker_process_init`) drops the inherited pool with `dispose(close=False)`, so each child
+opens its own connections. Sessions come from `session_scope()`, one per job, and are
+always closed; `open_sessions()` lets tests assert none leaked.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.settings import Settings, load_settings
+
+_lock = threading.Lock()
+_database: Database | None = None
+
+
+class Database:
+    """One engine plus its session factory, with a count of sessions still open."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._open = 0
+        self._count_lock = threading.Lock()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success, rolls back on error, and is always closed."""
+        session = self.sessionmaker()
+        with self._count_lock:
+            self._open += 1
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+            with self._count_lock:
+                self._open -= 1
+
+    @property
+    def open_sessions(self) -> int:
+        return self._open
+
+    def checked_out(self) -> int:
+        """Connections currently checked out of the pool (0 when nothing leaked)."""
+        pool = self.engine.pool
+        return pool.checkedout() if hasattr(pool, "checkedout") else 0
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine with settings that suit a worker: pre-ping, and WAL plus a busy timeout
+    on SQLite so several processes can share the embedded file."""
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - trivial
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 5}
+    )
+
+
+def get_database(settings: Settings | None = None) -> Database:
+    """This process's Database, created on first use from the settings."""
+    global _database
+    with _lock:
+        if _database is None:
+            _database = Database((settings or load_settings()).database_url)
+        return _database
+
+
+def set_database(database: Database | None) -> Database | None:
+    """Replace this process's Database (tests, embedding); returns the previous one."""
+    global _database
+    with _lock:
+        previous, _database = _database, database
+        return previous
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """Shorthand for `get_database().session()`."""
+    with get_database().session() as session:
+        yield session
+
+
+def after_fork() -> None:
+    """Forget the parent's connections without closing them (they belong to the parent)."""
+    with _lock:
+        if _database is not None:
+            _database.engine.dispose(close=False)

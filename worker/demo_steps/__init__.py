@@ -1,0 +1,1 @@
+"""One module per `cachework demo` step, each with a `run(ctx: DemoContext)`."""

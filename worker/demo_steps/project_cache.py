@@ -1,0 +1,29 @@
+"""Demo step: a project cache sync through the worker, then a read of the items."""
+
+from __future__ import annotations
+
+import json
+
+from cache import store
+
+
+def run(ctx) -> None:
+    ctx.console.rule("project caches")
+    summary = ctx.call("cachework.sync_cache", timeout=120, user="demo")
+    ctx.console.print(f"  cachework.sync_cache -> {summary}")
+    with ctx.database.session() as session:
+        from cache.sync import list_projects
+
+        projects = list_projects(session)
+        for project in projects[:3]:
+            for item in store.get_project_items(session, project, app_name="inventory"):
+                ctx.console.print(
+                    f"  {project[:8]}… {item.app_name}/{item.name} "
+                    f"(updated {item.updated_at:%H:%M:%S.%f}): {json.dumps(item.data)}",
+                    highlight=False,
+                )
+    one = projects[0]
+    again = ctx.call("cachework.sync_cache", project=one, app_name="inventory")
+    ctx.console.print(f"  one project, one app -> {again}")
+    deleted = ctx.call("cachework.delete_cache", project=one)
+    ctx.console.print(f"  cachework.delete_cache(project={one[:8]}…) -> {deleted}")

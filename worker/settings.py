@@ -1,0 +1,229 @@
+"""The one place that reads the `CACHEWORK_*` environment.
+
+`load_settings()` turns the environment into a frozen `Settings`, filling the embedded
+defaults (a SQLite file, kombu's `filesystem://` broker in `.cachework/`, results in the
+database) and checking every value up front, so a typo fails at start-up with a message that
+names the variable and the value instead of a traceback deep inside a task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cache.errors import ConfigError
+
+DATABASE_SCHEMES = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory")
+REDIS_SCHEMES = ("redis", "rediss")
+OFF = ("", "off", "none", "false", "0", "no")
+
+
+def mask_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, safe to print or log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed, validated configuration. Times are in seconds unless the name says otherwise."""
+
+    database_url: str
+    broker_url: str
+    result_backend: str
+    redis_url: str | None
+    models: tuple[str, ...]
+    data_dir: Path
+    log_level: str = "INFO"
+    task_soft_time_limit: int = 600
+    task_time_limit: int = 660
+    # Beat schedule: a five-field crontab for the nightly version import, seconds for the
+    # cache sync; either may be None (off).
+    import_schedule: str | None = "0 3 * * *"
+    sync_schedule: float | None = 3600.0
+    cache_item_max_bytes: int = 1024 * 1024
+    cache_lock_ttl_ms: int = 60_000
+    stream_maxlen: int = 100_000
+    listener_stale_after: float = 30.0
+    invalidation_max_keys: int = 10_000
+    cached_tables: tuple[str, ...] = ("demo.cached_tables",)
+    broker_transport_options: dict = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_transport(self) -> str | None:
+        """kombu transport class for the broker (None: chosen by the URL's scheme)."""
+        if self.broker_url.startswith("filesystem"):
+            return "worker.fs_transport:Transport"
+        return None
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
+    raw = env.get("CACHEWORK_DATABASE_URL", "").strip()
+    if not raw:
+        return f"sqlite:///{(data_dir / 'cachework.db').as_posix()}"
+    scheme = _scheme(raw)
+    if scheme not in DATABASE_SCHEMES:
+        valid = ", ".join(sorted({s.split("+")[0] + "://" for s in DATABASE_SCHEMES}))
+        raise ConfigError(
+            f"CACHEWORK_DATABASE_URL={mask_url(raw)!r} has unknown scheme {scheme!r}; "
+            f"use one of {valid}"
+        )
+    return DATABASE_SCHEMES[scheme] + raw[len(scheme) :]
+
+
+def _broker_url(env: Mapping[str, str]) -> str:
+    raw = env.get("CACHEWORK_BROKER_URL", "").strip() or "filesystem://"
+    scheme = _scheme(raw)
+    if scheme not in BROKER_SCHEMES:
+        raise ConfigError(
+            f"CACHEWORK_BROKER_URL={mask_url(raw)!r} has unknown scheme {scheme!r}; "
+            f"use one of {', '.join(s + '://' for s in BROKER_SCHEMES)}"
+        )
+    return raw
+
+
+def _result_backend(env: Mapping[str, str], database_url: str) -> str:
+    raw = env.get("CACHEWORK_RESULT_BACKEND", "").strip()
+    if raw:
+        return raw
+    return "db+" + database_url
+
+
+def _redis_url(env: Mapping[str, str], broker_url: str) -> str | None:
+    raw = env.get("CACHEWORK_REDIS_URL", "").strip()
+    if raw.lower() in ("off", "none"):
+        return None
+    if raw:
+        if _scheme(raw) not in REDIS_SCHEMES:
+            raise ConfigError(
+                f"CACHEWORK_REDIS_URL={mask_url(raw)!r} is not a redis:// or rediss:// URL"
+            )
+        return raw
+    return broker_url if _scheme(broker_url) in REDIS_SCHEMES else None
+
+
+def _import_schedule(env: Mapping[str, str]) -> str | None:
+    raw = env.get("CACHEWORK_IMPORT_SCHEDULE")
+    if raw is None:
+        return "0 3 * * *"
+    if raw.strip().lower() in OFF:
+        return None
+    if len(raw.split()) != 5:
+        raise ConfigError(
+            f"CACHEWORK_IMPORT_SCHEDULE={raw!r} is not a five-field crontab "
+            "(minute hour day-of-month month day-of-week) or 'off'"
+        )
+    return raw.strip()
+
+
+def _sync_schedule(env: Mapping[str, str]) -> float | None:
+    raw = env.get("CACHEWORK_SYNC_SCHEDULE")
+    if raw is not None and raw.strip().lower() in OFF:
+        return None
+    return _float(env, "CACHEWORK_SYNC_SCHEDULE", 3600.0, minimum=1.0)
+
+
+def _modules(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        raw = default
+    if raw.strip().lower() in ("off", "none"):
+        return ()
+    modules = tuple(m.strip() for m in raw.split(",") if m.strip())
+    for module in modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError(f"{name} has {module!r}, which is not a module path")
+    return modules
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and check the `CACHEWORK_*` environment (or `env`)."""
+    env = os.environ if env is None else env
+    data_dir = Path(env.get("CACHEWORK_DATA_DIR", "").strip() or ".cachework").resolve()
+    database_url = _database_url(env, data_dir)
+    broker_url = _broker_url(env)
+    log_level = env.get("CACHEWORK_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            f"CACHEWORK_LOG_LEVEL={log_level!r} is not one of DEBUG, INFO, WARNING, ERROR"
+        )
+    soft = _int(env, "CACHEWORK_TASK_SOFT_TIME_LIMIT", 600, minimum=1)
+    hard = _int(env, "CACHEWORK_TASK_TIME_LIMIT", soft + 60, minimum=1)
+    if hard <= soft:
+        raise ConfigError(
+            f"CACHEWORK_TASK_TIME_LIMIT={hard} must be greater than "
+            f"CACHEWORK_TASK_SOFT_TIME_LIMIT={soft}"
+        )
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        result_backend=_result_backend(env, database_url),
+        redis_url=_redis_url(env, broker_url),
+        models=_modules(env, "CACHEWORK_MODELS", "") or ("demo.models",),
+        data_dir=data_dir,
+        log_level=log_level,
+        task_soft_time_limit=soft,
+        task_time_limit=hard,
+        import_schedule=_import_schedule(env),
+        sync_schedule=_sync_schedule(env),
+        cache_item_max_bytes=_int(env, "CACHEWORK_CACHE_ITEM_MAX_BYTES", 1024 * 1024, 1),
+        cache_lock_ttl_ms=_int(env, "CACHEWORK_CACHE_LOCK_TTL_MS", 60_000, 100),
+        stream_maxlen=_int(env, "CACHEWORK_STREAM_MAXLEN", 100_000, 10),
+        listener_stale_after=_float(env, "CACHEWORK_LISTENER_STALE_AFTER", 30.0, 0.1),
+        invalidation_max_keys=_int(env, "CACHEWORK_INVALIDATION_MAX_KEYS", 10_000, 1),
+        cached_tables=_modules(env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables"),
+    )

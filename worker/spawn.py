@@ -1,0 +1,107 @@
+"""Start and stop a real `celery -A worker worker` subprocess (demo, tests, benchmarks).
+
+The child gets its own environment, so one caller can run workers against several brokers.
+`stop()` asks for a warm shutdown, waits, then kills the whole process group, and always
+reaps it: no stray workers outlive the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from celery import Celery
+
+from worker.routing import QUEUES
+
+
+class WorkerProcess:
+    """One prefork worker node running in a subprocess."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        concurrency: int = 2,
+        name: str | None = None,
+        queues: tuple[str, ...] = QUEUES,
+        logfile: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.env = env
+        self.concurrency = concurrency
+        self.name = name or f"w{uuid.uuid4().hex[:8]}@127.0.0.1"
+        self.queues = queues
+        self.logfile = logfile
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> WorkerProcess:
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            "-P", "prefork", "-c", str(self.concurrency), "-n", self.name,
+            "-Q", ",".join(self.queues), "--without-gossip", "--without-mingle",
+            "-l", "INFO", *self.extra_args,
+        ]  # fmt: skip
+        if self.logfile is not None:
+            self.logfile.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.logfile, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, app: Celery, timeout: float = 60.0) -> None:
+        """Block until the node answers a ping; RuntimeError if it dies or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited early ({self._tail()})")
+            replies = app.control.ping(destination=[self.name], timeout=0.5) or []
+            if any(self.name in reply for reply in replies):
+                return
+        raise RuntimeError(f"worker {self.name} did not answer ping in {timeout}s ({self._tail()})")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Warm shutdown (SIGTERM), then SIGKILL of the process group; returns the exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+            # Children of a dead main process would be orphans: make sure none remain.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+        return proc.returncode
+
+    def _tail(self, lines: int = 20) -> str:
+        if self.logfile is None or not self.logfile.exists():
+            return "no log"
+        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
