@@ -43,4 +43,6 @@ class Product(Base):
     category_id: Mapped[int | None] = mapped_column(sa.ForeignKey("categories.id"), index=True)
     project_uuid: Mapped[str] = mapped_column(sa.ForeignKey("projects.uuid"), index=True)
     active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+
+
 CACHE_PLUGINS = ["demo.plugin:InventoryPlugin"]  # found by cache.plugins.discover()

@@ -4,8 +4,4 @@ Tasks are `shared_task`s registered under the contract's names, so every app mad
 `worker.create_app` has them.
 """
 
-from tasks import health  # noqa: F401
-from tasks import invalidation  # noqa: F401
-from tasks import project_cache  # noqa: F401
-from tasks import tables  # noqa: F401
-from tasks import versions  # noqa: F401
+from tasks import health, invalidation, project_cache, tables, versions  # noqa: F401
