@@ -116,9 +116,19 @@ def _canonical(project: str) -> str:
 
 
 def validate_name(field: str, value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > NAME_MAX:
-        raise ValidationError(f"{field}={value!r} must be a non-empty string of <= {NAME_MAX}")
+    """A non-empty string of at most NAME_MAX characters, without NUL (PostgreSQL text)."""
+    if not isinstance(value, str) or not value or len(value) > NAME_MAX or "\x00" in value:
+        raise ValidationError(
+            f"{field}={value!r} must be a non-empty string of <= {NAME_MAX} characters, no NUL"
+        )
     return value
+
+
+def validate_user(user: object) -> str | None:
+    """The user recorded on written items: None, or a string of <= NAME_MAX without NUL."""
+    if user is not None and (not isinstance(user, str) or len(user) > NAME_MAX or "\x00" in user):
+        raise ValidationError(f"user={user!r} must be a string of <= {NAME_MAX}, no NUL, or None")
+    return user
 
 
 def _label(project: str | None, app_name: str, name: str) -> str:
@@ -179,13 +189,24 @@ def _row(
     validate_name("name", name)
     if data_type not in DATA_TYPES:
         raise ValidationError(f"data_type={data_type!r} is not one of {', '.join(DATA_TYPES)}")
-    if user is not None and not isinstance(user, str):
-        raise ValidationError(f"user={user!r} must be a string or None")
+    validate_user(user)
     text = encode(project, app_name, name, data, max_bytes)
     return {"p": project, "a": app_name, "n": name, "t": data_type, "d": text, "u": user}
 
 
 _FIELDS = ("p", "a", "n", "t", "d", "u")
+
+
+def _sqlite_next_microsecond(column: sa.ColumnElement) -> sa.ColumnElement:
+    """`column` + 1 µs on SQLite, where times are 'YYYY-MM-DD HH:MM:SS.ffffff' text (so
+    they also compare correctly as strings)."""
+    text = functools.partial(sa.func.substr, sa.type_coerce(column, sa.String), type_=sa.String)
+    micros = sa.cast(text(21, 6), sa.Integer)
+    next_second = sa.func.strftime("%Y-%m-%d %H:%M:%S", text(1, 19), "+1 seconds", type_=sa.String)
+    return sa.case(
+        (micros < 999_999, text(1, 20) + sa.func.printf("%06d", micros + 1, type_=sa.String)),
+        else_=next_second + ".000000",
+    )
 
 
 @functools.cache
@@ -216,10 +237,17 @@ def _upsert_statement(dialect: str) -> sa.Insert:
         raise ValidationError(f"database dialect {dialect!r} is not supported (postgresql, sqlite)")
     columns = ["project", "app_name", "name", "data_type", "data", "user"]
     stmt = stmt.from_select([*columns, "created_at", "updated_at"], select)
+    # Never move backwards (another process's stamp may be older, or its clock lag): at
+    # least the stored time plus one microsecond.
     updated = stmt.excluded.updated_at
-    if dialect == "postgresql":  # never move backwards, even if another host's clock lags
+    if dialect == "postgresql":
         one = sa.text("interval '1 microsecond'")
         updated = sa.func.greatest(updated, cache_items.c.updated_at + one)
+    else:
+        updated = sa.case(
+            (updated > cache_items.c.updated_at, updated),
+            else_=_sqlite_next_microsecond(cache_items.c.updated_at),
+        )
     return stmt.on_conflict_do_update(
         index_elements=list(_KEY),
         set_={

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import functools
 
+import redis
+import sqlalchemy as sa
 from celery import chord, shared_task
 
 from cache import plugins as cache_plugins
 from cache import store
 from cache.errors import NotFoundError, TransientError, ValidationError
 from cache.locks import LockBackend, lock_backend
-from cache.sync import ScopeResult, check_project, list_projects, rebuild
+from cache.sync import ScopeResult, check_project, list_projects, rebuild, scope_label
 from worker.db import get_database
 from worker.redis_client import get_redis
 from worker.settings import load_settings
@@ -42,12 +44,6 @@ def _locks() -> LockBackend:
     )
 
 
-def _check_user(user: object) -> str | None:
-    if user is not None and not isinstance(user, str):
-        raise ValidationError(f"user={user!r} must be a string or None")
-    return user
-
-
 def _check_name(name: object) -> list[str] | None:
     if name is None:
         return None
@@ -62,7 +58,7 @@ def validate(
     """Check every argument before anything runs: bad input changes nothing."""
     if app_name is not None and not isinstance(app_name, str):
         raise ValidationError(f"app_name={app_name!r} must be a string or None")
-    _check_user(user)
+    store.validate_user(user)
     chosen = cache_plugins.select(registered_plugins(), app_name)
     names = cache_plugins.check_names(chosen, names)
     with get_database().session() as session:
@@ -76,16 +72,26 @@ def rebuild_scope_now(
     names: list[str] | None,
     user: str | None,
 ) -> ScopeResult:
-    """One scope (a project, or None: the site-wide items), rebuilt in this process."""
-    return rebuild(
-        get_database().session,
-        _locks(),
-        chosen,
-        project,
-        names,
-        user,
-        load_settings().cache_item_max_bytes,
-    )
+    """One scope (a project, or None: the site-wide items), rebuilt in this process.
+
+    Plugin failures are reported in the result; a lost connection to Redis or the database
+    (the lock and dirty flag) is a TransientError, so the task retries and the request is
+    not lost."""
+    try:
+        return rebuild(
+            get_database().session,
+            _locks(),
+            chosen,
+            project,
+            names,
+            user,
+            load_settings().cache_item_max_bytes,
+        )
+    except (redis.ConnectionError, redis.TimeoutError, sa.exc.OperationalError) as exc:
+        raise TransientError(
+            f"cache rebuild of {scope_label(project)} could not reach its lock: "
+            f"{exc.__class__.__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        ) from exc
 
 
 def rebuild_items(
@@ -113,15 +119,34 @@ def rebuild_items(
     return {"updated": total.updated, "errors": total.errors}
 
 
+def _project_gone(project: str) -> bool:
+    """True if the (well-formed) project has no row in `projects` any more."""
+    try:
+        with get_database().session() as session:
+            check_project(session, project)
+    except NotFoundError:
+        return True
+    return False
+
+
 @shared_task(name="cachework.sync_project_cache", **RETRY)
 def sync_project_cache(
     project: str | None = None,
     app_name: str | None = None,
     name: str | None = None,
     user: str | None = None,
+    missing_ok: bool = False,
 ) -> dict:
-    """One scope of a sync: `project`, or the site-wide items when it is None."""
-    project, chosen, names = validate(project, app_name, _check_name(name), user)
+    """One scope of a sync: `project`, or the site-wide items when it is None.
+
+    With `missing_ok` (the fan-out of a full sync) a project deleted since the projects
+    were listed is skipped, not a failure that would lose the whole sync's summary."""
+    try:
+        project, chosen, names = validate(project, app_name, _check_name(name), user)
+    except NotFoundError:
+        if not missing_ok or project is None or not _project_gone(project):
+            raise
+        return {"updated": 0, "projects": 0, "errors": []}
     result = rebuild_scope_now(project, chosen, names, user)
     return {
         "updated": result.updated,
@@ -159,7 +184,9 @@ def sync_cache(
         return sync_project_cache.run(project, app_name, name, user)
     with get_database().session() as session:
         scopes = [None, *list_projects(session)]
-    header = [sync_project_cache.si(scope, app_name, name, user) for scope in scopes]
+    header = [
+        sync_project_cache.si(scope, app_name, name, user, missing_ok=True) for scope in scopes
+    ]
     raise self.replace(chord(header, sync_cache_summary.s()))
 
 

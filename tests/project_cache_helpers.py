@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from decimal import Decimal
 
 import sqlalchemy as sa
 
+from cache import store
 from demo.models import Base, Product, Project  # noqa: F401 - Base: bootstrap's model check
 
 CACHE_PLUGINS = [
@@ -79,3 +81,43 @@ class FlakyPlugin:
         store.set_item("value", {"title": title})
         if title.startswith("FAIL"):
             raise RuntimeError(f"cannot rebuild {title!r}")
+
+
+def expected_demo_items(session) -> dict[str, dict]:
+    """The demo items of every project, computed with plain SQL independently of the plugin
+    (`total_value` as integer `cents`)."""
+    projects = session.execute(sa.text("SELECT uuid FROM projects")).scalars()
+    expected = {
+        p: {"summary": {"products": 0, "active": 0, "cents": 0}, "by_category": {}}
+        for p in projects
+    }
+    for project, count, active, cents in session.execute(
+        sa.text(
+            "SELECT project_uuid, COUNT(*), SUM(CASE WHEN active THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN active THEN CAST(ROUND(price * 100) AS INTEGER) ELSE 0 END) "
+            "FROM products GROUP BY project_uuid"
+        )
+    ):
+        expected[project]["summary"] = {"products": count, "active": active, "cents": cents}
+    for project, code, count in session.execute(
+        sa.text(
+            "SELECT p.project_uuid, c.code, COUNT(*) FROM products p "
+            "JOIN categories c ON c.id = p.category_id GROUP BY p.project_uuid, c.code"
+        )
+    ):
+        expected[project]["by_category"][code] = count
+    return expected
+
+
+def actual_demo_items(session) -> dict[str, dict]:
+    """The stored demo items of every project that has some, shaped like
+    `expected_demo_items`."""
+    actual = {}
+    for project in session.execute(sa.text("SELECT uuid FROM projects")).scalars():
+        items = {i.name: i.data for i in store.get_project_items(session, project, "inventory")}
+        if not items:
+            continue
+        summary = dict(items["summary"])
+        summary["cents"] = int(Decimal(summary.pop("total_value")) * 100)
+        actual[project] = {"summary": summary, "by_category": items["by_category"]}
+    return actual

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC
+from datetime import UTC, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -50,6 +50,49 @@ def test_every_write_moves_update_time_and_keeps_created_at(database):
         item = store.get_item(session, "app", "item", project=P1)
     assert times[-1] < first < second
     assert item.created_at == times[0]
+
+
+@pytest.mark.parametrize("micros", [123_456, 999_999])  # 999_999: the carry to the next second
+@pytest.mark.parametrize("bulk", [False, True])
+def test_update_time_moves_even_past_a_stored_time_ahead_of_ours(database, micros, bulk):
+    """Another process's write may carry a later stamp (or its clock may run ahead): the
+    next write still moves `updated_at`, to at least that time plus one microsecond."""
+    with database.session() as session:
+        store.set_item(session, "app", "item", 1, project=P1)
+        ahead = (store.now() + timedelta(hours=1)).replace(microsecond=micros)
+        session.execute(sa.update(store.cache_items).values(updated_at=ahead))
+    with database.session() as session:
+        if bulk:
+            store.set_items(
+                session, [{"project": P1, "app_name": "app", "name": "item", "data": 2}]
+            )
+        else:
+            store.set_item(session, "app", "item", 2, project=P1)
+    with database.session() as session:
+        item = store.get_item(session, "app", "item", project=P1)
+    assert item.data == 2
+    assert item.updated_at == ahead + timedelta(microseconds=1)
+    assert item.updated_at.tzinfo is not None and item.created_at < ahead
+
+
+def test_set_items_writes_one_statement_per_batch(database, monkeypatch):
+    monkeypatch.setattr(store, "BATCH", 7)
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO CACHE_ITEMS"):
+            statements.append(statement)
+
+    sa.event.listen(database.engine, "before_cursor_execute", record)
+    try:
+        items = [{"app_name": "bulk", "name": f"i{n}", "data": n} for n in range(30)]
+        with database.session() as session:
+            assert store.set_items(session, items) == 30
+    finally:
+        sa.event.remove(database.engine, "before_cursor_execute", record)
+    assert len(statements) == 5  # ceil(30 / 7)
+    with database.session() as session:
+        assert len(store.get_project_items(session, None, app_name="bulk")) == 30
 
 
 def test_site_wide_and_project_items_never_collide(database):
@@ -109,6 +152,9 @@ def test_set_items_bulk_upserts_in_batches(database, monkeypatch):
         ({"data": "x" * 200, "max_bytes": 100}, "over the limit of 100"),
         ({"app_name": ""}, "app_name='' must be a non-empty string"),
         ({"data_type": "xml"}, "data_type='xml' is not one of json"),
+        ({"name": "a\x00b"}, "name='a\\x00b' must be a non-empty string"),
+        ({"user": "u\x00"}, "user='u\\x00' must be a string"),
+        ({"user": "u" * 256}, "must be a string of <= 255"),
     ],
 )
 def test_bad_items_are_refused_naming_the_item_and_write_nothing(database, kwargs, message):

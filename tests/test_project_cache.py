@@ -3,8 +3,10 @@ SQL, error capture, the dirty-flag loop, validation, discovery and the CLI."""
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
 import uuid
-from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -13,11 +15,16 @@ from click.testing import CliRunner
 from cache import plugins as cache_plugins
 from cache import store
 from cache.errors import ConfigError, NotFoundError, ValidationError
-from cache.locks import DatabaseLocks
+from cache.locks import DatabaseLocks, RedisLocks, scope_key
 from cache.sync import rebuild, rebuild_scope
 from demo.plugin import InventoryPlugin
 from demo.seed import project_uuid, seed
-from tests.project_cache_helpers import FlakyPlugin
+from tests.project_cache_helpers import (
+    FlakyPlugin,
+    actual_demo_items,
+    expected_demo_items,
+    price_total,
+)
 
 EMPTY = str(uuid.UUID(int=7))
 
@@ -32,49 +39,14 @@ def seeded(database):
     return database
 
 
-def _expected(session) -> dict[str, dict]:
-    """The demo items, computed with plain SQL independently of the plugin."""
-    projects = session.execute(sa.text("SELECT uuid FROM projects")).scalars()
-    expected = {
-        p: {"summary": {"products": 0, "active": 0, "cents": 0}, "by_category": {}}
-        for p in projects
-    }
-    for project, count, active, cents in session.execute(
-        sa.text(
-            "SELECT project_uuid, COUNT(*), SUM(CASE WHEN active THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN active THEN CAST(ROUND(price * 100) AS INTEGER) ELSE 0 END) "
-            "FROM products GROUP BY project_uuid"
-        )
-    ):
-        expected[project]["summary"] = {"products": count, "active": active, "cents": cents}
-    for project, code, count in session.execute(
-        sa.text(
-            "SELECT p.project_uuid, c.code, COUNT(*) FROM products p "
-            "JOIN categories c ON c.id = p.category_id GROUP BY p.project_uuid, c.code"
-        )
-    ):
-        expected[project]["by_category"][code] = count
-    return expected
-
-
-def _actual(session) -> dict[str, dict]:
-    actual = {}
-    for project in session.execute(sa.text("SELECT uuid FROM projects")).scalars():
-        items = {i.name: i.data for i in store.get_project_items(session, project, "inventory")}
-        summary = dict(items["summary"])
-        summary["cents"] = int(Decimal(summary.pop("total_value")) * 100)
-        actual[project] = {"summary": summary, "by_category": items["by_category"]}
-    return actual
-
-
 def test_demo_items_equal_independent_sql_for_every_project(seeded):
     from tasks.project_cache import rebuild_items
 
     result = rebuild_items(None, None, None, user="tester")
     assert result == {"updated": 10, "errors": []}  # 5 projects x 2 items, none site-wide
     with seeded.session() as session:
-        expected = _expected(session)
-        assert _actual(session) == expected
+        expected = expected_demo_items(session)
+        assert actual_demo_items(session) == expected
         assert expected[EMPTY]["summary"] == {"products": 0, "active": 0, "cents": 0}
         assert store.get_item(session, "inventory", "summary", project=EMPTY).data == {
             "products": 0,
@@ -178,6 +150,100 @@ def test_a_request_during_a_rebuild_is_not_lost(seeded):
     assert result.rounds == 2 and result.updated == 3 and not result.deferred
     with seeded.session() as session:
         assert store.get_item(session, "inventory", "summary", project=project).data["active"] == 0
+
+
+@pytest.mark.parametrize("backend", ["database", "redis"])
+def test_concurrent_rebuilds_never_overlap_and_the_last_change_wins(pg_database, backend, request):
+    """Threads that each commit a change and then ask for a rebuild of one scope: the
+    rebuilds never overlap (recorded intervals), and the final item reflects the last
+    change, with the database lock and with the Redis lock."""
+    database = pg_database
+    with database.session() as session:
+        seed(session, projects=2, products=40)
+    project = project_uuid(0)
+    if backend == "database":
+        locks = DatabaseLocks(database.engine, ttl_ms=5_000)
+    else:
+        import redis
+
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        request.addfinalizer(client.close)
+        locks = RedisLocks(client, ttl_ms=5_000)
+    intervals: list[tuple[float, float]] = []
+
+    class Slow:
+        app_name = "slow"
+
+        def update_cache(self, store_, session, project=None, name=None):
+            start = time.monotonic()
+            time.sleep(0.03)
+            store_.set_item("total", price_total(session, project))  # read mid-rebuild
+            time.sleep(0.03)
+            intervals.append((start, time.monotonic()))
+
+    def request_rebuild(step: int) -> None:
+        with database.session() as session:
+            session.execute(
+                sa.text("UPDATE products SET price = price + 1 WHERE project_uuid = :p"),
+                {"p": project},
+            )
+        results.append(rebuild_scope(database.session, locks, Slow(), project))
+
+    results: list = []
+    threads = [threading.Thread(target=request_rebuild, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert all(not r.errors for r in results) and len(results) == 8
+    assert any(r.deferred for r in results)  # some requests did arrive during a rebuild
+    assert 1 <= len(intervals) < 8  # ... and were folded into a running one
+    ordered = sorted(intervals)
+    for (_s1, end), (start, _e2) in itertools.pairwise(ordered):
+        assert start >= end, f"rebuilds overlapped: {ordered}"
+    with database.session() as session:
+        assert store.get_item(session, "slow", "total", project=project).data == price_total(
+            session, project
+        )
+        assert not locks.lock(scope_key(project, "slow")).is_dirty()
+
+
+def test_a_full_sync_skips_a_project_deleted_after_the_fan_out(seeded):
+    from tasks.project_cache import sync_project_cache
+
+    gone = str(uuid.UUID(int=99))
+    assert sync_project_cache.run(gone, missing_ok=True) == {
+        "updated": 0,
+        "projects": 0,
+        "errors": [],
+    }
+    with pytest.raises(NotFoundError, match="does not exist"):
+        sync_project_cache.run(gone)  # asked for by name: still an error
+    with pytest.raises(NotFoundError, match="app_name='ghost'"):
+        sync_project_cache.run(project_uuid(0), "ghost", missing_ok=True)  # not about the project
+    assert sync_project_cache.run(project_uuid(0), "inventory", missing_ok=True) == {
+        "updated": 2,
+        "projects": 1,
+        "errors": [],
+    }
+
+
+def test_a_lost_lock_connection_is_a_transient_error(seeded, monkeypatch):
+    """Redis gone while marking a scope dirty: a TransientError (the task retries), not
+    a failure that loses the request."""
+    import redis
+
+    import tasks.project_cache as tasks_module
+    from cache.errors import TransientError
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    monkeypatch.setattr(tasks_module, "_locks", lambda: RedisLocks(dead, ttl_ms=1_000))
+    with pytest.raises(TransientError, match=f"project {project_uuid(0)} could not reach"):
+        tasks_module.sync_project_cache.run(project_uuid(0), "inventory")
+    dead.close()
+    with seeded.session() as session:
+        assert store.get_project_items(session, project_uuid(0)) == []
 
 
 def test_discovery_from_model_modules_and_entry_points(monkeypatch):

@@ -17,9 +17,17 @@ import redis
 import sqlalchemy as sa
 
 from cache import store
+from cache.sync import list_projects
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
-from tests.project_cache_helpers import HOLD_KEY, intervals_key, price_total, started_key
+from tests.project_cache_helpers import (
+    HOLD_KEY,
+    actual_demo_items,
+    expected_demo_items,
+    intervals_key,
+    price_total,
+    started_key,
+)
 from worker import create_app, db
 from worker.schema import create_tables
 from worker.settings import load_settings
@@ -90,18 +98,11 @@ def test_sync_all_projects_fans_out_and_matches_sql(env):
     result = _call(env, "cachework.sync_cache", app_name="inventory", user="ci")
     assert result == {"updated": 2 * PROJECTS, "projects": PROJECTS, "errors": []}
     with env["database"].session() as session:
-        for i in range(PROJECTS):
-            project = project_uuid(i)
-            summary = store.get_item(session, "inventory", "summary", project=project)
-            count, active = session.execute(
-                sa.text(
-                    "SELECT COUNT(*), COUNT(*) FILTER (WHERE active) FROM products "
-                    "WHERE project_uuid = :p"
-                ),
-                {"p": project},
-            ).one()
-            assert (summary.data["products"], summary.data["active"]) == (count, active)
-            assert summary.user == "ci"
+        expected = expected_demo_items(session)
+        assert len(expected) == PROJECTS
+        assert actual_demo_items(session) == expected
+        assert {i.user for p in expected for i in store.get_project_items(session, p)} == {"ci"}
+        assert store.get_project_items(session, None) == []  # inventory has no site-wide items
 
 
 def _change(env, project: str, delta: int) -> None:
@@ -177,6 +178,8 @@ def test_a_failing_plugin_for_one_project_does_not_stop_the_others(env):
         session.execute(
             sa.text("UPDATE projects SET title = 'FAIL x' WHERE uuid = :u"), {"u": failing}
         )
+    for i in range(PROJECTS):
+        env["redis"].delete(intervals_key(project_uuid(i)))
     result = _call(env, "cachework.sync_cache")
     assert result["projects"] == PROJECTS
     assert result["errors"] == [
@@ -188,6 +191,13 @@ def test_a_failing_plugin_for_one_project_does_not_stop_the_others(env):
         for i in set(range(PROJECTS)) - {2}:
             assert store.get_item(session, "flaky", "value", project=project_uuid(i)) is not None
         assert store.get_item(session, "flaky", "value").data == {"site": True}  # site-wide
+    # The fan-out was shared: the recorder's per-project rebuilds ran on both processes.
+    pids = {
+        json.loads(raw)[2]
+        for i in range(PROJECTS)
+        for raw in env["redis"].lrange(intervals_key(project_uuid(i)), 0, -1)
+    }
+    assert len(pids) == 2, pids
 
 
 def test_delete_for_one_project_through_the_worker_leaves_the_others(env):
@@ -207,3 +217,36 @@ def test_bad_arguments_fail_the_task_without_retry(env):
     with pytest.raises(Exception, match="project='nope' is not a uuid"):
         result.get(timeout=30, interval=0.05)
     assert result.status == "FAILURE"
+
+
+def test_demo_step_syncs_reads_and_deletes_through_the_worker(env):
+    """The `cachework demo` step for project caches, against the real worker: it prints
+    the items it read, and they are the stored (correct) ones."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from worker.demo_steps.project_cache import run
+
+    _clear(env)
+    console = Console(record=True, width=400)
+    ctx = SimpleNamespace(
+        console=console,
+        database=env["database"],
+        call=lambda name, timeout=60, **kwargs: _call(env, name, timeout=timeout, **kwargs),
+    )
+    run(ctx)
+    output = console.export_text()
+    assert f"'projects': {PROJECTS}, 'errors': []" in output
+    with env["database"].session() as session:
+        projects = list_projects(session)
+        assert store.get_project_items(session, projects[0]) == []  # deleted, every app
+        shown = store.get_project_items(session, projects[1], "inventory")
+        assert [i.name for i in shown] == ["by_category", "summary"]
+        for item in shown:
+            assert f"inventory/{item.name} " in output
+            assert json.dumps(item.data) in output
+        expected = expected_demo_items(session)
+        del expected[projects[0]]
+        assert actual_demo_items(session) == expected
+    assert f"cachework.delete_cache(project={projects[0][:8]}…) -> {{'deleted': " in output
