@@ -22,18 +22,27 @@ Record = Mapping[str, Any]
 
 def make_record(values: Mapping[str, Any]) -> Record:
     """A read-only copy of `values`: later changes to `values` never reach the cache."""
-    return MappingProxyType(dict(values))
+    return MappingProxyType({k: freeze(v) for k, v in values.items()})
+
+
+def freeze(value: Any) -> Any:
+    """`value` with every nested dict made read-only and every list a tuple (JSON columns)."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
 
 
 def record_from(obj: object, columns: Iterable[str]) -> Record:
     """A record from a mapping, a Row or an ORM instance, keeping only `columns`."""
     columns = tuple(columns)
     if isinstance(obj, Mapping):
-        return MappingProxyType({c: obj[c] for c in columns})
+        return MappingProxyType({c: freeze(obj[c]) for c in columns})
     mapping = getattr(obj, "_mapping", None)
     if mapping is not None:
-        return MappingProxyType({c: mapping[c] for c in columns})
-    return MappingProxyType({c: getattr(obj, c) for c in columns})
+        return MappingProxyType({c: freeze(mapping[c]) for c in columns})
+    return MappingProxyType({c: freeze(getattr(obj, c)) for c in columns})
 
 
 def json_value(value: Any) -> Any:

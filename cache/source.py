@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from cache.errors import TransientError, ValidationError
 from cache.indexes import Spec
-from cache.records import Record
+from cache.records import Record, freeze
 
 CHUNK = 1000  # values per IN (...) list
 
@@ -32,6 +32,10 @@ class SelectSource:
         self.select = select
         self._sub = select.subquery("cached_source")
         self.columns: tuple[str, ...] = tuple(self._sub.c.keys())
+        # JSON and ARRAY values are mutable containers: records hold frozen copies of them.
+        self._frozen = tuple(
+            i for i, col in enumerate(self._sub.c) if isinstance(col.type, sa.JSON | sa.ARRAY)
+        )
         self.fetches = 0
 
     def column(self, name: str) -> sa.ColumnElement:
@@ -71,17 +75,24 @@ class SelectSource:
         self,
         specs: Sequence[tuple[Spec, str]],
         within: tuple[Spec, str] | None = None,
-        order_by: str | None = None,
+        order_by: Sequence[str] = (),
     ) -> list[Record]:
-        """Records named by any of `specs` (each with its column), limited to `within`."""
+        """Records named by any of `specs` (each with its column), limited to `within`,
+        sorted by the `order_by` columns."""
         conditions = [self.condition(spec, column) for spec, column in specs]
         where = conditions[0] if len(conditions) == 1 else sa.or_(*conditions)
         if within is not None and not within[0].everything:
             where = sa.and_(where, self.condition(*within))
         query = sa.select(self._sub).where(where)
-        if order_by is not None:
-            query = query.order_by(self.column(order_by))
+        if order_by:
+            query = query.order_by(*(self.column(name) for name in order_by))
         return self._run(query)
+
+    def _record(self, keys: tuple[str, ...], row: Sequence) -> Record:
+        values = list(row)
+        for i in self._frozen:
+            values[i] = freeze(values[i])
+        return MappingProxyType(dict(zip(keys, values, strict=True)))
 
     def _run(self, query: sa.Select) -> list[Record]:
         self.fetches += 1
@@ -91,6 +102,8 @@ class SelectSource:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 result = conn.execute(query)
                 keys = tuple(result.keys())
+                if self._frozen and keys == self.columns:
+                    return [self._record(keys, row) for row in result]
                 return [MappingProxyType(dict(zip(keys, row, strict=True))) for row in result]
         except sa.exc.OperationalError as exc:
             raise TransientError(

@@ -65,10 +65,14 @@ class Invalidation:
     by_index: dict[str, tuple[Spec, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
+        # As in the reference, an index counts as named only when both lists name it: a
+        # spec of the old values alone cannot tell where a moved record is now.
+        named = frozenset(s.index for s in self.old) & frozenset(s.index for s in self.new)
         by_index: dict[str, list[Spec]] = {}
         for spec in self.old + self.new:
-            by_index.setdefault(spec.index, []).append(spec)
-        object.__setattr__(self, "named", frozenset(by_index))
+            if spec.index in named:
+                by_index.setdefault(spec.index, []).append(spec)
+        object.__setattr__(self, "named", named)
         object.__setattr__(self, "by_index", {k: tuple(v) for k, v in by_index.items()})
 
     def touches(self, spec: Spec) -> bool:
@@ -174,8 +178,10 @@ class CachedTable:
                     break
             self._refresh_for(spec)
         if rest is not None:
-            # Uncovered, or invalidations keep arriving: the source is always right.
-            records = records + self._fetch([rest])
+            # Uncovered, or invalidations keep arriving: the source is always right. A range
+            # read comes back in the same order as from storage (by value, then key).
+            order = (self.indexes[rest.index].column, self.primary_key.column)
+            records = records + self._fetch([rest], order_by=order if rest.is_range else ())
             with self._lock:
                 self._misses += 1
         return records
@@ -205,10 +211,12 @@ class CachedTable:
             return found, (Spec(spec.index, values=tuple(missing)) if missing else None)
         return [], spec
 
-    def _fetch(self, specs: Iterable[Spec], coverage: Spec | None = None) -> list[Record]:
+    def _fetch(
+        self, specs: Iterable[Spec], coverage: Spec | None = None, order_by: Sequence[str] = ()
+    ) -> list[Record]:
         pairs = [(s, self.indexes[s.index].column) for s in specs]
         bound = None if coverage is None else (coverage, self.indexes[coverage.index].column)
-        return self.source.fetch(pairs, within=bound)
+        return self.source.fetch(pairs, within=bound, order_by=order_by)
 
     # --- loading and adjusting -------------------------------------------------------------
 
@@ -376,7 +384,7 @@ class CachedTable:
 
         `old_specs` name them by their old values, `new_specs` (default: the same) by their
         new ones, each index at most once per list; a refresh deletes what `old_specs[0]`
-        names and loads what `new_specs[0]` names. An index named in neither list becomes
+        names and loads what `new_specs[0]` names. An index not named in both lists becomes
         dirty: every read through it refreshes first. Reads that start after this returns
         never see the old records (unless `force_refresh_on_next_read=False`: then they are
         served until `refresh_invalid()`). A table not loaded (nor loading) ignores it."""

@@ -7,11 +7,14 @@ import uuid
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 
 from cache.errors import ValidationError
-from cache.indexes import Spec, difference, overlaps, within
+from cache.indexes import PrimaryKey, Spec, difference, overlaps, within
 from cache.records import coerce, make_record, to_json
-from tests.cached_table_helpers import items, make_engine, make_table, row, write
+from cache.source import SelectSource
+from cache.table import CachedTable
+from tests.cached_table_helpers import INDEXES, items, make_engine, make_table, row, write
 
 
 @pytest.fixture
@@ -55,6 +58,28 @@ def test_records_are_plain_immutable_mappings(table):
     assert frozen["name"] == "n1.0"
 
 
+def test_json_values_are_frozen_too(engine):
+    """A JSON column's dicts and lists cannot be changed through a record either."""
+    docs = sa.Table(
+        "ct_docs",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("doc", sa.JSON),
+    )
+    docs.create(engine)
+    with engine.begin() as conn:
+        conn.execute(docs.insert(), [{"id": 1, "doc": {"tags": ["a"], "n": {"x": 1}}}])
+    table = CachedTable([PrimaryKey("id")], SelectSource(engine, docs), name="docs")
+    doc = table.get(1)["doc"]
+    with pytest.raises(TypeError):
+        doc["n"]["x"] = 2
+    with pytest.raises(AttributeError):
+        doc["tags"].append("b")
+    assert to_json(table.get(1)) == {"id": 1, "doc": {"tags": ["a"], "n": {"x": 1}}}
+    frozen = make_record({"doc": {"k": [1]}})
+    assert frozen["doc"]["k"] == (1,)
+
+
 def test_invalidated_record_is_refreshed_by_one_small_query(engine, table):
     table.get(1)
     write(engine, 1, name="new")
@@ -90,6 +115,17 @@ def test_invalidation_by_secondary_index_dirties_the_primary_key(engine, table):
     table.invalidate_records([Spec.of("code", "c4")])
     assert table.stats()["dirty"] == ["grp", "id", "score"]
     assert table.get(4)["name"] == "four"
+
+
+def test_index_named_in_one_list_only_is_dirty(engine, table):
+    """The old code alone cannot find the record under its new code: reads by code refresh."""
+    table.get(1)
+    write(engine, 1, code="zz")
+    table.invalidate_records([Spec.of("code", "c1"), Spec.of("id", 1)], [Spec.of("id", 1)])
+    assert table.stats()["dirty"] == ["code", "grp", "score"]
+    assert table.get_first_record("code", "zz")["id"] == 1
+    assert table.get_records("code", "c1") == []
+    assert table.stats()["refreshes"] == 1
 
 
 def test_superset_invalidation_and_moved_record(engine, table):
@@ -133,6 +169,23 @@ def test_no_forced_refresh_serves_old_records_until_refresh_invalid(engine, tabl
     assert table.refresh_invalid() == 1
     assert table.get(1)["name"] == "new"
     assert table.refresh_invalid() == 0
+
+
+def test_filtered_select_and_bare_table_as_sources(engine):
+    """A filtered query: rows leaving or entering its WHERE leave or enter the cache."""
+    filtered = CachedTable(
+        INDEXES, SelectSource(engine, sa.select(items).where(items.c.grp != 0)), name="f"
+    )
+    assert filtered.get(3) is None and filtered.get(4)["code"] == "c4"
+    assert filtered.stats()["records"] == 14
+    write(engine, 3, grp=1)  # enters the filter
+    write(engine, 4, grp=0)  # leaves it
+    filtered.invalidate_keys([3, 4])
+    assert filtered.get(3)["grp"] == 1 and filtered.get(4) is None
+    assert sorted(r["id"] for r in filtered.get_records("grp", 0)) == []
+    assert filtered.stats()["records"] == 14 and filtered.stats()["misses"] == 0
+    whole = CachedTable(INDEXES, SelectSource(engine, items), name="whole")
+    assert whole.get(4)["grp"] == 0 and whole.stats()["records"] == 20
 
 
 def test_partial_coverage_sends_uncovered_reads_to_the_source(engine):

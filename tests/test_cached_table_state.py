@@ -22,13 +22,13 @@ SCORES = st.integers(0, 100)
 
 
 class _Fixed:
-    """Stands in for `st.data()` when a rule calls another with a chosen id."""
+    """Stands in for `st.data()` when a rule calls another with chosen values."""
 
-    def __init__(self, value: int) -> None:
-        self.value = value
+    def __init__(self, *values) -> None:
+        self.values = list(values)
 
     def draw(self, _strategy):
-        return self.value
+        return self.values.pop(0)
 
 
 class CachedTableMachine(RuleBasedStateMachine):
@@ -46,7 +46,7 @@ class CachedTableMachine(RuleBasedStateMachine):
         for i in range(1, n + 1):
             self._insert(i, score=i * 9)
         self.unsynced: dict[int, list[dict | None]] = {}  # id -> versions the cache may hold
-        self.deferred: set[int] = set()  # invalidated without forced refresh
+        self.deferred: set[int] = set()  # invalidated without forced refresh, not yet applied
         spec = Spec.all("id") if coverage is None else Spec.range("score", *sorted(coverage))
         self.table = make_table(self.engine, autoload=spec)
         self.table.get(1)  # load
@@ -110,11 +110,20 @@ class CachedTableMachine(RuleBasedStateMachine):
         i = data.draw(st.sampled_from(sorted(self.unsynced)))
         old = self._specs_of(i, self.unsynced.pop(i))
         new = self._specs_of(i, [self.db.get(i)])
-        # Every index named in both lists, or the refresh would miss a moved record.
+        # Every index named in both lists (one named in a single list goes dirty).
         names = {s.index for s in old} | {s.index for s in new}
         nothing = {"code": "-", "grp": -1, "score": -1}  # no record has these values
         old += [Spec.of(n, nothing[n]) for n in names - {s.index for s in old}]
         new += [Spec.of(n, nothing[n]) for n in names - {s.index for s in new}]
+        # The refresh deletes what old[0] names and loads what new[0] names: either exact
+        # index (id, or the unique code) may come first in either list.
+        for specs in (old, new):
+            if data.draw(st.booleans()):
+                specs.sort(key=lambda s: s.index != "code")
+        if data.draw(st.booleans()):
+            # Name only the primary key in the new list: every other index goes dirty.
+            new = [Spec.of("id", i)]
+            old.sort(key=lambda s: s.index != "id")
         self.table.invalidate_records(old, new)
 
     @rule(extra=st.lists(IDS, max_size=3))
@@ -139,22 +148,33 @@ class CachedTableMachine(RuleBasedStateMachine):
         if not self.unsynced:
             return
         i = data.draw(st.sampled_from(sorted(self.unsynced)))
-        self.table.invalidate_keys([i])
+        del self.unsynced[i]
         self.table.invalidate_records([Spec.of("id", i)], force_refresh_on_next_read=False)
-        self.deferred.add(i)
+        if self.table.stats()["pending"]:  # else: not loaded, nothing cached to go stale
+            self.deferred.add(i)
 
-    @rule(data=st.data(), score=SCORES, dirty=st.booleans())
-    def write_invalidate_read(self, data, score, dirty):
+    @rule(
+        data=st.data(),
+        score=SCORES,
+        recode=st.booleans(),
+        how=st.sampled_from(["dirty", "exact", "new_names_pk_only"]),
+    )
+    def write_invalidate_read(self, data, score, recode, how):
         """The headline property in one step: after the invalidation of a record returns,
-        no read returns its old value."""
+        no read (by any index) returns its old value."""
         i = data.draw(st.sampled_from(sorted(self.db)) if self.db else IDS)
         self.read_pk(i)  # cached now (when covered)
-        self.write(i, score, rename=True, recode=False)
-        if dirty:
+        old_code = self.db[i]["code"] if i in self.db else None
+        self.write(i, score, rename=True, recode=recode)
+        if how == "dirty":
             del self.unsynced[i]
             self.table.invalidate_keys([i])
         else:
-            self.invalidate_exact(_Fixed(i))
+            swaps = data.draw(st.booleans()), data.draw(st.booleans())
+            self.invalidate_exact(_Fixed(i, *swaps, how == "new_names_pk_only"))
+        self._check_code(self.db[i]["code"])
+        if old_code is not None:
+            self._check_code(old_code)
         self.read_pk(i)
         self._check_range(0, 101)
 
@@ -185,7 +205,7 @@ class CachedTableMachine(RuleBasedStateMachine):
     # --- reads ------------------------------------------------------------------------------
 
     def _skip(self) -> set[int]:
-        return set(self.unsynced)
+        return set(self.unsynced) | self.deferred
 
     @rule(i=IDS)
     def read_pk(self, i):
@@ -201,7 +221,9 @@ class CachedTableMachine(RuleBasedStateMachine):
 
     @rule(i=IDS)
     def read_code(self, i):
-        code = self.db[i]["code"] if i in self.db else f"c{i}"
+        self._check_code(self.db[i]["code"] if i in self.db else f"c{i}")
+
+    def _check_code(self, code: str) -> None:
         records = self.table.get_records("code", code)
         expected = [r for r in self.db.values() if r["code"] == code]
         ids = {r["id"] for r in records} | {r["id"] for r in expected}
@@ -210,6 +232,7 @@ class CachedTableMachine(RuleBasedStateMachine):
         assert [dict(r) for r in records] == expected
 
     def _check_range(self, lo, hi):
+        misses = self.table.stats()["misses"]
         records = self.table.get_records("score", ge=lo, lt=hi)
         got = {r["id"]: dict(r) for r in records}
         assert len(got) == len(records), "a record appears twice"
@@ -217,6 +240,7 @@ class CachedTableMachine(RuleBasedStateMachine):
         coverage = self.table._coverage
         if coverage is not None and not within(Spec.range("score", lo, hi), coverage):
             assert got == expected  # uncovered: straight from the source
+            assert self.table.stats()["misses"] == misses + 1
             return
         for k in set(got) | set(expected):
             if k not in self._skip():
@@ -239,6 +263,16 @@ class CachedTableMachine(RuleBasedStateMachine):
     def deferred_become_synced_after_refresh(self):
         if self.deferred and self.table.stats()["pending"] == 0:
             self.deferred.clear()
+
+    @invariant()
+    def stored_records_are_exactly_the_coverage(self):
+        """Adjust and refresh never leave a record outside the covered set in storage."""
+        coverage = self.table._coverage
+        if coverage is None:
+            return
+        column = self.table.indexes[coverage.index].column
+        for record in self.table.storage.records.values():
+            assert coverage.matches(record[column]), (dict(record), coverage)
 
     @invariant()
     def statistics_are_consistent(self):

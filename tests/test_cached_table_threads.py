@@ -81,6 +81,32 @@ def test_invalidation_during_adjust_is_kept(engine):
     assert [r["id"] for r in table.get_records("score", ge=400, lt=900)] == list(range(40, 90))
 
 
+def test_readers_see_the_old_coverage_until_adjust_completes(engine):
+    """While adjust reads the new range, readers get the old covered set from memory and
+    the rest from the source; after it returns, the new covered set: never a mix."""
+    table = make_table(engine, gated=True, autoload=Spec.range("score", 0, 500))
+    table.get(1)
+    old_coverage = table.stats()["coverage"]
+    table.source.hold = True
+    adjuster = run_thread(lambda: table.adjust("score", ge=300, lt=800))
+    assert table.source.entered.wait(10)
+    fetches, misses = table.source.fetches, table.stats()["misses"]
+    assert [r["id"] for r in table.get_records("score", ge=0, lt=300)] == list(range(30))[1:]
+    assert table.get(10)["id"] == 10
+    assert table.source.fetches == fetches  # the old range is still served from memory
+    assert [r["id"] for r in table.get_records("score", ge=500, lt=800)] == list(range(50, 80))
+    assert table.stats()["misses"] == misses + 1  # the new part is not covered yet
+    stats = table.stats()
+    assert stats["coverage"] == old_coverage and stats["records"] == 49
+    table.source.release.set()
+    adjuster.join(10)
+    fetches, misses = table.source.fetches, table.stats()["misses"]
+    assert [r["id"] for r in table.get_records("score", ge=300, lt=800)] == list(range(30, 80))
+    assert table.source.fetches == fetches
+    assert table.get(10)["id"] == 10  # expired: from the source now
+    assert table.stats()["misses"] == misses + 1 and table.stats()["records"] == 50
+
+
 def test_concurrent_readers_of_an_invalid_record_share_one_refresh(engine):
     table = make_table(engine, gated=True)
     table.get(1)
@@ -132,8 +158,11 @@ def test_stress_readers_never_see_stale_or_torn_state(engine):
         i = rng_w.randrange(1, n + 1)
         new = published[i] + 1
         write(engine, i, name=f"n{i}.{new}")
-        if rng_w.random() < 0.05:
+        draw = rng_w.random()
+        if draw < 0.05:
             table.invalidate_all()
+        elif draw < 0.2:  # by the unique code only: every other index goes dirty
+            table.invalidate_records([Spec.of("code", f"c{i}")])
         else:
             table.invalidate_keys([i])
         published[i] = new
@@ -167,12 +196,26 @@ def test_stress_readers_never_see_stale_or_torn_state(engine):
             assert version(r) >= floors[r["id"]], (dict(r), floors[r["id"]])
         reads[0] += 1
 
+    rng_e = random.Random(5)
+
+    def edge_reader():
+        """Ranges in some coverages but not others: a torn adjust would lose records."""
+        lo, hi = rng_e.choice(((0, 500), (1000, 1500), (0, 1500)))
+        floors = dict(published)
+        records = table.get_records("score", ge=lo, lt=hi)
+        expected = [i for i in range(1, n + 1) if lo <= i * 10 < hi]
+        assert [r["id"] for r in records] == expected, (lo, hi, [r["id"] for r in records])
+        for r in records:
+            assert version(r) >= floors[r["id"]], (dict(r), floors[r["id"]])
+        reads[0] += 1
+
     threads = [
         run_thread(guarded(writer)),
         run_thread(guarded(adjuster)),
         run_thread(guarded(point_reader(3))),
         run_thread(guarded(point_reader(4))),
         run_thread(guarded(range_reader)),
+        run_thread(guarded(edge_reader)),
     ]
     stop.wait(2.0)
     stop.set()

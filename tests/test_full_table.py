@@ -72,6 +72,24 @@ def test_hook_result_is_not_cached_when_invalidated_meanwhile(categories):
     assert cache.by_cache_key("racy")[0]["id"] == 100  # the dirty index refreshed from the db
 
 
+def test_hook_result_is_not_cached_when_reset_meanwhile(categories):
+    """The reference's reset-during-lookup race: the hook's row is returned, not cached
+    into the emptied cache, and the next read repopulates from the database."""
+    database, cache = categories
+    cache.by_id(1)
+
+    def resetting_hook():
+        found = create_hook(database, "reset")()
+        cache.reset()
+        return found
+
+    record, new = cache.by_cache_key("reset", lookup_hook=resetting_hook)
+    assert new is True and record["id"] == 100
+    assert cache.stats()["loaded"] is False and cache.stats()["records"] == 0
+    assert cache.by_id(100)["code"] == "reset"
+    assert cache.stats()["records"] == 9 and cache.stats()["loads"] == 2
+
+
 def test_hook_returning_another_key_is_rejected(categories):
     _database, cache = categories
     with pytest.raises(ValidationError, match="lookup_hook"):
