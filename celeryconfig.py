@@ -58,7 +58,11 @@ def _beat_schedule(s: Settings) -> dict:
 
 
 def build(s: Settings) -> dict:
-    """The Celery settings for `s`, as a dict of lowercase names."""
+    """The Celery settings for `s`, as a dict of lowercase names.
+
+    Creates `s.data_dir` (beat keeps its schedule file there) and, for the embedded
+    broker, its folders."""
+    s.data_dir.mkdir(parents=True, exist_ok=True)
     return {
         "broker_url": s.broker_url,
         "broker_transport": s.broker_transport,

@@ -164,7 +164,7 @@ def redis_server_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(redis_server_url: str) -> Iterator[str]:
+def redis_url(redis_server_url: str) -> str:
     import redis
 
     client = redis.Redis.from_url(redis_server_url)
@@ -263,6 +263,20 @@ def inprocess_worker() -> Iterator[Callable[..., object]]:
 
 
 # --- Leak checks ----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_sessions() -> Iterator[None]:
+    """Every Database of this process (fixtures' and tests' own) has no session open and
+    no connection checked out when a test ends. Torn down after `no_leaked_threads`."""
+    yield
+    leaks = [
+        f"{d.engine.url.render_as_string(hide_password=True)}: "
+        f"{d.open_sessions} session(s), {d.checked_out()} connection(s)"
+        for d in db.live_databases()
+        if d.open_sessions or d.checked_out()
+    ]
+    assert not leaks, f"database sessions or connections leaked: {leaks}"
 
 
 @pytest.fixture(autouse=True)

@@ -63,6 +63,9 @@ def test_orm_edit_through_continuum_writes_a_version_row(database):
         ("status", "CACHEWORK_BROKER_URL", "redis://127.0.0.1:1/0"),
         ("worker", "CACHEWORK_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//"),
         ("initdb", "CACHEWORK_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nothing"),
+        ("worker", "CACHEWORK_DATABASE_URL", "oracle://scott:tiger@127.0.0.1/x"),
+        ("worker", "CACHEWORK_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nothing"),
+        ("status", "CACHEWORK_RESULT_BACKEND", "foo://scott:tiger@127.0.0.1/x"),
     ],
 )
 def test_bad_configuration_exits_quickly_naming_variable_and_value(
@@ -93,3 +96,79 @@ def test_status_reports_broker_database_workers_and_queues(
     assert node.name in done.stdout
     for queue in ("versions", "cache", "invalidations"):
         assert f"queue {queue}" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "shown"),
+    [
+        ("worker", "CACHEWORK_DATABASE_URL", "oracle://scott:tiger@127.0.0.1/x", "oracle://"),
+        ("beat", "CACHEWORK_BROKER_URL", "kafka://127.0.0.1:9092", "kafka://127.0.0.1:9092"),
+        # Valid URLs, so the worker gets as far as `worker_init` in its main process.
+        ("worker", "CACHEWORK_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/x", ":1/x"),
+        ("worker", "CACHEWORK_MODELS", "demo.models,nosuch.models", "'nosuch.models'"),
+    ],
+)
+def test_celery_command_with_bad_configuration_prints_one_line(
+    command, variable, value, shown, tmp_path: Path
+):
+    env = make_env(tmp_path)
+    env[variable] = value
+    pool = ["-P", "solo"] if command == "worker" else []
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", command, *pool],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    assert variable in errors[0] and shown in errors[0]
+    assert "Traceback" not in done.stderr and "tiger" not in done.stderr
+    assert time.monotonic() - started < 15
+
+
+def test_worker_command_consumes_all_queues_and_passes_options_to_celery(
+    tmp_path: Path, sqlite_url, redis_url
+):
+    import contextlib
+    import os
+    import signal
+
+    from worker import create_app
+    from worker.settings import load_settings
+
+    env = make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url)
+    name = f"cli{time.monotonic_ns()}@127.0.0.1"
+    app = create_app(load_settings(env))
+    with open(tmp_path / "worker.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*CACHEWORK, "worker", "-P", "prefork", "-c", "1", "-n", name, "--without-mingle"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(name in r for r in app.control.ping([name], timeout=0.5) or []):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "worker.log"
+            ).read_text(errors="replace")[-2000:]
+        queues = app.control.inspect([name], timeout=3).active_queues()[name]
+        assert {q["name"] for q in queues} == {"versions", "cache", "invalidations"}
+        answer = app.send_task("cachework.ping").get(timeout=30, interval=0.05)
+        assert answer["dialect"] == "sqlite"
+    finally:
+        app.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # no pool child outlives the test
+            os.killpg(proc.pid, signal.SIGKILL)

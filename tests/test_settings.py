@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 import celeryconfig
 from cache.errors import ConfigError
+from worker.logsetup import most_verbose
 from worker.settings import load_settings, mask_url
 
 
@@ -44,6 +46,8 @@ def test_postgres_url_gets_psycopg_driver_and_redis_broker_feeds_redis_url(tmp_p
         ("CACHEWORK_SYNC_SCHEDULE", "-5", "at least"),
         ("CACHEWORK_MODELS", "demo.models,not a module", "not a module path"),
         ("CACHEWORK_LOG_LEVEL", "LOUD", "LOUD"),
+        ("CACHEWORK_RESULT_BACKEND", "foo://x:pw@h/0", "unknown result backend 'foo'"),
+        ("CACHEWORK_RESULT_BACKEND", "nosuch", "unknown result backend 'nosuch'"),
     ],
 )
 def test_bad_values_name_the_variable_and_value(name, value, fragment, tmp_path: Path):
@@ -53,6 +57,22 @@ def test_bad_values_name_the_variable_and_value(name, value, fragment, tmp_path:
     assert name in message or name == "CACHEWORK_LOG_LEVEL"
     assert fragment in message
     assert "pw@" not in message  # passwords are masked
+
+
+@pytest.mark.parametrize(
+    "value", ["redis://127.0.0.1:6379/2", "db+postgresql://u@h/app", "rpc://", "disabled"]
+)
+def test_known_result_backends_are_accepted(value, tmp_path: Path):
+    s = load_settings({"CACHEWORK_DATA_DIR": str(tmp_path), "CACHEWORK_RESULT_BACKEND": value})
+    assert s.result_backend == value
+
+
+def test_worker_logs_at_the_more_verbose_of_cli_and_environment_level():
+    # Celery passes `-l` as a number and always passes one (WARNING unless chosen).
+    assert most_verbose(logging.WARNING, "INFO") == logging.INFO
+    assert most_verbose(logging.DEBUG, "INFO") == logging.DEBUG
+    assert most_verbose(None, "error") == logging.ERROR
+    assert most_verbose() == logging.INFO
 
 
 def test_hard_limit_must_exceed_soft_limit(tmp_path: Path):
@@ -87,6 +107,16 @@ def test_celery_config_is_json_only_late_ack_and_routed(tmp_path: Path):
     assert routes["cachework.sync_cache"] == {"queue": "cache"}
     assert routes["cachework.process_invalidation"] == {"queue": "invalidations"}
     assert (tmp_path / "broker" / "queue").is_dir()
+    assert conf["task_send_sent_event"]
+    assert conf["beat_schedule_filename"].startswith(str(tmp_path))
+
+
+def test_build_creates_the_data_dir_beat_writes_to(tmp_path: Path):
+    data_dir = tmp_path / "not" / "yet"
+    celeryconfig.build(
+        load_settings({"CACHEWORK_DATA_DIR": str(data_dir), "CACHEWORK_BROKER_URL": "redis://h/1"})
+    )
+    assert data_dir.is_dir()
 
 
 def test_beat_schedule_is_configurable_and_can_be_turned_off(tmp_path: Path):

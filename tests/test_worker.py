@@ -65,3 +65,61 @@ def test_inprocess_worker_runs_a_task(tmp_path, sqlite_url, redis_url, inprocess
         db.set_database(previous)
         database.dispose()
         app.close()
+
+
+def test_beat_sends_its_scheduled_task_through_the_broker(tmp_path, redis_url):
+    """`celery -A worker beat` starts (its data dir does not exist yet) and enqueues the
+    cache sync, routed to the `cache` queue, when CACHEWORK_SYNC_SCHEDULE says so."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import redis
+
+    env = make_env(tmp_path, broker_url=redis_url, sync_schedule="1")
+    assert not (tmp_path / "cachework").exists()
+    with open(tmp_path / "beat.log", "wb") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "beat", "--max-interval", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 30
+        while client.llen("cache") == 0 and beat.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raw = client.lindex("cache", 0)
+        assert raw is not None, (tmp_path / "beat.log").read_text(errors="replace")[-2000:]
+        assert json.loads(raw)["headers"]["task"] == "cachework.sync_cache"
+        assert client.llen("versions") == 0  # the import schedule is off
+    finally:
+        client.close()
+        if beat.poll() is None:
+            os.killpg(beat.pid, signal.SIGTERM)
+            try:
+                beat.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(beat.pid, signal.SIGKILL)
+                beat.wait(10)
+
+
+def test_importing_the_worker_maps_no_model_and_leaves_versioning_off():
+    """Continuum is set up by `bootstrap()` only, never as a side effect of an import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, worker, worker.cli, celeryconfig, tasks\n"
+        "from worker import bootstrap\n"
+        "print(bootstrap._versioning_on, 'demo.models' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "False"], done.stderr

@@ -11,13 +11,17 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+from pathlib import Path
 
 from celery import Celery, signals
 
+from cache.errors import CacheworkError
 from worker import db
 from worker import invalidation as _invalidation  # noqa: F401 - connects task_prerun
 from worker.bootstrap import bootstrap
-from worker.logsetup import configure_logging
+from worker.checks import check_database
+from worker.logsetup import configure_logging, most_verbose
 from worker.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -46,18 +50,46 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def _under_celery_command() -> bool:
+    """True when this process is the `celery` command (`celery -A worker ...`)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return argv0.name == "celery" or argv0.parts[-2:] == ("celery", "__main__.py")
+
+
+def _exit_on_config_error(exc: CacheworkError) -> None:
+    """One line on stderr and exit status 2, instead of Celery's traceback."""
+    sys.stderr.write(f"error: {exc}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+if _under_celery_command():
+    # Celery loads the config lazily, deep inside its commands: check it up front.
+    try:
+        load_settings()
+    except CacheworkError as _exc:
+        _exit_on_config_error(_exc)
+
 app = create_app()
 
 
 @signals.setup_logging.connect
-def _setup_logging(loglevel=None, **_kwargs) -> None:
-    configure_logging(loglevel if isinstance(loglevel, str) else load_settings().log_level)
+def _setup_logging(loglevel=None, logfile=None, **_kwargs) -> None:
+    configure_logging(most_verbose(loglevel, load_settings().log_level), logfile or None)
 
 
 @signals.worker_init.connect
 def _worker_init(**_kwargs) -> None:
-    """Main process, before the pool forks: map models once so children inherit them."""
-    bootstrap(load_settings().models)
+    """Main process, before the pool forks: map models once so children inherit them,
+    and check the database (its pooled connection is what `after_fork` must not share).
+
+    A bad model module or an unreachable database stops the worker with one line
+    (SystemExit: Celery logs and ignores ordinary exceptions raised by signal handlers)."""
+    try:
+        bootstrap(load_settings().models)
+        check_database(db.get_database().engine)
+    except CacheworkError as exc:
+        _exit_on_config_error(exc)
 
 
 def _run_hooks(hooks: list[str]) -> None:

@@ -3,12 +3,13 @@
 A prefork child must never use a socket its parent opened: `after_fork()` (called from
 `worker_process_init`) drops the inherited pool with `dispose(close=False)`, so each child
 opens its own connections. Sessions come from `session_scope()`, one per job, and are
-always closed; `open_sessions()` lets tests assert none leaked.
+always closed; `open_sessions` and `live_databases()` let tests assert none leaked.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from worker.settings import Settings, load_settings
 
 _lock = threading.Lock()
 _database: Database | None = None
+_live: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 class Database:
@@ -31,6 +33,7 @@ class Database:
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self._open = 0
         self._count_lock = threading.Lock()
+        _live.add(self)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -60,6 +63,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def live_databases() -> list[Database]:
+    """Every Database of this process not yet garbage-collected (leak checks in tests)."""
+    return list(_live)
 
 
 def make_engine(url: str) -> sa.Engine:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from celery.app.backends import BACKEND_ALIASES
+
 from cache.errors import ConfigError
 
 DATABASE_SCHEMES = {
@@ -138,9 +140,16 @@ def _broker_url(env: Mapping[str, str]) -> str:
 
 def _result_backend(env: Mapping[str, str], database_url: str) -> str:
     raw = env.get("CACHEWORK_RESULT_BACKEND", "").strip()
-    if raw:
-        return raw
-    return "db+" + database_url
+    if not raw:
+        return "db+" + database_url
+    # Celery's own rule (celery.app.backends.by_url): the scheme, or what precedes its "+".
+    name = _scheme(raw).split("+", 1)[0] if "://" in raw else raw
+    if name not in BACKEND_ALIASES and not (":" in name and "://" not in raw):
+        raise ConfigError(
+            f"CACHEWORK_RESULT_BACKEND={mask_url(raw)!r} names unknown result backend "
+            f"{name!r}; use e.g. db+postgresql://..., redis://..., rpc:// or disabled"
+        )
+    return raw
 
 
 def _redis_url(env: Mapping[str, str], broker_url: str) -> str | None:

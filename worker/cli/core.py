@@ -35,6 +35,8 @@ def worker(ctx: click.Context) -> None:
 
     settings = load_settings()
     check_broker(settings)
+    check_database(get_database(settings).engine)
+    bootstrap(settings.models)
     args = list(ctx.args)
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
         args = ["-Q", ",".join(QUEUES), *args]
