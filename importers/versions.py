@@ -77,9 +77,15 @@ def select_models(classes: Sequence[type], names: Sequence[str] | None = None) -
             raise ValidationError(
                 f"models={names!r} must be a list of model names (or None for all)"
             )
+        if not names:
+            raise ValidationError(
+                f"models={names!r} names no model; pass None to import every versioned model"
+            )
         chosen = []
         for name in names:
-            if not isinstance(name, str) or name not in versioned:
+            if not isinstance(name, str):
+                raise ValidationError(f"models: {name!r} is not a model name (a string)")
+            if name not in versioned:
                 raise NotFoundError(
                     f"unknown versioned model {name!r}; valid names: "
                     f"{', '.join(sorted(versioned)) or '(none configured)'}"

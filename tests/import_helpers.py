@@ -168,6 +168,29 @@ def history(session: Session, cls: type) -> dict[tuple, list[tuple]]:
     return out
 
 
+def api_history(session: Session, cls: type) -> dict[tuple, list[tuple]]:
+    """Every key's versions read through Continuum's own API: `version_class`, the live
+    object's `versions`, and each version's `previous`, `next` and `changeset` (which
+    Continuum computes from the validity columns or, under the subquery strategy, from
+    transaction ids). Returns (operation, changeset) per version, oldest first."""
+    vcls = version_class(cls)
+    keys = [c.key for c in sa.inspect(cls).primary_key]
+    found: dict[tuple, list] = {}
+    ordering = [*(getattr(vcls, k) for k in keys), vcls.transaction_id]
+    for version in session.scalars(sa.select(vcls).order_by(*ordering)):
+        found.setdefault(tuple(getattr(version, k) for k in keys), []).append(version)
+    out: dict[tuple, list[tuple]] = {}
+    for key, versions in found.items():
+        ids = [v.transaction_id for v in versions]
+        assert [v.previous and v.previous.transaction_id for v in versions] == [None, *ids[:-1]]
+        assert [v.next and v.next.transaction_id for v in versions] == [*ids[1:], None]
+        live = session.get(cls, key[0] if len(key) == 1 else key)
+        if live is not None:
+            assert [v.transaction_id for v in live.versions] == ids, key
+        out[key] = [(v.operation_type, v.changeset) for v in versions]
+    return out
+
+
 def transactions(session: Session) -> int:
     return session.execute(sa.text('SELECT count(*) FROM "transaction"')).scalar_one()
 

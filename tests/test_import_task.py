@@ -1,15 +1,25 @@
-"""`cachework.import_versions` through a real prefork worker, the task's progress, the CLI."""
+"""`cachework.import_versions` through a real prefork worker, the task's progress, its
+retries, and the CLI (in-process and `--enqueue`)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from cache.errors import LockedError, ValidationError
 from demo.seed import seed
-from tests.conftest import make_env
+from importers.locking import LOCK_KEY
+from tests.conftest import MODELS, make_env, settings_of
 from tests.import_helpers import transactions
+from worker import db
 from worker.cli import main
+from worker.schema import create_tables
+
+CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main()"]
 
 
 def test_task_through_a_real_worker(tmp_path, pg_database, redis_url, worker_process):
@@ -100,3 +110,86 @@ def test_cli_runs_in_process_and_rejects_bad_names(database):
 def test_cli_checks_max_changes(database, limit):
     result = CliRunner().invoke(main, ["import-versions", "--max-changes", limit])
     assert result.exit_code == 2 and "--max-changes" in result.output
+
+
+def test_a_held_lock_is_retried_and_bad_input_is_not(pg_database, monkeypatch):
+    import tasks.versions as module
+
+    task = module.import_versions
+    with pg_database.session() as session:
+        seed(session, projects=1, products=3)
+    monkeypatch.setattr(task, "update_state", lambda **kw: None)
+    attempts: list[str] = []
+    real_import = module.run_import
+    holder = pg_database.engine.connect()
+    holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+    holder.commit()
+
+    def import_once_the_other_import_ends(*args, **kwargs):
+        try:
+            return real_import(*args, **kwargs)
+        except Exception as exc:
+            attempts.append(type(exc).__name__)
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            holder.commit()
+            raise
+
+    monkeypatch.setattr(module, "run_import", import_once_the_other_import_ends)
+    try:
+        # Eager `apply()` runs Celery's autoretry inline (no countdown): a real lock held by
+        # "another import" fails the first attempt, the retry succeeds.
+        retried = task.apply(kwargs={"models": ["Product"]})
+        assert attempts == ["LockedError"]
+        assert retried.successful(), retried.traceback
+        assert retried.result["models"]["Product"]["created"] == 3
+        bad = task.apply(kwargs={"max_changes": -1})
+        assert attempts == ["LockedError", "ValidationError"]  # one attempt, no retry
+        assert isinstance(bad.result, ValidationError) and bad.state == "FAILURE"
+    finally:
+        holder.close()
+    assert issubclass(LockedError, task.autoretry_for) and task.retry_backoff
+    with pg_database.session() as session:
+        assert transactions(session) == 1
+
+
+def test_enqueue_through_a_real_worker_on_the_embedded_default(tmp_path, worker_process):
+    # No URLs: a SQLite file, the filesystem:// broker and task results in that same file.
+    env = make_env(tmp_path)
+    database = db.Database(settings_of(env).database_url)
+    try:
+        create_tables(database.engine, MODELS)
+        with database.session() as session:
+            seed(session, projects=1, products=15)
+        worker_process(env, concurrency=1)
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [*CACHEWORK, "import-versions", "--enqueue", "--timeout", "60", *args],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+
+        for args, text in [
+            (("--model", "Nope"), "unknown versioned model 'Nope'; valid names: Category"),
+            (("--model", "Product", "--max-changes", "3"), "more than max_changes=3"),
+        ]:
+            refused = cli(*args)
+            assert refused.returncode == 2, (refused.stdout, refused.stderr)
+            assert text in refused.stderr and "Traceback" not in refused.stderr
+        with database.session() as session:
+            assert transactions(session) == 0
+        done = cli("--user", "u", "--comment", "enqueued")
+        assert done.returncode == 0, done.stderr
+        assert "transaction 1" in done.stdout
+        cells = (
+            [c.strip() for c in line.split("│") if c.strip()] for line in done.stdout.splitlines()
+        )
+        rows = {row[0]: row[1:5] for row in cells if row and row[0] in ("Product", "Category")}
+        assert rows == {"Category": ["8", "0", "0", "0"], "Product": ["15", "0", "0", "0"]}
+        with database.session() as session:
+            assert transactions(session) == 1
+            versions = sa.text("SELECT count(*) FROM products_version WHERE transaction_id = 1")
+            assert session.execute(versions).scalar_one() == 15
+            meta = sa.text("SELECT key, value FROM transaction_meta WHERE transaction_id = 1")
+            assert dict(session.execute(meta).all()) == {"user": "u", "comment": "enqueued"}
+    finally:
+        database.dispose()
