@@ -3,6 +3,7 @@ worker process's cached tables hear it), and rebuild the project cache items it 
 
 from __future__ import annotations
 
+import logging
 import os
 
 from celery import shared_task
@@ -11,6 +12,8 @@ from cache.errors import TransientError
 from cache.invalidation import publish, validate_event
 from worker.invalidation import get_tracker, known_tables, make_log
 from worker.settings import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def invalidate(
@@ -51,7 +54,10 @@ def invalidate(
     rebuilt = 0
     if scoped:
         names_list = list(event.names) if event.names is not None else None
-        rebuilt = rebuild_items(event.project, event.app_name, names_list)["updated"]
+        outcome = rebuild_items(event.project, event.app_name, names_list)
+        rebuilt = outcome["updated"]
+        for error in outcome["errors"]:
+            log.warning("invalidation %s: rebuilding cache items failed: %s", event_id, error)
     return {"event_id": event_id, "rebuilt": rebuilt}
 
 

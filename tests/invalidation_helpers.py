@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from pathlib import Path
 import redis
 
 from cache.errors import ValidationError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeTarget:
@@ -51,6 +54,13 @@ class FakeTarget:
     def keys_seen(self) -> list:
         with self.lock:
             return [k for _n, keys in self.invalidated for k in (keys or [None])]
+
+
+class LoadedTarget(FakeTarget):
+    """A FakeTarget whose tables report records loaded (the registry's `status()`)."""
+
+    def status(self) -> dict[str, dict]:
+        return {name: {"loaded": True} for name in self._names}
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, every=0.01) -> object:
@@ -119,3 +129,62 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+# A relay in a process of its own that stalls right after appending to the log (before its
+# outbox transaction commits), so the test can kill -9 it there.
+_STALLING_RELAY = """
+import sys, time
+import redis, sqlalchemy as sa
+from cache.invalidation import DatabaseLog, RedisLog, Relay
+
+url, target, key = sys.argv[1:4]
+engine = sa.create_engine(url)
+
+def stall():
+    print("appended", flush=True)
+    time.sleep(600)
+
+class SameDatabase(DatabaseLog):
+    def append_in(self, conn, datas):
+        ids = super().append_in(conn, datas)
+        stall()
+        return ids
+
+class Stream(RedisLog):
+    def append(self, data):
+        event_id = super().append(data)
+        stall()
+        return event_id
+
+if target == "same-database":
+    log = SameDatabase(engine)
+else:
+    log = Stream(redis.Redis.from_url(target), key=key)
+Relay(engine, log).run_once()
+"""
+
+
+def kill_relay_after_append(database_url: str, target: str, key: str = "", timeout=30) -> None:
+    """Run a relay in a subprocess, kill -9 it once it appended to the log (`target` is a
+    redis:// URL or "same-database"), and reap it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STALLING_RELAY, database_url, target, key],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    try:
+        if not lines or "appended" not in lines[0]:
+            proc.kill()
+            raise AssertionError(f"the relay did not append: {proc.stderr.read()[-2000:]}")
+        proc.kill()
+    finally:
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()

@@ -71,6 +71,31 @@ def test_task_start_catch_up_alone_keeps_a_solo_worker_fresh(
         app.close()
 
 
+def test_a_web_app_starts_its_listener_with_one_call(seeded, registry):
+    from cache.invalidation import wait_for
+    from tests.invalidation_helpers import wait_until
+    from worker.invalidation import start_in_process, stop_in_process
+
+    log = DatabaseLog(seeded.engine)
+    publish("categories", [2], log=log)  # an old event: the log is not empty
+    assert registry.table("categories").get(1)["name"] == "Tools"  # read before the start
+    _rename(seeded.engine, 1, "Renamed")
+    publish("categories", [1], log=log)
+    tracker = start_in_process()
+    try:
+        assert tracker is not None and tracker.cursor == log.state().head
+        assert registry.table("categories").get(1)["name"] == "Renamed"  # dropped, reloaded
+        _rename(seeded.engine, 1, "Again")
+        event_id = publish("categories", [1], log=log)
+        wait_until(lambda: registry.cursor == event_id, timeout=5)  # the listener thread
+        assert registry.table("categories").get(1)["name"] == "Again"
+        assert registry.listener["catch_ups"] == 0
+        wait_for(event_id, timeout=1)  # the read barrier through the same tracker
+    finally:
+        stop_in_process()
+    assert current_tracker() is None
+
+
 def test_process_invalidation_validates_publishes_and_rebuilds(seeded, registry):
     from demo.seed import project_uuid
     from tasks.invalidation import process_invalidation

@@ -29,7 +29,13 @@ from cache.invalidation import (
 )
 from cache.invalidation.events import id_key
 from cache.invalidation.tables import invalidation_log, invalidation_outbox
-from tests.invalidation_helpers import FakeTarget, OwnRedis, wait_until
+from tests.invalidation_helpers import (
+    FakeTarget,
+    LoadedTarget,
+    OwnRedis,
+    kill_relay_after_append,
+    wait_until,
+)
 
 
 @pytest.fixture(params=["redis", "sqlite", "postgresql"])
@@ -127,6 +133,56 @@ def test_tracker_drops_tables_on_a_gap_and_carries_on(log):
     assert target.invalidated[-1] == ("categories", [50])
 
 
+def test_a_log_emptied_or_reset_behind_the_cursor_drops_tables(log):
+    target = FakeTarget()
+    tracker = Tracker(target, log)
+    tracker.sync()
+    ids = [log.append(_event(k)) for k in range(1, 6)]
+    tracker.sync()
+    assert target.cursor == ids[-1] and target.dropped == []
+    log.trim(0)  # every entry gone, the unread ones too: the head is now behind the cursor
+    assert log.read(ids[-1]).gap
+    assert tracker.sync() == 0
+    assert len(target.dropped) == 1 and "gap" in target.dropped[0]
+    last = log.append(_event(8))
+    tracker.sync()
+    assert target.invalidated[-1] == ("categories", [8]) and target.cursor == last
+
+
+def test_records_loaded_before_the_first_sync_are_dropped(log):
+    fresh, loaded = FakeTarget(), LoadedTarget()
+    log.append(_event(1))
+    Tracker(fresh, log).sync()
+    assert fresh.dropped == []  # nothing could be cached yet: no drop
+    Tracker(loaded, log).sync()
+    assert len(loaded.dropped) == 1 and "before this process" in loaded.dropped[0]
+
+
+class Down:
+    """A log that cannot be reached until `up` is set."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.up = False
+
+    def __getattr__(self, name):
+        if not self.up:
+            raise LogUnavailable("down")
+        return getattr(self.inner, name)
+
+
+def test_a_drop_before_the_first_sync_makes_the_first_sync_drop_again(log):
+    target = FakeTarget()
+    down = Down(log)
+    tracker = Tracker(target, down)
+    assert tracker.catch_up() == 0  # unreachable at task start: drop, then read fresh
+    assert len(target.dropped) == 1 and "unreachable" in target.dropped[0]
+    log.append(_event(1))  # published while this process held freshly loaded records
+    down.up = True
+    tracker.sync()
+    assert len(target.dropped) == 2 and target.cursor == log.state().head
+
+
 def test_wait_for_is_a_read_barrier(log):
     target = FakeTarget()
     tracker = Tracker(target, log)
@@ -151,6 +207,29 @@ def test_new_epoch_after_redis_lost_its_data_drops_tables(redis_url):
     assert len(target.dropped) == 1 and "replaced" in target.dropped[0]
     assert target.cursor == log.state().head and target.invalidated == []
     client.close()
+
+
+def test_redis_restart_that_lost_the_newest_entries_drops_tables(tmp_path):
+    server = OwnRedis(tmp_path / "redis").start()
+    client = redis.Redis.from_url(server.url, socket_connect_timeout=1)
+    log = RedisLog(client)
+    target = FakeTarget()
+    tracker = Tracker(target, log)
+    try:
+        tracker.sync()
+        seen = log.append(_event(1))
+        tracker.sync()
+        assert target.cursor == seen
+        client.save()  # persisted: the epoch key and the entry this process has seen
+        log.append(_event(2))  # never persisted, never read by this process
+        server.restart()  # kill -9, then start again from the snapshot
+        assert log.state().head == seen  # the stream is back to what was saved
+        tracker.sync()
+        assert len(target.dropped) == 1 and "replaced" in target.dropped[0]
+        assert target.invalidated == [("categories", [1])]
+    finally:
+        client.close()
+        server.stop()
 
 
 # --- publish ------------------------------------------------------------------------------
@@ -277,6 +356,29 @@ def test_listener_reconnects_after_redis_restart_and_drops_when_unreachable(tmp_
         server.stop()
 
 
+def test_listener_that_keeps_failing_unexpectedly_drops_its_tables(log):
+    class Garbled:
+        """A log whose reads answer something the listener cannot use."""
+
+        def __getattr__(self, name):
+            return getattr(log, name)
+
+        def read(self, after, count=500):
+            raise ValueError("odd answer")
+
+    target = FakeTarget()
+    listener = Listener(Tracker(target, log), Garbled(), stale_after=0.3, block=0.05)
+    listener.backoff_start = 0.01
+    listener.start()
+    try:
+        log.append(_event(1))
+        wait_until(lambda: target.dropped, timeout=5)
+        assert "unreachable" in target.dropped[0] and listener.alive
+        assert target.listener["connected"] is False
+    finally:
+        assert listener.stop(timeout=5)
+
+
 def test_reconnecting_loop_backs_off_and_survives_unexpected_errors():
     class Flaky(ReconnectingLoop):
         backoff_start = 0.01
@@ -364,3 +466,31 @@ def test_outbox_relays_eagerly_after_commit_when_given_a_log(database):
     with database.engine.connect() as conn:
         assert conn.execute(count.select_from(invalidation_outbox)).scalar() == 0
         assert conn.execute(count.select_from(invalidation_log)).scalar() == 1
+
+
+@pytest.mark.parametrize("backend", ["redis", "same-database"])
+def test_outbox_row_survives_a_relay_killed_mid_relay(backend, database, redis_url):
+    key = f"test:kill:{uuid.uuid4().hex[:8]}"
+    if backend == "redis":
+        client = redis.Redis.from_url(redis_url)
+        target_log, where = RedisLog(client, key=key), redis_url
+    else:
+        client, target_log, where = None, DatabaseLog(database.engine), "same-database"
+    try:
+        with database.session() as session:
+            publish("categories", [5], session=session)
+        relay = Relay(database.engine, target_log)
+        assert relay.pending() == 1
+        kill_relay_after_append(database.url, where, key)
+        assert relay.pending() == 1  # the killed relay's delete never committed
+        wait_until(lambda: relay.run_once() == 1, timeout=15, every=0.1)  # the restart
+        assert relay.pending() == 0
+        entries = [raw for _id, raw in target_log.read("0").entries]
+        expected = publish_json("categories", [5])
+        if backend == "redis":
+            assert entries == [expected.encode()] * 2  # at least once: the killed copy too
+        else:
+            assert entries == [expected]  # the append died with the transaction
+    finally:
+        if client is not None:
+            client.close()

@@ -17,7 +17,7 @@ import redis
 import sqlalchemy as sa
 
 from cache.invalidation import LogUnavailable, RedisLog, publish
-from cache.invalidation.events import id_key
+from cache.invalidation.events import id_key, validate_event
 from tests.conftest import MODELS, make_env
 from tests.invalidation_helpers import OwnRedis, wait_until
 
@@ -62,12 +62,15 @@ class Cluster:
                 return seen
         raise AssertionError(f"only {len(seen)} of {want} children answered: {sorted(seen)}")
 
-    def every_child(self, predicate, timeout: float = 20.0) -> dict[int, dict]:
-        """Burst lookups of category 1 and statuses until `predicate(status)` holds in all
-        4 children (bounded)."""
+    def every_child(
+        self, predicate, timeout: float = 20.0, key: int = 1, expect: str | None = None
+    ) -> dict[int, dict]:
+        """Burst lookups of category `key` (each must read `expect` when given) and statuses
+        until `predicate(status)` holds in all 4 children (bounded)."""
         deadline = time.monotonic() + timeout
         while True:
-            self.lookups(1, 8)
+            names = {r["name"] for r in self.lookups(key, 8)}
+            assert expect is None or names == {expect}, (names, expect)
             statuses = self.statuses()
             if all(predicate(s) for s in statuses.values()) and len(statuses) == 4:
                 return statuses
@@ -140,9 +143,10 @@ def test_one_event_reaches_all_four_children_and_lookups_see_the_new_value(clust
         assert status["listener"]["catch_ups"] == catch_ups.get(pid, 0), status["listener"]
     refreshed = {pid: s["tables"]["categories"]["refreshes"] for pid, s in after.items()}
     statuses = cluster.every_child(
-        lambda s: s["tables"]["categories"]["refreshes"] > refreshed[s["pid"]]
+        lambda s: s["tables"]["categories"]["refreshes"] > refreshed[s["pid"]],
+        expect=f"cat1-v{version}",
     )
-    assert len(statuses) == 4  # every child refreshed the record and served it
+    assert len(statuses) == 4  # every child refreshed the record and served the new value
     assert {r["name"] for r in cluster.lookups(1, 16)} == {f"cat1-v{version}"}
 
 
@@ -212,6 +216,27 @@ def test_randomized_writes_and_reads_never_read_what_was_invalidated(cluster):
     assert stale == []
     statuses = cluster.statuses()
     assert all(s["tables"]["categories"]["refreshes"] > 0 for s in statuses.values())
+
+
+def test_children_whose_cursor_was_trimmed_away_drop_their_tables(cluster):
+    before = cluster.every_child(lambda s: s["tables"]["categories"]["loaded"], key=4)
+    gaps = {pid: s["listener"]["gaps"] for pid, s in before.items()}
+    version = cluster.write(4)
+    told = validate_event("categories", [4]).to_json()
+    other = validate_event("products", [1]).to_json()
+    # One transaction: no child can read between the appends and the trim, so the event
+    # naming category 4 is trimmed away unread; only later ones (not about it) survive.
+    with cluster.log.client.pipeline(transaction=True) as pipe:
+        pipe.xadd(cluster.log.key, {"e": told})
+        for _ in range(3):
+            pipe.xadd(cluster.log.key, {"e": other})
+        pipe.xtrim(cluster.log.key, maxlen=2, approximate=False)
+        pipe.execute()
+    statuses = cluster.every_child(
+        lambda s: s["listener"]["gaps"] > gaps[s["pid"]], key=4, expect=f"cat4-v{version}"
+    )
+    for status in statuses.values():
+        assert "gap" in status["listener"]["last_drop"], status["listener"]
 
 
 def test_redis_restart_while_events_flow_then_no_stale_reads(cluster):

@@ -151,6 +151,34 @@ def stop_in_child() -> None:
         relay.stop(timeout=2.0)
 
 
+def start_in_process(*, relay: bool = False) -> Tracker | None:
+    """One call for a web app (or any process outside the worker): start this process's
+    listener for its cached-table registry, after any fork and before its first read.
+
+    It first catches up synchronously, so reads that follow never see what was
+    invalidated before the call. `relay`: also move outbox rows to the log here.
+    Returns the tracker (`tracker.catch_up()` gives a request the task-start promise), or
+    None when the process declares no cached tables. Stop with `stop_in_process()`."""
+    global _relay
+    settings = load_settings()
+    tracker = get_tracker()
+    if tracker is not None:
+        tracker.catch_up()
+        start_listener(
+            tracker.target,
+            make_log(settings, for_listener=True),
+            tracker=tracker,
+            stale_after=settings.listener_stale_after,
+            max_keys=settings.invalidation_max_keys,
+        )
+    if relay and _relay is None:
+        _relay = RelayLoop(Relay(get_database(settings).engine, make_log(settings))).start()
+    return tracker
+
+
+stop_in_process = stop_in_child
+
+
 def _forget() -> None:
     global _tracker, _tracker_for, _relay, _lock
     _tracker, _tracker_for, _relay = None, None, None

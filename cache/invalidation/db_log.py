@@ -79,8 +79,8 @@ class DatabaseLog:
         except sa.exc.SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
         gap = False
-        if cursor and rows:
-            if rows[0].id == cursor:
+        if cursor:  # the cursor's row is gone (trimmed, table emptied): rows may be lost
+            if rows and rows[0].id == cursor:
                 rows = rows[1:]
             else:
                 gap = True

@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class Target(Protocol):
-    """What the listener invalidates: a process's cached-table registry."""
+    """What the listener invalidates: a process's cached-table registry.
+
+    Optionally it has `status()` (table name -> stats with "loaded"), which tells the
+    tracker whether records were loaded before it first reached the log."""
 
     cursor: str
     listener: dict
@@ -84,9 +87,9 @@ class Tracker:
             if self.stats["epoch"] is None or state.epoch != self.stats["epoch"]:
                 self._adopt(state)
                 return 0
-            if not is_after(state.head, self.cursor):
+            if id_key(state.head) == id_key(self.cursor):
                 return 0
-            return self._drain(source)
+            return self._drain(source)  # a head behind the cursor reads as a gap
 
     def poll(self, source: InvalidationLog | None = None) -> int:
         """Read and apply whatever follows the cursor (the listener's step)."""
@@ -143,16 +146,27 @@ class Tracker:
     # --- internals (lock held) -----------------------------------------------------------
 
     def _adopt(self, state: LogState) -> None:
-        """Start following at the head; drop first unless this is a fresh process."""
+        """Start following at the head; drop first unless nothing can be cached yet."""
         old_epoch = self.stats["epoch"]
         if old_epoch is not None or self.cursor != NOTHING:
             self.drop(
                 f"the invalidation log was replaced (epoch {old_epoch!r} -> {state.epoch!r}, "
-                f"e.g. Redis restarted without persistence): events after {self.cursor!r} "
-                "may be lost"
+                f"e.g. Redis restarted): events after {self.cursor!r} may be lost"
             )
+        elif self._loaded_unfollowed():
+            self.drop("records were loaded before this process first reached the log")
         self.stats["epoch"] = state.epoch
         self.target.cursor = state.head
+
+    def _loaded_unfollowed(self) -> bool:
+        """Whether the target may hold records loaded while no cursor was followed (after
+        a drop while the log was unreachable, or read before the listener started)."""
+        if self.stats["drops"]:
+            return True
+        status = getattr(self.target, "status", None)
+        if not callable(status):
+            return False
+        return any(table.get("loaded") for table in status().values())
 
     def _drain(self, source: InvalidationLog) -> int:
         applied = 0
@@ -344,6 +358,12 @@ class Listener(ReconnectingLoop):
             self.tracker.drop(f"invalidation log unreachable for {now - self._down_since:.1f}s")
             self._last_drop = since = now
         return max(0.01, min(delay, since + self.stale_after - now))
+
+    def on_unexpected_error(self, exc: BaseException) -> None:
+        """A bug or an odd answer: log it and count it as an outage (drop after the bound),
+        since events are not being applied meanwhile."""
+        super().on_unexpected_error(exc)
+        self.on_connection_error(exc, 0.0)
 
     def on_stop(self) -> None:
         self.tracker.stats["connected"] = False

@@ -7,8 +7,9 @@ itself is that entries it never read are gone; `Batch.gap` and `LogState.epoch` 
 
 - `gap`: the entry at the reader's cursor is no longer in the log (it was trimmed), so
   entries after it may have been trimmed unread too;
-- `epoch`: an id of the log's lifetime; a Redis restarted without persistence starts a new
-  stream (and a new epoch), so a reader holding the old epoch knows it lost entries.
+- `epoch`: an id of the log's lifetime; a restarted Redis is a new epoch (without
+  persistence it starts a new stream; with it, it may have lost the newest entries), so a
+  reader holding the old epoch knows it may have lost entries.
 """
 
 from __future__ import annotations

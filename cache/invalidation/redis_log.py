@@ -4,6 +4,11 @@
 their own cursor (no consumer groups), so every process sees every entry. Each call is
 one round trip: small Lua scripts read the epoch key and the stream together, so the gap
 and epoch checks are atomic with the read they guard.
+
+The epoch is the stored epoch key plus the server's run id. The key alone survives a
+restart with persistence (RDB, AOF everysec) that lost the stream's newest entries, and a
+reader whose cursor is older than the lost entries would then miss them silently; the run
+id changes at every restart, so every reader drops its tables instead.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from cache.invalidation.log import NOTHING, Batch, LogState, LogUnavailable
 STREAM_KEY = "cachework:invalidations"
 FIELD = b"e"
 
-# Every script makes sure the epoch key exists, so all readers agree on one epoch.
+# Every script makes sure the epoch key exists, so all readers agree on one epoch; the
+# server's run id is part of it (a restart is a new epoch even if the key was persisted).
 _EPOCH = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then epoch = ARGV[1]; redis.call('SET', KEYS[2], epoch) end
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if run then epoch = epoch .. ':' .. run end
 """
 APPEND = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
@@ -50,7 +58,8 @@ else
   entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', tonumber(ARGV[3]) + 1)
   if #entries > 0 and entries[1][1] == ARGV[2] then
     table.remove(entries, 1)
-  elseif #entries > 0 then
+  else
+    -- the cursor's entry is gone (trimmed, or the stream deleted): entries may be lost
     gap = 1
   end
 end

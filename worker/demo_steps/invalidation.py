@@ -24,14 +24,21 @@ def _children(ctx, want: int = 2, rounds: int = 8) -> dict[int, dict]:
     return seen
 
 
-def _read_everywhere(ctx, label: str) -> None:
-    names = {r["name"] for r in _burst(ctx, "cachework.lookup", 6, table="categories", key=KEY)}
+def _read_everywhere(ctx, label: str, rounds: int = 8) -> None:
+    """Lookups until both children hold the table (bounded), then each child's stats."""
+    names: set[str] = set()
+    for _ in range(rounds):
+        lookups = _burst(ctx, "cachework.lookup", 6, table="categories", key=KEY)
+        names |= {r["name"] for r in lookups}
+        children = _children(ctx)
+        if all(s["tables"]["categories"]["loaded"] for s in children.values()):
+            break
     ctx.console.print(f"  {label}: cachework.lookup(categories, {KEY}) -> name {sorted(names)}")
-    for pid, status in sorted(_children(ctx).items()):
+    for pid, status in sorted(children.items()):
         table = status["tables"]["categories"]
         ctx.console.print(
             f"    child {pid}: cursor {status['cursor']}, categories loaded={table['loaded']} "
-            f"hits={table['hits']} misses={table['misses']} invalid={table['invalid']}",
+            f"hits={table['hits']} misses={table['misses']} refreshes={table['refreshes']}",
             highlight=False,
         )
 
