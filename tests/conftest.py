@@ -226,13 +226,20 @@ def worker_process(tmp_path: Path) -> Iterator[Callable[..., object]]:
 
     started: list[tuple[WorkerProcess, object]] = []
 
-    def start(env: dict[str, str], concurrency: int = 2, name: str | None = None, timeout=90):
+    def start(
+        env: dict[str, str],
+        concurrency: int = 2,
+        name: str | None = None,
+        timeout=90,
+        pool: str = "prefork",
+    ):
         app = create_app(load_settings(env))
         node = WorkerProcess(
             env,
             concurrency=concurrency,
             name=name,
             logfile=tmp_path / f"worker-{len(started)}.log",
+            pool=pool,
         ).start()
         started.append((node, app))
         node.wait_ready(app, timeout=timeout)

@@ -1,5 +1,6 @@
-"""Task-start catch-up, the task and the CLI, in-process (no listener thread runs here:
-a solo pool gets only the catch-up, so these tests see it alone)."""
+"""Task-start catch-up, the task and the CLI, in-process. The in-process test worker sends
+no `worker_ready`, so no listener thread runs there and these tests see the catch-up alone;
+a real `celery worker -P solo` starts its listener and relay (the last test)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,38 @@ def test_cli_invalidate_publishes_and_reports_errors_in_one_line(seeded, registr
     unknown = runner.invoke(main, ["invalidate", "nope"])
     assert unknown.exit_code == 2 and "known tables:" in unknown.output
     assert DatabaseLog(seeded.engine).state().head == head
+
+
+def test_a_solo_pool_worker_runs_the_outbox_relay_and_the_listener(
+    tmp_path, pg_database, redis_url, worker_process
+):
+    """`celery worker -P solo` has no pool children: its own process must relay committed
+    outbox rows and tail the log, and stop both at shutdown."""
+    from demo.seed import seed
+    from tests.invalidation_helpers import wait_until
+
+    with pg_database.session() as session:
+        seed(session, projects=2, products=10)
+    url = pg_database.engine.url.render_as_string(hide_password=False)
+    env = make_env(
+        tmp_path, database_url=url, broker_url=redis_url, result_backend=redis_url, redis_url="off"
+    )
+    node, app = worker_process(env, concurrency=1, pool="solo")
+
+    def call(name: str, **kwargs) -> dict:
+        return app.send_task(name, kwargs=kwargs).get(timeout=20, interval=0.01)
+
+    assert call("cachework.lookup", table="categories", key=1)["name"] == "Tools"
+    log = DatabaseLog(pg_database.engine)
+    with pg_database.session() as session:  # the data change and its event, one commit
+        session.execute(sa.text("UPDATE categories SET name = 'Renamed' WHERE id = 1"))
+        assert publish("categories", [1], session=session) is None  # outbox only, no relay
+        session.commit()
+    wait_until(lambda: log.state().head != "0", timeout=10)  # the solo worker's relay
+    head = log.state().head
+    status = wait_until(
+        lambda: (s := call("cachework.cache_status"))["cursor"] == head and s, timeout=10
+    )
+    assert status["listener"]["connected"] is True  # its listener thread is running
+    assert call("cachework.lookup", table="categories", key=1)["name"] == "Renamed"
+    assert node.stop() == 0  # the threads stopped: a clean warm shutdown

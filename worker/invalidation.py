@@ -3,7 +3,9 @@ catch-up, and the logs and table knowledge the task and the CLI publish with.
 
 Every prefork child starts, right after fork (a PROCESS_INIT_HOOK), one listener thread
 on a Redis connection of its own (or polling the database-backed log) and one outbox relay
-thread; both stop at child shutdown (a PROCESS_SHUTDOWN_HOOK). Before every task, in any
+thread; both stop at child shutdown (a PROCESS_SHUTDOWN_HOOK). A solo or threads pool runs
+tasks in the worker's own process: there both start when the worker is ready and stop at
+its shutdown. Before every task, in any
 pool, `task_prerun` reads the log's head (one call) and applies what the process has not
 seen yet, so a task never reads a record invalidated before it started. A process that
 declares no cached tables holds nothing to invalidate: no listener, no catch-up.
@@ -19,6 +21,7 @@ import threading
 import sqlalchemy as sa
 from billiard.process import current_process
 from celery import signals
+from celery.concurrency import solo, thread
 
 from cache.errors import ValidationError
 from cache.invalidation import (
@@ -123,8 +126,8 @@ def _in_pool_child() -> bool:
 def start_in_child() -> None:
     """PROCESS_INIT_HOOK: start this child's listener and outbox relay threads.
 
-    Only in prefork children (a solo pool runs in the caller's own process, which never
-    gets a shutdown hook; there the task-start catch-up alone keeps reads fresh)."""
+    Only in prefork children: solo and threads pools start theirs in the worker's own
+    process once it is ready (`_start_in_worker_process`)."""
     global _relay
     _forget()
     if not _in_pool_child():
@@ -177,6 +180,31 @@ def start_in_process(*, relay: bool = False) -> Tracker | None:
 
 
 stop_in_process = stop_in_child
+
+_started_in_worker_process = False
+
+
+def _runs_tasks_in_process(pool: object) -> bool:
+    return isinstance(pool, solo.TaskPool | thread.TaskPool)
+
+
+@signals.worker_ready.connect
+def _start_in_worker_process(sender=None, **_kwargs) -> None:
+    """`celery worker -P solo|threads`: no child will ever start the listener and the
+    outbox relay, so the worker's own process does (never with prefork: a parent with
+    threads must not fork)."""
+    global _started_in_worker_process
+    if _runs_tasks_in_process(getattr(sender, "pool", None)):
+        start_in_process(relay=True)
+        _started_in_worker_process = True
+
+
+@signals.worker_shutdown.connect
+def _stop_in_worker_process(**_kwargs) -> None:
+    global _started_in_worker_process
+    if _started_in_worker_process:
+        _started_in_worker_process = False
+        stop_in_process()
 
 
 def _forget() -> None:

@@ -22,7 +22,7 @@ from worker.routing import QUEUES
 
 
 class WorkerProcess:
-    """One prefork worker node running in a subprocess."""
+    """One worker node running in a subprocess (prefork unless `pool` says otherwise)."""
 
     def __init__(
         self,
@@ -33,8 +33,10 @@ class WorkerProcess:
         queues: tuple[str, ...] = QUEUES,
         logfile: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        pool: str = "prefork",
     ) -> None:
         self.env = env
+        self.pool = pool
         self.concurrency = concurrency
         self.name = name or f"w{uuid.uuid4().hex[:8]}@127.0.0.1"
         self.queues = queues
@@ -46,7 +48,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         cmd = [
             sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "-P", "prefork", "-c", str(self.concurrency), "-n", self.name,
+            "-P", self.pool, "-c", str(self.concurrency), "-n", self.name,
             "-Q", ",".join(self.queues), "--without-gossip", "--without-mingle",
             "-l", "INFO", *self.extra_args,
         ]  # fmt: skip
