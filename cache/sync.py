@@ -93,6 +93,7 @@ def _round(
     user: str | None,
     max_bytes: int,
     lock,
+    abort_on: tuple[type[BaseException], ...] = (),
 ) -> ScopeResult:
     result = ScopeResult()
     calls = _names_for(plugin, names)
@@ -108,6 +109,9 @@ def _round(
                 lock.mark_dirty(sorted(names))  # the new holder redoes it
                 raise RuntimeError("the rebuild lock expired before commit; left dirty")
             result.updated = set_items(session, writer.rows(), user=user, max_bytes=max_bytes)
+    except abort_on:
+        lock.mark_dirty(sorted(names))  # not done: the next rebuild of the scope redoes it
+        raise
     except Exception as exc:
         log.exception("cache plugin %s failed for %s", plugin.app_name, scope_label(project))
         result.errors.append(
@@ -127,8 +131,12 @@ def rebuild_scope(
     user: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_rounds: int = MAX_ROUNDS,
+    abort_on: tuple[type[BaseException], ...] = (),
 ) -> ScopeResult:
-    """Rebuild `names` (None: all items) of one plugin for one scope, never twice at once."""
+    """Rebuild `names` (None: all items) of one plugin for one scope, never twice at once.
+
+    A plugin's exception is reported in the result, except those of `abort_on` (e.g. the
+    caller's time limit): they put the round's names back to dirty and propagate."""
     lock = locks.lock(scope_key(project, plugin.app_name))
     lock.mark_dirty(names)
     result = ScopeResult()
@@ -144,7 +152,16 @@ def rebuild_scope(
                         break
                     result.rounds += 1
                     result.add(
-                        _round(session_factory, plugin, project, pending, user, max_bytes, lock)
+                        _round(
+                            session_factory,
+                            plugin,
+                            project,
+                            pending,
+                            user,
+                            max_bytes,
+                            lock,
+                            abort_on,
+                        )
                     )
         finally:
             lock.release()
@@ -164,9 +181,21 @@ def rebuild(
     names: list[str] | None = None,
     user: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    abort_on: tuple[type[BaseException], ...] = (),
 ) -> ScopeResult:
     """Rebuild one scope (a project, or the site-wide items) for each plugin in turn."""
     total = ScopeResult()
     for plugin in plugins:
-        total.add(rebuild_scope(session_factory, locks, plugin, project, names, user, max_bytes))
+        total.add(
+            rebuild_scope(
+                session_factory,
+                locks,
+                plugin,
+                project,
+                names,
+                user,
+                max_bytes,
+                abort_on=abort_on,
+            )
+        )
     return total

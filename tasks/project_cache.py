@@ -13,6 +13,7 @@ import functools
 import redis
 import sqlalchemy as sa
 from celery import chord, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import plugins as cache_plugins
 from cache import store
@@ -86,6 +87,7 @@ def rebuild_scope_now(
             names,
             user,
             load_settings().cache_item_max_bytes,
+            abort_on=(SoftTimeLimitExceeded,),
         )
     except (redis.ConnectionError, redis.TimeoutError, sa.exc.OperationalError) as exc:
         raise TransientError(

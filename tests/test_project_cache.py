@@ -152,6 +152,31 @@ def test_a_request_during_a_rebuild_is_not_lost(seeded):
         assert store.get_item(session, "inventory", "summary", project=project).data["active"] == 0
 
 
+def test_an_abort_exception_propagates_and_leaves_the_names_dirty(seeded):
+    """A time limit inside a plugin (an `abort_on` type) is not a plugin error: it stops
+    the rebuild, writes nothing, and leaves the names dirty for the next rebuild."""
+    project = project_uuid(0)
+    locks = DatabaseLocks(seeded.engine, ttl_ms=10_000)
+
+    class TimeUp(Exception):
+        pass
+
+    class Slow(InventoryPlugin):
+        def update_cache(self, store_, session, project=None, name=None):
+            raise TimeUp("soft time limit")
+
+    with pytest.raises(TimeUp):
+        rebuild_scope(seeded.session, locks, Slow(), project, ["summary"], abort_on=(TimeUp,))
+    lock = locks.lock(scope_key(project, "inventory"))
+    assert lock.is_dirty()  # the request survives the abort
+    with seeded.session() as session:
+        assert store.get_item(session, "inventory", "summary", project=project) is None
+    result = rebuild_scope(seeded.session, locks, InventoryPlugin(), project, ["by_category"])
+    assert result.updated == 2 and not lock.is_dirty()  # it redid "summary" as well
+    with seeded.session() as session:
+        assert store.get_item(session, "inventory", "summary", project=project) is not None
+
+
 @pytest.mark.parametrize("backend", ["database", "redis"])
 def test_concurrent_rebuilds_never_overlap_and_the_last_change_wins(pg_database, backend, request):
     """Threads that each commit a change and then ask for a rebuild of one scope: the
