@@ -7,9 +7,11 @@ delete version). From that it builds SQL only: counts by kind, and the SELECTs o
 create/update and of target rows whose source row is gone, ready to feed INSERT ... SELECT.
 Nothing is ever loaded row by row, so memory does not grow with the tables.
 
-`run_diffs()` drives several diffs as one job: count everything first (so a dry run and a
-max-changes limit can stop before anything is written), then apply each diff that has
-changes, reporting progress through a callback. The caller owns the transaction.
+`run_diffs()` drives several diffs as one job, reporting progress through a callback. A
+dry run, a max-changes limit or a switched-off kind counts everything first (so the run
+can stop before anything is written), then applies each diff that has changes; a plain
+run lets each target write directly and count from what it wrote, which saves a pass.
+The caller owns the transaction.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ class DiffOptions:
             raise ValidationError(f"max_changes={limit!r} must be a whole number or None")
         if limit is not None and limit < 0:
             raise ValidationError(f"max_changes={limit!r} must be 0 or more (or None: no limit)")
+
+    @property
+    def writes_everything(self) -> bool:
+        """A real run of every kind with no limit: nothing needs counting before writing."""
+        return (
+            self.create
+            and self.update
+            and self.delete
+            and not self.dry_run
+            and self.max_changes is None
+        )
 
 
 @dataclass
@@ -222,6 +235,11 @@ class DiffTarget(Protocol):
     def apply(self, session: Session, counts: Counts, options: DiffOptions) -> None:
         """Write the changes counted (called only when not a dry run)."""
 
+    def write(self, session: Session) -> Counts | None:
+        """Write every change (all kinds on, no limit) and return the counts, taken from
+        the writes where possible; None, having written nothing, when this target must
+        be counted first (then `count` and `apply` run)."""
+
 
 @dataclass
 class DiffResult:
@@ -241,11 +259,14 @@ def run_diffs(
 ) -> DiffResult:
     """Count every target, enforce the limit, then apply (unless dry run).
 
-    Counting happens for all targets before the first write, so a limit that would be
-    exceeded raises `ChangeLimitExceeded` with nothing written, and a dry run reports
-    exactly the counts a real run would write.
+    With a dry run, a limit or a switched-off kind, counting happens for all targets
+    before the first write, so a limit that would be exceeded raises `ChangeLimitExceeded`
+    with nothing written, and a dry run reports exactly the counts a real run would write.
+    Otherwise each target writes directly (`write_directly`).
     """
     notify = progress or (lambda _event: None)
+    if options.writes_everything:
+        return write_directly(session, targets, notify)
     result = DiffResult()
     total = len(targets)
     for index, target in enumerate(targets, 1):
@@ -282,4 +303,24 @@ def run_diffs(
                 **counts.as_dict(),
             }
         )
+    return result
+
+
+def write_directly(session: Session, targets: Sequence[DiffTarget], notify: Progress) -> DiffResult:
+    """A plain run: each target writes its changes and counts them from the writes; a
+    target that must be counted first (`write` returns None) is counted, then applied."""
+    result = DiffResult()
+    total = len(targets)
+    everything = DiffOptions()
+    for index, target in enumerate(targets, 1):
+        step = {"model": target.name, "index": index, "total": total}
+        notify({**step, "stage": "checking"})
+        counts = target.write(session)
+        if counts is None:
+            counts = target.count(session, everything)
+            notify({**step, "stage": "counted", **counts.as_dict()})
+            target.apply(session, counts, everything)
+        result.warnings.extend(target.warnings)
+        result.models[target.name] = counts
+        notify({**step, "stage": "done", **counts.as_dict()})
     return result

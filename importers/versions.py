@@ -285,28 +285,71 @@ class VersionModel:
             self.extra_open = 0
         if not counts.changes:
             return
-        tx = self.txn.id
-        written = 0
+        changed = self.diff().changed_rows(
+            options.create, options.update, [*self.keys, *self.columns], [self._tx_literal()]
+        )
+        deleted = self._write(session, counts.deleted > 0, changed, counts.created + counts.updated)
+        if deleted != counts.deleted:  # one snapshot makes this impossible; never hide it
+            raise RuntimeError(f"{self.name}: counted {counts.deleted} deletes but wrote {deleted}")
+
+    def write(self, session: Session) -> Counts | None:
+        """Write without the counting pass: one aggregate gives created/updated/unchanged,
+        the delete versions are counted as they are inserted. None (nothing written) when
+        some key has several open versions: then the careful count-and-apply path runs."""
+        self.warnings = []
+        if self.validity and self._has_several_open(session):
+            return None
+        diff = self.diff()
+        created, updated, unchanged, _rows = session.execute(diff.count_statement()).one()
+        created, updated, unchanged = int(created), int(updated), int(unchanged)
+        if not (created or updated) and not session.execute(self._any_gone(diff)).scalar():
+            return Counts(unchanged=unchanged)  # no change: no Continuum transaction
+        changed = diff.changed_rows(True, True, [*self.keys, *self.columns], [self._tx_literal()])
+        deleted = self._write(session, True, changed, created + updated)
+        return Counts(created=created, updated=updated, deleted=deleted, unchanged=unchanged)
+
+    def _tx_literal(self) -> sa.ColumnElement[int]:
+        return sa.literal(self.txn.id, sa.BigInteger)
+
+    def _has_several_open(self, session: Session) -> bool:
+        v = self.versions
+        several = (
+            sa.select(sa.literal(1))
+            .where(v.c[self.end].is_(None))
+            .group_by(*(v.c[k] for k in self.keys))
+            .having(sa.func.count() > 1)
+            .limit(1)
+        )
+        return session.execute(several).first() is not None
+
+    @staticmethod
+    def _any_gone(diff: KeyedDiff) -> sa.Select:
+        return sa.select(
+            sa.exists(
+                sa.select(sa.literal(1)).select_from(diff.target).where(diff.gone_condition())
+            )
+        )
+
+    def _write(self, session: Session, gone: bool, changed: sa.Select, expected: int) -> int:
+        """Insert the delete versions (when `gone`) and the `expected` create/update
+        versions selected by `changed`, then close what they supersede; returns how many
+        delete versions were written. The run's Continuum transaction is made here."""
+        tx = self._tx_literal()
         names = [*self.keys, *self.columns, self.tx, self.op]
-        if counts.deleted:
-            gone = self.diff().gone_rows(
-                [*self.keys, *self.columns],
-                [sa.literal(tx, sa.BigInteger), sa.literal(Operation.DELETE, sa.SmallInteger)],
+        deleted = 0
+        if gone:
+            rows = self.diff().gone_rows(
+                [*self.keys, *self.columns], [tx, sa.literal(Operation.DELETE, sa.SmallInteger)]
             )
-            written += _rowcount(session, sa.insert(self.versions).from_select(names, gone))
-        if counts.created or counts.updated:
-            # S2's delete versions only touch keys without a live row: no tx filter needed.
-            rows = self.diff().changed_rows(
-                options.create,
-                options.update,
-                [*self.keys, *self.columns],
-                [sa.literal(tx, sa.BigInteger)],
-            )
-            written += _rowcount(session, sa.insert(self.versions).from_select(names, rows))
-        if written != counts.changes:  # the snapshot makes this impossible; never hide it
-            raise RuntimeError(f"{self.name}: counted {counts.changes} changes but wrote {written}")
+            deleted = _rowcount(session, sa.insert(self.versions).from_select(names, rows))
+        if expected:
+            # The delete versions only touch keys without a live row: no tx filter needed.
+            written = _rowcount(session, sa.insert(self.versions).from_select(names, changed))
+            if written != expected:  # one snapshot makes this impossible; never hide it
+                raise RuntimeError(f"{self.name}: counted {expected} changes but wrote {written}")
         if self.validity:
-            self._close_superseded(session, tx)
+            self._close_superseded(session, self.txn.id)
+        return deleted
 
     # --- validity bookkeeping ----------------------------------------------------------------
 
