@@ -96,6 +96,15 @@ def rebuild_scope_now(
         ) from exc
 
 
+def scopes_of(project: str | None) -> list[str | None]:
+    """The scopes a rebuild of `project` covers: that project, or (None) the site-wide
+    items (scope None) and every project."""
+    if project is not None:
+        return [project]
+    with get_database().session() as session:
+        return [None, *list_projects(session)]
+
+
 def rebuild_items(
     project: str | None,
     app_name: str | None,
@@ -110,13 +119,8 @@ def rebuild_items(
     is marked dirty and rebuilt by that run (not counted here).
     """
     project, chosen, names = validate(project, app_name, names, user)
-    if project is not None:
-        scopes: list[str | None] = [project]
-    else:
-        with get_database().session() as session:
-            scopes = [None, *list_projects(session)]
     total = ScopeResult()
-    for scope in scopes:
+    for scope in scopes_of(project):
         total.add(rebuild_scope_now(scope, chosen, names, user))
     return {"updated": total.updated, "errors": total.errors}
 
@@ -184,10 +188,9 @@ def sync_cache(
     project, _chosen, _names = validate(project, app_name, _check_name(name), user)
     if project is not None:
         return sync_project_cache.run(project, app_name, name, user)
-    with get_database().session() as session:
-        scopes = [None, *list_projects(session)]
     header = [
-        sync_project_cache.si(scope, app_name, name, user, missing_ok=True) for scope in scopes
+        sync_project_cache.si(scope, app_name, name, user, missing_ok=True)
+        for scope in scopes_of(None)
     ]
     raise self.replace(chord(header, sync_cache_summary.s()))
 

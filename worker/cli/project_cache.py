@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from cache.sync import ScopeResult, list_projects, scope_label
+from cache.sync import ScopeResult, scope_label
 from worker.bootstrap import bootstrap
 from worker.db import get_database
 from worker.settings import load_settings
@@ -60,7 +60,7 @@ def sync_cache(
     timeout: float,
 ) -> None:
     """Rebuild project cache items through the app plugins."""
-    from tasks.project_cache import rebuild_scope_now, validate
+    from tasks.project_cache import rebuild_scope_now, scopes_of, validate
 
     _prepare()
     console = Console()
@@ -69,11 +69,7 @@ def sync_cache(
         kwargs = {"project": project, "app_name": app_name, "name": name, "user": user}
         _report(console, _enqueue(console, "cachework.sync_cache", kwargs, timeout))
         return
-    if project is not None:
-        scopes: list[str | None] = [project]
-    else:
-        with get_database().session() as session:
-            scopes = [None, *list_projects(session)]
+    scopes = scopes_of(project)
     total = ScopeResult()
     deferred = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
