@@ -34,6 +34,7 @@ from sqlalchemy_continuum.utils import get_versioning_manager, option
 from cache.errors import NotFoundError, ValidationError
 from importers.diff import Counts, DiffOptions, KeyedDiff, Progress, run_diffs, switched
 from importers.locking import begin_import
+from importers.statistics import refresh_stale_statistics
 
 MAX_REPORTED_KEYS = 100
 REMOTE_ADDR_MAX = 50
@@ -453,6 +454,7 @@ def import_versions(
     txn = _LazyTransaction(session, manager, user, remote_addr, comment)
     targets = [VersionModel(cls, txn, repair) for cls in models]
     begin_import(session, mapper=models[0])
+    refresh_stale_statistics(session, [t for m in targets for t in (m.live, m.versions)])
     result = run_diffs(session, targets, options, progress)
     if txn.txn is not None or any(t.repaired for t in targets):
         session.flush()

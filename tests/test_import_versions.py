@@ -12,6 +12,7 @@ from sqlalchemy_continuum import version_class
 from cache.errors import LockedError, NotFoundError, ValidationError
 from importers.diff import ChangeLimitExceeded
 from importers.locking import LOCK_KEY
+from importers.statistics import is_stale, refresh_stale_statistics
 from importers.versions import import_versions
 from tests.import_helpers import (
     MODELS,
@@ -318,3 +319,47 @@ def test_a_second_import_during_a_running_one_is_refused_and_then_sees_its_commi
     finally:
         if impatient is not vdb.engine:
             impatient.dispose()
+
+
+@pytest.mark.parametrize(
+    ("modified", "live", "stale"),
+    [(0, 0, False), (50, 0, False), (51, 0, True), (150, 1000, False), (151, 1000, True)],
+)
+def test_statistics_are_stale_where_autovacuum_would_analyze(modified, live, stale):
+    assert is_stale(modified, live) is stale
+
+
+def test_an_import_analyzes_tables_a_bulk_load_left_stale(pg_url):
+    """Bulk-loaded rows leave PostgreSQL's statistics stale (autovacuum is late, or off):
+    the import analyzes those tables first, so its plans fit the real table sizes."""
+    from worker.db import Database
+
+    database = Database(pg_url)  # closed connections: each backend flushes its counters
+    database.engine.dispose()
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        create_all(database)
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO projects (uuid, title) VALUES ('p1', 'P')"))
+            conn.execute(sa.text(
+                "INSERT INTO products (id, sku, name, price, project_uuid, active) "
+                "SELECT g, 'SKU-' || g, 'P', 1.5, 'p1', true FROM generate_series(1, 500) g"
+            ))  # fmt: skip
+
+        def counters(table: str) -> tuple[int, object]:
+            with engine.connect() as conn:
+                return tuple(conn.execute(sa.text(
+                    "SELECT n_mod_since_analyze, last_analyze FROM pg_stat_user_tables "
+                    "WHERE relname = :t"), {"t": table}).one())  # fmt: skip
+
+        assert counters("products")[0] >= 500  # stale: never analyzed since the load
+        result = run(database, names=["Product"])
+        assert result.models["Product"].created == 500
+        modified, analyzed_at = counters("products")
+        assert analyzed_at is not None and modified == 0
+        with database.session() as session:  # now fresh: nothing more to analyze
+            session.begin()
+            assert refresh_stale_statistics(session, [sa.Table("products", sa.MetaData())]) == []
+    finally:
+        engine.dispose()
+        database.dispose()

@@ -1,0 +1,49 @@
+"""Fresh planner statistics for the tables a version import compares (PostgreSQL).
+
+An import usually follows a bulk load, and its own first run writes a version row per
+live row; either leaves PostgreSQL's statistics stale until autovacuum analyzes the table
+(a minute or more later, or never where autovacuum is off). A version table the planner
+believes nearly empty gets nested loops and disk sorts over all its rows: measured here at
+500k rows, the compare and delete passes took 1.55 s and 1.24 s with stale statistics and
+0.50 s and 0.30 s after an ANALYZE that cost 0.2 s. So before comparing, the import
+analyzes the tables autovacuum would analyze next (its default threshold), inside its own
+transaction (PostgreSQL allows ANALYZE there; it changes only the planner's statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+# autovacuum_analyze_threshold and autovacuum_analyze_scale_factor, PostgreSQL's defaults.
+ANALYZE_THRESHOLD = 50
+ANALYZE_SCALE_FACTOR = 0.1
+
+_STALENESS = sa.text(
+    "SELECT n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables "
+    "WHERE relid = CAST(:name AS regclass)"
+)
+
+
+def is_stale(modified: int, live: int) -> bool:
+    """Whether autovacuum would analyze a table with these counters."""
+    return modified > ANALYZE_THRESHOLD + ANALYZE_SCALE_FACTOR * live
+
+
+def refresh_stale_statistics(session: Session, tables: Iterable[sa.Table]) -> list[str]:
+    """ANALYZE each of `tables` whose statistics are stale; returns the names analyzed.
+    A no-op on other databases than PostgreSQL."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return []
+    preparer = bind.dialect.identifier_preparer
+    analyzed = []
+    for table in tables:
+        name = preparer.format_table(table)
+        row = session.execute(_STALENESS, {"name": name}).first()
+        if row is not None and is_stale(int(row[0] or 0), int(row[1] or 0)):
+            session.execute(sa.text(f"ANALYZE {name}"))
+            analyzed.append(table.name)
+    return analyzed
