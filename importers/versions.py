@@ -286,28 +286,46 @@ class VersionModel:
             self.extra_open = 0
         if not counts.changes:
             return
-        changed = self.diff().changed_rows(
-            options.create, options.update, [*self.keys, *self.columns], [self._tx_literal()]
-        )
-        deleted = self._write(session, counts.deleted > 0, changed, counts.created + counts.updated)
-        if deleted != counts.deleted:  # one snapshot makes this impossible; never hide it
-            raise RuntimeError(f"{self.name}: counted {counts.deleted} deletes but wrote {deleted}")
+        expected = counts.created + counts.updated
+        changed = None
+        if expected:
+            columns = [*self.keys, *self.columns]
+            changed = self.diff().changed_rows(
+                options.create, options.update, columns, [self._tx_literal()]
+            )
+        written = self._write(session, counts.deleted > 0, changed)
+        if written != (counts.deleted, expected):  # one snapshot makes this impossible
+            raise RuntimeError(
+                f"{self.name}: counted {counts.deleted} deletes and {expected} creates or "
+                f"updates but wrote {written[0]} and {written[1]}"
+            )
 
     def write(self, session: Session) -> Counts | None:
-        """Write without the counting pass: one aggregate gives created/updated/unchanged,
-        the delete versions are counted as they are inserted. None (nothing written) when
-        some key has several open versions: then the careful count-and-apply path runs."""
+        """Write without a counting pass, in as many scans as the writes need anyway: two
+        EXISTS probes (which stop at the first change) decide which inserts run at all,
+        and the counts come from what was written. None (nothing written) when some key
+        has several open versions: then the careful count-and-apply path runs."""
         self.warnings = []
         if self.validity and self._has_several_open(session):
             return None
         diff = self.diff()
-        created, updated, unchanged, _rows = session.execute(diff.count_statement()).one()
-        created, updated, unchanged = int(created), int(updated), int(unchanged)
-        if not (created or updated) and not session.execute(self._any_gone(diff)).scalar():
-            return Counts(unchanged=unchanged)  # no change: no Continuum transaction
-        changed = diff.changed_rows(True, True, [*self.keys, *self.columns], [self._tx_literal()])
-        deleted = self._write(session, True, changed, created + updated)
-        return Counts(created=created, updated=updated, deleted=deleted, unchanged=unchanged)
+        gone = self._exists(session, diff.gone_rows(list(self.keys)))
+        changed = self._exists(session, diff.changed_rows(True, True, list(self.keys)))
+        live = session.execute(sa.select(sa.func.count()).select_from(self.live)).scalar_one()
+        if not (gone or changed):
+            return Counts(unchanged=int(live))  # no change: no Continuum transaction
+        rows = None
+        if changed:
+            columns = [*self.keys, *self.columns]
+            rows = diff.changed_rows(True, True, columns, [self._tx_literal()])
+        deleted, written = self._write(session, gone, rows)
+        created = self._created_in_this_run(session) if written else 0
+        return Counts(
+            created=created,
+            updated=written - created,
+            deleted=deleted,
+            unchanged=int(live) - written,
+        )
 
     def _tx_literal(self) -> sa.ColumnElement[int]:
         return sa.literal(self.txn.id, sa.BigInteger)
@@ -324,33 +342,35 @@ class VersionModel:
         return session.execute(several).first() is not None
 
     @staticmethod
-    def _any_gone(diff: KeyedDiff) -> sa.Select:
-        return sa.select(
-            sa.exists(
-                sa.select(sa.literal(1)).select_from(diff.target).where(diff.gone_condition())
-            )
-        )
+    def _exists(session: Session, rows: sa.Select) -> bool:
+        return bool(session.execute(sa.select(sa.exists(rows))).scalar())
 
-    def _write(self, session: Session, gone: bool, changed: sa.Select, expected: int) -> int:
-        """Insert the delete versions (when `gone`) and the `expected` create/update
-        versions selected by `changed`, then close what they supersede; returns how many
-        delete versions were written. The run's Continuum transaction is made here."""
+    def _created_in_this_run(self, session: Session) -> int:
+        """Create versions (operation 0) this run wrote: the transaction id is indexed."""
+        v = self.versions
+        created = sa.select(sa.func.count()).where(
+            v.c[self.tx] == self.txn.id, v.c[self.op] == Operation.INSERT
+        )
+        return int(session.execute(created).scalar_one())
+
+    def _write(self, session: Session, gone: bool, changed: sa.Select | None) -> tuple[int, int]:
+        """Insert the delete versions (when `gone`) and the create/update versions that
+        `changed` selects (when given), then close what they supersede; returns how many
+        of each were written. The run's Continuum transaction is made here."""
         tx = self._tx_literal()
         names = [*self.keys, *self.columns, self.tx, self.op]
-        deleted = 0
+        deleted = written = 0
         if gone:
             rows = self.diff().gone_rows(
                 [*self.keys, *self.columns], [tx, sa.literal(Operation.DELETE, sa.SmallInteger)]
             )
             deleted = _rowcount(session, sa.insert(self.versions).from_select(names, rows))
-        if expected:
+        if changed is not None:
             # The delete versions only touch keys without a live row: no tx filter needed.
             written = _rowcount(session, sa.insert(self.versions).from_select(names, changed))
-            if written != expected:  # one snapshot makes this impossible; never hide it
-                raise RuntimeError(f"{self.name}: counted {expected} changes but wrote {written}")
         if self.validity:
             self._close_superseded(session, self.txn.id)
-        return deleted
+        return deleted, written
 
     # --- validity bookkeeping ----------------------------------------------------------------
 

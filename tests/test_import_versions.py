@@ -53,7 +53,9 @@ def test_import_gives_the_history_continuums_orm_path_gives(vdb, tmp_path):
     for step in STEPS:
         with vdb.session() as session:
             apply_sql(session, step)
+        counted = run(vdb, dry_run=True)  # counts first: the other path must agree
         results.append(run(vdb, user="ann", comment="step", remote_addr="10.0.0.1"))
+        assert results[-1].models == counted.models
     in_sync = run(vdb)
     with reference_database(tmp_path) as ref:
         with ref.session() as session:
