@@ -133,12 +133,10 @@ def test_celery_command_with_bad_configuration_prints_one_line(
 def test_worker_command_consumes_all_queues_and_passes_options_to_celery(
     tmp_path: Path, sqlite_url, redis_url
 ):
-    import contextlib
-    import os
-    import signal
 
     from worker import create_app
     from worker.settings import load_settings
+    from worker.spawn import stop_process_group
 
     env = make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url)
     name = f"cli{time.monotonic_ns()}@127.0.0.1"
@@ -163,12 +161,4 @@ def test_worker_command_consumes_all_queues_and_passes_options_to_celery(
         assert answer["dialect"] == "sqlite"
     finally:
         app.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):  # no pool child outlives the test
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)  # no pool child outlives the test

@@ -71,13 +71,13 @@ def test_beat_sends_its_scheduled_task_through_the_broker(tmp_path, redis_url):
     """`celery -A worker beat` starts (its data dir does not exist yet) and enqueues the
     cache sync, routed to the `cache` queue, when CACHEWORK_SYNC_SCHEDULE says so."""
     import json
-    import os
-    import signal
     import subprocess
     import sys
     import time
 
     import redis
+
+    from worker.spawn import stop_process_group
 
     env = make_env(tmp_path, broker_url=redis_url, sync_schedule="1")
     assert not (tmp_path / "cachework").exists()
@@ -100,13 +100,7 @@ def test_beat_sends_its_scheduled_task_through_the_broker(tmp_path, redis_url):
         assert client.llen("versions") == 0  # the import schedule is off
     finally:
         client.close()
-        if beat.poll() is None:
-            os.killpg(beat.pid, signal.SIGTERM)
-            try:
-                beat.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(beat.pid, signal.SIGKILL)
-                beat.wait(10)
+        stop_process_group(beat, timeout=10)
 
 
 def test_importing_the_worker_maps_no_model_and_leaves_versioning_off():

@@ -128,21 +128,9 @@ def start_in_child() -> None:
 
     Only in prefork children: solo and threads pools start theirs in the worker's own
     process once it is ready (`_start_in_worker_process`)."""
-    global _relay
     _forget()
-    if not _in_pool_child():
-        return
-    settings = load_settings()
-    tracker = get_tracker()
-    if tracker is not None:
-        start_listener(
-            tracker.target,
-            make_log(settings, for_listener=True),
-            tracker=tracker,
-            stale_after=settings.listener_stale_after,
-            max_keys=settings.invalidation_max_keys,
-        )
-    _relay = RelayLoop(Relay(get_database(settings).engine, make_log(settings))).start()
+    if _in_pool_child():
+        _start_threads(get_tracker(), relay=True)
 
 
 def stop_in_child() -> None:
@@ -162,11 +150,19 @@ def start_in_process(*, relay: bool = False) -> Tracker | None:
     invalidated before the call. `relay`: also move outbox rows to the log here.
     Returns the tracker (`tracker.catch_up()` gives a request the task-start promise), or
     None when the process declares no cached tables. Stop with `stop_in_process()`."""
-    global _relay
-    settings = load_settings()
     tracker = get_tracker()
     if tracker is not None:
         tracker.catch_up()
+    _start_threads(tracker, relay=relay)
+    return tracker
+
+
+def _start_threads(tracker: Tracker | None, *, relay: bool) -> None:
+    """This process's listener (when it holds cached tables) and, with `relay`, its
+    outbox relay, unless one already runs."""
+    global _relay
+    settings = load_settings()
+    if tracker is not None:
         start_listener(
             tracker.target,
             make_log(settings, for_listener=True),
@@ -176,7 +172,6 @@ def start_in_process(*, relay: bool = False) -> Tracker | None:
         )
     if relay and _relay is None:
         _relay = RelayLoop(Relay(get_database(settings).engine, make_log(settings))).start()
-    return tracker
 
 
 stop_in_process = stop_in_child

@@ -21,6 +21,20 @@ from celery import Celery
 from worker.routing import QUEUES
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the process group started with `start_new_session`, wait, then SIGKILL it;
+    always reaped, and no child of a dead main process is left behind."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 class WorkerProcess:
     """One worker node running in a subprocess (prefork unless `pool` says otherwise)."""
 
@@ -81,16 +95,7 @@ class WorkerProcess:
         if proc is None:
             return None
         try:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
-            # Children of a dead main process would be orphans: make sure none remain.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_process_group(proc, timeout)
         finally:
             if self._log is not None:
                 self._log.close()
