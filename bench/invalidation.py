@@ -37,7 +37,7 @@ from tests.invalidation_helpers import OwnRedis
 from worker import create_app
 from worker.bootstrap import bootstrap
 from worker.schema import create_tables
-from worker.settings import load_settings
+from cache.settings import load_settings
 from worker.spawn import WorkerProcess
 
 

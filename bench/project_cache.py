@@ -132,7 +132,7 @@ def bench_writes(database, n: int) -> None:
 
 def bench_sync(database, db_url: str, redis_url: str, projects: int, two_nodes: bool) -> None:
     from worker import create_app
-    from worker.settings import load_settings
+    from cache.settings import load_settings
     from worker.spawn import WorkerProcess
 
     folder = Path(tempfile.mkdtemp(prefix="cachework-bench-"))
@@ -206,7 +206,7 @@ def main() -> None:
     os.environ["CACHEWORK_REDIS_URL"] = redis_url
     database = None
     try:
-        from worker import db
+        from cache import database as db
         from worker.schema import create_tables
 
         models = bootstrap(("demo.models",))

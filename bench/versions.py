@@ -162,7 +162,7 @@ def seed_database(db: str, size: int) -> dict:
     import sqlalchemy as sa
 
     from worker.bootstrap import bootstrap
-    from worker.db import Database
+    from cache.database import Database
     from worker.schema import create_tables
 
     models = bootstrap(("demo.models",))  # before anything imports the models
@@ -220,7 +220,7 @@ def child(url: str, approach: str) -> dict:
     import sqlalchemy as sa
 
     from worker.bootstrap import bootstrap
-    from worker.db import Database
+    from cache.database import Database
 
     models = bootstrap(("demo.models",))
     database = Database(url)

@@ -10,7 +10,7 @@ import pytest
 
 from cache.indexes import Spec
 from tests.cached_table_helpers import items, make_engine, make_table, row, write
-from worker.db import make_engine as make_worker_engine
+from cache.database import make_engine as make_worker_engine
 
 
 @pytest.fixture

@@ -135,7 +135,7 @@ def test_worker_command_consumes_all_queues_and_passes_options_to_celery(
 ):
 
     from worker import create_app
-    from worker.settings import load_settings
+    from cache.settings import load_settings
     from worker.spawn import stop_process_group
 
     env = make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url)

@@ -15,7 +15,7 @@ from demo.seed import seed
 from importers.locking import LOCK_KEY
 from tests.conftest import MODELS, make_env, settings_of
 from tests.import_helpers import transactions
-from worker import db
+from cache import database as db
 from worker.cli import main
 from worker.schema import create_tables
 

@@ -334,7 +334,7 @@ def test_statistics_are_stale_where_autovacuum_would_analyze(modified, live, sta
 def test_an_import_analyzes_tables_a_bulk_load_left_stale(pg_url):
     """Bulk-loaded rows leave PostgreSQL's statistics stale (autovacuum is late, or off):
     the import analyzes those tables first, so its plans fit the real table sizes."""
-    from worker.db import Database
+    from cache.database import Database
 
     database = Database(pg_url)  # closed connections: each backend flushes its counters
     database.engine.dispose()

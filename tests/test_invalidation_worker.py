@@ -83,7 +83,7 @@ def cluster(pg_server_url, redis_server_url, tmp_path_factory) -> Iterator[Clust
     from demo.seed import seed
     from worker import create_app
     from worker.schema import create_tables
-    from worker.settings import load_settings
+    from cache.settings import load_settings
     from worker.spawn import WorkerProcess
 
     folder = tmp_path_factory.mktemp("invalidation")

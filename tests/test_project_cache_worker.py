@@ -28,9 +28,10 @@ from tests.project_cache_helpers import (
     price_total,
     started_key,
 )
-from worker import create_app, db
+from cache import database as db
+from worker import create_app
 from worker.schema import create_tables
-from worker.settings import load_settings
+from cache.settings import load_settings
 from worker.spawn import WorkerProcess
 
 PROJECTS = 6

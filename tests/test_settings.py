@@ -10,7 +10,7 @@ import pytest
 import celeryconfig
 from cache.errors import ConfigError
 from worker.logsetup import most_verbose
-from worker.settings import load_settings, mask_url
+from cache.settings import load_settings, mask_url
 
 
 def test_embedded_defaults(tmp_path: Path):
@@ -135,3 +135,13 @@ def test_beat_schedule_is_configurable_and_can_be_turned_off(tmp_path: Path):
         )
     )["beat_schedule"]
     assert off == {}
+
+
+def test_result_backend_names_are_celerys_own():
+    """The settings keep Celery's backend aliases so that reading them imports no Celery;
+    this fails when a Celery release adds or removes one."""
+    from celery.app.backends import BACKEND_ALIASES
+
+    from cache.settings import RESULT_BACKENDS
+
+    assert set(BACKEND_ALIASES) == RESULT_BACKENDS

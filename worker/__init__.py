@@ -1,8 +1,20 @@
-"""The Celery worker: app, settings, engine/session factory, per-process set-up, CLI.
+"""The Celery worker: app, per-process wiring, CLI.
 
-`celery -A worker worker` and `celery -A worker beat` find the app here.
+`celery -A worker worker` and `celery -A worker beat` find the app here. The app is built
+on first access (`worker.app`), so importing a small module of this package
+(`worker.routing`, `worker.bootstrap`) builds no Celery app and reads no settings.
 """
 
-from worker.celery_app import app, create_app
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["app", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from worker import celery_app
+
+        return getattr(celery_app, name)
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

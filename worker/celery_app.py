@@ -17,19 +17,19 @@ from pathlib import Path
 from celery import Celery, signals
 
 from cache.errors import CacheworkError
-from worker import db
+from cache import database as db
 from worker import invalidation as _invalidation  # noqa: F401 - connects task_prerun
 from worker.bootstrap import bootstrap
 from worker.checks import check_database
 from worker.logsetup import configure_logging, most_verbose
-from worker.settings import Settings, load_settings
+from cache.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 _LOADED_IN_PID = os.getpid()
 TASK_MODULES = ["tasks"]
 # Run in every pool child right after fork, in order ("module:function", no arguments).
 PROCESS_INIT_HOOKS = [
-    "worker.db:after_fork",
+    "cache.database:after_fork",
     "worker.redis_client:after_fork",
     "worker.registry:reset_after_fork",
     "worker.invalidation:start_in_child",

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from kombu import Connection
 
 from cache.errors import ConfigError
-from worker.settings import Settings, mask_url
+from cache.settings import Settings, mask_url
 
 
 def check_broker(settings: Settings, timeout: float = 3.0) -> None:

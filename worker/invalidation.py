@@ -36,10 +36,10 @@ from cache.invalidation import (
 )
 from cache.invalidation.events import KeyCoercer
 from worker.bootstrap import bootstrap
-from worker.db import get_database
+from cache.database import get_database
 from worker.redis_client import get_redis
 from worker.registry import Registry, get_registry
-from worker.settings import Settings, load_settings
+from cache.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

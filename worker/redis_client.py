@@ -10,7 +10,7 @@ import threading
 
 import redis
 
-from worker.settings import load_settings
+from cache.settings import load_settings
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None

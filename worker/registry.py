@@ -25,8 +25,8 @@ from cache.errors import ConfigError, NotFoundError, ValidationError
 from cache.full_table import FullTableCache
 from cache.table import CachedTable
 from worker.bootstrap import bootstrap
-from worker.db import get_database
-from worker.settings import Settings, load_settings
+from cache.database import get_database
+from cache.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 Table = CachedTable | FullTableCache

@@ -8,10 +8,10 @@ from rich.table import Table
 
 from worker.bootstrap import bootstrap
 from worker.checks import check_broker, check_database
-from worker.db import get_database
+from cache.database import get_database
 from worker.routing import QUEUES
 from worker.schema import create_tables
-from worker.settings import load_settings, mask_url
+from cache.settings import load_settings, mask_url
 
 
 @click.command()

@@ -20,10 +20,11 @@ from celery import Celery
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from worker import create_app, db
+from cache import database as db
+from worker import create_app
 from worker.bootstrap import Models, bootstrap
 from worker.schema import create_tables
-from worker.settings import Settings, load_settings
+from cache.settings import Settings, load_settings
 from worker.spawn import WorkerProcess
 
 DEMO_STEPS = [

@@ -12,8 +12,8 @@ import click
 
 from cache.invalidation import validate_event
 from worker.bootstrap import bootstrap
-from worker.db import get_database
-from worker.settings import load_settings
+from cache.database import get_database
+from cache.settings import load_settings
 
 
 @click.command("invalidate")

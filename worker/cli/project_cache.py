@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from cache.sync import ScopeResult, scope_label
 from worker.bootstrap import bootstrap
-from worker.db import get_database
-from worker.settings import load_settings
+from cache.database import get_database
+from cache.settings import load_settings
 
 
 def _prepare() -> None:

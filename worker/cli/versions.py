@@ -14,8 +14,8 @@ from rich.table import Table
 from importers.locking import transient_errors
 from importers.versions import import_versions
 from worker.bootstrap import bootstrap
-from worker.db import get_database
-from worker.settings import load_settings
+from cache.database import get_database
+from cache.settings import load_settings
 
 COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
 

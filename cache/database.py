@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.settings import Settings, load_settings
+from cache.settings import Settings, load_settings
 
 _lock = threading.Lock()
 _database: Database | None = None

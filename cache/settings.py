@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from celery.app.backends import BACKEND_ALIASES
-
 from cache.errors import ConfigError
 
 DATABASE_SCHEMES = {
@@ -25,6 +23,12 @@ DATABASE_SCHEMES = {
     "postgres": "postgresql+psycopg",
     "postgresql+psycopg": "postgresql+psycopg",
 }
+# Celery's result backend aliases (celery.app.backends.BACKEND_ALIASES, checked by a test):
+# kept here so reading settings never imports Celery (a web process needs none).
+RESULT_BACKENDS = frozenset(
+    "arangodb azureblockblob cache cassandra consul cosmosdbsql couchbase couchdb database db "
+    "disabled dynamodb elasticsearch file gs mongodb redis rediss riak rpc s3 sentinel".split()
+)
 BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory")
 REDIS_SCHEMES = ("redis", "rediss")
 OFF = ("", "off", "none", "false", "0", "no")
@@ -144,7 +148,7 @@ def _result_backend(env: Mapping[str, str], database_url: str) -> str:
         return "db+" + database_url
     # Celery's own rule (celery.app.backends.by_url): the scheme, or what precedes its "+".
     name = _scheme(raw).split("+", 1)[0] if "://" in raw else raw
-    if name not in BACKEND_ALIASES and not (":" in name and "://" not in raw):
+    if name not in RESULT_BACKENDS and not (":" in name and "://" not in raw):
         raise ConfigError(
             f"CACHEWORK_RESULT_BACKEND={mask_url(raw)!r} names unknown result backend "
             f"{name!r}; use e.g. db+postgresql://..., redis://..., rpc:// or disabled"
