@@ -10,8 +10,8 @@ from __future__ import annotations
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
+from cache.settings import Settings, load_settings
 from worker.routing import QUEUES, ROUTES
-from worker.settings import Settings, load_settings
 
 
 def _transport_options(s: Settings) -> dict:

@@ -131,8 +131,8 @@ def bench_writes(database, n: int) -> None:
 
 
 def bench_sync(database, db_url: str, redis_url: str, projects: int, two_nodes: bool) -> None:
-    from worker import create_app
     from cache.settings import load_settings
+    from worker import create_app
     from worker.spawn import WorkerProcess
 
     folder = Path(tempfile.mkdtemp(prefix="cachework-bench-"))

@@ -161,8 +161,8 @@ def seed_database(db: str, size: int) -> dict:
     """Create and seed a fresh database (in its own process); returns its URL."""
     import sqlalchemy as sa
 
-    from worker.bootstrap import bootstrap
     from cache.database import Database
+    from worker.bootstrap import bootstrap
     from worker.schema import create_tables
 
     models = bootstrap(("demo.models",))  # before anything imports the models
@@ -219,8 +219,8 @@ def child(url: str, approach: str) -> dict:
     """Run the four scenarios on a seeded database; report times, digest and maxrss."""
     import sqlalchemy as sa
 
-    from worker.bootstrap import bootstrap
     from cache.database import Database
+    from worker.bootstrap import bootstrap
 
     models = bootstrap(("demo.models",))
     database = Database(url)

@@ -26,9 +26,12 @@ DATABASE_SCHEMES = {
 # Celery's result backend aliases (celery.app.backends.BACKEND_ALIASES, checked by a test):
 # kept here so reading settings never imports Celery (a web process needs none).
 RESULT_BACKENDS = frozenset(
-    "arangodb azureblockblob cache cassandra consul cosmosdbsql couchbase couchdb database db "
-    "disabled dynamodb elasticsearch file gs mongodb redis rediss riak rpc s3 sentinel".split()
-)
+    {
+        "arangodb", "azureblockblob", "cache", "cassandra", "consul", "cosmosdbsql",
+        "couchbase", "couchdb", "database", "db", "disabled", "dynamodb", "elasticsearch",
+        "file", "gs", "mongodb", "redis", "rediss", "riak", "rpc", "s3", "sentinel",
+    }
+)  # fmt: skip
 BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory")
 REDIS_SCHEMES = ("redis", "rediss")
 OFF = ("", "off", "none", "false", "0", "no")

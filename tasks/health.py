@@ -8,8 +8,8 @@ import time
 import sqlalchemy as sa
 from celery import shared_task
 
+from cache.database import get_database
 from cache.errors import ValidationError
-from worker.db import get_database
 
 
 @shared_task(name="cachework.ping")

@@ -10,8 +10,8 @@ from celery import shared_task
 
 from cache.errors import TransientError
 from cache.invalidation import publish, validate_event
+from cache.settings import load_settings
 from worker.invalidation import get_tracker, known_tables, make_log
-from worker.settings import load_settings
 
 log = logging.getLogger(__name__)
 

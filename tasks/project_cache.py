@@ -17,12 +17,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import plugins as cache_plugins
 from cache import store
+from cache.database import get_database
 from cache.errors import NotFoundError, TransientError, ValidationError
 from cache.locks import LockBackend, lock_backend
+from cache.settings import load_settings
 from cache.sync import ScopeResult, check_project, list_projects, rebuild, scope_label
-from worker.db import get_database
 from worker.redis_client import get_redis
-from worker.settings import load_settings
 
 RETRY = {
     "autoretry_for": (TransientError,),

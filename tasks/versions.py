@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from cache.database import get_database
 from cache.errors import TransientError
+from cache.settings import Settings, load_settings
 from importers.locking import transient_errors
 from importers.versions import import_versions as run_import
 from worker.bootstrap import bootstrap
-from worker.db import get_database
-from worker.settings import Settings, load_settings
 
 
 def _results_share_sqlite(settings: Settings, database_url: str) -> bool:

@@ -35,8 +35,8 @@ for _name in list(os.environ):
         del os.environ[_name]
 
 from cache import database as db  # noqa: E402
-from worker.bootstrap import bootstrap  # noqa: E402
 from cache.settings import Settings, load_settings  # noqa: E402
+from worker.bootstrap import bootstrap  # noqa: E402
 
 REQUIRE_SERVICES = os.environ.get("CACHEWORK_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get(

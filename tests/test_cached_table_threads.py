@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from cache.database import make_engine as make_worker_engine
 from cache.indexes import Spec
 from tests.cached_table_helpers import items, make_engine, make_table, row, write
-from cache.database import make_engine as make_worker_engine
 
 
 @pytest.fixture

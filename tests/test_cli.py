@@ -134,8 +134,8 @@ def test_worker_command_consumes_all_queues_and_passes_options_to_celery(
     tmp_path: Path, sqlite_url, redis_url
 ):
 
-    from worker import create_app
     from cache.settings import load_settings
+    from worker import create_app
     from worker.spawn import stop_process_group
 
     env = make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url)

@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from cache import database as db
 from cache.errors import LockedError, ValidationError
 from demo.seed import seed
 from importers.locking import LOCK_KEY
 from tests.conftest import MODELS, make_env, settings_of
 from tests.import_helpers import transactions
-from cache import database as db
 from worker.cli import main
 from worker.schema import create_tables
 

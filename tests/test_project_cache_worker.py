@@ -16,7 +16,9 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from cache import database as db
 from cache import store
+from cache.settings import load_settings
 from cache.sync import list_projects
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
@@ -28,10 +30,8 @@ from tests.project_cache_helpers import (
     price_total,
     started_key,
 )
-from cache import database as db
 from worker import create_app
 from worker.schema import create_tables
-from cache.settings import load_settings
 from worker.spawn import WorkerProcess
 
 PROJECTS = 6

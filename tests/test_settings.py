@@ -9,8 +9,8 @@ import pytest
 
 import celeryconfig
 from cache.errors import ConfigError
-from worker.logsetup import most_verbose
 from cache.settings import load_settings, mask_url
+from worker.logsetup import most_verbose
 
 
 def test_embedded_defaults(tmp_path: Path):

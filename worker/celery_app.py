@@ -16,13 +16,13 @@ from pathlib import Path
 
 from celery import Celery, signals
 
-from cache.errors import CacheworkError
 from cache import database as db
+from cache.errors import CacheworkError
+from cache.settings import Settings, load_settings
 from worker import invalidation as _invalidation  # noqa: F401 - connects task_prerun
 from worker.bootstrap import bootstrap
 from worker.checks import check_database
 from worker.logsetup import configure_logging, most_verbose
-from cache.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 _LOADED_IN_PID = os.getpid()

@@ -23,6 +23,7 @@ from billiard.process import current_process
 from celery import signals
 from celery.concurrency import solo, thread
 
+from cache.database import get_database
 from cache.errors import ValidationError
 from cache.invalidation import (
     DatabaseLog,
@@ -35,11 +36,10 @@ from cache.invalidation import (
     stop_listener,
 )
 from cache.invalidation.events import KeyCoercer
+from cache.settings import Settings, load_settings
 from worker.bootstrap import bootstrap
-from cache.database import get_database
 from worker.redis_client import get_redis
 from worker.registry import Registry, get_registry
-from cache.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

@@ -21,12 +21,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cache.database import get_database
 from cache.errors import ConfigError, NotFoundError, ValidationError
 from cache.full_table import FullTableCache
+from cache.settings import Settings, load_settings
 from cache.table import CachedTable
 from worker.bootstrap import bootstrap
-from cache.database import get_database
-from cache.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 Table = CachedTable | FullTableCache

@@ -6,12 +6,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cache.database import get_database
+from cache.settings import load_settings, mask_url
 from worker.bootstrap import bootstrap
 from worker.checks import check_broker, check_database
-from cache.database import get_database
 from worker.routing import QUEUES
 from worker.schema import create_tables
-from cache.settings import load_settings, mask_url
 
 
 @click.command()

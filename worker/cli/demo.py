@@ -21,10 +21,10 @@ from rich.console import Console
 from sqlalchemy.orm import Session
 
 from cache import database as db
+from cache.settings import Settings, load_settings
 from worker import create_app
 from worker.bootstrap import Models, bootstrap
 from worker.schema import create_tables
-from cache.settings import Settings, load_settings
 from worker.spawn import WorkerProcess
 
 DEMO_STEPS = [

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import click
 
-from cache.invalidation import validate_event
-from worker.bootstrap import bootstrap
 from cache.database import get_database
+from cache.invalidation import validate_event
 from cache.settings import load_settings
+from worker.bootstrap import bootstrap
 
 
 @click.command("invalidate")

@@ -12,10 +12,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from cache.sync import ScopeResult, scope_label
-from worker.bootstrap import bootstrap
 from cache.database import get_database
 from cache.settings import load_settings
+from cache.sync import ScopeResult, scope_label
+from worker.bootstrap import bootstrap
 
 
 def _prepare() -> None:

@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cache.database import get_database
+from cache.settings import load_settings
 from importers.locking import transient_errors
 from importers.versions import import_versions
 from worker.bootstrap import bootstrap
-from cache.database import get_database
-from cache.settings import load_settings
 
 COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
 
