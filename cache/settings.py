@@ -73,6 +73,9 @@ class Settings:
     invalidation_max_keys: int = 10_000
     cached_tables: tuple[str, ...] = ("demo.cached_tables",)
     broker_transport_options: dict = field(default_factory=dict)
+    # The broker is shared with the app's own Celery workers: cachework workers then leave
+    # Celery's default queue `celery` to them (see worker/routing.py).
+    shared_broker: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -114,6 +117,18 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use 1, true, yes, on or 0, false, no, off")
 
 
 def _scheme(url: str) -> str:
@@ -242,4 +257,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         listener_stale_after=_float(env, "CACHEWORK_LISTENER_STALE_AFTER", 30.0, 0.1),
         invalidation_max_keys=_int(env, "CACHEWORK_INVALIDATION_MAX_KEYS", 10_000, 1),
         cached_tables=_modules(env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables"),
+        shared_broker=_bool(env, "CACHEWORK_SHARED_BROKER", False),
     )
