@@ -2,7 +2,9 @@
 
 `celery -A worker ...` loads this module through `app.config_from_object("celeryconfig")`.
 `build(settings)` gives the same settings as a dict, so tests and tools can make an app for
-another environment without touching `os.environ`.
+another environment without touching `os.environ`. Building them creates nothing: the
+embedded broker makes its folders when it connects (`worker.fs_transport`), beat makes the
+folder of its schedule file when it opens it (`worker.beat`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from cache.settings import Settings, load_settings
-from worker.routing import QUEUES, ROUTES
+from worker.routing import QUEUES, queues  # noqa: F401 - QUEUES: bench/ imports it from here
 
 
 def _transport_options(s: Settings) -> dict:
@@ -20,8 +22,6 @@ def _transport_options(s: Settings) -> dict:
     options: dict = {"visibility_timeout": max(3600, 2 * s.task_time_limit)}
     if s.broker_url.startswith("filesystem"):
         folder = s.broker_folder
-        for sub in ("queue", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
         options.update(
             data_folder_in=str(folder / "queue"),
             data_folder_out=str(folder / "queue"),
@@ -58,11 +58,7 @@ def _beat_schedule(s: Settings) -> dict:
 
 
 def build(s: Settings) -> dict:
-    """The Celery settings for `s`, as a dict of lowercase names.
-
-    Creates `s.data_dir` (beat keeps its schedule file there) and, for the embedded
-    broker, its folders."""
-    s.data_dir.mkdir(parents=True, exist_ok=True)
+    """The Celery settings for `s`, as a dict of lowercase names (nothing is created)."""
     return {
         "broker_url": s.broker_url,
         "broker_transport": s.broker_transport,
@@ -75,11 +71,13 @@ def build(s: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_queues": tuple(Queue(q, Exchange(q), routing_key=q) for q in QUEUES),
+        # Every queue as Celery declares it by default (a direct exchange and a routing key
+        # of its name), so a plain client's `celery` queue matches ours exactly.
+        "task_queues": tuple(Queue(q, Exchange(q), routing_key=q) for q in queues(s.shared_broker)),
         "task_default_queue": "cache",
         "task_default_exchange": "cache",
         "task_default_routing_key": "cache",
-        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
+        "task_routes": ("worker.routing.route_task",),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_track_started": True,
@@ -95,6 +93,7 @@ def build(s: Settings) -> dict:
         "enable_utc": True,
         "beat_schedule": _beat_schedule(s),
         "beat_schedule_filename": str(s.data_dir / "celerybeat-schedule"),
+        "beat_scheduler": "worker.beat:PersistentScheduler",
     }
 
 

@@ -101,22 +101,23 @@ def test_celery_config_is_json_only_late_ack_and_routed(tmp_path: Path):
     assert conf["task_soft_time_limit"] < conf["task_time_limit"]
     assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"]
     assert conf["worker_send_task_events"] and not conf["worker_hijack_root_logger"]
-    assert {q.name for q in conf["task_queues"]} == {"versions", "cache", "invalidations"}
-    routes = conf["task_routes"]
-    assert routes["cachework.import_versions"] == {"queue": "versions"}
-    assert routes["cachework.sync_cache"] == {"queue": "cache"}
-    assert routes["cachework.process_invalidation"] == {"queue": "invalidations"}
-    assert (tmp_path / "broker" / "queue").is_dir()
+    # A broker dedicated to cachework (the default): Celery's default queue as well.
+    assert {q.name for q in conf["task_queues"]} == {"versions", "cache", "invalidations", "celery"}
+    assert conf["task_routes"] == ("worker.routing.route_task",)
+    assert not (tmp_path / "broker").exists()  # the transport makes it when it connects
     assert conf["task_send_sent_event"]
     assert conf["beat_schedule_filename"].startswith(str(tmp_path))
 
 
-def test_build_creates_the_data_dir_beat_writes_to(tmp_path: Path):
+def test_build_creates_nothing(tmp_path: Path):
+    """Beat makes its schedule's folder when it starts (tests/test_worker.py), the
+    embedded broker its folders when it connects (tests/test_any_client.py)."""
     data_dir = tmp_path / "not" / "yet"
-    celeryconfig.build(
-        load_settings({"CACHEWORK_DATA_DIR": str(data_dir), "CACHEWORK_BROKER_URL": "redis://h/1"})
-    )
-    assert data_dir.is_dir()
+    for broker in ("redis://h/1", "filesystem://"):
+        celeryconfig.build(
+            load_settings({"CACHEWORK_DATA_DIR": str(data_dir), "CACHEWORK_BROKER_URL": broker})
+        )
+    assert not data_dir.exists()
 
 
 def test_beat_schedule_is_configurable_and_can_be_turned_off(tmp_path: Path):

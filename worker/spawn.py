@@ -18,7 +18,8 @@ from pathlib import Path
 
 from celery import Celery
 
-from worker.routing import QUEUES
+from cache.settings import load_settings
+from worker import routing
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -44,7 +45,7 @@ class WorkerProcess:
         *,
         concurrency: int = 2,
         name: str | None = None,
-        queues: tuple[str, ...] = QUEUES,
+        queues: tuple[str, ...] | None = None,
         logfile: Path | None = None,
         extra_args: tuple[str, ...] = (),
         pool: str = "prefork",
@@ -53,7 +54,9 @@ class WorkerProcess:
         self.pool = pool
         self.concurrency = concurrency
         self.name = name or f"w{uuid.uuid4().hex[:8]}@127.0.0.1"
-        self.queues = queues
+        # Default: what a cachework worker consumes for this environment (its own queues,
+        # plus Celery's default queue unless CACHEWORK_SHARED_BROKER is on).
+        self.queues = queues or routing.queues(load_settings(env).shared_broker)
         self.logfile = logfile
         self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
