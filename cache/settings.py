@@ -72,6 +72,9 @@ class Settings:
     listener_stale_after: float = 30.0
     invalidation_max_keys: int = 10_000
     cached_tables: tuple[str, ...] = ("demo.cached_tables",)
+    # The app's projects: (table or schema.table, key column, key type or None = inferred
+    # from the model's column); None when CACHEWORK_PROJECTS=off. See cache/projects.py.
+    projects: tuple[str, str, str | None] | None = ("projects", "uuid", "uuid")
     broker_transport_options: dict = field(default_factory=dict)
     # The broker is shared with the app's own Celery workers: cachework workers then leave
     # Celery's default queue `celery` to them (see worker/routing.py).
@@ -221,6 +224,29 @@ def _modules(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]
     return modules
 
 
+def _projects(env: Mapping[str, str]) -> tuple[str, str, str | None] | None:
+    """CACHEWORK_PROJECTS=[schema.]table.column[:uuid|int|text], or `off`."""
+    raw = env.get("CACHEWORK_PROJECTS")
+    if raw is None or not raw.strip():
+        return ("projects", "uuid", "uuid")
+    value = raw.strip()
+    if value.lower() in ("off", "none"):
+        return None
+    path, colon, key_type = value.partition(":")
+    parts = path.split(".")
+    key_type = key_type.strip().lower() if colon else None
+    if (
+        len(parts) not in (2, 3)
+        or not all(p.isidentifier() and p.isascii() for p in parts)
+        or key_type not in (None, "uuid", "int", "text")
+    ):
+        raise ConfigError(
+            f"CACHEWORK_PROJECTS={raw!r} is not [schema.]table.column[:uuid|int|text] or "
+            "'off' (e.g. projectroles_project.sodar_uuid:uuid)"
+        )
+    return (".".join(parts[:-1]), parts[-1], key_type)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check the `CACHEWORK_*` environment (or `env`)."""
     env = os.environ if env is None else env
@@ -257,5 +283,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         listener_stale_after=_float(env, "CACHEWORK_LISTENER_STALE_AFTER", 30.0, 0.1),
         invalidation_max_keys=_int(env, "CACHEWORK_INVALIDATION_MAX_KEYS", 10_000, 1),
         cached_tables=_modules(env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables"),
+        projects=_projects(env),
         shared_broker=_bool(env, "CACHEWORK_SHARED_BROKER", False),
     )

@@ -3,7 +3,8 @@
 Usable from any process that has a Session (a web app reads items with one query). Fixes
 the reference's flaws: every write moves `updated_at`; an item with no project is a
 site-wide item in its own right, unique per (app, name) and never matched as "any
-project"; project ids are validated; data that is not JSON or too large is refused with an
+project"; project keys are checked (their canonical form is the app's business:
+`cache.projects.ProjectSource.canonical`); data that is not JSON or too large is refused with an
 error naming the item. Writes are upserts (ON CONFLICT) on PostgreSQL and SQLite alike.
 The caller owns the transaction.
 """
@@ -55,7 +56,8 @@ cache_items = sa.Table(
     "cache_items",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("project", sa.String(36), nullable=True),
+    # The project's canonical key (cache.projects): a uuid, an integer or a text key.
+    sa.Column("project", sa.String(NAME_MAX), nullable=True),
     sa.Column("app_name", sa.String(NAME_MAX), nullable=False),
     sa.Column("name", sa.String(NAME_MAX), nullable=False),
     sa.Column("data_type", sa.String(16), nullable=False, default="json"),
@@ -65,7 +67,7 @@ cache_items = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 # One key for project and site-wide items: NULL is never equal to NULL in a unique index,
-# so the project goes through COALESCE; '' is not a valid project id, so no collision.
+# so the project goes through COALESCE; '' is not a valid project key, so no collision.
 _KEY = (
     sa.func.coalesce(cache_items.c.project, sa.literal_column("''")),
     cache_items.c.app_name,
@@ -92,27 +94,25 @@ class CacheItem:
 # --- validation -------------------------------------------------------------------------
 
 
-def validate_project(project: object) -> str | None:
-    """The canonical (lowercase, hyphenated) uuid string, or None for site-wide items."""
+def validate_key(project: object) -> str | None:
+    """A project key as stored, or None for site-wide items: whatever the app's key type.
+
+    A string is used as given (pass the canonical form: `ProjectSource.canonical`, e.g.
+    lowercase hyphenated for uuid keys); a `uuid.UUID` becomes its canonical string and an
+    int its decimal digits. Anything else, an empty string, one over NAME_MAX characters
+    or with NUL is a ValidationError naming the value."""
     if project is None:
         return None
     if isinstance(project, uuid.UUID):
         return str(project)
-    if not isinstance(project, str):
-        raise ValidationError(f"project={project!r} must be a uuid string or None (site-wide)")
-    return _canonical(project)
-
-
-@functools.lru_cache(maxsize=4096)
-def _canonical(project: str) -> str:
-    try:
-        parsed = uuid.UUID(project)
-    except ValueError:
+    if isinstance(project, int) and not isinstance(project, bool):
+        return str(project)
+    if not isinstance(project, str) or not project or len(project) > NAME_MAX or "\x00" in project:
         raise ValidationError(
-            f"project={project!r} is not a uuid (expected e.g. "
-            "'e9701604-4ccc-426c-a67c-864c15aff6e2'; None means a site-wide item)"
-        ) from None
-    return str(parsed)
+            f"project={project!r} must be a project key (a non-empty string of <= {NAME_MAX} "
+            "characters without NUL, an int or a uuid.UUID) or None (site-wide)"
+        )
+    return project
 
 
 def validate_name(field: str, value: object) -> str:
@@ -184,7 +184,7 @@ def _row(
     max_bytes: int,
 ) -> dict:
     """A validated row for the batch document; `d` holds the data's JSON text."""
-    project = validate_project(project)
+    project = validate_key(project)
     validate_name("app_name", app_name)
     validate_name("name", name)
     if data_type not in DATA_TYPES:
@@ -344,7 +344,7 @@ def get_item(
     session: Session, app_name: str, name: str, project: str | None = None
 ) -> CacheItem | None:
     """The item, or None. `project=None` reads the site-wide item, never a project's."""
-    project = validate_project(project)
+    project = validate_key(project)
     row = session.execute(
         sa.select(*_COLUMNS).where(
             _project_clause(project), cache_items.c.app_name == app_name, cache_items.c.name == name
@@ -357,7 +357,7 @@ def get_update_time(
     session: Session, app_name: str, name: str, project: str | None = None
 ) -> datetime | None:
     """When the item was last written (UTC-aware), or None if it does not exist."""
-    project = validate_project(project)
+    project = validate_key(project)
     return session.execute(
         sa.select(cache_items.c.updated_at).where(
             _project_clause(project), cache_items.c.app_name == app_name, cache_items.c.name == name
@@ -369,7 +369,7 @@ def get_project_items(
     session: Session, project: str | None, app_name: str | None = None
 ) -> list[CacheItem]:
     """All items of one project (None: the site-wide items), optionally of one app."""
-    project = validate_project(project)
+    project = validate_key(project)
     query = sa.select(*_COLUMNS).where(_project_clause(project))
     if app_name is not None:
         query = query.where(cache_items.c.app_name == app_name)
@@ -390,7 +390,7 @@ def delete_items(
     Arguments are filters: None means "any" (so no arguments deletes every item);
     `site_wide=True` limits the delete to items with no project.
     """
-    project = validate_project(project)
+    project = validate_key(project)
     if site_wide and project is not None:
         raise ValidationError(f"project={project!r} contradicts site_wide=True")
     query = sa.delete(cache_items)

@@ -10,6 +10,9 @@ the app and the project; its items are not written; other scopes carry on.
 `session_factory` is a context manager factory that commits on success (e.g.
 `Database.session`): each round is its own transaction, committed before the lock is
 released.
+
+`project` is a canonical project key (`cache.projects.ProjectSource.check` makes one and
+lists them), or None for the site-wide items.
 """
 
 from __future__ import annotations
@@ -19,19 +22,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cache.errors import NotFoundError
 from cache.locks import ALL, LockBackend, Renewer, scope_key
 from cache.plugins import CachePlugin, ItemWriter
-from cache.store import DEFAULT_MAX_BYTES, projects_with_items, set_items, validate_project
+from cache.store import DEFAULT_MAX_BYTES, set_items
 
 log = logging.getLogger(__name__)
 SessionFactory = Callable[[], AbstractContextManager[Session]]
-# The projects of the app database (DESIGN.md: `projects.uuid`); a table clause, so the
-# cache layer needs no model class.
-PROJECTS = sa.table("projects", sa.column("uuid", sa.String))
 MAX_ROUNDS = 1_000  # a bound on one holder's loop; what is still dirty waits for the next run
 
 
@@ -49,25 +47,6 @@ class ScopeResult:
 
 def scope_label(project: str | None) -> str:
     return "site-wide items" if project is None else f"project {project}"
-
-
-def list_projects(session: Session) -> list[str]:
-    """Every project id, in a stable order."""
-    return list(session.execute(sa.select(PROJECTS.c.uuid).order_by(PROJECTS.c.uuid)).scalars())
-
-
-def check_project(session: Session, project: object, allow_orphans: bool = False) -> str | None:
-    """Validate the format (ValidationError) and existence (NotFoundError) of a project.
-
-    With `allow_orphans`, a project that no longer exists but still has cache items is
-    accepted (so its items can be deleted)."""
-    project = validate_project(project)
-    if project is None:
-        return None
-    exists = session.execute(sa.select(PROJECTS.c.uuid).where(PROJECTS.c.uuid == project)).first()
-    if exists is None and not (allow_orphans and project in projects_with_items(session)):
-        raise NotFoundError(f"project {project!r} does not exist (no row in projects.uuid)")
-    return project
 
 
 def _names_for(plugin: CachePlugin, names: set[str]) -> list[str | None] | None:

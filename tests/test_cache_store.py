@@ -145,8 +145,11 @@ def test_set_items_bulk_upserts_in_batches(database, monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"project": "not-a-uuid"}, "project='not-a-uuid' is not a uuid"),
-        ({"project": 42}, "project=42 must be a uuid string"),
+        ({"project": ""}, "project='' must be a project key"),
+        ({"project": "p\x00"}, "project='p\\x00' must be a project key"),
+        ({"project": "p" * 256}, "must be a project key (a non-empty string of <= 255"),
+        ({"project": 4.2}, "project=4.2 must be a project key"),
+        ({"project": True}, "project=True must be a project key"),
         ({"data": {"when": object()}}, "app/x (project " + P1 + "): data is not JSON"),
         ({"data": float("nan")}, "data is not JSON-serializable"),
         ({"data": "x" * 200, "max_bytes": 100}, "over the limit of 100"),
@@ -177,10 +180,18 @@ def _re(text: str) -> str:
     return re.escape(text)
 
 
-def test_project_ids_are_normalised(database):
+def test_project_keys_of_any_type_are_stored_as_strings(database):
+    """The store takes keys already canonical (cache.projects.ProjectSource.canonical);
+    uuid.UUID and int values become their canonical strings, other strings are kept."""
     with database.session() as session:
-        store.set_item(session, "app", "x", 1, project=P1.upper())
-        assert store.get_item(session, "app", "x", project=uuid.UUID(P1)).project == P1
+        store.set_item(session, "app", "x", 1, project=uuid.UUID(P1.upper()))
+        assert store.get_item(session, "app", "x", project=P1).project == P1
+        store.set_item(session, "app", "x", 2, project=42)
+        assert store.get_item(session, "app", "x", project="42").data == 2
+        long_key = "k" * 255  # text keys up to 255 characters (cache_items.project)
+        store.set_item(session, "app", "x", 3, project=long_key)
+        assert store.get_item(session, "app", "x", project=long_key).project == long_key
+        assert store.get_item(session, "app", "x", project="K" * 255) is None  # not folded
 
 
 def test_delete_items_filters_and_counts(database):

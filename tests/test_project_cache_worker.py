@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from cache import database as db
 from cache import store
+from cache.projects import ProjectSource
 from cache.settings import load_settings
-from cache.sync import list_projects
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
 from tests.project_cache_helpers import (
@@ -73,7 +73,13 @@ def env(pg_server_url, redis_server_url, tmp_path_factory) -> Iterator[dict]:
         for node in nodes:
             node.wait_ready(app, timeout=90)
         client = redis.Redis.from_url(redis_server_url)
-        yield {"app": app, "database": database, "redis": client, "nodes": nodes}
+        yield {
+            "app": app,
+            "database": database,
+            "redis": client,
+            "nodes": nodes,
+            "settings": load_settings(values),
+        }
         client.close()
     finally:
         for node in nodes:
@@ -234,13 +240,14 @@ def test_demo_step_syncs_reads_and_deletes_through_the_worker(env):
     ctx = SimpleNamespace(
         console=console,
         database=env["database"],
+        settings=env["settings"],
         call=lambda name, timeout=60, **kwargs: _call(env, name, timeout=timeout, **kwargs),
     )
     run(ctx)
     output = console.export_text()
     assert f"'projects': {PROJECTS}, 'errors': []" in output
     with env["database"].session() as session:
-        projects = list_projects(session)
+        projects = ProjectSource.from_settings(env["settings"]).list(session)
         assert store.get_project_items(session, projects[0]) == []  # deleted, every app
         shown = store.get_project_items(session, projects[1], "inventory")
         assert [i.name for i in shown] == ["by_category", "summary"]

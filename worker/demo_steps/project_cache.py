@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from cache import store
+from cache.projects import ProjectSource
 
 
 def run(ctx) -> None:
@@ -12,9 +13,7 @@ def run(ctx) -> None:
     summary = ctx.call("cachework.sync_cache", timeout=120, user="demo")
     ctx.console.print(f"  cachework.sync_cache -> {summary}")
     with ctx.database.session() as session:
-        from cache.sync import list_projects
-
-        projects = list_projects(session)
+        projects = ProjectSource.from_settings(ctx.settings).list(session)
         for project in projects[:3]:
             for item in store.get_project_items(session, project, app_name="inventory"):
                 ctx.console.print(

@@ -1,0 +1,1 @@
+"""A test app whose projects are keyed by integer: `project.id`."""

@@ -1,0 +1,1 @@
+"""A test app shaped like SODAR: projects in `projectroles_project`, keyed by `sodar_uuid`."""
