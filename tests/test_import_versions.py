@@ -10,10 +10,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy_continuum import version_class
 
 from cache.errors import LockedError, NotFoundError, ValidationError
-from importers.diff import ChangeLimitExceeded
 from importers.locking import LOCK_KEY
 from importers.statistics import is_stale, refresh_stale_statistics
-from importers.versions import import_versions
+from importers.versions import ChangeLimitExceeded, import_versions
 from tests.import_helpers import (
     MODELS,
     STEPS,

@@ -4,6 +4,12 @@ SQLAlchemy-Continuum only versions classes mapped after `make_versioned()`, and 
 version classes when mappers are configured. Doing that as an import side effect makes
 versioning depend on which module happens to be imported first; here it is one call,
 `bootstrap()`, made by the worker, the CLI and the tests.
+
+The app owns its Continuum set-up. A models module that calls `make_versioned` itself (its
+own user class, plugins, options; Continuum's documentation puts that call at the top of
+the models module) is used as it is. Only where the app makes no `make_versioned` call
+does cachework's own count: no user class (the import's user goes in the transaction's
+meta) and `TransactionMetaPlugin`.
 """
 
 from __future__ import annotations
@@ -16,14 +22,14 @@ from types import ModuleType
 
 import sqlalchemy as sa
 from sqlalchemy import orm
-from sqlalchemy_continuum import make_versioned, version_class
+from sqlalchemy_continuum import make_versioned, version_class, versioning_manager
 from sqlalchemy_continuum.exc import ClassNotVersioned
 from sqlalchemy_continuum.plugins import TransactionMetaPlugin
 
 from cache.errors import ConfigError
 
-_lock = threading.Lock()
-_versioning_on = False
+_lock = threading.RLock()
+_versioning_on = False  # versioning is on in this process (the app's call or ours)
 _booted: dict[tuple[str, ...], Models] = {}
 
 
@@ -43,13 +49,57 @@ class Models:
         return {c.__name__: c for c in self.classes}
 
 
+def continuum_enabled() -> bool:
+    """Whether `make_versioned` (the app's or ours) has hooked Continuum's global manager
+    into SQLAlchemy's mappers in this process."""
+    return sa.event.contains(
+        orm.Mapper, "instrument_class", versioning_manager.builder.instrument_versioned_classes
+    )
+
+
 def enable_versioning() -> None:
-    """Call `make_versioned` once per process (the user goes in the transaction's meta)."""
+    """Make cachework's default `make_versioned` call unless versioning is already on (the
+    app's own call counts): no user class, `TransactionMetaPlugin`."""
     global _versioning_on
     with _lock:
-        if not _versioning_on:
+        if not continuum_enabled():
             make_versioned(user_cls=None, plugins=[TransactionMetaPlugin()])
-            _versioning_on = True
+        _versioning_on = True
+
+
+_NOT_SET = "cachework: no make_versioned() call by the app"  # a user_cls no app passes
+
+
+def _import(names: tuple[str, ...]) -> list[ModuleType]:
+    """Import the model modules with versioning on, the app's own set-up winning.
+
+    When Continuum is not on yet, cachework's defaults go on first (Continuum only sees
+    classes mapped after `make_versioned`), with a marker as the user class. An app call
+    in the modules replaces the marker (`make_versioned` always sets `user_cls`) and its
+    plugins and options replace ours: called without plugins, it gets none, as Continuum's
+    own default. Nothing is built before `configure_mappers()`, so the app's call counts in
+    full wherever in its modules it comes.
+    """
+    ours = None
+    if not continuum_enabled():
+        ours = [TransactionMetaPlugin()]
+        make_versioned(user_cls=_NOT_SET, plugins=ours)
+    modules = []
+    try:
+        for name in names:
+            try:
+                modules.append(importlib.import_module(name))
+            except ImportError as exc:
+                raise ConfigError(
+                    f"CACHEWORK_MODELS has {name!r}, which cannot be imported: {exc}"
+                ) from None
+    finally:
+        if ours is not None:
+            if versioning_manager.user_cls is _NOT_SET:  # the app made no call
+                versioning_manager.user_cls = None
+            elif versioning_manager.plugins.plugins is ours:  # its call had no plugins
+                versioning_manager.plugins = []
+    return modules
 
 
 def _base_of(module: ModuleType) -> type:
@@ -59,45 +109,45 @@ def _base_of(module: ModuleType) -> type:
     return base
 
 
+def _defined_by(module: ModuleType, cls: type) -> bool:
+    """A class of `module`: defined there, or mapped elsewhere and exported by it."""
+    return cls.__module__ == module.__name__ or vars(module).get(cls.__name__) is cls
+
+
 def bootstrap(models: tuple[str, ...] | list[str] = ("demo.models",)) -> Models:
-    """Enable versioning, import the model modules, configure mappers; idempotent."""
+    """Import the model modules (versioning on: the app's own set-up, else cachework's
+    defaults), configure mappers; idempotent."""
     key = tuple(models)
     with _lock:
         if key in _booted:
             return _booted[key]
-    enable_versioning()
-    early = [m for m in key if m in sys.modules]
-    modules = []
-    for name in key:
-        try:
-            modules.append(importlib.import_module(name))
-        except ImportError as exc:
-            raise ConfigError(
-                f"CACHEWORK_MODELS has {name!r}, which cannot be imported: {exc}"
-            ) from None
-    orm.configure_mappers()
-    metadatas: list[sa.MetaData] = []
-    classes: list[type] = []
-    for module in modules:
-        base = _base_of(module)
-        if base.metadata not in metadatas:
-            metadatas.append(base.metadata)
-        for mapper in list(base.registry.mappers):
-            cls = mapper.class_
-            if cls.__module__ == module.__name__ and cls not in classes:
-                classes.append(cls)
-    for cls in classes:
-        if getattr(cls, "__versioned__", None) is None:
-            continue
-        try:
-            version_class(cls)
-        except ClassNotVersioned:
-            raise ConfigError(
-                f"model {cls.__name__} in {cls.__module__!r} is marked __versioned__ but was "
-                f"mapped before bootstrap() (imported early: {early}); import model modules "
-                "only through bootstrap()"
-            ) from None
-    result = Models(tuple(modules), tuple(metadatas), tuple(classes))
-    with _lock:
+        early = [m for m in key if m in sys.modules]
+        modules = _import(key)
+        global _versioning_on
+        _versioning_on = True
+        orm.configure_mappers()
+        metadatas: list[sa.MetaData] = []
+        classes: list[type] = []
+        for module in modules:
+            base = _base_of(module)
+            if base.metadata not in metadatas:
+                metadatas.append(base.metadata)
+            for mapper in list(base.registry.mappers):
+                cls = mapper.class_
+                if _defined_by(module, cls) and cls not in classes:
+                    classes.append(cls)
+        for cls in classes:
+            if getattr(cls, "__versioned__", None) is None:
+                continue
+            try:
+                version_class(cls)
+            except ClassNotVersioned:
+                raise ConfigError(
+                    f"model {cls.__name__} in {cls.__module__!r} is marked __versioned__ but "
+                    f"was mapped before versioning was on (imported early: {early}); call "
+                    "make_versioned() at the top of the models module, or import it only "
+                    "through bootstrap()"
+                ) from None
+        result = Models(tuple(modules), tuple(metadatas), tuple(classes))
         _booted[key] = result
-    return result
+        return result

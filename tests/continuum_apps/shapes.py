@@ -1,0 +1,123 @@
+"""Every model shape the version import handles, defined on an app's own declarative base.
+
+`define(Base, ...)` maps, on the app's base:
+
+- `User`: the user class of the app's Continuum transactions (integer or UUID key);
+- `Article`: an attribute key that differs from its column name (`title` is
+  `display_title`), a JSON column, and a many-to-many `tags` through the versioned
+  association table `article_tag`;
+- `Renamed`: every column named differently from its attribute, the key (`_id`) included;
+- `Tag`: the other side of `tags`;
+- `Token`: a UUID key, a binary and a float column;
+- `Note`: a composite text key (`ns`, `name`);
+- `Vehicle` / `Car`: joined-table inheritance (`cars` joins `vehicles`), with a JSON column
+  in the parent table;
+- `Widget` / `Gadget`: single-table inheritance, the subclass sorting before its base;
+- `Ledger`: the subquery strategy set on the model (the manager may use either).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.orm import relationship
+
+
+def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) -> dict:
+    """Map the models on `base` and return them by name."""
+    user_key = (
+        sa.Column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+        if uuid_users
+        else sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+    )
+
+    class User(base):
+        __tablename__ = "users"
+        id = user_key
+        name = sa.Column(sa.String(50))
+
+    article_tag = sa.Table(
+        "article_tag",
+        base.metadata,
+        sa.Column("article_id", sa.Integer, sa.ForeignKey("articles.id"), primary_key=True),
+        sa.Column("tag_id", sa.Integer, sa.ForeignKey("tags.id"), primary_key=True),
+    )
+
+    class Tag(base):
+        __tablename__ = "tags"
+        __versioned__: dict = {}
+        id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+        name = sa.Column(sa.String(50))
+
+    class Article(base):
+        __tablename__ = "articles"
+        __versioned__: dict = {}
+        id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+        title = sa.Column("display_title", sa.String(100))
+        data = sa.Column(sa.JSON)
+        tags = relationship(Tag, secondary=article_tag, order_by=Tag.id)
+
+    class Renamed(base):
+        __tablename__ = "renamed"
+        __versioned__: dict = {}
+        id = sa.Column("_id", sa.Integer, primary_key=True, autoincrement=False)
+        name = sa.Column("display_name", sa.String(50))
+        extra = sa.Column("x", sa.JSON)
+
+    class Token(base):
+        __tablename__ = "tokens"
+        __versioned__: dict = {}
+        key = sa.Column(sa.Uuid, primary_key=True)
+        blob = sa.Column(sa.LargeBinary)
+        score = sa.Column(sa.Float)
+
+    class Note(base):
+        __tablename__ = "notes"
+        __versioned__: dict = {}
+        ns = sa.Column(sa.String(20), primary_key=True)
+        name = sa.Column(sa.Text, primary_key=True)
+        body = sa.Column(sa.Text)
+
+    class Vehicle(base):
+        __tablename__ = "vehicles"
+        __versioned__: dict = {}
+        id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+        kind = sa.Column(sa.String(20))
+        wheels = sa.Column(sa.Integer)
+        spec = sa.Column(sa.JSON)
+        __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "vehicle"}
+
+    class Car(Vehicle):
+        __tablename__ = "cars"
+        __versioned__: dict = {}
+        id = sa.Column(sa.Integer, sa.ForeignKey("vehicles.id"), primary_key=True)
+        doors = sa.Column(sa.Integer)
+        __mapper_args__ = {"polymorphic_identity": "car"}
+
+    class Widget(base):
+        __tablename__ = "widgets"
+        __versioned__: dict = {}
+        id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+        type = sa.Column(sa.String(20))
+        label = sa.Column(sa.String(50))
+        size = sa.Column(sa.Integer)
+        __mapper_args__ = {"polymorphic_on": type, "polymorphic_identity": "widget"}
+
+    class Gadget(Widget):
+        __versioned__: dict = {}
+        __mapper_args__ = {"polymorphic_identity": "gadget"}
+
+    class Ledger(base):
+        __tablename__ = "ledgers"
+        __versioned__: dict = dict(ledger if ledger is not None else {"strategy": "subquery"})
+        id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+        amount = sa.Column(sa.Numeric(12, 2))
+        memo = sa.Column(sa.String(100))
+
+    return {
+        "User": User, "Tag": Tag, "Article": Article, "Renamed": Renamed, "Token": Token,
+        "Note": Note, "Vehicle": Vehicle, "Car": Car, "Widget": Widget, "Gadget": Gadget,
+        "Ledger": Ledger,
+        "article_tag": article_tag,
+    }  # fmt: skip
