@@ -211,7 +211,6 @@ def main() -> None:
 
         models = bootstrap(("demo.models",))
         database = db.Database(db_url)
-        db.set_database(database)
         create_tables(database.engine, models)
         bench_writes(database, args.items)
         if not args.skip_sync:

@@ -1,9 +1,9 @@
-"""The per-process engine and session factory.
+"""An engine and its session factory, as a process's runtime holds them.
 
-A prefork child must never use a socket its parent opened: `after_fork()` (called from
-`worker_process_init`) drops the inherited pool with `dispose(close=False)`, so each child
-opens its own connections. Sessions come from `session_scope()`, one per job, and are
-always closed; `open_sessions` and `live_databases()` let tests assert none leaked.
+A prefork child must never use a socket its parent opened: the runtime drops the
+inherited pool after fork with `dispose(close=False)`, so each child opens its own
+connections. Sessions come from `Database.session()`, one per job, and are always closed;
+`open_sessions` and `live_databases()` let tests assert none leaked.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from cache.settings import Settings, load_settings
-
-_lock = threading.Lock()
-_database: Database | None = None
 _live: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -90,34 +86,3 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(
         url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 5}
     )
-
-
-def get_database(settings: Settings | None = None) -> Database:
-    """This process's Database, created on first use from the settings."""
-    global _database
-    with _lock:
-        if _database is None:
-            _database = Database((settings or load_settings()).database_url)
-        return _database
-
-
-def set_database(database: Database | None) -> Database | None:
-    """Replace this process's Database (tests, embedding); returns the previous one."""
-    global _database
-    with _lock:
-        previous, _database = _database, database
-        return previous
-
-
-@contextmanager
-def session_scope() -> Iterator[Session]:
-    """Shorthand for `get_database().session()`."""
-    with get_database().session() as session:
-        yield session
-
-
-def after_fork() -> None:
-    """Forget the parent's connections without closing them (they belong to the parent)."""
-    with _lock:
-        if _database is not None:
-            _database.engine.dispose(close=False)

@@ -8,6 +8,9 @@ value and, where there is a short list, the valid ones.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class CacheworkError(Exception):
     """Root of every error cachework raises on purpose."""
@@ -35,3 +38,34 @@ class NotFoundError(PermanentError):
 
 class LockedError(TransientError):
     """Another job holds the lock this job needs."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for database and Redis conditions a retry can cure: lost or refused
+    connections, timeouts, deadlocks, serialization failures, "database is locked".
+
+    They reach SQLAlchemy as `OperationalError` (or a DBAPIError whose connection was
+    invalidated) and redis-py as `ConnectionError`/`TimeoutError`; constraint violations,
+    SQL errors and Redis command errors are not transient: retrying cannot fix them."""
+    import redis
+    import sqlalchemy as sa
+
+    if isinstance(exc, sa.exc.OperationalError | redis.ConnectionError | redis.TimeoutError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+@contextmanager
+def transient_errors(what: str = "database or Redis") -> Iterator[None]:
+    """Raise what `is_transient` recognises as `TransientError` (naming `what` and the
+    cause's first line, never a SQL dump); everything else passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        cause = getattr(exc, "orig", None) or exc
+        first = (str(cause).strip().splitlines() or [""])[0][:300]
+        raise TransientError(
+            f"{what} unavailable, worth retrying: {type(cause).__name__}: {first}"
+        ) from exc

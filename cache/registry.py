@@ -1,14 +1,14 @@
-"""This process's cached tables, declared in configuration and created lazily after fork.
+"""A process's cached tables, declared in configuration and built on first use.
 
 `Settings.cached_tables` names modules (default `demo.cached_tables`); each defines
 `CACHED_TABLES`, a dict of table name -> factory taking an Engine and returning a
 `CachedTable` or `FullTableCache`. A table is built the first time it is asked for and
-loads on its first read, so each prefork child opens its own connections and holds its own
-records; `reset_after_fork()` (a PROCESS_INIT_HOOK) forgets anything a parent held.
+loads on its first read, so each process (a prefork child included: the runtime makes a
+new registry after fork) opens its own connections and holds its own records.
 
-The invalidation listener (issue 6) and tasks use `get_registry()`: `invalidate` marks
-records invalid (refreshed lazily), `drop_all` forgets everything when events may have
-been lost, `cursor` and `listener` are the listener's bookkeeping.
+The invalidation tracker uses it as its target: `invalidate` marks records invalid
+(refreshed lazily), `drop_all` forgets everything when events may have been lost, `cursor`
+and `listener` are the tracker's bookkeeping.
 """
 
 from __future__ import annotations
@@ -21,19 +21,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cache.database import get_database
 from cache.errors import ConfigError, NotFoundError, ValidationError
 from cache.full_table import FullTableCache
-from cache.settings import Settings, load_settings
 from cache.table import CachedTable
-from worker.bootstrap import bootstrap
 
 log = logging.getLogger(__name__)
 Table = CachedTable | FullTableCache
 Factory = Callable[[sa.Engine], Table]
-
-_lock = threading.Lock()
-_registry: Registry | None = None
 
 
 class Registry:
@@ -149,38 +143,3 @@ def load_declarations(modules: tuple[str, ...] | list[str]) -> dict[str, Factory
                 raise ConfigError(f"cached table {name!r} in {module_name!r} is not a factory")
             factories[name] = factory
     return factories
-
-
-def registry_from_settings(settings: Settings) -> Registry:
-    """A registry for `settings`: models bootstrapped, declarations imported, the engine
-    taken from this process's Database when a table is first built."""
-    bootstrap(settings.models)
-    return Registry(load_declarations(settings.cached_tables), lambda: get_database().engine)
-
-
-def get_registry() -> Registry:
-    """This process's registry, created lazily (so after fork in a pool child)."""
-    global _registry
-    registry = _registry
-    if registry is not None:
-        return registry
-    with _lock:
-        if _registry is None:
-            _registry = registry_from_settings(load_settings())
-        return _registry
-
-
-def set_registry(registry: Registry | None) -> Registry | None:
-    """Install `registry` as this process's (tests, embedding); returns the previous one."""
-    global _registry
-    with _lock:
-        previous, _registry = _registry, registry
-        return previous
-
-
-def reset_after_fork() -> None:
-    """Forget tables inherited from the parent (a PROCESS_INIT_HOOK); the lock is new too,
-    in case a parent thread held it at fork time."""
-    global _registry, _lock
-    _lock = threading.Lock()
-    _registry = None

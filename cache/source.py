@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import sqlalchemy as sa
 
-from cache.errors import TransientError, ValidationError
+from cache.errors import ValidationError, transient_errors
 from cache.indexes import Spec
 from cache.records import Record, freeze
 
@@ -96,16 +96,14 @@ class SelectSource:
 
     def _run(self, query: sa.Select) -> list[Record]:
         self.fetches += 1
-        try:
-            # One statement needs no transaction: autocommit spares the BEGIN and the
-            # ROLLBACK on release, so a refresh is one round trip.
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                result = conn.execute(query)
-                keys = tuple(result.keys())
-                if self._frozen and keys == self.columns:
-                    return [self._record(keys, row) for row in result]
-                return [MappingProxyType(dict(zip(keys, row, strict=True))) for row in result]
-        except sa.exc.OperationalError as exc:
-            raise TransientError(
-                f"cached table source could not be read ({type(exc.orig).__name__}); retry later"
-            ) from exc
+        # One statement needs no transaction: autocommit spares the BEGIN and the ROLLBACK
+        # on release, so a refresh is one round trip.
+        with (
+            transient_errors("cached table source"),
+            self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        ):
+            result = conn.execute(query)
+            keys = tuple(result.keys())
+            if self._frozen and keys == self.columns:
+                return [self._record(keys, row) for row in result]
+            return [MappingProxyType(dict(zip(keys, row, strict=True))) for row in result]

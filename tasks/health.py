@@ -8,19 +8,18 @@ import time
 import sqlalchemy as sa
 from celery import shared_task
 
-from cache.database import get_database
 from cache.errors import ValidationError
 
 
-@shared_task(name="cachework.ping")
-def ping(hold: float = 0.0) -> dict:
+@shared_task(name="cachework.ping", bind=True)
+def ping(self, hold: float = 0.0) -> dict:
     """Answer with this child's pid and its database connection's server-side id.
 
     `hold` (at most 5 s) keeps the child busy, so concurrent pings reach several children.
     """
     if not isinstance(hold, int | float) or not 0 <= hold <= 5:
         raise ValidationError(f"hold={hold!r} must be a number of seconds from 0 to 5")
-    database = get_database()
+    database = self.app.runtime.database
     with database.session() as session:
         if session.bind.dialect.name == "postgresql":
             backend = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()

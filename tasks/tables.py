@@ -1,4 +1,4 @@
-"""Tasks that read this worker process's cached tables (see `worker.registry`)."""
+"""Tasks that read this worker process's cached tables (its runtime's registry)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,29 @@ from celery import shared_task
 
 from cache.errors import TransientError, ValidationError
 from cache.records import to_json
-from worker.registry import get_registry
 
 
 @shared_task(
     name="cachework.lookup",
+    bind=True,
     autoretry_for=(TransientError,),
     retry_backoff=True,
     max_retries=3,
 )
-def lookup(table: str, key: object) -> dict | None:
+def lookup(self, table: str, key: object) -> dict | None:
     """The record of `table` with primary key `key` (coerced to its type) as a JSON object,
     or None, read through this process's cached table."""
     if not isinstance(table, str):
         raise ValidationError(f"table={table!r} must be a cached table name")
-    registry = get_registry()
+    registry = self.app.runtime.registry
     coerced = registry.coerce_key(table, key)
     return to_json(registry.table(table).get(coerced))
 
 
-@shared_task(name="cachework.cache_status")
-def cache_status() -> dict:
+@shared_task(name="cachework.cache_status", bind=True)
+def cache_status(self) -> dict:
     """This process's pid, invalidation cursor, per-table statistics and listener state."""
-    registry = get_registry()
+    registry = self.app.runtime.registry
     return {
         "pid": os.getpid(),
         "cursor": registry.cursor,

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from cache.database import get_database
 from cache.errors import TransientError
-from cache.settings import Settings, load_settings
+from cache.settings import Settings
 from importers.locking import transient_errors
 from importers.versions import import_versions as run_import
-from worker.bootstrap import bootstrap
 
 
 def _results_share_sqlite(settings: Settings, database_url: str) -> bool:
@@ -46,15 +44,15 @@ def import_versions(
     database errors and a held import lock are retried with backoff; bad input is not.
     """
 
-    settings = load_settings()
-    database = get_database()
+    runtime = self.app.runtime
+    settings, database = runtime.settings, runtime.database
     report = bool(self.request.id) and not _results_share_sqlite(settings, database.url)
 
     def progress(event: dict) -> None:
         if report:
             self.update_state(state="PROGRESS", meta=event)
 
-    classes = bootstrap(settings.models).versioned
+    classes = runtime.models.versioned
     with transient_errors(), database.session() as session:
         result = run_import(
             session,

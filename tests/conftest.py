@@ -120,15 +120,28 @@ def _database(url: str) -> Iterator[db.Database]:
 
     database = db.Database(url)
     create_tables(database.engine, MODELS)
-    previous = db.set_database(database)
     try:
         yield database
     finally:
-        db.set_database(previous)
         leaked_sessions, leaked_connections = database.open_sessions, database.checked_out()
         database.dispose()
     assert leaked_sessions == 0, f"{leaked_sessions} session(s) left open"
     assert leaked_connections == 0, f"{leaked_connections} connection(s) left checked out"
+
+
+@pytest.fixture
+def runtime(database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A runtime on the `database` fixture (invalidation log and locks in that database);
+    the environment says the same, so CLI commands run in-process see it too."""
+    from cache.runtime import Runtime
+
+    env = make_env(tmp_path, database_url=database.url, redis_url="off")
+    for name, value in env.items():
+        if name.startswith("CACHEWORK_"):
+            monkeypatch.setenv(name, value)
+    runtime = Runtime(settings_of(env), database=database)
+    yield runtime
+    runtime.stop()
 
 
 # --- Redis ------------------------------------------------------------------------------

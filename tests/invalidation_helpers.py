@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeTarget:
-    """Records what the listener does; the shape of worker.registry.Registry."""
+    """Records what the listener does; the shape of cache.registry.Registry."""
 
     def __init__(self, names: tuple[str, ...] = ("categories",)) -> None:
         self.cursor = "0"

@@ -13,11 +13,13 @@ bootstrap asks of a model module; it maps no classes of its own).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from decimal import Decimal
 
+import redis
 import sqlalchemy as sa
 
 from cache import store
@@ -39,6 +41,18 @@ def started_key(project: str) -> str:
     return f"started:{project}"
 
 
+@functools.cache
+def _redis_for(pid: int, url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def _redis() -> redis.Redis:
+    """This process's client for the worker's CACHEWORK_REDIS_URL."""
+    from cache.settings import load_settings
+
+    return _redis_for(os.getpid(), load_settings().redis_url)
+
+
 def price_total(session, project: str) -> str:
     total = session.execute(
         sa.select(sa.func.coalesce(sa.func.sum(Product.price), 0)).where(
@@ -55,9 +69,7 @@ class RecordingPlugin:
     def update_cache(self, store, session, project=None, name=None) -> None:
         if project is None:
             return
-        from worker.redis_client import get_redis
-
-        client = get_redis()
+        client = _redis()
         hold = float(client.get(HOLD_KEY) or HOLD)
         start = time.time()
         client.rpush(started_key(project), os.getpid())

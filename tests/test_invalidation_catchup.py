@@ -8,8 +8,9 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from cache import jobs
 from cache.errors import NotFoundError, ValidationError
-from cache.invalidation import DatabaseLog, current_tracker, publish
+from cache.invalidation import DatabaseLog, publish
 from tests.conftest import make_env, settings_of
 
 
@@ -23,13 +24,8 @@ def seeded(database):
 
 
 @pytest.fixture
-def registry(seeded):
-    from worker.registry import Registry, load_declarations, set_registry
-
-    registry = Registry(load_declarations(("demo.cached_tables",)), seeded.engine)
-    previous = set_registry(registry)
-    yield registry
-    set_registry(previous)
+def registry(runtime):
+    return runtime.registry
 
 
 def _rename(engine: sa.Engine, key: int, name: str) -> None:
@@ -43,17 +39,19 @@ def test_task_start_catch_up_alone_keeps_a_solo_worker_fresh(
     tmp_path, seeded, registry, redis_url, inprocess_worker
 ):
     from worker import create_app
-    from worker.registry import get_registry
 
     results = f"db+sqlite:///{tmp_path / 'results.db'}"  # no pooled PG connection left over
-    env = make_env(tmp_path, database_url=seeded.url, broker_url=redis_url, result_backend=results)
+    env = make_env(
+        tmp_path,
+        database_url=seeded.url,
+        broker_url=redis_url,
+        result_backend=results,
+        redis_url="off",  # the log this test publishes to: the database's
+    )
     app = create_app(settings_of(env))
     try:
-        # The solo pool runs the fork hooks in this process: db.after_fork() abandons the
-        # pool's open connections (dispose(close=False)), so hand it an empty pool.
-        seeded.engine.dispose()
         inprocess_worker(app)
-        assert current_tracker() is None  # no listener thread in a solo pool
+        assert not app.runtime.listening  # no listener thread in this in-process worker
 
         def lookup() -> str:
             result = app.send_task("cachework.lookup", kwargs={"table": "categories", "key": 1})
@@ -64,25 +62,25 @@ def test_task_start_catch_up_alone_keeps_a_solo_worker_fresh(
         assert lookup() == "Tools"  # really cached: nobody said otherwise
         event_id = publish("categories", [1], log=DatabaseLog(seeded.engine))
         assert lookup() == "Renamed"
-        worker_registry = get_registry()  # the pool's init hooks gave the worker a new one
+        worker_registry = app.runtime.registry  # the worker app's own runtime
         assert worker_registry.cursor == event_id
         assert worker_registry.listener["catch_ups"] == 1
         assert worker_registry.listener["drops"] == 0
     finally:
+        app.runtime.close()
         app.close()
 
 
-def test_a_web_app_starts_its_listener_with_one_call(seeded, registry):
-    from cache.invalidation import wait_for
+def test_a_web_app_starts_its_listener_with_one_call(seeded, runtime, registry):
     from tests.invalidation_helpers import wait_until
-    from worker.invalidation import start_in_process, stop_in_process
 
     log = DatabaseLog(seeded.engine)
     publish("categories", [2], log=log)  # an old event: the log is not empty
     assert registry.table("categories").get(1)["name"] == "Tools"  # read before the start
     _rename(seeded.engine, 1, "Renamed")
     publish("categories", [1], log=log)
-    tracker = start_in_process()
+    runtime.start()
+    tracker = runtime.tracker
     try:
         assert tracker is not None and tracker.cursor == log.state().head
         assert registry.table("categories").get(1)["name"] == "Renamed"  # dropped, reloaded
@@ -91,15 +89,18 @@ def test_a_web_app_starts_its_listener_with_one_call(seeded, registry):
         wait_until(lambda: registry.cursor == event_id, timeout=5)  # the listener thread
         assert registry.table("categories").get(1)["name"] == "Again"
         assert registry.listener["catch_ups"] == 0
-        wait_for(event_id, timeout=1)  # the read barrier through the same tracker
+        runtime.wait_for(event_id, timeout=1)  # the read barrier through the same tracker
+        assert runtime.listening
     finally:
-        stop_in_process()
-    assert current_tracker() is None
+        runtime.stop()
+    assert not runtime.listening
 
 
-def test_process_invalidation_validates_publishes_and_rebuilds(seeded, registry):
+def test_process_invalidation_validates_publishes_and_rebuilds(seeded, runtime):
     from demo.seed import project_uuid
-    from tasks.invalidation import process_invalidation
+
+    def process_invalidation(**kwargs) -> dict:
+        return jobs.invalidate(runtime, **kwargs)
 
     engine_log = DatabaseLog(seeded.engine)
     with pytest.raises(NotFoundError, match=r"'nope'.*categories.*products"):

@@ -23,9 +23,6 @@ from cache.invalidation import (
     Relay,
     Tracker,
     publish,
-    start_listener,
-    stop_listener,
-    wait_for,
 )
 from cache.invalidation.events import id_key
 from cache.invalidation.tables import invalidation_log, invalidation_outbox
@@ -250,16 +247,15 @@ def test_publish_validates_before_writing(log):
 
 def test_listener_thread_applies_events_and_stops_cleanly(log):
     target = FakeTarget()
-    listener = start_listener(target, log, block=0.05)
+    tracker = Tracker(target, log)
+    listener = Listener(tracker, log, block=0.05).start()
     try:
         wait_until(lambda: target.listener.get("connected"))
         event_id = publish("categories", [1, 2], log=log)
-        wait_for(event_id, timeout=5)
+        tracker.wait_for(event_id, timeout=5)
         wait_until(lambda: target.keys_seen() == [1, 2])
-        with pytest.raises(ConfigError):
-            start_listener(target, log)
     finally:
-        assert stop_listener(timeout=5)
+        assert listener.stop(timeout=5)
     assert not listener.alive and target.dropped == []
 
 

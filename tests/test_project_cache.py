@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from cache import jobs, store
 from cache import plugins as cache_plugins
-from cache import store
 from cache.errors import ConfigError, NotFoundError, ValidationError
 from cache.locks import DatabaseLocks, RedisLocks, scope_key
 from cache.sync import rebuild, rebuild_scope
@@ -30,7 +30,7 @@ EMPTY = str(uuid.UUID(int=7))
 
 
 @pytest.fixture
-def seeded(database):
+def seeded(database, runtime):
     with database.session() as session:
         seed(session, projects=4, products=90)
         session.execute(
@@ -39,11 +39,11 @@ def seeded(database):
     return database
 
 
-def test_demo_items_equal_independent_sql_for_every_project(seeded):
-    from tasks.project_cache import rebuild_items
+def test_demo_items_equal_independent_sql_for_every_project(runtime, seeded):
 
-    result = rebuild_items(None, None, None, user="tester")
-    assert result == {"updated": 10, "errors": []}  # 5 projects x 2 items, none site-wide
+    result = jobs.rebuild_items(runtime, None, None, None, user="tester")
+    # 5 projects x 2 items, none site-wide
+    assert result == {"updated": 10, "projects": 5, "errors": []}
     with seeded.session() as session:
         expected = expected_demo_items(session)
         assert actual_demo_items(session) == expected
@@ -56,17 +56,17 @@ def test_demo_items_equal_independent_sql_for_every_project(seeded):
         assert store.get_project_items(session, None) == []
 
 
-def test_rebuild_items_limits_to_names_and_goes_through_the_lock(seeded):
-    from tasks.project_cache import rebuild_items
+def test_rebuild_items_limits_to_names_and_goes_through_the_lock(runtime, seeded):
 
     project = project_uuid(1)
-    rebuild_items(project, "inventory", None)
+    jobs.rebuild_items(runtime, project, "inventory", None)
     with seeded.session() as session:
         before = {
             n: store.get_update_time(session, "inventory", n, project=project)
             for n in ("summary", "by_category")
         }
-    assert rebuild_items(project, "inventory", ["summary"]) == {"updated": 1, "errors": []}
+    summary = jobs.rebuild_items(runtime, project, "inventory", ["summary"])
+    assert summary == {"updated": 1, "projects": 1, "errors": []}
     with seeded.session() as session:
         assert (
             store.get_update_time(session, "inventory", "summary", project=project)
@@ -96,11 +96,10 @@ def test_rebuild_items_limits_to_names_and_goes_through_the_lock(seeded):
         ((None, None, "summary"), ValidationError, "must be a list of item names"),
     ],
 )
-def test_rebuild_items_refuses_bad_input_and_changes_nothing(seeded, args, error, message):
-    from tasks.project_cache import rebuild_items
+def test_rebuild_items_refuses_bad_input_and_changes_nothing(runtime, seeded, args, error, message):
 
     with pytest.raises(error, match=message):
-        rebuild_items(*args)
+        jobs.rebuild_items(runtime, *args)
     with seeded.session() as session:
         assert session.execute(sa.text("SELECT COUNT(*) FROM cache_items")).scalar() == 0
 
@@ -234,38 +233,36 @@ def test_concurrent_rebuilds_never_overlap_and_the_last_change_wins(pg_database,
         assert not locks.lock(scope_key(project, "slow")).is_dirty()
 
 
-def test_a_full_sync_skips_a_project_deleted_after_the_fan_out(seeded):
-    from tasks.project_cache import sync_project_cache
+def test_a_full_sync_skips_a_project_deleted_after_the_fan_out(runtime, seeded):
 
     gone = str(uuid.UUID(int=99))
-    assert sync_project_cache.run(gone, missing_ok=True) == {
+    assert jobs.sync_scope(runtime, gone, missing_ok=True) == {
         "updated": 0,
         "projects": 0,
         "errors": [],
     }
     with pytest.raises(NotFoundError, match="does not exist"):
-        sync_project_cache.run(gone)  # asked for by name: still an error
+        jobs.sync_scope(runtime, gone)  # asked for by name: still an error
     with pytest.raises(NotFoundError, match="app_name='ghost'"):
-        sync_project_cache.run(project_uuid(0), "ghost", missing_ok=True)  # not about the project
-    assert sync_project_cache.run(project_uuid(0), "inventory", missing_ok=True) == {
+        jobs.sync_scope(runtime, project_uuid(0), "ghost", missing_ok=True)  # not about the project
+    assert jobs.sync_scope(runtime, project_uuid(0), "inventory", missing_ok=True) == {
         "updated": 2,
         "projects": 1,
         "errors": [],
     }
 
 
-def test_a_lost_lock_connection_is_a_transient_error(seeded, monkeypatch):
+def test_a_lost_lock_connection_is_a_transient_error(runtime, seeded, monkeypatch):
     """Redis gone while marking a scope dirty: a TransientError (the task retries), not
     a failure that loses the request."""
     import redis
 
-    import tasks.project_cache as tasks_module
     from cache.errors import TransientError
 
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    monkeypatch.setattr(tasks_module, "_locks", lambda: RedisLocks(dead, ttl_ms=1_000))
-    with pytest.raises(TransientError, match=f"project {project_uuid(0)} could not reach"):
-        tasks_module.sync_project_cache.run(project_uuid(0), "inventory")
+    monkeypatch.setattr(runtime, "_locks", RedisLocks(dead, ttl_ms=1_000))
+    with pytest.raises(TransientError, match=f"project {project_uuid(0)} unavailable"):
+        jobs.sync_scope(runtime, project_uuid(0), "inventory")
     dead.close()
     with seeded.session() as session:
         assert store.get_project_items(session, project_uuid(0)) == []
@@ -298,20 +295,19 @@ def test_a_broken_plugin_reference_is_a_config_error():
         cache_plugins._load("demo.seed:seed", "a test")
 
 
-def test_delete_for_one_project_leaves_the_others(seeded):
-    from tasks.project_cache import delete_cache, rebuild_items
+def test_delete_for_one_project_leaves_the_others(runtime, seeded):
 
-    rebuild_items(None, None, None)
+    jobs.rebuild_items(runtime, None, None, None)
     target = project_uuid(3)
-    assert delete_cache(project=target) == {"deleted": 2}
+    assert jobs.delete_items(runtime, project=target) == {"deleted": 2}
     with seeded.session() as session:
         assert store.get_project_items(session, target) == []
         assert all(len(store.get_project_items(session, project_uuid(i))) == 2 for i in range(3))
     with pytest.raises(NotFoundError, match="app_name='ghost'"):
-        delete_cache(app_name="ghost")
+        jobs.delete_items(runtime, app_name="ghost")
     with pytest.raises(ValidationError, match="'bad' is not a uuid"):
-        delete_cache(project="bad")
-    assert delete_cache() == {"deleted": 8}
+        jobs.delete_items(runtime, project="bad")
+    assert jobs.delete_items(runtime) == {"deleted": 8}
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -10,11 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from cache.errors import ConfigError, NotFoundError, ValidationError
+from cache.registry import Registry, load_declarations
 from demo.models import Category
 from demo.seed import seed
 from tests.conftest import _database, make_env
-from worker import registry as registry_module
-from worker.registry import Registry, get_registry, load_declarations, set_registry
 
 
 @pytest.fixture
@@ -98,17 +97,6 @@ def test_declaration_errors(monkeypatch):
     registry = Registry(load_declarations(("ct_bad_declarations",)), sa.create_engine("sqlite://"))
     with pytest.raises(ConfigError, match="not a CachedTable"):
         registry.table("categories")
-
-
-def test_get_registry_is_per_process_and_reset_after_fork(seeded):
-    previous = set_registry(None)
-    try:
-        first = get_registry()
-        assert get_registry() is first and first.names() == ["categories"]
-        registry_module.reset_after_fork()
-        assert get_registry() is not first
-    finally:
-        set_registry(previous)
 
 
 # --- through a real prefork worker ----------------------------------------------------------

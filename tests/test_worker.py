@@ -51,20 +51,16 @@ def test_each_prefork_child_has_its_own_postgres_connection(
 
 
 def test_inprocess_worker_runs_a_task(tmp_path, sqlite_url, redis_url, inprocess_worker):
-    from cache import database as db
     from tests.conftest import settings_of
     from worker import create_app
 
     app = create_app(settings_of(make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url)))
-    database = db.Database(sqlite_url)
-    previous = db.set_database(database)
     try:
         inprocess_worker(app)
         answer = app.send_task("cachework.ping").get(timeout=20, interval=0.05)
         assert answer["dialect"] == "sqlite"
     finally:
-        db.set_database(previous)
-        database.dispose()
+        app.runtime.close()
         app.close()
 
 

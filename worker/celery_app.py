@@ -1,53 +1,48 @@
 """The Celery app and the per-process wiring of the worker.
 
-`app` is configured lazily from `celeryconfig`; `create_app(settings)` makes another one
-for a given environment (tests). Signal handlers do the per-process work in one place:
-bootstrap the models in the main process before the pool forks, and give every child its
-own database connections after the fork.
+`app` is made from the environment when `celery -A worker ...` first asks for it;
+`create_app(settings)` makes another one for a given environment (tests, the CLI). Each
+app carries one `cache.runtime.Runtime` (`app.runtime`) that owns the process's database,
+Redis, locks, plugins, cached tables and invalidation threads. Celery's signals drive it:
+the main process maps the models and checks the database before the pool forks; every
+pool child (or, with a solo or threads pool, the worker's own process) starts its listener
+and outbox relay; every task starts by catching up with the invalidation log.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 
 from celery import Celery, signals
+from celery.concurrency import solo, thread
 
-from cache import database as db
 from cache.errors import CacheworkError
+from cache.runtime import Runtime
 from cache.settings import Settings, load_settings
-from worker import invalidation as _invalidation  # noqa: F401 - connects task_prerun
-from worker.bootstrap import bootstrap
+from worker import unknown_tasks as _unknown_tasks  # noqa: F401 - connects task_unknown
 from worker.checks import check_database
 from worker.logsetup import configure_logging, most_verbose
 
 log = logging.getLogger(__name__)
-_LOADED_IN_PID = os.getpid()
 TASK_MODULES = ["tasks"]
-# Run in every pool child right after fork, in order ("module:function", no arguments).
-PROCESS_INIT_HOOKS = [
-    "cache.database:after_fork",
-    "worker.redis_client:after_fork",
-    "worker.registry:reset_after_fork",
-    "worker.invalidation:start_in_child",
-]
-# Run in every pool child at shutdown, in order.
-PROCESS_SHUTDOWN_HOOKS: list[str] = ["worker.invalidation:stop_in_child"]
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app for `settings` (default: the environment, through `celeryconfig`)."""
-    app = Celery("cachework", include=TASK_MODULES)
-    if settings is None:
-        app.config_from_object("celeryconfig")
-    else:
-        import celeryconfig
+    """A Celery app for `settings` (default: the environment), with its runtime."""
+    import celeryconfig
 
-        app.conf.update(celeryconfig.build(settings))
+    settings = settings or load_settings()
+    app = Celery("cachework", include=TASK_MODULES)
+    app.conf.update(celeryconfig.build(settings))
+    app.runtime = Runtime(settings)
     return app
+
+
+def runtime_of(app: Celery | None) -> Runtime | None:
+    return getattr(app, "runtime", None)
 
 
 def _under_celery_command() -> bool:
@@ -63,14 +58,13 @@ def _exit_on_config_error(exc: CacheworkError) -> None:
     raise SystemExit(2)
 
 
-if _under_celery_command():
-    # Celery loads the config lazily, deep inside its commands: check it up front.
-    try:
-        load_settings()
-    except CacheworkError as _exc:
-        _exit_on_config_error(_exc)
-
-app = create_app()
+try:
+    # `celery -A worker` loads its config deep inside its commands: check it up front.
+    app = create_app()
+except CacheworkError as _exc:
+    if not _under_celery_command():
+        raise
+    _exit_on_config_error(_exc)
 
 
 @signals.setup_logging.connect
@@ -79,43 +73,74 @@ def _setup_logging(loglevel=None, logfile=None, **_kwargs) -> None:
 
 
 @signals.worker_init.connect
-def _worker_init(**_kwargs) -> None:
+def _worker_init(sender=None, **_kwargs) -> None:
     """Main process, before the pool forks: map models once so children inherit them,
-    and check the database (its pooled connection is what `after_fork` must not share).
+    and check the database (its pooled connection is what the children must not share).
 
     A bad model module or an unreachable database stops the worker with one line
     (SystemExit: Celery logs and ignores ordinary exceptions raised by signal handlers)."""
+    runtime = runtime_of(getattr(sender, "app", None))
+    if runtime is None:
+        return
     try:
-        bootstrap(load_settings().models)
-        check_database(db.get_database().engine)
+        runtime.models  # noqa: B018 - maps the models and sets up Continuum
+        check_database(runtime.database.engine)
     except CacheworkError as exc:
         _exit_on_config_error(exc)
 
 
-def _run_hooks(hooks: list[str]) -> None:
-    for hook in hooks:
-        module, func = hook.split(":")
-        getattr(importlib.import_module(module), func)()
+_MAIN_PID = os.getpid()
 
 
 @signals.worker_process_init.connect
 def _worker_process_init(**_kwargs) -> None:
-    """Every pool child, right after fork: never reuse the parent's sockets.
+    """Every prefork child, right after fork (the runtime already forgot the parent's
+    sockets): start this child's listener and outbox relay.
 
-    The solo pool sends this signal in the process that made the app: nothing was
-    inherited there, so the hooks (which would discard live pools) do not run."""
-    if os.getpid() != _LOADED_IN_PID:
-        _run_hooks(PROCESS_INIT_HOOKS)
+    The solo pool sends this signal in the worker's own process, which starts its
+    threads once ready (`_worker_ready`)."""
+    if os.getpid() != _MAIN_PID:
+        app.runtime.start(relay=True)
 
 
 @signals.worker_process_shutdown.connect
 def _worker_process_shutdown(**_kwargs) -> None:
-    if os.getpid() != _LOADED_IN_PID:
-        _run_hooks(PROCESS_SHUTDOWN_HOOKS)
+    if os.getpid() != _MAIN_PID:
+        app.runtime.stop()
+
+
+def _runs_tasks_in_process(pool: object) -> bool:
+    return isinstance(pool, solo.TaskPool | thread.TaskPool)
+
+
+@signals.worker_ready.connect
+def _worker_ready(sender=None, **_kwargs) -> None:
+    """`celery worker -P solo|threads`: no child will ever start the listener and the
+    outbox relay, so the worker's own process does (never with prefork: a parent with
+    threads must not fork)."""
+    runtime = runtime_of(getattr(sender, "app", None))
+    if runtime is not None and _runs_tasks_in_process(getattr(sender, "pool", None)):
+        runtime.start(relay=True)
+
+
+@signals.worker_shutdown.connect
+def _worker_shutdown(sender=None, **_kwargs) -> None:
+    runtime = runtime_of(getattr(sender, "app", None))
+    if runtime is not None:
+        runtime.stop()
+
+
+@signals.task_prerun.connect
+def _task_prerun(task=None, **_kwargs) -> None:
+    """Apply the invalidations published before this task started (one head read)."""
+    runtime = runtime_of(getattr(task, "app", None))
+    if runtime is not None:
+        runtime.catch_up()
 
 
 @signals.task_postrun.connect
 def _task_postrun(task=None, **_kwargs) -> None:
-    opened = db.get_database().open_sessions
+    runtime = runtime_of(getattr(task, "app", None))
+    opened = runtime.database.open_sessions if runtime is not None else 0
     if opened:
         log.error("task %s left %d database session(s) open", getattr(task, "name", "?"), opened)

@@ -8,14 +8,11 @@ included: nothing here imports Celery or the worker.
     log = RedisLog(redis_client)                       # or DatabaseLog(engine)
     event_id = publish("categories", [3], log=log)     # after your change committed
     publish("categories", [3], session=s)              # or: in your own transaction
-    start_listener(registry, RedisLog.for_listener(url))   # once per process, after fork
-    wait_for(event_id, timeout=5)                      # read barrier
+
+A process's listener, tracker and relay belong to its runtime (`cache.runtime.Runtime`).
 """
 
 from __future__ import annotations
-
-import os
-import threading
 
 from sqlalchemy.orm import Session
 
@@ -42,18 +39,11 @@ __all__ = [
     "RelayLoop",
     "Target",
     "Tracker",
-    "current_tracker",
     "decode_event",
     "id_key",
     "publish",
-    "start_listener",
-    "stop_listener",
     "validate_event",
-    "wait_for",
 ]
-
-_lock = threading.Lock()
-_listener: Listener | None = None
 
 
 def publish(
@@ -85,62 +75,3 @@ def publish(
     if log is None:
         raise ConfigError("publish() needs log= (a RedisLog or DatabaseLog) or session=")
     return log.append(event.to_json())
-
-
-def start_listener(
-    target: Target,
-    log: InvalidationLog,
-    *,
-    catch_up_log: InvalidationLog | None = None,
-    tracker: Tracker | None = None,
-    stale_after: float = 30.0,
-    max_keys: int = 10_000,
-    block: float = 0.5,
-) -> Listener:
-    """Start this process's listener thread for `target` (its cached-table registry).
-
-    Call once per process, after any fork. `catch_up_log` (default `log`) is what
-    `wait_for` and the task-start catch-up read through; pass `tracker` to share one
-    that already exists for `target` (one tracker per target: it holds the lock)."""
-    global _listener
-    with _lock:
-        if _listener is not None and _listener.alive:
-            raise ConfigError("an invalidation listener already runs in this process")
-        if tracker is None:
-            tracker = Tracker(target, catch_up_log or log, max_keys=max_keys)
-        _listener = Listener(tracker, log, stale_after=stale_after, block=block)
-        _listener.start()
-        return _listener
-
-
-def stop_listener(timeout: float = 5.0) -> bool:
-    """Stop this process's listener; True if it stopped (or none ran)."""
-    global _listener
-    with _lock:
-        listener, _listener = _listener, None
-    return listener.stop(timeout) if listener is not None else True
-
-
-def current_tracker() -> Tracker | None:
-    """The tracker of this process's running listener, if any."""
-    listener = _listener
-    return listener.tracker if listener is not None else None
-
-
-def wait_for(event_id: str, timeout: float = 5.0, tracker: Tracker | None = None) -> None:
-    """Read barrier: return once this process has applied `event_id` (TransientError
-    after `timeout`), so reads that follow never see what that event invalidated."""
-    tracker = tracker or current_tracker()
-    if tracker is None:
-        raise ConfigError("wait_for() needs a running listener (start_listener) or tracker=")
-    tracker.wait_for(event_id, timeout)
-
-
-def _forget_after_fork() -> None:
-    """Threads do not survive fork: a child starts without a listener."""
-    global _listener, _lock
-    _listener = None
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)

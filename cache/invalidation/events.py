@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from cache.errors import NotFoundError, ValidationError
+from cache.records import json_value
 
 VERSION = 1
 MAX_TEXT = 255
@@ -40,7 +43,7 @@ class Event:
         """The stored form: compact JSON with a format version."""
         body: dict[str, Any] = {"v": VERSION, "table": self.table}
         if self.keys is not None:
-            body["keys"] = list(self.keys)
+            body["keys"] = [json_value(key) for key in self.keys]
         for field in ("project", "app_name"):
             if getattr(self, field) is not None:
                 body[field] = getattr(self, field)
@@ -61,9 +64,9 @@ def _text(field: str, value: object, required: bool = False) -> str | None:
 
 
 def _scalar_key(index: int, key: object) -> object:
-    if isinstance(key, bool) or not isinstance(key, int | str):
+    if isinstance(key, bool) or not isinstance(key, int | str | uuid.UUID | Decimal):
         raise ValidationError(
-            f"keys[{index}]={key!r} must be a primary key (an integer or a string)"
+            f"keys[{index}]={key!r} must be a primary key (an integer, string, UUID or decimal)"
         )
     if isinstance(key, str) and len(key) > MAX_TEXT:
         raise ValidationError(f"keys[{index}] is longer than {MAX_TEXT} characters")

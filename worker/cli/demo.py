@@ -96,7 +96,6 @@ def demo(projects: int, products: int, folder: Path) -> None:
     env = demo_env(folder)
     settings = load_settings(env)
     database = db.Database(settings.database_url)
-    previous = db.set_database(database)
     worker = WorkerProcess(env, concurrency=2, name="demo@127.0.0.1", logfile=folder / "worker.log")
     try:
         models = bootstrap(settings.models)
@@ -122,7 +121,6 @@ def demo(projects: int, products: int, folder: Path) -> None:
     finally:
         code = worker.stop()
         console.print(f"worker    stopped (exit code {code}); log in {folder / 'worker.log'}")
-        db.set_database(previous)
         database.dispose()
 
 

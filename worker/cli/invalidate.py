@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import click
 
-from cache.database import get_database
+from cache import jobs
 from cache.invalidation import validate_event
-from cache.settings import load_settings
-from worker.bootstrap import bootstrap
+from cache.records import json_value
+from worker.cli.context import cli_runtime
 
 
 @click.command("invalidate")
@@ -34,37 +34,31 @@ def invalidate(
     timeout: float,
 ) -> None:
     """Invalidate KEYs (primary keys; none = the whole table) of TABLE everywhere."""
-    from worker.invalidation import known_tables
+    with cli_runtime() as runtime:
+        event = validate_event(
+            table,
+            list(keys) or None,
+            project,
+            app_name,
+            list(names) or None,
+            known_tables=runtime.known_tables(),
+            max_keys=runtime.settings.invalidation_max_keys,
+        )
+        kwargs = {
+            "table": event.table,
+            "keys": [json_value(k) for k in event.keys] if event.keys is not None else None,
+            "project": event.project,
+            "app_name": event.app_name,
+            "names": list(event.names) if event.names is not None else None,
+        }
+        if enqueue:
+            from worker import app
 
-    settings = load_settings()
-    bootstrap(settings.models)
-    get_database(settings)
-    event = validate_event(
-        table,
-        list(keys) or None,
-        project,
-        app_name,
-        list(names) or None,
-        known_tables=known_tables(settings),
-        max_keys=settings.invalidation_max_keys,
-    )
-    kwargs = {
-        "table": event.table,
-        "keys": list(event.keys) if event.keys is not None else None,
-        "project": event.project,
-        "app_name": event.app_name,
-        "names": list(event.names) if event.names is not None else None,
-    }
-    if enqueue:
-        from worker import app
-
-        sent = app.send_task("cachework.process_invalidation", kwargs=kwargs)
-        click.echo(f"sent cachework.process_invalidation as task {sent.id}; waiting ...")
-        result = sent.get(timeout=timeout, interval=0.1)
-    else:
-        from tasks.invalidation import invalidate as run
-
-        result = run(**kwargs)
+            sent = app.send_task("cachework.process_invalidation", kwargs=kwargs)
+            click.echo(f"sent cachework.process_invalidation as task {sent.id}; waiting ...")
+            result = sent.get(timeout=timeout, interval=0.1)
+        else:
+            result = jobs.invalidate(runtime, **kwargs)
     what = "every record" if event.keys is None else f"{len(event.keys)} key(s)"
     click.echo(
         f"published invalidation {result['event_id']} for {event.table} ({what}); "

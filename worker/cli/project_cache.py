@@ -12,16 +12,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from cache.database import get_database
-from cache.settings import load_settings
+from cache import jobs
 from cache.sync import ScopeResult, scope_label
-from worker.bootstrap import bootstrap
-
-
-def _prepare() -> None:
-    settings = load_settings()
-    bootstrap(settings.models)
-    get_database(settings)
+from worker.cli.context import cli_runtime
 
 
 def _enqueue(console: Console, name: str, kwargs: dict, timeout: float) -> dict:
@@ -60,27 +53,25 @@ def sync_cache(
     timeout: float,
 ) -> None:
     """Rebuild project cache items through the app plugins."""
-    from tasks.project_cache import rebuild_scope_now, scopes_of, validate
-
-    _prepare()
     console = Console()
-    project, chosen, names = validate(project, app_name, [name] if name else None, user)
-    if enqueue:
-        kwargs = {"project": project, "app_name": app_name, "name": name, "user": user}
-        _report(console, _enqueue(console, "cachework.sync_cache", kwargs, timeout))
-        return
-    scopes = scopes_of(project)
-    total = ScopeResult()
-    deferred = 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task("syncing", total=len(scopes))
-        for scope in scopes:
-            progress.update(bar, description=scope_label(scope))
-            result = rebuild_scope_now(scope, chosen, names, user)
-            deferred += result.deferred
-            total.add(result)
-            progress.advance(bar)
+    with cli_runtime() as runtime:
+        project, chosen, names = jobs.check_sync(runtime, project, app_name, name and [name], user)
+        if enqueue:
+            kwargs = {"project": project, "app_name": app_name, "name": name, "user": user}
+            _report(console, _enqueue(console, "cachework.sync_cache", kwargs, timeout))
+            return
+        scopes = jobs.scopes_of(runtime, project)
+        total = ScopeResult()
+        deferred = 0
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            bar = progress.add_task("syncing", total=len(scopes))
+            for scope in scopes:
+                progress.update(bar, description=scope_label(scope))
+                result = jobs.rebuild_scope(runtime, scope, chosen, names, user)
+                deferred += result.deferred
+                total.add(result)
+                progress.advance(bar)
     if deferred:
         console.print(f"{deferred} scope(s) were being rebuilt elsewhere: marked dirty there")
     projects = sum(1 for scope in scopes if scope is not None)
@@ -94,17 +85,14 @@ def sync_cache(
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (--enqueue).")
 def delete_cache(project: str | None, app_name: str | None, enqueue: bool, timeout: float) -> None:
     """Delete project cache items (no options: every item)."""
-    from tasks.project_cache import delete_cache as delete_task
-    from tasks.project_cache import validate_delete
-
-    _prepare()
     console = Console()
-    project = validate_delete(project, app_name)
-    if enqueue:
-        kwargs = {"project": project, "app_name": app_name}
-        summary = _enqueue(console, "cachework.delete_cache", kwargs, timeout)
-    else:
-        summary = delete_task(project=project, app_name=app_name)
+    with cli_runtime() as runtime:
+        project = jobs.check_delete(runtime, project, app_name)
+        if enqueue:
+            kwargs = {"project": project, "app_name": app_name}
+            summary = _enqueue(console, "cachework.delete_cache", kwargs, timeout)
+        else:
+            summary = jobs.delete_items(runtime, project, app_name)
     scope = "every project" if project is None else f"project {project}"
     console.print(
         f"deleted {summary['deleted']} item(s) of {scope}, "

@@ -11,11 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cache.database import get_database
-from cache.settings import load_settings
 from importers.locking import transient_errors
 from importers.versions import import_versions
-from worker.bootstrap import bootstrap
+from worker.cli.context import cli_runtime
 
 COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
 
@@ -130,17 +128,17 @@ def import_versions_command(
         "repair": repair,
     }
     console = Console()
-    settings = load_settings()
     with ModelProgress(console) as progress:
         if enqueue:
             result = _enqueue(kwargs, timeout, progress)
         else:
-            classes = bootstrap(settings.models).versioned
             names = kwargs.pop("models")
-            with transient_errors(), get_database(settings).session() as session:
-                result = import_versions(
-                    session, classes, names=names, progress=progress, **kwargs
-                ).as_dict()
+            with cli_runtime() as runtime:
+                classes = runtime.models.versioned
+                with transient_errors(), runtime.database.session() as session:
+                    result = import_versions(
+                        session, classes, names=names, progress=progress, **kwargs
+                    ).as_dict()
     console.print(summary_table(result))
     txn = result["transaction_id"]
     console.print(
