@@ -158,14 +158,18 @@ class ProjectSource:
         schema, _, name = self.table.rpartition(".")
         return sa.table(name, sa.column(self.column), schema=schema or None).c[self.column]
 
-    def _bind(self, key: str) -> object:
-        """The canonical key as the value compared with the key column."""
-        if self.key_type == "int":
-            return int(key)
-        column_type = getattr(self.model_column, "type", None)
+    def _bind(self, key: str) -> sa.BindParameter:
+        """The canonical key as the value compared with the key column: typed as the
+        model's column; for a table queried by name, an int, or an untyped string the
+        database converts to the column's own type (a native uuid, varchar, text)."""
+        value: object = int(key) if self.key_type == "int" else key
+        if self.model_column is None:
+            untyped = sa.Integer() if self.key_type == "int" else sa.types.NullType()
+            return sa.bindparam("key", value, type_=untyped)
+        column_type = self.model_column.type
         if self.key_type == "uuid" and isinstance(column_type, sa.Uuid) and column_type.as_uuid:
-            return uuid.UUID(key)
-        return key
+            value = uuid.UUID(key)
+        return sa.bindparam("key", value, type_=column_type)
 
     # --- keys --------------------------------------------------------------------------------
 
