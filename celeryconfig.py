@@ -1,8 +1,8 @@
 """Celery settings (lowercase names), built from the `CACHEWORK_*` environment.
 
-`celery -A worker ...` loads this module through `app.config_from_object("celeryconfig")`.
-`build(settings)` gives the same settings as a dict, so tests and tools can make an app for
-another environment without touching `os.environ`. Building them creates nothing: the
+`build(settings)` gives them as a dict; `worker.create_app(settings)` applies it to the app
+it makes (for `celery -A worker ...`, from the environment when the app is first asked
+for). Importing this module reads no settings; building the settings creates nothing: the
 embedded broker makes its folders when it connects (`worker.fs_transport`), beat makes the
 folder of its schedule file when it opens it (`worker.beat`).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from cache.settings import Settings, load_settings
+from cache.settings import Settings
 from worker.routing import QUEUES, queues  # noqa: F401 - QUEUES: bench/ imports it from here
 
 
@@ -95,6 +95,3 @@ def build(s: Settings) -> dict:
         "beat_schedule_filename": str(s.data_dir / "celerybeat-schedule"),
         "beat_scheduler": "worker.beat:PersistentScheduler",
     }
-
-
-globals().update(build(load_settings()))

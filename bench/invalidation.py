@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache.invalidation import RedisLog, publish
 from cache.settings import load_settings
-from celeryconfig import QUEUES
 from tests.invalidation_helpers import OwnRedis
 from worker import create_app
 from worker.bootstrap import bootstrap
+from worker.routing import QUEUES
 from worker.schema import create_tables
 from worker.spawn import WorkerProcess
 

@@ -58,13 +58,25 @@ def _exit_on_config_error(exc: CacheworkError) -> None:
     raise SystemExit(2)
 
 
-try:
-    # `celery -A worker` loads its config deep inside its commands: check it up front.
-    app = create_app()
-except CacheworkError as _exc:
-    if not _under_celery_command():
-        raise
-    _exit_on_config_error(_exc)
+def __getattr__(name: str) -> Celery:
+    """`app`: the app of `celery -A worker ...`, made from the environment when first
+    asked for (importing this module reads no settings)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        made = create_app()
+    except CacheworkError as exc:
+        if not _under_celery_command():
+            raise
+        # Celery would report it deep inside its commands, with a traceback.
+        _exit_on_config_error(exc)
+    globals()["app"] = made
+    return made
+
+
+def _command_runtime() -> Runtime | None:
+    """The runtime of the app `celery -A worker` runs (None before it was made)."""
+    return runtime_of(globals().get("app"))
 
 
 @signals.setup_logging.connect
@@ -99,14 +111,16 @@ def _worker_process_init(**_kwargs) -> None:
 
     The solo pool sends this signal in the worker's own process, which starts its
     threads once ready (`_worker_ready`)."""
-    if os.getpid() != _MAIN_PID:
-        app.runtime.start(relay=True)
+    runtime = _command_runtime()
+    if runtime is not None and os.getpid() != _MAIN_PID:
+        runtime.start(relay=True)
 
 
 @signals.worker_process_shutdown.connect
 def _worker_process_shutdown(**_kwargs) -> None:
-    if os.getpid() != _MAIN_PID:
-        app.runtime.stop()
+    runtime = _command_runtime()
+    if runtime is not None and os.getpid() != _MAIN_PID:
+        runtime.stop()
 
 
 def _runs_tasks_in_process(pool: object) -> bool:

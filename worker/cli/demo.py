@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from cache import database as db
 from cache.settings import Settings, load_settings
-from worker import create_app
 from worker.bootstrap import Models, bootstrap
 from worker.schema import create_tables
 from worker.spawn import WorkerProcess
@@ -109,6 +108,8 @@ def demo(projects: int, products: int, folder: Path) -> None:
         with database.session() as session:
             counts = seed(session, projects=projects, products=products)
         console.print(f"seeded    {counts} (plain SQL inserts: no versions yet)")
+        from worker import create_app
+
         app = create_app(settings)
         console.print(f"worker    starting {worker.name} (prefork, 2 children) ...")
         worker.start()
