@@ -159,14 +159,17 @@ class ProjectSource:
         return sa.table(name, sa.column(self.column), schema=schema or None).c[self.column]
 
     def _bind(self, key: str) -> sa.BindParameter:
-        """The canonical key as the value compared with the key column: typed as the
-        model's column; for a table queried by name, an int, or an untyped string the
-        database converts to the column's own type (a native uuid, varchar, text)."""
-        value: object = int(key) if self.key_type == "int" else key
-        if self.model_column is None:
-            untyped = sa.Integer() if self.key_type == "int" else sa.types.NullType()
-            return sa.bindparam("key", value, type_=untyped)
-        column_type = self.model_column.type
+        """The canonical key as the value compared with the key column. Integers go as
+        64-bit (an int4 column compares with an int8 value, in its range or not); other
+        keys are typed as the model's column (a `sa.Uuid` gets a uuid.UUID), or, for a
+        table queried by name, are an untyped string the database converts to the
+        column's own type (a native uuid, varchar, text)."""
+        column_type = getattr(self.model_column, "type", None)
+        if self.key_type == "int" and (column_type is None or isinstance(column_type, sa.Integer)):
+            return sa.bindparam("key", int(key), type_=sa.BigInteger())
+        if column_type is None:
+            return sa.bindparam("key", key, type_=sa.types.NullType())
+        value: object = key
         if self.key_type == "uuid" and isinstance(column_type, sa.Uuid) and column_type.as_uuid:
             value = uuid.UUID(key)
         return sa.bindparam("key", value, type_=column_type)

@@ -289,6 +289,28 @@ def test_sodar_uuid_keys_are_listed_and_checked_in_canonical_form(sodar_db, soda
             source.check(session, "nope")
 
 
+def test_a_key_beyond_an_int4_column_is_not_found_not_a_database_error(sodar_db, sodar):
+    source = ProjectSource("projectroles_project", "id", "int", sodar.Project.__table__.c.id)
+    with Session(sodar_db) as session:
+        assert source.check(session, "2") == "2"
+        with pytest.raises(NotFoundError, match=f"project '{2**40}' does not exist"):
+            source.check(session, 2**40)
+
+
+def test_integer_keys_in_a_text_column_compare_as_text(sodar_db, sodar):
+    """`:int` on a model's string column: canonical digits compared as strings."""
+    source = ProjectSource.from_settings(
+        _settings(models=SODAR, projects="projectroles_project.title:int")
+    )
+    with Session(sodar_db) as session, session.begin():
+        session.execute(sa.update(sodar.Project).where(sodar.Project.id == 2).values(title="17"))
+    with Session(sodar_db) as session:
+        assert source.list(session) == ["17"]  # the other titles are not integers: skipped
+        assert source.check(session, "017") == "17"
+        with pytest.raises(NotFoundError, match=r"no row in projectroles_project\.title"):
+            source.check(session, 18)
+
+
 def test_integer_keys_are_listed_in_numeric_order_and_checked(intkey_db, intkey):
     source = ProjectSource.from_settings(_settings(models=INTKEY, projects="project.id"))
     with Session(intkey_db) as session:
@@ -310,7 +332,7 @@ def test_a_table_outside_the_models_is_queried_by_name(any_db_url):
             conn.execute(sa.text("CREATE TABLE teams (slug VARCHAR(100) PRIMARY KEY)"))
             conn.execute(sa.text("CREATE TABLE accounts (id BIGINT PRIMARY KEY)"))
             conn.execute(sa.text("INSERT INTO teams VALUES ('beta'), ('Alpha'), ('gamma x')"))
-            conn.execute(sa.text("INSERT INTO accounts VALUES (300), (7)"))
+            conn.execute(sa.text(f"INSERT INTO accounts VALUES (300), (7), ({2**40})"))
         teams = ProjectSource.from_settings(_settings(projects="teams.slug"), metadata=[])
         accounts = ProjectSource.from_settings(_settings(projects="accounts.id"), metadata=[])
         assert (teams.key_type, accounts.key_type) == ("text", "text")  # untyped, unknown
@@ -322,8 +344,9 @@ def test_a_table_outside_the_models_is_queried_by_name(any_db_url):
                 NotFoundError, match=r"'alpha' does not exist \(no row in teams.slug"
             ):
                 teams.check(session, "alpha")
-            assert accounts.list(session) == ["7", "300"]
+            assert accounts.list(session) == ["7", "300", str(2**40)]
             assert accounts.check(session, "007") == "7"
+            assert accounts.check(session, 2**40) == str(2**40)
     finally:
         engine.dispose()
 
