@@ -129,7 +129,9 @@ class Runtime:
         """The app's projects (table, key column, key type) from the settings."""
         with self._lock:
             if self._projects is None:
-                self._projects = ProjectSource.from_settings(self.settings)
+                self._projects = ProjectSource.from_settings(
+                    self.settings, metadata=self.models.metadatas
+                )
             return self._projects
 
     @property

@@ -19,7 +19,7 @@ from worker.cli.context import cli_runtime
 @click.command("invalidate")
 @click.argument("table")
 @click.argument("keys", nargs=-1)
-@click.option("-p", "--project", default=None, help="Project uuid whose cache items to rebuild.")
+@click.option("-p", "--project", default=None, help="Project key whose cache items to rebuild.")
 @click.option("-a", "--app", "app_name", default=None, help="App whose cache items to rebuild.")
 @click.option("-n", "--name", "names", multiple=True, help="Item name to rebuild (repeatable).")
 @click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")

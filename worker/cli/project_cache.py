@@ -38,7 +38,7 @@ def _report(console: Console, summary: dict) -> None:
 
 
 @click.command("sync-cache")
-@click.option("-p", "--project", default=None, help="Project uuid (default: every project).")
+@click.option("-p", "--project", default=None, help="Project key (default: every project).")
 @click.option("-a", "--app", "app_name", default=None, help="App name (default: every app).")
 @click.option("-n", "--name", default=None, help="Item name (default: every item).")
 @click.option("--user", default=None, help="Recorded on the items written.")
@@ -79,7 +79,7 @@ def sync_cache(
 
 
 @click.command("delete-cache")
-@click.option("-p", "--project", default=None, help="Project uuid (default: every project).")
+@click.option("-p", "--project", default=None, help="Project key (default: every project).")
 @click.option("-a", "--app", "app_name", default=None, help="App name (default: every app).")
 @click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (--enqueue).")
