@@ -15,7 +15,7 @@ A `Spec` names a set of records through one index: some exact values, a half-ope
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,6 +231,3 @@ def check_spec(spec: Spec, indexes: dict[str, Index]) -> Index:
                 ) from None
     return index
 
-
-def names_of(specs: Iterable[Spec]) -> set[str]:
-    return {s.index for s in specs}

@@ -81,10 +81,6 @@ class Settings:
     shared_broker: bool = False
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
-    @property
     def broker_transport(self) -> str | None:
         """kombu transport class for the broker (None: chosen by the URL's scheme)."""
         if self.broker_url.startswith("filesystem"):
