@@ -6,21 +6,19 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cache.database import get_database
 from cache.settings import load_settings, mask_url
-from worker.bootstrap import bootstrap
+from worker import routing
 from worker.checks import check_broker, check_database
-from worker.routing import QUEUES
+from worker.cli.context import cli_runtime
 from worker.schema import create_tables
 
 
 @click.command()
 def initdb() -> None:
     """Create the tables of the configured models, Continuum's and cachework's own."""
-    settings = load_settings()
-    database = get_database(settings)
-    check_database(database.engine)
-    names = create_tables(database.engine, bootstrap(settings.models))
+    with cli_runtime() as runtime:
+        check_database(runtime.database.engine)
+        names = create_tables(runtime.database.engine, runtime.models)
     click.echo(f"database ready ({len(names)} tables): {', '.join(names)}")
 
 
@@ -30,52 +28,123 @@ def initdb() -> None:
 )
 @click.pass_context
 def worker(ctx: click.Context) -> None:
-    """Start a Celery worker on all cachework queues; other options go to Celery."""
+    """Start a Celery worker on all cachework queues (and Celery's default queue unless
+    CACHEWORK_SHARED_BROKER is on); other options go to Celery."""
     from worker import app
 
-    settings = load_settings()
+    settings = app.runtime.settings
     check_broker(settings)
-    check_database(get_database(settings).engine)
-    bootstrap(settings.models)
+    check_database(app.runtime.database.engine)
+    app.runtime.models  # noqa: B018 - a bad model module stops here, with one line
     args = list(ctx.args)
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
-        args = ["-Q", ",".join(QUEUES), *args]
+        args = ["-Q", ",".join(routing.queues(settings.shared_broker)), *args]
     app.worker_main(["worker", *args])
 
 
-def _queue_lengths(app) -> dict[str, str]:
-    lengths: dict[str, str] = {}
+def _queue_lengths(app, names: tuple[str, ...]) -> dict[str, int | str]:
+    """Messages waiting on each queue (a queue never declared has none), or why unknown."""
+    lengths: dict[str, int | str] = {}
     with app.connection_for_read(connect_timeout=3) as conn:
-        for name in QUEUES:
+        for name in names:
             try:
                 with conn.channel() as channel:
-                    _, count, consumers = channel.queue_declare(name, passive=True)
-                lengths[name] = f"{count} waiting, {consumers} consumer(s)"
+                    _, count, _consumers = channel.queue_declare(name, passive=True)
+                lengths[name] = count
             except Exception as exc:
-                lengths[name] = f"unknown ({exc.__class__.__name__})"
+                if "NOT_FOUND" in str(exc) or getattr(exc, "code", None) == 404:
+                    lengths[name] = 0
+                else:
+                    lengths[name] = f"unknown ({exc.__class__.__name__})"
     return lengths
+
+
+def _consumers(app, workers: list[str], timeout: float) -> dict[str, set[str]]:
+    """The queues each worker consumes (workers that did not say are left out)."""
+    if not workers:
+        return {}
+    replies = app.control.inspect(destination=workers, timeout=timeout).active_queues() or {}
+    return {name: {q["name"] for q in queues or ()} for name, queues in replies.items()}
+
+
+def _advice(
+    name: str, waiting: int | str, consumers: list[str], shared: bool, ours: list[str]
+) -> str | None:
+    """Why messages wait on a queue no cachework worker consumes, and what to do."""
+    if not isinstance(waiting, int) or waiting == 0 or any(w in ours for w in consumers):
+        return None
+    if name != routing.DEFAULT_QUEUE:
+        return (
+            f"{waiting} message(s) wait on {name!r} and no cachework worker consumes it: "
+            f"start one (`cachework worker`), or add {name!r} to the -Q of a running one"
+        )
+    if shared:
+        if consumers:
+            return None  # the app's own workers consume it: their tasks, not ours
+        return (
+            f"{waiting} message(s) wait on Celery's default queue {name!r}, which cachework "
+            "workers leave to your own workers (CACHEWORK_SHARED_BROKER is on) and none of "
+            "them answered; if these are cachework tasks, the sending client lacks "
+            f"{routing.ROUTING_LINE}"
+        )
+    return (
+        f"{waiting} message(s) wait on Celery's default queue {name!r}, where clients "
+        "without routing send cachework tasks, and no cachework worker consumes it: start "
+        f"workers without -Q (they consume {name!r} while CACHEWORK_SHARED_BROKER is off), "
+        f"or route cachework tasks in the client with {routing.ROUTING_LINE}"
+    )
 
 
 @click.command()
 @click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for pings.")
 def status(timeout: float) -> None:
-    """Broker, database, workers answering ping, and queue lengths."""
+    """Broker, database, workers answering ping, and queue lengths.
+
+    Exits with status 1 when no cachework worker answered ping."""
     from worker import app
 
     settings = load_settings()
     console = Console()
     table = Table(title="cachework status", show_header=False)
     check_broker(settings)
-    table.add_row("broker", f"{mask_url(settings.broker_url)} reachable")
-    database = get_database(settings)
+    mode = "shared with the app's workers" if settings.shared_broker else "dedicated"
+    table.add_row(
+        "broker",
+        f"{mask_url(settings.broker_url)} reachable ({mode}: CACHEWORK_SHARED_BROKER="
+        f"{'1' if settings.shared_broker else '0'})",
+    )
+    database = app.runtime.database
     check_database(database.engine)
     table.add_row("database", f"{database.engine.url.render_as_string(hide_password=True)} ok")
     replies = app.control.ping(timeout=timeout) or []
     workers = sorted(name for reply in replies for name in reply)
-    table.add_row("workers", ", ".join(workers) if workers else "none answered ping")
-    for name, text in _queue_lengths(app).items():
-        table.add_row(f"queue {name}", text)
+    consumed = _consumers(app, workers, timeout)
+    ours = [w for w in workers if consumed.get(w, set()) & set(routing.QUEUES)]
+    others = [w for w in workers if w in consumed and w not in ours]
+    table.add_row("workers", ", ".join(ours) if ours else "none answered ping")
+    if others:
+        table.add_row("other workers", ", ".join(others))
+    if settings.shared_broker:
+        default = f"{routing.DEFAULT_QUEUE!r} (Celery's default queue: left to the app's workers)"
+    else:
+        default = f"{routing.DEFAULT_QUEUE!r} (Celery's default queue: consumed by cachework)"
+    table.add_row("default queue", default)
+    advice: list[str] = []
+    names = (*routing.QUEUES, routing.DEFAULT_QUEUE)
+    for name, waiting in _queue_lengths(app, names).items():
+        consumers = sorted(w for w, queues in consumed.items() if name in queues)
+        text = f"{waiting} waiting" if isinstance(waiting, int) else waiting
+        table.add_row(f"queue {name}", f"{text}, consumers: {', '.join(consumers) or 'none'}")
+        note = _advice(name, waiting, consumers, settings.shared_broker, ours)
+        if note:
+            advice.append(note)
     console.print(table)
+    for note in advice:
+        console.print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True)
+    if not ours:
+        why = "no worker answered ping" if not workers else "no cachework worker answered ping"
+        console.print(f"[red]error:[/red] {why}", soft_wrap=True)
+        raise SystemExit(1)
 
 
 COMMANDS = [initdb, worker, status]
