@@ -677,12 +677,12 @@ class VersionModel:
         condition = self._changed(d, options.create, options.update)
         kind = sa.case((d["missing"], Operation.INSERT), else_=Operation.UPDATE)
         for index, level in enumerate(self.levels):
-            names = [v.name for _l, v in level.pairs]
+            names = [v for _l, v in level.pairs]
             values: list[Any] = [live for live, _v in level.pairs]
-            names += [self.tx, self.op]
+            names += [level.versions.c[self.tx], level.versions.c[self.op]]
             values += [literal_tx, kind]
             for flag, live, _v in level.mods:
-                names.append(flag.name)
+                names.append(flag)
                 values.append(sa.or_(d["missing"], d["flags"][index][live]))
             rows = sa.select(*values).select_from(d["joined"]).where(*condition)
             session.execute(sa.insert(level.versions).from_select(names, rows))
@@ -699,15 +699,15 @@ class VersionModel:
             table = tables[index]
             names, values = [], []
             for live, vcol in level.pairs:
-                names.append(vcol.name)
+                names.append(vcol)
                 value = table.c[vcol.key]
                 if self.null_delete and not live.primary_key:
                     value = sa.null()
                 values.append(value)
-            names += [self.tx, self.op]
+            names += [level.versions.c[self.tx], level.versions.c[self.op]]
             values += [tx, sa.literal(Operation.DELETE, sa.SmallInteger)]
             for flag, _live, _v in level.mods:
-                names.append(flag.name)
+                names.append(flag)
                 values.append(sa.true())
             source: sa.FromClause = cur
             for i in range(1, index + 1):
@@ -905,7 +905,8 @@ class AssociationVersions:
         literal_tx = sa.literal(tx, sa.BigInteger)
         created = deleted = 0
         if options.create:
-            names = [v.name for _l, v in self.pairs] + [self.tx, self.op]
+            internal = [self.versions.c[self.tx], self.versions.c[self.op]]
+            names = [v for _l, v in self.pairs] + internal
             rows = (
                 sa.select(
                     *(live for live, _v in self.pairs),
@@ -917,7 +918,8 @@ class AssociationVersions:
             )
             created = _rowcount(session, sa.insert(self.versions).from_select(names, rows))
         if options.delete:
-            names = [v.name for _l, v in self.delete_columns] + [self.tx, self.op]
+            internal = [self.versions.c[self.tx], self.versions.c[self.op]]
+            names = [v for _l, v in self.delete_columns] + internal
             rows = sa.select(
                 *(cur.c[v.key] for _l, v in self.delete_columns),
                 literal_tx,

@@ -8,8 +8,8 @@ versioning depend on which module happens to be imported first; here it is one c
 The app owns its Continuum set-up. A models module that calls `make_versioned` itself (its
 own user class, plugins, options; Continuum's documentation puts that call at the top of
 the models module) is used as it is. Only where the app makes no `make_versioned` call
-does cachework's own count: no user class (the import's user goes in the transaction's
-meta) and `TransactionMetaPlugin`.
+does cachework make one, with its defaults: no user class (the import's user goes in the
+transaction's meta) and `TransactionMetaPlugin`.
 """
 
 from __future__ import annotations
@@ -67,24 +67,24 @@ def enable_versioning() -> None:
         _versioning_on = True
 
 
-_NOT_SET = "cachework: no make_versioned() call by the app"  # a user_cls no app passes
-
-
 def _import(names: tuple[str, ...]) -> list[ModuleType]:
-    """Import the model modules with versioning on, the app's own set-up winning.
+    """Import the model modules, the app's own Continuum set-up winning.
 
-    When Continuum is not on yet, cachework's defaults go on first (Continuum only sees
-    classes mapped after `make_versioned`), with a marker as the user class. An app call
-    in the modules replaces the marker (`make_versioned` always sets `user_cls`) and its
-    plugins and options replace ours: called without plugins, it gets none, as Continuum's
-    own default. Nothing is built before `configure_mappers()`, so the app's call counts in
-    full wherever in its modules it comes.
+    Continuum only sees classes mapped after `make_versioned`. So while the modules are
+    imported, versioned classes mapped with no `make_versioned` call in force are noted;
+    afterwards, if the app made no call at all, cachework makes its default one, and the
+    noted classes are handed to Continuum as its own listener would have (it only
+    collects them; nothing is built before `configure_mappers()`). `make_versioned` is
+    never called twice: its listeners would run twice.
     """
-    ours = None
-    if not continuum_enabled():
-        ours = [TransactionMetaPlugin()]
-        make_versioned(user_cls=_NOT_SET, plugins=ours)
+    missed: list[tuple[orm.Mapper, type]] = []
+
+    def note(mapper: orm.Mapper, cls: type) -> None:
+        if getattr(cls, "__versioned__", None) is not None and not continuum_enabled():
+            missed.append((mapper, cls))
+
     modules = []
+    sa.event.listen(orm.Mapper, "instrument_class", note)
     try:
         for name in names:
             try:
@@ -94,11 +94,10 @@ def _import(names: tuple[str, ...]) -> list[ModuleType]:
                     f"CACHEWORK_MODELS has {name!r}, which cannot be imported: {exc}"
                 ) from None
     finally:
-        if ours is not None:
-            if versioning_manager.user_cls is _NOT_SET:  # the app made no call
-                versioning_manager.user_cls = None
-            elif versioning_manager.plugins.plugins is ours:  # its call had no plugins
-                versioning_manager.plugins = []
+        sa.event.remove(orm.Mapper, "instrument_class", note)
+    enable_versioning()  # a no-op when the app's models module made its own call
+    for mapper, cls in missed:
+        versioning_manager.builder.instrument_versioned_classes(mapper, cls)
     return modules
 
 

@@ -1,0 +1,502 @@
+"""The differential test against SQLAlchemy-Continuum itself, run in a process of its own
+per app (Continuum's set-up is global to a process):
+
+    python -m tests.continuum_differential APP_MODULE DATABASE_URL [EXAMPLES]
+
+Hypothesis draws sequences of steps (inserts, updates, deletes, re-inserts, class changes
+through re-insertion, association links added and removed) over every model of the app
+(`tests/continuum_apps/shapes.py`). Each sequence runs twice: (a) through the ORM with
+Continuum on, one commit per step, into one database; (b) as plain SQL on the live
+tables, each step followed by a version import, into another. Then every version table,
+`transaction`, `transaction_changes` and `transaction_meta` must be equal row by row
+(transaction ids mapped to the step that made them), Continuum's API (`obj.versions`,
+`changeset`, `previous`/`next`, `tags` on article versions, `revert()`) must read the
+same in both, and a second import right after must write nothing.
+
+DATABASE_URL is a SQLite folder (`sqlite:///DIR`) or a PostgreSQL database, where this
+process works in two schemas of its own and drops them at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.orm import Session
+from sqlalchemy_continuum import version_class, versioning_manager
+
+from importers.versions import import_versions
+from worker.bootstrap import bootstrap
+
+TOKENS = [uuid.UUID(int=1), uuid.UUID(int=2)]
+POOLS: dict[str, list[Any]] = {
+    "Tag": [1, 2, 3],
+    "Article": [1, 2, 3],
+    "Renamed": [1, 2],
+    "Token": TOKENS,
+    "Note": [("a", "x"), ("a", "y"), ("b", "x")],
+    "Vehicle": [1, 2, 3],  # Vehicle and Car share the key space (one base table)
+    "Widget": [1, 2, 3],  # Widget and Gadget share the table
+    "Ledger": [1, 2],
+}
+FAMILIES = {"Vehicle": ["Vehicle", "Car"], "Widget": ["Widget", "Gadget"]}
+JSONS = [None, {"k": 1}, {"k": [1, 2]}, [1, "two"], "text", 3]
+VALUES: dict[str, dict[str, list[Any]]] = {
+    "Tag": {"name": ["red", "blue", None]},
+    "Article": {"title": ["A", "B", None], "data": JSONS},
+    "Renamed": {"name": ["x", "y", None], "extra": JSONS},
+    "Token": {"blob": [b"", b"\x00\x01", None], "score": [0.5, 1.25, None]},
+    "Note": {"body": ["one", "two", None]},
+    "Vehicle": {"wheels": [2, 4, None], "spec": JSONS},
+    "Car": {"wheels": [2, 4, None], "spec": JSONS, "doors": [3, 5, None]},
+    "Widget": {"label": ["l1", "l2", None], "size": [1, 2, None]},
+    "Gadget": {"label": ["l1", "l2", None], "size": [1, 2, None]},
+    "Ledger": {"amount": [Decimal("1.00"), Decimal("2.50"), None], "memo": ["m", None]},
+}
+REMOTE = [None, "10.0.0.1", "10.0.0.2"]
+
+
+class App:
+    """The app's classes, loaded through cachework's bootstrap (the app's own set-up)."""
+
+    def __init__(self, module: str) -> None:
+        self.models = bootstrap((module,))
+        self.by_name = self.models.by_name()
+        self.metadata = self.models.metadatas[0]
+        self.uuid_users = isinstance(sa.inspect(self.by_name["User"]).primary_key[0].type, sa.Uuid)
+        self.users = [uuid.UUID(int=10), uuid.UUID(int=11)] if self.uuid_users else [10, 11]
+        self.link_table = self.metadata.tables["article_tag"]
+
+    def cls(self, name: str) -> type:
+        return self.by_name[name]
+
+
+# --- drawing steps ---------------------------------------------------------------------------
+
+
+def family(name: str) -> str:
+    return next((f for f, members in FAMILIES.items() if name in members), name)
+
+
+@st.composite
+def sequences(draw: Any, max_steps: int = 4) -> list[dict]:
+    """Steps; each touches a key at most once (one commit's net change is its only change)."""
+    live: dict[tuple[str, Any], str] = {}  # (family, key) -> class name
+    links: set[tuple[int, int]] = set()
+    steps = []
+    for _ in range(draw(st.integers(1, max_steps))):
+        ops: list[tuple] = []
+        start = set(live)
+        deleted: set[tuple[str, Any]] = set()
+        for fam, keys in POOLS.items():
+            for key in keys:
+                if not draw(st.booleans()):
+                    continue
+                current = live.get((fam, key))
+                if current is None:
+                    name = draw(st.sampled_from(FAMILIES.get(fam, [fam])))
+                    values = {a: draw(st.sampled_from(v)) for a, v in VALUES[name].items()}
+                    ops.append(("insert", name, key, values))
+                    live[(fam, key)] = name
+                elif draw(st.booleans()) and not (
+                    fam == "Tag" and any(t == key for _a, t in links)
+                ):
+                    ops.append(("delete", current, key))
+                    deleted.add((fam, key))
+                    del live[(fam, key)]
+                    if fam == "Article":
+                        links = {(a, t) for a, t in links if a != key}
+                else:
+                    attrs = VALUES[current]
+                    chosen = draw(st.lists(st.sampled_from(sorted(attrs)), unique=True))
+                    values = {a: draw(st.sampled_from(attrs[a])) for a in chosen}
+                    ops.append(("update", current, key, values))
+        before = start - deleted
+        for a in POOLS["Article"]:
+            for t in POOLS["Tag"]:
+                if ("Article", a) in before and ("Tag", t) in before and draw(st.booleans()):
+                    if (a, t) in links:
+                        ops.append(("unlink", a, t))
+                        links.discard((a, t))
+                    else:
+                        ops.append(("link", a, t))
+                        links.add((a, t))
+        user = draw(st.sampled_from([None, 0, 1]))
+        steps.append({"ops": ops, "user": user, "remote": draw(st.sampled_from(REMOTE))})
+    return steps
+
+
+# --- applying a step, both ways ------------------------------------------------------------
+
+
+def _key_attrs(cls: type, key: Any) -> dict[str, Any]:
+    props = [sa.inspect(cls).get_property_by_column(c) for c in sa.inspect(cls).primary_key]
+    values = key if isinstance(key, tuple) else (key,)
+    return {p.key: v for p, v in zip(props, values, strict=True)}
+
+
+def apply_orm(app: App, session: Session, step: dict) -> None:
+    """The step through the ORM: Continuum's own flush writes the versions. Everything
+    the step touches is loaded first, so the commit's flush is the step's only flush (an
+    autoflush half-way would be a second flush in the transaction)."""
+    article, tag = app.cls("Article"), app.cls("Tag")
+    loaded = {}
+    for op in step["ops"]:
+        if op[0] in ("update", "delete"):
+            loaded[(op[1], op[2])] = obj = session.get(app.cls(op[1]), op[2])
+            if op[1] == "Article":
+                obj.tags  # noqa: B018 - loaded now, not by an autoflushing lazy load
+        elif op[0] in ("link", "unlink"):
+            loaded[("Article", op[1])] = obj = session.get(article, op[1])
+            obj.tags  # noqa: B018
+            loaded[("Tag", op[2])] = session.get(tag, op[2])
+    session.info["step"] = step
+    for op in step["ops"]:
+        kind = op[0]
+        if kind == "insert":
+            _k, name, key, values = op
+            session.add(app.cls(name)(**_key_attrs(app.cls(name), key), **values))
+        elif kind == "update":
+            obj = loaded[(op[1], op[2])]
+            for attr, value in op[3].items():
+                # Only net changes: Continuum also versions an object whose attribute was
+                # set to its own value when another change (a tag) makes it dirty.
+                if getattr(obj, attr) != value:
+                    setattr(obj, attr, value)
+        elif kind == "delete":
+            session.delete(loaded[(op[1], op[2])])
+        elif kind == "link":
+            loaded[("Article", op[1])].tags.append(loaded[("Tag", op[2])])
+        else:
+            loaded[("Article", op[1])].tags.remove(loaded[("Tag", op[2])])
+
+
+def _user_and_address(app: App) -> None:
+    """Put the step's user and remote address on the transaction Continuum's flush made
+    (a listener after Continuum's own `before_flush`)."""
+
+    @sa.event.listens_for(Session, "before_flush")
+    def record(session: Session, _context: Any, _instances: Any) -> None:
+        step = session.info.get("step")
+        if step is None:
+            return
+        txn = versioning_manager.unit_of_work(session).current_transaction
+        if txn is not None:
+            if step["user"] is not None:
+                txn.user_id = app.users[step["user"]]
+            txn.remote_addr = step["remote"]
+
+
+def _rows(cls: type, key: Any, values: dict[str, Any], insert: bool) -> list[tuple]:
+    """(table, column values) per table of the class, base table first."""
+    mapper = sa.inspect(cls)
+    attrs = {**_key_attrs(cls, key), **values}
+    out = []
+    for table in mapper.tables:
+        row = {}
+        for column in table.c:
+            prop = mapper.get_property_by_column(column)
+            if prop.key in attrs:
+                row[column.key] = attrs[prop.key]
+            elif insert and column is mapper.base_mapper.polymorphic_on:
+                row[column.key] = mapper.polymorphic_identity
+        out.append((table, row))
+    return out
+
+
+def _where(cls: type, table: sa.Table, key: Any) -> Any:
+    values = key if isinstance(key, tuple) else (key,)
+    return sa.and_(*(c == v for c, v in zip(table.primary_key.columns, values, strict=True)))
+
+
+@contextmanager
+def continuum_off() -> Iterator[None]:
+    """Plain SQL: no association tracking by Continuum's engine-wide hook either."""
+    versioning_manager.options["versioning"] = False
+    try:
+        yield
+    finally:
+        versioning_manager.options["versioning"] = True
+
+
+def apply_sql(app: App, session: Session, step: dict) -> None:
+    """The step as plain SQL on the live tables (Continuum records nothing)."""
+    links = app.link_table
+    with continuum_off():
+        for op in step["ops"]:
+            kind = op[0]
+            cls = app.cls(op[1]) if kind in ("insert", "update", "delete") else None
+            if kind == "insert":
+                for table, row in _rows(cls, op[2], op[3], insert=True):
+                    session.execute(sa.insert(table).values(row))
+            elif kind == "update":
+                for table, row in _rows(cls, op[2], op[3], insert=False):
+                    row = {k: v for k, v in row.items() if not table.c[k].primary_key}
+                    if row:
+                        session.execute(
+                            sa.update(table).where(_where(cls, table, op[2])).values(row)
+                        )
+            elif kind == "delete":
+                if op[1] == "Article":
+                    session.execute(sa.delete(links).where(links.c.article_id == op[2]))
+                for table in reversed(sa.inspect(cls).tables):
+                    session.execute(sa.delete(table).where(_where(cls, table, op[2])))
+            elif kind == "link":
+                session.execute(sa.insert(links).values(article_id=op[1], tag_id=op[2]))
+            else:
+                session.execute(
+                    sa.delete(links).where(links.c.article_id == op[1], links.c.tag_id == op[2])
+                )
+
+
+# --- reading both databases ------------------------------------------------------------------
+
+
+def _transaction_ids(session: Session) -> list[int]:
+    return list(session.scalars(sa.text('SELECT id FROM "transaction" ORDER BY id')))
+
+
+def _sortable(row: tuple) -> str:
+    return repr([(type(v).__name__, repr(v)) for v in row])
+
+
+def tables_view(app: App, session: Session, steps: dict[int, int]) -> dict[str, list]:
+    """Every version table and transaction table, transaction ids mapped to steps."""
+    out = {}
+    for table in app.metadata.sorted_tables:
+        if not (table.name.endswith("_version") or table.name.startswith("transaction")):
+            continue
+        names = [c.name for c in table.c]
+        rows = []
+        for row in session.execute(sa.select(table)):
+            values = []
+            for name, value in zip(names, row, strict=True):
+                if name in ("transaction_id", "end_transaction_id") or (
+                    table.name == "transaction" and name == "id"
+                ):
+                    value = None if value is None else steps.get(value, f"tx?{value}")
+                if table.name == "transaction" and name == "issued_at":
+                    value = isinstance(value, dt.datetime)
+                values.append((name, value))
+            rows.append(tuple(values))
+        out[table.name] = sorted(rows, key=_sortable)
+    return out
+
+
+def api_view(app: App, session: Session, steps: dict[int, int]) -> dict[str, Any]:
+    """What Continuum's API reads: per key, its versions with operation, changeset,
+    previous/next, the tags of article versions and the live object's `versions`."""
+
+    def step(txid: int | None) -> Any:
+        return None if txid is None else steps.get(txid, f"tx?{txid}")
+
+    out: dict[str, Any] = {}
+    for name in ("Tag", "Article", "Renamed", "Token", "Note", "Vehicle", "Car", "Widget",
+                 "Gadget", "Ledger"):  # fmt: skip
+        cls = app.cls(name)
+        vcls = version_class(cls)
+        live = sa.inspect(cls)
+        keys = [getattr(vcls, live.get_property_by_column(c).key) for c in live.primary_key]
+        query = sa.select(vcls).order_by(*keys, vcls.transaction_id)
+        for version in session.scalars(query):
+            if type(version) is not vcls:
+                continue  # read through its own class
+            key = tuple(getattr(version, k.key) for k in keys)
+            item = [
+                step(version.transaction_id),
+                version.operation_type,
+                sorted(version.changeset.items()),
+                step(version.previous and version.previous.transaction_id),
+                step(version.next and version.next.transaction_id),
+            ]
+            if name == "Article":
+                item.append([t.id for t in version.tags])
+            out.setdefault(f"{name}{key}", []).append(item)
+        for key in POOLS.get(name, POOLS.get(family(name), [])):
+            obj = session.get(cls, key)
+            if obj is not None and type(obj) is cls:
+                out[f"{name}{key} live"] = [step(v.transaction_id) for v in obj.versions]
+    return out
+
+
+def revert_view(app: App, session: Session) -> list:
+    """Each article and car reverted to each of its versions (rolled back afterwards)."""
+    out = []
+    for name in ("Article", "Car"):
+        vcls = version_class(app.cls(name))
+        ids = [(v.id, v.transaction_id) for v in session.scalars(sa.select(vcls))
+               if type(v) is vcls]  # fmt: skip
+        for ident, txid in sorted(ids):
+            version = session.get(vcls, (ident, txid))
+            try:
+                obj = version.revert(relations=["tags"] if name == "Article" else [])
+                session.flush()
+            except Exception as exc:  # the same refusal on both sides counts as equal
+                out.append((name, ident, type(exc).__name__))
+                session.rollback()
+                continue
+            state = None
+            if obj is not None and sa.inspect(obj).persistent:
+                state = {a.key: a.value for a in sa.inspect(obj).attrs if a.key != "versions"}
+                state = {
+                    k: ([t.id for t in v] if k == "tags" else v)
+                    for k, v in state.items()
+                    if not isinstance(v, list | tuple) or k == "tags"
+                }
+            out.append((name, ident, sorted(state.items()) if state else None))
+            session.rollback()
+    return out
+
+
+# --- the databases ---------------------------------------------------------------------------
+
+
+class Pair:
+    """The ORM database and the import database for one example."""
+
+    def __init__(self, app: App, url: str) -> None:
+        self.app = app
+        self.url = url
+        self.postgres = url.startswith("postgresql")
+        self.tag = f"{os.getpid()}"
+        self.engines: dict[str, sa.Engine] = {}
+        for side in ("orm", "imp"):
+            if self.postgres:
+                schema = f"diff_{self.tag}_{side}"
+                admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
+                with admin.begin() as conn:
+                    conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+                    conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+                admin.dispose()
+                engine = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+            else:
+                folder = Path(sa.engine.make_url(url).database)
+                folder.mkdir(parents=True, exist_ok=True)
+                engine = sa.create_engine(f"sqlite:///{folder / f'{side}.db'}")
+            app.metadata.create_all(engine)
+            self.engines[side] = engine
+
+    def reset(self) -> None:
+        tables = [t for t in self.app.metadata.sorted_tables]
+        for engine in self.engines.values():
+            with continuum_off(), engine.begin() as conn:
+                if self.postgres:
+                    names = ", ".join(f'"{t.name}"' for t in tables)
+                    conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+                else:
+                    for table in reversed(tables):
+                        conn.execute(sa.delete(table))
+            with Session(engine) as session:
+                user = self.app.cls("User")
+                session.add_all([user(id=u, name=f"user {u}") for u in self.app.users])
+                session.commit()
+
+    def close(self) -> None:
+        for side, engine in self.engines.items():
+            engine.dispose()
+            if self.postgres:
+                admin = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+                with admin.begin() as conn:
+                    conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "diff_{self.tag}_{side}" CASCADE'))
+                admin.dispose()
+
+    @contextmanager
+    def session(self, side: str) -> Iterator[Session]:
+        with Session(self.engines[side]) as session:
+            yield session
+
+
+def run_sequence(pair: Pair, steps: list[dict]) -> None:
+    app = pair.app
+    pair.reset()
+    orm_steps: dict[int, int] = {}
+    imp_steps: dict[int, int] = {}
+    versioned = app.models.versioned
+    for number, step in enumerate(steps, 1):
+        with pair.session("orm") as session:
+            before = set(_transaction_ids(session))
+        with pair.session("orm") as session:
+            apply_orm(app, session, step)
+            session.commit()
+        with pair.session("orm") as session:
+            made = set(_transaction_ids(session)) - before
+        assert len(made) <= 1, made
+        orm_steps.update({txid: number for txid in made})
+        with pair.session("imp") as session:
+            apply_sql(app, session, step)
+            session.commit()
+        user = None if step["user"] is None else str(app.users[step["user"]])
+        with pair.session("imp") as session:
+            result = import_versions(session, versioned, user=user, remote_addr=step["remote"])
+            session.commit()
+        if result.transaction_id is not None:
+            imp_steps[result.transaction_id] = number
+        assert bool(made) == (result.transaction_id is not None), (
+            f"step {number}: Continuum made {len(made)} transaction(s), the import "
+            f"{result.transaction_id!r}: {result.as_dict()['models']}"
+        )
+    with pair.session("imp") as session:
+        again = import_versions(session, versioned)
+        session.commit()
+    assert again.transaction_id is None, f"a second import wrote: {again.as_dict()}"
+    with pair.session("orm") as orm, pair.session("imp") as imp:
+        want, got = tables_view(app, orm, orm_steps), tables_view(app, imp, imp_steps)
+        for name in want:
+            assert got[name] == want[name], _explain(name, want[name], got[name])
+        want_api, got_api = api_view(app, orm, orm_steps), api_view(app, imp, imp_steps)
+        for key in sorted(set(want_api) | set(got_api)):
+            assert got_api.get(key) == want_api.get(key), (key, want_api.get(key), got_api.get(key))
+    with pair.session("orm") as orm, pair.session("imp") as imp:
+        assert revert_view(app, imp) == revert_view(app, orm)
+
+
+def _explain(name: str, want: list, got: list) -> str:
+    missing = [r for r in want if r not in got]
+    extra = [r for r in got if r not in want]
+    return (
+        f"{name} differs;\n  Continuum wrote, the import did not: {missing}\n"
+        f"  the import wrote, Continuum did not: {extra}"
+    )
+
+
+def main(argv: list[str]) -> None:
+    module, url = argv[0], argv[1]
+    examples = int(argv[2]) if len(argv) > 2 else 10
+    app = App(module)
+    _user_and_address(app)
+    pair = Pair(app, url)
+    try:
+
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+            print_blob=True,
+            phases=[Phase.explicit, Phase.generate]
+            if os.environ.get("CACHEWORK_DIFF_NO_SHRINK")
+            else list(Phase),
+        )
+        @given(sequences())
+        def differential(steps: list[dict]) -> None:
+            run_sequence(pair, steps)
+
+        differential()
+    finally:
+        pair.close()
+    print(f"ok: {module} on {url.split(':')[0]}, {examples} examples")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
