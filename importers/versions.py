@@ -672,6 +672,7 @@ class VersionModel:
 
     def write(self, session: Session, tx: int, options: ImportOptions) -> Counts:
         """Write the allowed kinds in transaction `tx` and count what was written."""
+        self.changed_entities: set[str] = set()
         d = self._diff(tx)
         literal_tx = sa.literal(tx, sa.BigInteger)
         condition = self._changed(d, options.create, options.update)
@@ -686,15 +687,47 @@ class VersionModel:
                 values.append(sa.or_(d["missing"], d["flags"][index][live]))
             rows = sa.select(*values).select_from(d["joined"]).where(*condition)
             session.execute(sa.insert(level.versions).from_select(names, rows))
-        if options.delete:
-            self._write_deletes(session, d, literal_tx)
+        v = self.root.versions
+        written = sa.and_(
+            v.c[self.tx] == tx, v.c[self.op] != Operation.DELETE, *self._version_filter(v)
+        )
+        by_op = dict(
+            session.execute(
+                sa.select(v.c[self.op], sa.func.count()).where(written).group_by(v.c[self.op])
+            ).all()
+        )
+        created, updated = int(by_op.get(Operation.INSERT, 0)), int(by_op.get(Operation.UPDATE, 0))
+        self.changed_entities = self._entities(session, v, written) if created + updated else set()
+        deleted = self._write_deletes(session, d, literal_tx) if options.delete else 0
         if self.validity:
             for level in self.levels:
                 self._close_superseded(session, level, tx)
-        return self._written(session, tx)
+        return Counts(
+            created=created,
+            updated=updated,
+            deleted=deleted,
+            unchanged=self.live_count(session) - created - updated,
+        )
 
-    def _write_deletes(self, session: Session, d: dict[str, Any], tx: Any) -> None:
+    def _entities(self, session: Session, table: sa.FromClause, *where: Any) -> set[str]:
+        """The class names of the rows of `table` (a version table, or the current
+        versions) that `where` selects: TransactionChanges' entity names."""
+        if len(self.classes) == 1:
+            return {self.name}
+        disc = self.mapper.base_mapper.polymorphic_on
+        column = table.c[self.root.versions.c[disc.name].key]
+        names = set()
+        for identity in session.scalars(sa.select(column).distinct().where(*where)):
+            mapper = self.mapper.polymorphic_map.get(identity)
+            names.add(mapper.class_.__name__ if mapper is not None else self.name)
+        return names
+
+    def _write_deletes(self, session: Session, d: dict[str, Any], tx: Any) -> int:
+        """Delete versions for the current versions whose live row is gone; returns how
+        many. Their classes are read first (NullDelete leaves no discriminator)."""
         cur, tables = d["cur"], d["tables"]
+        deleted = 0
+        gone_entities = self._entities(session, cur, *self._gone(d))
         for index, level in enumerate(self.levels):
             table = tables[index]
             names, values = [], []
@@ -715,7 +748,11 @@ class VersionModel:
                     tables[i], self.levels[i].version_join(tables[i - 1], tables[i])
                 )
             rows = sa.select(*values).select_from(source).where(*self._gone(d))
-            session.execute(sa.insert(level.versions).from_select(names, rows))
+            count = _rowcount(session, sa.insert(level.versions).from_select(names, rows))
+            deleted = count if index == 0 else deleted
+        if deleted:
+            self.changed_entities |= gone_entities
+        return deleted
 
     def _close_superseded(self, session: Session, level: Level, tx: int) -> None:
         """Close the version each new row supersedes (its key's newest open version)."""
@@ -747,40 +784,9 @@ class VersionModel:
             )
         session.execute(sa.update(v).where(*where).values({self.end: tx}))
 
-    def _written(self, session: Session, tx: int) -> Counts:
-        v = self.root.versions
-        rows = session.execute(
-            sa.select(v.c[self.op], sa.func.count())
-            .where(v.c[self.tx] == tx, *self._version_filter(v))
-            .group_by(v.c[self.op])
-        ).all()
-        by_op = {int(op): int(n) for op, n in rows}
-        created = by_op.get(Operation.INSERT, 0)
-        updated = by_op.get(Operation.UPDATE, 0)
-        return Counts(
-            created=created,
-            updated=updated,
-            deleted=by_op.get(Operation.DELETE, 0),
-            unchanged=self.live_count(session) - created - updated,
-        )
-
     def entities(self, session: Session, tx: int) -> set[str]:
         """The class names this unit changed in `tx` (TransactionChanges' entity names)."""
-        if len(self.classes) == 1:
-            return {self.name}
-        disc = self.mapper.base_mapper.polymorphic_on
-        v = self.root.versions
-        column = v.c[v.c[disc.name].key] if isinstance(disc, sa.Column) else None
-        if column is None:
-            return {self.name}
-        found = session.scalars(
-            sa.select(column).distinct().where(v.c[self.tx] == tx, *self._version_filter(v))
-        ).all()
-        names = set()
-        for identity in found:
-            mapper = self.mapper.polymorphic_map.get(identity)
-            names.add(mapper.class_.__name__ if mapper is not None else self.name)
-        return names
+        return self.changed_entities
 
     def repair(self, session: Session) -> int:
         """Close every open version that has a newer open one, with the next version's id
