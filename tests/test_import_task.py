@@ -89,7 +89,7 @@ def test_task_reports_progress_through_its_state(pg_database, monkeypatch):
     assert states[-1]["meta"]["created"] == 5
 
 
-def test_cli_runs_in_process_and_rejects_bad_names(database):
+def test_cli_runs_in_process_and_rejects_bad_names(database, runtime):  # runtime: the env
     with database.session() as session:
         seed(session, projects=1, products=12)
     runner = CliRunner()
