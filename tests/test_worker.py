@@ -36,6 +36,7 @@ def test_prefork_worker_runs_task_by_name_over_each_broker(
     assert answer["dialect"] == "sqlite"
     assert answer["pid"] != node.proc.pid  # ran in a pool child, not the main process
     assert result.status == "SUCCESS"
+    assert node.stop() == 0  # a warm shutdown that ends by itself, not by SIGKILL
 
 
 def test_each_prefork_child_has_its_own_postgres_connection(

@@ -23,10 +23,14 @@ from worker import routing
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """SIGTERM the process group started with `start_new_session`, wait, then SIGKILL it;
-    always reaped, and no child of a dead main process is left behind."""
+    """SIGTERM the main process (a Celery worker's warm shutdown: it stops its own pool),
+    wait, then SIGKILL the process group started with `start_new_session`; always reaped,
+    and no child of a dead main process is left behind.
+
+    Only the main process gets the SIGTERM: a prefork pool whose children die of it
+    under their parent's feet leaves the parent waiting for them until it is killed."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
