@@ -230,4 +230,3 @@ def check_spec(spec: Spec, indexes: dict[str, Index]) -> Index:
                     f"index {spec.index!r} value {value!r} is not hashable"
                 ) from None
     return index
-
