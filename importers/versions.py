@@ -284,8 +284,8 @@ class RunTransaction:
                 value = python_type(user)
         except (TypeError, ValueError):
             raise ValidationError(
-                f"user={user!r} is not a {python_type.__name__} (the type of the user class's "
-                "key, which Continuum's transaction.user_id refers to)"
+                f"user={user!r} is not a valid {python_type.__name__} (the type of the user "
+                "class's key, which Continuum's transaction.user_id refers to)"
             ) from None
         relationship = sa.inspect(self.manager.transaction_cls).relationships.get("user")
         if relationship is not None:
@@ -372,6 +372,7 @@ class VersionModel:
         self.live_keys = [live for live, _v in self.root.keys]
         self.classes = [m.class_ for m in self._single_family(self.mapper)]
         self.partition: Callable[[sa.FromClause], Any] | None = None
+        self.joined = self._hierarchy_has_joined_levels()
         self.warnings: list[str] = []
         self.inconsistent: list[Any] = []
         self.several_open = False
@@ -471,6 +472,15 @@ class VersionModel:
                     f"{', '.join(extra)}"
                 )
         return found
+
+    def _joined_mappers(self) -> list[Mapper]:
+        """The mappers of the hierarchy that have a table of their own."""
+        base = self.mapper.base_mapper
+        return [m for m in base.self_and_descendants if not m.single]
+
+    def _table_keys(self, table: sa.Table) -> list[sa.Column]:
+        """The primary key of a version table, without its transaction column."""
+        return [c for c in table.primary_key.columns if c.name != self.tx]
 
     def _hierarchy_has_joined_levels(self) -> bool:
         base = self.mapper.base_mapper
@@ -702,6 +712,8 @@ class VersionModel:
         if self.validity:
             for level in self.levels:
                 self._close_superseded(session, level, tx)
+            if self.joined:
+                self._close_joined(session, tx)
         return Counts(
             created=created,
             updated=updated,
@@ -755,12 +767,13 @@ class VersionModel:
         return deleted
 
     def _close_superseded(self, session: Session, level: Level, tx: int) -> None:
-        """Close the version each new row supersedes (its key's newest open version)."""
+        """Close the version each new row supersedes: its key's newest open version (in
+        a joined hierarchy: its newest version before `tx`, open or not, as Continuum's
+        flush picks it; see `_close_joined`)."""
         v = level.versions
         keys = [c for _l, c in level.keys]
         new = v.alias("new")
         where = [
-            v.c[self.end].is_(None),
             v.c[self.tx] != tx,
             sa.exists(
                 sa.select(sa.literal(1))
@@ -768,7 +781,9 @@ class VersionModel:
                 .where(new.c[self.tx] == tx, *_same_key([new.c[k.key] for k in keys], keys))
             ),
         ]
-        if self.several_open:  # leave older open versions alone (reported, not repaired)
+        if not self.joined:
+            where.append(v.c[self.end].is_(None))
+        if self.several_open or self.joined:  # leave older versions alone
             newer = v.alias("newer")
             where.append(
                 ~sa.exists(
@@ -776,13 +791,41 @@ class VersionModel:
                     .select_from(newer)
                     .where(
                         *_same_key([newer.c[k.key] for k in keys], keys),
-                        newer.c[self.end].is_(None),
+                        *([] if self.joined else [newer.c[self.end].is_(None)]),
                         newer.c[self.tx] > v.c[self.tx],
                         newer.c[self.tx] != tx,
                     )
                 )
             )
         session.execute(sa.update(v).where(*where).values({self.end: tx}))
+
+    def _close_joined(self, session: Session, tx: int) -> None:
+        """Continuum closes a superseded version through the version object it loads, an
+        instance of the class that version was: so the version is closed in every table
+        of that class, also those this unit's class lacks (a key re-created as another
+        class of the hierarchy). Every closed (key, transaction) is closed everywhere."""
+        tables = [version_class(m.class_).__table__ for m in self._joined_mappers()]
+        for table in tables:
+            keys = [table.c[c.name] for c in self._table_keys(table)]
+            closed = [
+                sa.exists(
+                    sa.select(sa.literal(1))
+                    .select_from(level.versions)
+                    .where(
+                        level.versions.c[self.end] == tx,
+                        level.versions.c[self.tx] == table.c[self.tx],
+                        *_same_key([c for _l, c in level.keys], keys),
+                    )
+                )
+                for level in self.levels
+                if level.versions is not table
+            ]
+            if closed:
+                session.execute(
+                    sa.update(table)
+                    .where(table.c[self.tx] != tx, sa.or_(*closed))
+                    .values({self.end: tx})
+                )
 
     def entities(self, session: Session, tx: int) -> set[str]:
         """The class names this unit changed in `tx` (TransactionChanges' entity names)."""

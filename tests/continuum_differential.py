@@ -504,7 +504,7 @@ def main(argv: list[str]) -> None:
             if os.environ.get("CACHEWORK_DIFF_NO_SHRINK")
             else list(Phase),
         )
-        @given(sequences())
+        @given(sequences(int(os.environ.get("CACHEWORK_DIFF_STEPS", "4"))))
         def differential(steps: list[dict]) -> None:
             run_sequence(pair, steps)
 
