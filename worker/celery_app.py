@@ -81,7 +81,9 @@ def _command_runtime() -> Runtime | None:
 
 @signals.setup_logging.connect
 def _setup_logging(loglevel=None, logfile=None, **_kwargs) -> None:
-    configure_logging(most_verbose(loglevel, load_settings().log_level), logfile or None)
+    runtime = _command_runtime()
+    settings = runtime.settings if runtime is not None else load_settings()
+    configure_logging(most_verbose(loglevel, settings.log_level), logfile or None)
 
 
 @signals.worker_init.connect

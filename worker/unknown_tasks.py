@@ -13,8 +13,6 @@ import logging
 
 from celery import signals
 
-from cache.errors import CacheworkError
-from cache.settings import load_settings
 from worker.routing import DEFAULT_QUEUE, PREFIX, QUEUES, ROUTING_LINE
 
 log = logging.getLogger(__name__)
@@ -28,11 +26,10 @@ def _consumed(consumer) -> set[str]:
         return set()
 
 
-def _shared_broker() -> bool | None:
-    try:
-        return load_settings().shared_broker
-    except CacheworkError:
-        return None
+def _shared_broker(consumer) -> bool | None:
+    """The worker app's CACHEWORK_SHARED_BROKER (None when it cannot tell)."""
+    runtime = getattr(getattr(consumer, "app", None), "runtime", None)
+    return runtime.settings.shared_broker if runtime is not None else None
 
 
 def explain(name: str, queue: str | None, consumed: set[str], shared: bool | None) -> str:
@@ -79,4 +76,4 @@ def explain(name: str, queue: str | None, consumed: set[str], shared: bool | Non
 def _task_unknown(sender=None, message=None, name=None, **_kwargs) -> None:
     delivery = getattr(message, "delivery_info", None) or {}
     queue = delivery.get("routing_key") or None
-    log.error("%s", explain(str(name), queue, _consumed(sender), _shared_broker()))
+    log.error("%s", explain(str(name), queue, _consumed(sender), _shared_broker(sender)))

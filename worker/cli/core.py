@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cache.settings import load_settings, mask_url
+from cache.settings import mask_url
 from worker import routing
 from worker.checks import check_broker, check_database
 from worker.cli.context import cli_runtime
@@ -103,7 +103,7 @@ def status(timeout: float) -> None:
     Exits with status 1 when no cachework worker answered ping."""
     from worker import app
 
-    settings = load_settings()
+    settings = app.runtime.settings
     console = Console()
     table = Table(title="cachework status", show_header=False)
     check_broker(settings)
