@@ -452,9 +452,14 @@ def run_sequence(pair: Pair, steps: list[dict]) -> None:
             apply_sql(app, session, step)
             session.commit()
         user = None if step["user"] is None else str(app.users[step["user"]])
+        with pair.session("imp") as session:  # counts first: the writing path must agree
+            counted = import_versions(session, versioned, dry_run=True)
         with pair.session("imp") as session:
             result = import_versions(session, versioned, user=user, remote_addr=step["remote"])
             session.commit()
+        assert {n: c.as_dict() for n, c in result.models.items()} == {
+            n: c.as_dict() for n, c in counted.models.items()
+        }, (counted.as_dict(), result.as_dict())
         if result.transaction_id is not None:
             imp_steps[result.transaction_id] = number
         assert bool(made) == (result.transaction_id is not None), (
