@@ -21,15 +21,24 @@ from sqlalchemy.orm import Session
 ANALYZE_THRESHOLD = 50
 ANALYZE_SCALE_FACTOR = 0.1
 
+# Pages (of 8 kB) a table may grow by, beyond doubling, since its statistics were taken.
+GROWTH_PAGES = 8
+
 _STALENESS = sa.text(
-    "SELECT n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables "
-    "WHERE relid = CAST(:name AS regclass)"
+    "SELECT s.n_mod_since_analyze, s.n_live_tup, c.relpages, "
+    "pg_relation_size(c.oid) / current_setting('block_size')::int "
+    "FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+    "WHERE c.oid = CAST(:name AS regclass)"
 )
 
 
-def is_stale(modified: int, live: int) -> bool:
-    """Whether autovacuum would analyze a table with these counters."""
-    return modified > ANALYZE_THRESHOLD + ANALYZE_SCALE_FACTOR * live
+def is_stale(modified: int, live: int, analyzed_pages: int = 0, pages: int = 0) -> bool:
+    """Whether autovacuum would analyze a table with these counters, or the table has
+    more than doubled since its statistics were taken. The counters alone lag: a backend
+    reports its writes at most once a second, so an import right after another one in the
+    same connection would see the first one's writes as not there yet."""
+    grown = pages > 2 * max(analyzed_pages, 0) + GROWTH_PAGES
+    return grown or modified > ANALYZE_THRESHOLD + ANALYZE_SCALE_FACTOR * live
 
 
 def refresh_stale_statistics(session: Session, tables: Iterable[sa.Table]) -> list[str]:
@@ -43,7 +52,7 @@ def refresh_stale_statistics(session: Session, tables: Iterable[sa.Table]) -> li
     for table in tables:
         name = preparer.format_table(table)
         row = session.execute(_STALENESS, {"name": name}).first()
-        if row is not None and is_stale(int(row[0] or 0), int(row[1] or 0)):
+        if row is not None and is_stale(*(int(v or 0) for v in row)):
             session.execute(sa.text(f"ANALYZE {name}"))
             analyzed.append(table.name)
     return analyzed
