@@ -40,6 +40,11 @@ class LockedError(TransientError):
     """Another job holds the lock this job needs."""
 
 
+class LockLostError(TransientError):
+    """A rebuild's lock expired before its commit (a stall longer than the lock's TTL);
+    nothing was written, the names are dirty again for whoever holds the lock now."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for database and Redis conditions a retry can cure: lost or refused
     connections, timeouts, deadlocks, serialization failures, "database is locked".

@@ -7,9 +7,15 @@ and loops until none are left, checking once more after releasing. So no request
 and no two rebuilds of a scope run at once.
 
 Two backends with one interface: Redis (`SET NX PX`, renewed by a Lua compare-and-extend,
-dirty names in a set) when a client is given, else two small tables in the app database.
+dirty names in a set) when a client is given, else small tables in the app database.
 A `Renewer` thread keeps the lock alive while a long rebuild runs; if renewal ever fails
 the lock is marked lost and the holder must not commit.
+
+A holder killed mid-rebuild (SIGKILL, a lost node) must not lose what it took: taking the
+dirty names moves them to a "taken" set that only `finish()` (after the commit) clears,
+and the next holder takes the dirty and the taken names together. `remaining_ms()` lets a
+request that found the lock held tell a live holder (it renews) from a dead one (its lock
+runs out, and the request then takes it: see `cache.sync.rebuild_scope`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,13 @@ cache_dirty = sa.Table(
     sa.Column("key", sa.String(600), primary_key=True),
     sa.Column("name", sa.String(255), primary_key=True),
 )
+# Names a holder took and has not finished (committed) yet: the next holder redoes them.
+cache_taken = sa.Table(
+    "cache_taken",
+    metadata,
+    sa.Column("key", sa.String(600), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+)
 
 
 def scope_key(project: str | None, app_name: str) -> str:
@@ -56,11 +69,21 @@ class RebuildLock(Protocol):
     lost: bool
 
     def mark_dirty(self, names: list[str] | None) -> None: ...
-    def take_dirty(self) -> set[str]: ...
+    def take_dirty(self) -> set[str]:
+        """The dirty names plus those a previous holder took and never finished."""
+        ...
+
+    def finish(self) -> None:
+        """The taken names are written (or reported): forget them."""
+        ...
+
     def is_dirty(self) -> bool: ...
     def acquire(self) -> bool: ...
     def renew(self) -> bool: ...
     def release(self) -> None: ...
+    def remaining_ms(self) -> int | None:
+        """Milliseconds until the lock expires (None: nobody holds it)."""
+        ...
 
 
 class LockBackend(Protocol):
@@ -90,16 +113,27 @@ class RedisLock:
         self.lost = False
         self._lock_key = f"{PREFIX}:lock:{key}"
         self._dirty_key = f"{PREFIX}:dirty:{key}"
+        self._taken_key = f"{PREFIX}:taken:{key}"
 
     def mark_dirty(self, names: list[str] | None) -> None:
         self.client.sadd(self._dirty_key, *_names(names))
 
     def take_dirty(self) -> set[str]:
         pipe = self.client.pipeline(transaction=True)
-        pipe.smembers(self._dirty_key)
+        pipe.sunionstore(self._taken_key, [self._taken_key, self._dirty_key])
         pipe.delete(self._dirty_key)
-        members, _ = pipe.execute()
+        pipe.smembers(self._taken_key)
+        _, _, members = pipe.execute()
         return {m.decode() if isinstance(m, bytes) else m for m in members}
+
+    def finish(self) -> None:
+        self.client.delete(self._taken_key)
+
+    def remaining_ms(self) -> int | None:
+        left = int(self.client.pttl(self._lock_key))
+        if left == -2:
+            return None
+        return left if left >= 0 else 2**62  # -1: no expiry (set by hand): held for ever
 
     def is_dirty(self) -> bool:
         return bool(self.client.exists(self._dirty_key))
@@ -154,12 +188,33 @@ class DatabaseLock:
 
     def take_dirty(self) -> set[str]:
         with self.engine.begin() as conn:
-            taken = conn.execute(
+            dirty = conn.execute(
                 sa.delete(cache_dirty)
                 .where(cache_dirty.c.key == self.key)
                 .returning(cache_dirty.c.name)
-            )
+            ).scalars()
+            rows = [{"key": self.key, "name": n} for n in dirty]
+            if rows:
+                conn.execute(
+                    _insert(self.engine, cache_taken).values(rows).on_conflict_do_nothing()
+                )
+            taken = conn.execute(sa.select(cache_taken.c.name).where(cache_taken.c.key == self.key))
             return set(taken.scalars())
+
+    def finish(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(cache_taken).where(cache_taken.c.key == self.key))
+
+    def remaining_ms(self) -> int | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(cache_locks.c.owner, cache_locks.c.expires_ms).where(
+                    cache_locks.c.key == self.key
+                )
+            ).first()
+        if row is None or row.owner is None or row.expires_ms is None:
+            return None
+        return max(0, row.expires_ms - _now_ms())
 
     def is_dirty(self) -> bool:
         with self.engine.connect() as conn:

@@ -5,7 +5,9 @@ dirty, try the lock (if another rebuild holds it, that one will see the dirty na
 do the work: this request is "deferred", not lost), then take the dirty names, run the
 plugin in a fresh session, write its items, commit, and loop while names are dirty,
 checking once more after releasing. A plugin that raises is reported in `errors` naming
-the app and the project; its items are not written; other scopes carry on.
+the app and the project; its items are not written; other scopes carry on. A transient
+database or Redis error is not a plugin failure: the names stay dirty and it propagates
+(as `TransientError` through `cache.jobs`, which the tasks retry with backoff).
 
 `session_factory` is a context manager factory that commits on success (e.g.
 `Database.session`): each round is its own transaction, committed before the lock is
@@ -18,12 +20,14 @@ lists them), or None for the site-wide items.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from cache.errors import LockLostError, is_transient
 from cache.locks import ALL, LockBackend, Renewer, scope_key
 from cache.plugins import CachePlugin, ItemWriter
 from cache.store import DEFAULT_MAX_BYTES, set_items
@@ -74,6 +78,12 @@ def _round(
     lock,
     abort_on: tuple[type[BaseException], ...] = (),
 ) -> ScopeResult:
+    """One round: the plugin computes, the framework writes and commits.
+
+    Only the plugin's own exception is a plugin failure (reported, its items unwritten).
+    A transient database or Redis error (the plugin's queries, the write or the commit),
+    a lost lock, or an `abort_on` exception propagates with the names marked dirty
+    again: nothing requested is dropped."""
     result = ScopeResult()
     calls = _names_for(plugin, names)
     if calls is None:
@@ -81,24 +91,60 @@ def _round(
     writer = ItemWriter(plugin.app_name, project, user, max_bytes)
     try:
         with session_factory() as session:
-            for name in calls:
-                plugin.update_cache(writer, session, project=project, name=name)
+            try:
+                for name in calls:
+                    plugin.update_cache(writer, session, project=project, name=name)
+            except abort_on:
+                raise
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                session.rollback()
+                log.exception(
+                    "cache plugin %s failed for %s", plugin.app_name, scope_label(project)
+                )
+                result.errors.append(
+                    f"{plugin.app_name} failed for {scope_label(project)}: "
+                    f"{exc.__class__.__name__}: {_first_line(exc)}"
+                )
+                return result
             session.rollback()  # a plugin computes; only the framework writes
             if lock.lost:
-                lock.mark_dirty(sorted(names))  # the new holder redoes it
-                raise RuntimeError("the rebuild lock expired before commit; left dirty")
+                raise LockLostError(
+                    f"the rebuild lock of {lock.key} expired before commit; left dirty for "
+                    "the next holder"
+                )
             result.updated = set_items(session, writer.rows(), user=user, max_bytes=max_bytes)
-    except abort_on:
+    except BaseException:
         lock.mark_dirty(sorted(names))  # not done: the next rebuild of the scope redoes it
         raise
-    except Exception as exc:
-        log.exception("cache plugin %s failed for %s", plugin.app_name, scope_label(project))
-        result.errors.append(
-            f"{plugin.app_name} failed for {scope_label(project)}: "
-            f"{exc.__class__.__name__}: {_first_line(exc)}"
-        )
-        result.updated = 0
     return result
+
+
+def _wait_for_holder(lock, ttl_ms: int) -> bool:
+    """The lock is held by someone else: wait until it is clear the request will be
+    done. Returns True when this caller got the lock (the holder died or finished),
+    False when a live holder will do it (it took the names, or it renewed its lock).
+
+    A holder killed mid-rebuild stops renewing, so its lock runs out within `ttl_ms`;
+    then this request takes it and redoes what the dead holder took."""
+    poll = min(0.25, max(ttl_ms / 20_000.0, 0.01))
+    deadline = time.monotonic() + ttl_ms / 1000.0 * 1.5 + 1.0
+    last = lock.remaining_ms()
+    while time.monotonic() < deadline:
+        if last is None and lock.acquire():
+            return True
+        time.sleep(poll)
+        if not lock.is_dirty():
+            return False  # the holder took the names: it rebuilds them
+        if lock.acquire():
+            return True
+        left = lock.remaining_ms()
+        if left is not None and last is not None and left > last:
+            return False  # renewed (or newly taken): a live holder, which loops while dirty
+        last = left
+    log.warning("cache scope %s: the holder neither renewed nor released its lock", lock.key)
+    return False
 
 
 def rebuild_scope(
@@ -114,13 +160,16 @@ def rebuild_scope(
 ) -> ScopeResult:
     """Rebuild `names` (None: all items) of one plugin for one scope, never twice at once.
 
-    A plugin's exception is reported in the result, except those of `abort_on` (e.g. the
-    caller's time limit): they put the round's names back to dirty and propagate."""
+    A plugin's exception is reported in the result. Those of `abort_on` (e.g. the
+    caller's time limit), transient database or Redis errors and a lost lock put the
+    round's names back to dirty and propagate (the caller retries). A request that finds
+    the lock held returns "deferred" only once a live holder has its names; a dead
+    holder's lock is waited out and its work redone here."""
     lock = locks.lock(scope_key(project, plugin.app_name))
     lock.mark_dirty(names)
     result = ScopeResult()
     while result.rounds < max_rounds:
-        if not lock.acquire():
+        if not lock.acquire() and not _wait_for_holder(lock, locks.ttl_ms):
             result.deferred = result.rounds == 0
             return result
         try:
@@ -142,6 +191,7 @@ def rebuild_scope(
                             abort_on,
                         )
                     )
+                    lock.finish()
         finally:
             lock.release()
         # A request that marked dirty after our last take but before the release could not
