@@ -8,6 +8,7 @@ included: nothing here imports Celery or the worker.
     log = RedisLog(redis_client)                       # or DatabaseLog(engine)
     event_id = publish("categories", [3], log=log)     # after your change committed
     publish("categories", [3], session=s)              # or: in your own transaction
+    track(SessionFactory, runtime)                     # or: every ORM write, by itself
 
 A process's listener, tracker and relay belong to its runtime (`cache.runtime.Runtime`).
 """
@@ -23,11 +24,13 @@ from cache.invalidation.listener import Listener, ReconnectingLoop, Target, Trac
 from cache.invalidation.log import NOTHING, Batch, InvalidationLog, LogState, LogUnavailable
 from cache.invalidation.outbox import Relay, RelayLoop, write_outbox
 from cache.invalidation.redis_log import RedisLog
+from cache.invalidation.tracking import Dependency, Tracking, track
 
 __all__ = [
     "NOTHING",
     "Batch",
     "DatabaseLog",
+    "Dependency",
     "Event",
     "InvalidationLog",
     "Listener",
@@ -39,9 +42,11 @@ __all__ = [
     "RelayLoop",
     "Target",
     "Tracker",
+    "Tracking",
     "decode_event",
     "id_key",
     "publish",
+    "track",
     "validate_event",
 ]
 

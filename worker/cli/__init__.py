@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "worker.cli.project_cache",
     "worker.cli.versions",
     "worker.cli.invalidate",
+    "worker.cli.triggers",
 ]
 
 

@@ -1,0 +1,492 @@
+"""Automatic invalidation: the app's own ORM writes invalidate the cached tables by
+themselves, in the writer's transaction, with no `publish()` call.
+
+    from cache.invalidation import track
+    tracking = track(SessionFactory, runtime)   # once, at start-up; imports no Celery
+
+After that, every flush of a session made by `SessionFactory` (a `sessionmaker`, a
+`Session` subclass or instance, or a `scoped_session`) that inserts, updates or deletes
+rows of a table a cached table reads writes one outbox row per affected cached table in the
+same transaction: the event exists if and only if the change commits. ORM-enabled bulk
+statements run through the session (`session.execute(update(Model).where(...))`,
+`delete(...)`, `insert(Model)` with parameter lists) are caught by `do_orm_execute`: keys
+come from `RETURNING` (added as `return_defaults`, so the caller's result and `rowcount`
+are unchanged) where the database has it, else the whole cached table is invalidated.
+Writes this cannot see (raw SQL, other programs, legacy `bulk_*_mappings`) need the
+PostgreSQL triggers (`cache.invalidation.triggers`, `cachework triggers install`).
+
+What a cached table depends on (`Dependency`): by default it is derived from the cached
+table's source select. The table its primary-key column is selected from is a keyed
+dependency: a written row of that table invalidates the cached primary keys equal to the
+row's old and new values of that column. Every other table the select reads (joins,
+subqueries, aliases) invalidates the whole cached table. A module named in
+`CACHEWORK_CACHED_TABLES` may replace that with `DEPENDS_ON = {cached table: {base table:
+base column or None}}`.
+
+Events name primary keys only. An index value change needs no extra key: the old and the
+new index value belong to the same row, so to the same cached primary key; invalidating
+that key makes the refresh delete the stored record (and with it its entries under the
+old value) and load the row by primary key (its entries under the new value), and an
+invalidation by primary key marks the table's other indexes dirty, so reads by old or new
+value refresh first. Where the cached primary key is itself a non-key base column (a table
+cached by `code`), the event names both its old and its new value.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+from sqlalchemy.orm.base import LoaderCallableStatus
+from sqlalchemy.sql.util import find_tables
+
+from cache.errors import ConfigError, ValidationError
+from cache.invalidation.events import Event, validate_event
+from cache.invalidation.tables import invalidation_outbox
+
+log = logging.getLogger(__name__)
+WHOLE = None  # a cached table's keys when every record must go
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A write to a row of `base` invalidates cached table `cached`: the cached primary
+    keys equal to the row's old and new `column` values, or every record when `column`
+    is None."""
+
+    cached: str
+    base: str
+    column: str | None = None
+
+
+# --- which base tables a cached table reads ------------------------------------------------
+
+
+def source_dependencies(name: str, table: Any) -> list[Dependency]:
+    """What cached table `name` (a CachedTable or FullTableCache) depends on, derived from
+    its source select (see the module docstring)."""
+    inner = getattr(table, "table", table)  # FullTableCache wraps a CachedTable
+    select = inner.source.select
+    key = _base_column(select.selected_columns.get(inner.primary_key.column))
+    found = find_tables(select, include_aliases=True)
+    aliased = {
+        f.element.fullname
+        for f in found
+        if isinstance(f, sa.Alias) and isinstance(f.element, sa.Table)
+    }
+    deps: dict[str, Dependency] = {}
+    for base in found:
+        if not isinstance(base, sa.Table) or base.fullname in deps:
+            continue
+        column = None
+        if key is not None and key.table is base and base.fullname not in aliased:
+            column = key.name
+        deps[base.fullname] = Dependency(name, base.fullname, column)
+    return list(deps.values())
+
+
+def _base_column(expr: Any) -> sa.Column | None:
+    while isinstance(expr, sa.Label):
+        expr = expr.element
+    if isinstance(expr, sa.Column) and isinstance(expr.table, sa.Table):
+        return expr
+    return None
+
+
+def declared_dependencies(modules: Iterable[str], names: Iterable[str]) -> dict[str, list]:
+    """`DEPENDS_ON` of the cached-table modules: cached name -> [Dependency]."""
+    names = set(names)
+    out: dict[str, list[Dependency]] = {}
+    for module_name in modules:
+        declared = getattr(importlib.import_module(module_name), "DEPENDS_ON", None)
+        if declared is None:
+            continue
+        if not isinstance(declared, Mapping):
+            raise ConfigError(f"{module_name}.DEPENDS_ON must be a dict, not {declared!r}")
+        for cached, bases in declared.items():
+            if cached not in names:
+                raise ConfigError(
+                    f"{module_name}.DEPENDS_ON names {cached!r}, which is not a declared "
+                    f"cached table (declared: {sorted(names)})"
+                )
+            out[cached] = list(_dependencies_from({cached: bases}))
+    return out
+
+
+def dependencies(source: Any) -> tuple[Dependency, ...]:
+    """The dependencies of `source`: a runtime (its declared cached tables, derived from
+    their sources unless `DEPENDS_ON` says otherwise), a mapping `{cached: {base: column or
+    None}}`, or Dependency objects."""
+    registry = getattr(source, "registry", None)
+    settings = getattr(source, "settings", None)
+    if registry is not None and settings is not None:
+        names = registry.names()
+        declared = declared_dependencies(settings.cached_tables, names)
+        deps: list[Dependency] = []
+        for name in names:
+            if name in declared:
+                deps.extend(declared[name])
+            else:
+                deps.extend(source_dependencies(name, registry.table(name)))
+        return tuple(deps)
+    return tuple(_dependencies_from(source))
+
+
+def _dependencies_from(source: Any) -> Iterable[Dependency]:
+    if isinstance(source, Mapping):
+        for cached, bases in source.items():
+            if isinstance(bases, str):
+                bases = {bases: None}
+            if not isinstance(bases, Mapping):
+                raise ConfigError(
+                    f"dependencies of {cached!r} must be a dict of base table -> base column "
+                    f"(or None for the whole table), not {bases!r}"
+                )
+            for base, column in bases.items():
+                yield _check(Dependency(cached, base, column))
+        return
+    for dep in source:
+        if not isinstance(dep, Dependency):
+            raise ConfigError(f"{dep!r} is not a Dependency")
+        yield _check(dep)
+
+
+def _check(dep: Dependency) -> Dependency:
+    for field_name in ("cached", "base"):
+        value = getattr(dep, field_name)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"dependency {field_name}={value!r} must be a table name")
+    if dep.column is not None and (not isinstance(dep.column, str) or not dep.column):
+        raise ConfigError(f"dependency column={dep.column!r} must be a column name or None")
+    return dep
+
+
+# --- collecting keys ------------------------------------------------------------------------
+
+
+class _Keys:
+    """Keys per cached table for one flush or statement (None: the whole table)."""
+
+    def __init__(self) -> None:
+        self.by_table: dict[str, dict | None] = {}
+
+    def whole(self, cached: str) -> None:
+        self.by_table[cached] = WHOLE
+
+    def add(self, cached: str, value: Any) -> None:
+        keys = self.by_table.setdefault(cached, {})
+        if keys is WHOLE:
+            return
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | str | uuid.UUID | Decimal):
+            self.by_table[cached] = WHOLE  # not a key an event can carry: never silent
+            return
+        keys[value] = None
+
+    def events(self, max_keys: int) -> list[Event]:
+        out = []
+        for cached, keys in self.by_table.items():
+            if keys is not WHOLE and not keys:
+                continue
+            if keys is WHOLE or len(keys) > max_keys:
+                out.append(Event(cached))
+                continue
+            try:
+                out.append(validate_event(cached, list(keys), max_keys=max_keys))
+            except ValidationError as exc:
+                log.warning("invalidating all of %s: %s", cached, exc)
+                out.append(Event(cached))
+        return out
+
+
+@dataclass
+class _Plan:
+    """How one mapped table's rows turn into keys (per mapper, made once)."""
+
+    attrs: frozenset[str]  # attribute keys of this table's columns
+    keyed: list[tuple[str, str | None, int | None]]  # (cached, attribute, pk position)
+    whole: list[str]  # cached tables invalidated whole by any write
+
+
+@dataclass
+class Tracking:
+    """The listeners `track()` installed, with counters; `stop()` removes them."""
+
+    deps: tuple[Dependency, ...]
+    max_keys: int = 10_000
+    stats: dict[str, int] = field(
+        default_factory=lambda: {"flushes": 0, "statements": 0, "events": 0, "whole_table": 0}
+    )
+
+    def __post_init__(self) -> None:
+        self.by_base: dict[str, list[Dependency]] = {}
+        for dep in self.deps:
+            self.by_base.setdefault(dep.base, []).append(dep)
+        self._plans: dict[orm.Mapper, list[_Plan]] = {}
+        self._plans_lock = threading.Lock()
+        self._targets: list[Any] = []
+
+    # --- installing -----------------------------------------------------------------------
+
+    def attach(self, target: Any) -> Tracking:
+        ok = isinstance(target, orm.Session | orm.sessionmaker | orm.scoped_session) or (
+            isinstance(target, type) and issubclass(target, orm.Session)
+        )
+        if not ok:
+            raise ConfigError(
+                f"track() needs a Session, sessionmaker, scoped_session or Session class, "
+                f"not {target!r}"
+            )
+        sa.event.listen(target, "after_flush", self._after_flush)
+        sa.event.listen(target, "do_orm_execute", self._do_orm_execute)
+        self._targets.append(target)
+        return self
+
+    def stop(self) -> None:
+        """Remove the listeners (sessions already open stop tracking too)."""
+        for target in self._targets:
+            sa.event.remove(target, "after_flush", self._after_flush)
+            sa.event.remove(target, "do_orm_execute", self._do_orm_execute)
+        self._targets = []
+
+    # --- flushes ----------------------------------------------------------------------------
+
+    def _plans_for(self, mapper: orm.Mapper) -> list[_Plan]:
+        plans = self._plans.get(mapper)
+        if plans is not None:
+            return plans
+        plans = []
+        for table in mapper.tables:
+            deps = self.by_base.get(table.fullname)
+            if not deps:
+                continue
+            attrs = frozenset(a for a in (_attr(mapper, c) for c in table.columns) if a)
+            keyed, whole = [], []
+            for dep in deps:
+                column = table.c.get(dep.column) if dep.column is not None else None
+                attr = _attr(mapper, column) if column is not None else None
+                if attr is None:
+                    whole.append(dep.cached)
+                    continue
+                position = next(
+                    (i for i, pk in enumerate(mapper.primary_key) if _attr(mapper, pk) == attr),
+                    None,
+                )
+                keyed.append((dep.cached, attr, position))
+            plans.append(_Plan(attrs, keyed, whole))
+        with self._plans_lock:
+            self._plans[mapper] = plans
+        return plans
+
+    def _after_flush(self, session: orm.Session, _context: Any) -> None:
+        keys = _Keys()
+        for kind, objects in (("new", session.new), ("dirty", session.dirty)):
+            for obj in objects:
+                self._collect(keys, sa.inspect(obj), kind)
+        for obj in session.deleted:
+            self._collect(keys, sa.inspect(obj), "deleted")
+        if keys.by_table:
+            self.stats["flushes"] += 1
+            self._write(session, keys)
+
+    def _collect(self, keys: _Keys, state: orm.InstanceState, kind: str) -> None:
+        plans = self._plans_for(state.mapper)
+        if not plans:
+            return
+        committed = state.committed_state
+        values = state.dict
+        for plan in plans:
+            if kind == "dirty" and plan.attrs.isdisjoint(committed):
+                continue  # no column of this table changed: no UPDATE of its row
+            for cached in plan.whole:
+                keys.whole(cached)
+            for cached, attr, position in plan.keyed:
+                if kind == "new":
+                    current = values.get(attr, LoaderCallableStatus.NO_VALUE)
+                    _add(keys, cached, current, state, position)
+                    continue
+                old = committed.get(attr, values.get(attr, LoaderCallableStatus.NO_VALUE))
+                _add(keys, cached, old, state, position, identity=True)
+                if kind == "dirty" and attr in committed:
+                    current = values.get(attr, LoaderCallableStatus.NO_VALUE)
+                    _add(keys, cached, current, state, None)
+
+    def _write(self, session: orm.Session, keys: _Keys) -> None:
+        events = keys.events(self.max_keys)
+        if not events:
+            return
+        self.stats["events"] += len(events)
+        self.stats["whole_table"] += sum(1 for e in events if e.keys is None)
+        session.connection().execute(
+            invalidation_outbox.insert(), [{"data": e.to_json()} for e in events]
+        )
+
+    # --- ORM-enabled statements -------------------------------------------------------------
+
+    def _do_orm_execute(self, state: orm.ORMExecuteState) -> Any:
+        if not (state.is_update or state.is_delete or state.is_insert):
+            return None
+        statement = state.statement
+        target = getattr(statement, "table", None)
+        deps = self.by_base.get(getattr(target, "fullname", None))
+        if not deps:
+            return None
+        self.stats["statements"] += 1
+        keys = _Keys()
+        params = state.parameters
+        many = isinstance(params, list) and params and isinstance(params[0], Mapping)
+        mapper = state.bind_mapper
+        result = None
+        if state.is_insert or many:
+            rows = params if many else None
+            if state.is_insert and getattr(statement, "_post_values_clause", None) is not None:
+                rows = None  # an upsert may change rows other than the ones it names
+            for dep in deps:
+                names = _names(dep, target, mapper, pk_only=not state.is_insert)
+                if rows is None or names is None:
+                    keys.whole(dep.cached)
+                    continue
+                for row in rows:
+                    value = next((row[n] for n in names if n in row), LoaderCallableStatus.NO_VALUE)
+                    if value is LoaderCallableStatus.NO_VALUE:
+                        keys.whole(dep.cached)
+                        break
+                    keys.add(dep.cached, value)
+        else:
+            result = self._returning(state, statement, target, deps, keys)
+        if result is None:
+            result = state.invoke_statement()
+        self._write(state.session, keys)
+        return result
+
+    def _returning(
+        self,
+        state: orm.ORMExecuteState,
+        statement: Any,
+        target: sa.Table,
+        deps: list[Dependency],
+        keys: _Keys,
+    ) -> Any:
+        """Run an UPDATE/DELETE with the keyed columns added as RETURNING (return_defaults,
+        so the caller's result is unchanged); whole-table where that cannot tell."""
+        bind = state.session.get_bind(mapper=state.bind_mapper, clause=statement)
+        dialect = bind.dialect
+        can_return = dialect.update_returning if state.is_update else dialect.delete_returning
+        set_columns = _set_columns(statement) if state.is_update else set()
+        keyed: list[tuple[str, sa.Column]] = []
+        for dep in deps:
+            column = target.c.get(dep.column) if dep.column is not None else None
+            if (
+                column is None
+                or not can_return
+                or statement._returning
+                or statement._return_defaults
+                or set_columns is None
+                or column.key in set_columns
+            ):
+                keys.whole(dep.cached)  # old keys unknowable from RETURNING
+            else:
+                keyed.append((dep.cached, column))
+        if not keyed:
+            return None
+        columns = list(dict.fromkeys(column for _cached, column in keyed))
+        result = state.invoke_statement(
+            statement=statement.return_defaults(*columns, supplemental_cols=columns)
+        )
+        rows = getattr(result, "returned_defaults_rows", None)
+        for cached, column in keyed:
+            if rows is None:
+                keys.whole(cached)
+                continue
+            for row in rows:
+                keys.add(cached, row._mapping[column])
+        return result
+
+
+def _add(
+    keys: _Keys,
+    cached: str,
+    value: Any,
+    state: orm.InstanceState,
+    position: int | None,
+    identity: bool = False,
+) -> None:
+    if isinstance(value, LoaderCallableStatus):
+        if identity and position is not None and state.key is not None:
+            keys.add(cached, state.key[1][position])  # the row's primary key, as loaded
+        else:
+            keys.whole(cached)  # a value never loaded: cannot name the key
+        return
+    keys.add(cached, value)
+
+
+def _attr(mapper: orm.Mapper, column: sa.Column) -> str | None:
+    """The attribute key `mapper` maps `column` to, or None."""
+    try:
+        return mapper.get_property_by_column(column).key
+    except orm.exc.UnmappedColumnError:
+        return None
+
+
+def _names(dep: Dependency, target: Any, mapper: Any, *, pk_only: bool) -> tuple | None:
+    """Parameter names that carry `dep.column` in a bulk statement's rows (None: none can)."""
+    if dep.column is None:
+        return None
+    column = target.c.get(dep.column)
+    if column is None:
+        return None
+    names = [column.key]
+    attr = _attr(mapper, column) if mapper is not None else None
+    if attr is not None:
+        names.insert(0, attr)
+        if pk_only and not any(column is pk for pk in mapper.local_table.primary_key):
+            return None  # bulk UPDATE by primary key: other columns' old values are unknown
+    elif pk_only and not column.primary_key:
+        return None
+    return tuple(names)
+
+
+def _set_columns(statement: Any) -> set[str] | None:
+    """Keys of the columns an UPDATE sets (None: cannot tell)."""
+    values = getattr(statement, "_values", None)
+    ordered = getattr(statement, "_ordered_values", None)
+    if getattr(statement, "_multi_values", None):
+        return None
+    pairs = list(values.keys()) if values else []
+    if ordered:
+        pairs.extend(k for k, _v in ordered)
+    out = set()
+    for key in pairs:
+        if isinstance(key, str):
+            out.add(key)
+        else:
+            name = getattr(key, "key", None)
+            if not isinstance(name, str):
+                return None
+            out.add(name)
+    return out
+
+
+def track(target: Any, tables: Any, *, max_keys: int | None = None) -> Tracking:
+    """Make every flush and ORM-enabled DML statement of `target`'s sessions write its
+    invalidations into the outbox, in the writer's transaction.
+
+    `target`: a `sessionmaker`, `Session` class or instance, or `scoped_session`.
+    `tables`: a runtime (the declared cached tables), a mapping `{cached: {base table:
+    base column or None}}`, or `Dependency` objects. `max_keys`: more keys than this in
+    one event invalidate the whole cached table (default: the runtime's
+    CACHEWORK_INVALIDATION_MAX_KEYS, else 10,000). Returns the `Tracking`; `stop()` it to
+    remove the listeners."""
+    if max_keys is None:
+        settings = getattr(tables, "settings", None)
+        max_keys = getattr(settings, "invalidation_max_keys", 10_000)
+    return Tracking(dependencies(tables), max_keys=max_keys).attach(target)
