@@ -32,6 +32,7 @@ DEMO_STEPS = [
     "worker.demo_steps.project_cache:run",
     "worker.demo_steps.tables:run",
     "worker.demo_steps.invalidation:run",
+    "worker.demo_steps.tracking:run",
 ]
 
 
