@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from celery import shared_task
 
 from cache.errors import ValidationError
+from worker.celery_app import require_runtime
 
 
 @shared_task(name="cachework.ping", bind=True)
@@ -19,7 +20,7 @@ def ping(self, hold: float = 0.0) -> dict:
     """
     if not isinstance(hold, int | float) or not 0 <= hold <= 5:
         raise ValidationError(f"hold={hold!r} must be a number of seconds from 0 to 5")
-    database = self.app.runtime.database
+    database = require_runtime(self.app).database
     with database.session() as session:
         if session.bind.dialect.name == "postgresql":
             backend = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()

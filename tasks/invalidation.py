@@ -11,6 +11,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from cache import jobs
 from cache.errors import TransientError
 from cache.invalidation.events import id_key
+from worker.celery_app import require_runtime
 
 
 @shared_task(
@@ -31,7 +32,13 @@ def process_invalidation(
 ) -> dict:
     """Publish an invalidation and rebuild the items it names: `{"event_id", "rebuilt"}`."""
     return jobs.invalidate(
-        self.app.runtime, table, keys, project, app_name, names, abort_on=(SoftTimeLimitExceeded,)
+        require_runtime(self.app),
+        table,
+        keys,
+        project,
+        app_name,
+        names,
+        abort_on=(SoftTimeLimitExceeded,),
     )
 
 
@@ -39,7 +46,7 @@ def process_invalidation(
 def invalidation_probe(self, since: str = "0") -> dict:
     """This process's pid, cursor and recent (event id, applied at) pairs after `since`:
     what tests and the benchmark use to see every child's listener."""
-    tracker = self.app.runtime.tracker
+    tracker = require_runtime(self.app).tracker
     recent = [] if tracker is None else list(tracker.recent)
     floor = id_key(since)
     return {

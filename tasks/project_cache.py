@@ -12,6 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import jobs
 from cache.errors import TransientError
+from worker.celery_app import require_runtime
 
 RETRY = {
     "autoretry_for": (TransientError,),
@@ -33,7 +34,13 @@ def sync_project_cache(
 ) -> dict:
     """One scope of a sync: `project`, or the site-wide items when it is None."""
     return jobs.sync_scope(
-        self.app.runtime, project, app_name, name, user, missing_ok=missing_ok, abort_on=ABORT_ON
+        require_runtime(self.app),
+        project,
+        app_name,
+        name,
+        user,
+        missing_ok=missing_ok,
+        abort_on=ABORT_ON,
     )
 
 
@@ -57,7 +64,7 @@ def sync_cache(
     a chord of one `cachework.sync_project_cache` per project (plus the site-wide items),
     whose combined summary becomes this task's result.
     """
-    runtime = self.app.runtime
+    runtime = require_runtime(self.app)
     project, _chosen, _names = jobs.check_sync(
         runtime, project, app_name, jobs.item_names(name), user
     )
@@ -73,4 +80,4 @@ def sync_cache(
 @shared_task(name="cachework.delete_cache", bind=True, **RETRY)
 def delete_cache(self, project: str | None = None, app_name: str | None = None) -> dict:
     """Delete cache items: of one project and/or app, or every item (no arguments)."""
-    return jobs.delete_items(self.app.runtime, project, app_name)
+    return jobs.delete_items(require_runtime(self.app), project, app_name)

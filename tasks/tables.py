@@ -8,6 +8,7 @@ from celery import shared_task
 
 from cache.errors import TransientError, ValidationError
 from cache.records import to_json
+from worker.celery_app import require_runtime
 
 
 @shared_task(
@@ -22,7 +23,7 @@ def lookup(self, table: str, key: object) -> dict | None:
     or None, read through this process's cached table."""
     if not isinstance(table, str):
         raise ValidationError(f"table={table!r} must be a cached table name")
-    registry = self.app.runtime.registry
+    registry = require_runtime(self.app).registry
     coerced = registry.coerce_key(table, key)
     return to_json(registry.table(table).get(coerced))
 
@@ -30,7 +31,7 @@ def lookup(self, table: str, key: object) -> dict | None:
 @shared_task(name="cachework.cache_status", bind=True)
 def cache_status(self) -> dict:
     """This process's pid, invalidation cursor, per-table statistics and listener state."""
-    registry = self.app.runtime.registry
+    registry = require_runtime(self.app).registry
     return {
         "pid": os.getpid(),
         "cursor": registry.cursor,

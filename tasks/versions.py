@@ -8,6 +8,7 @@ from cache.errors import TransientError
 from cache.settings import Settings
 from importers.locking import transient_errors
 from importers.versions import import_versions as run_import
+from worker.celery_app import require_runtime
 
 
 def _results_share_sqlite(settings: Settings, database_url: str) -> bool:
@@ -44,7 +45,7 @@ def import_versions(
     database errors and a held import lock are retried with backoff; bad input is not.
     """
 
-    runtime = self.app.runtime
+    runtime = require_runtime(self.app)
     settings, database = runtime.settings, runtime.database
     report = bool(self.request.id) and not _results_share_sqlite(settings, database.url)
 

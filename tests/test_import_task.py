@@ -69,9 +69,23 @@ def test_task_through_a_real_worker(tmp_path, pg_database, redis_url, worker_pro
         assert meta == {"user": "web", "comment": "first"}
 
 
-def test_task_reports_progress_through_its_state(pg_database, monkeypatch):
-    from tasks.versions import import_versions as task
+@pytest.fixture
+def pg_app(pg_database, tmp_path):
+    """A worker app whose runtime uses the `pg_database` fixture (tasks run in-process)."""
+    from cache.runtime import Runtime
+    from worker import create_app
 
+    settings = settings_of(make_env(tmp_path, database_url=pg_database.url, redis_url="off"))
+    app = create_app(settings)
+    app.runtime = Runtime(settings, database=pg_database)
+    app.loader.import_default_modules()  # the task modules, as a worker imports them
+    yield app
+    app.runtime.stop()
+    app.close()
+
+
+def test_task_reports_progress_through_its_state(pg_database, pg_app, monkeypatch):
+    task = pg_app.tasks["cachework.import_versions"]
     with pg_database.session() as session:
         seed(session, projects=1, products=5)
     states = []
@@ -112,10 +126,10 @@ def test_cli_checks_max_changes(database, limit):
     assert result.exit_code == 2 and "--max-changes" in result.output
 
 
-def test_a_held_lock_is_retried_and_bad_input_is_not(pg_database, monkeypatch):
+def test_a_held_lock_is_retried_and_bad_input_is_not(pg_database, pg_app, monkeypatch):
     import tasks.versions as module
 
-    task = module.import_versions
+    task = pg_app.tasks["cachework.import_versions"]
     with pg_database.session() as session:
         seed(session, projects=1, products=3)
     monkeypatch.setattr(task, "update_state", lambda **kw: None)

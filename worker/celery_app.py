@@ -19,7 +19,7 @@ from pathlib import Path
 from celery import Celery, signals
 from celery.concurrency import solo, thread
 
-from cache.errors import CacheworkError
+from cache.errors import CacheworkError, ConfigError
 from cache.runtime import Runtime
 from cache.settings import Settings, load_settings
 from worker import unknown_tasks as _unknown_tasks  # noqa: F401 - connects task_unknown
@@ -43,6 +43,18 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 def runtime_of(app: Celery | None) -> Runtime | None:
     return getattr(app, "runtime", None)
+
+
+def require_runtime(app: Celery) -> Runtime:
+    """The runtime a task runs with; a ConfigError naming the app when it has none (a
+    task of ours registered on an app not made by `create_app`)."""
+    runtime = runtime_of(app)
+    if runtime is None:
+        raise ConfigError(
+            f"Celery app {app.main!r} has no cachework runtime: run cachework's tasks on an "
+            "app made by worker.create_app(settings) (celery -A worker)"
+        )
+    return runtime
 
 
 def _under_celery_command() -> bool:
