@@ -1,0 +1,204 @@
+"""Benchmark: automatic invalidation against the same work with tracking off, same run.
+
+    .venv/bin/python bench/tracking.py [--flushes 1000] [--rows 100000] [--pg-admin URL]
+
+Creates a throwaway PostgreSQL database (dropped at the end) with a `--rows` table and
+cachework's outbox, and compares:
+
+- an ORM write-heavy loop: `--flushes` transactions, each one flush of 10 rows (updates of
+  loaded objects; then inserts of new ones), with a session factory tracked by
+  `cache.invalidation.track` against an untracked one (interleaved, best of 3);
+- a `--rows`-row UPDATE (and a 1,000-row one, whose keys the event names) with the
+  PostgreSQL invalidation triggers installed against without, counting outbox rows.
+
+Targets: tracking <= 1.3x on the ORM loop; the trigger writes one outbox row per statement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cache.invalidation import track
+from cache.invalidation import triggers as db_triggers
+from cache.invalidation.tables import invalidation_outbox
+from cache.invalidation.tracking import dependencies
+
+DEPS = {"bench_items": {"bench_items": "id"}}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "bench_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    code: Mapped[str] = mapped_column(sa.String(20), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(50))
+
+
+def best(func: Callable[[], None], repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def outbox_rows(engine: sa.Engine, clear: bool = True) -> int:
+    with engine.begin() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(invalidation_outbox))
+        count = count.scalar_one()
+        if clear:
+            conn.execute(invalidation_outbox.delete())
+    return count
+
+
+def vacuum(engine: sa.Engine) -> None:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE bench_items"))
+
+
+def fill(engine: sa.Engine, rows: int) -> None:
+    Base.metadata.create_all(engine)
+    invalidation_outbox.create(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO bench_items (id, code, name) "
+                "SELECT g, 'C' || g, 'item ' || g FROM generate_series(1, :n) g"
+            ),
+            {"n": rows},
+        )
+    vacuum(engine)
+
+
+def orm_loop(engine: sa.Engine, flushes: int) -> None:
+    plain = sessionmaker(engine, expire_on_commit=False)
+    tracked = sessionmaker(engine, expire_on_commit=False)
+    tracking = track(tracked, DEPS)
+    ids = list(range(1, flushes * 10 + 1))
+    counter = [0]
+
+    def updates(factory: sessionmaker) -> Callable[[], None]:
+        session = factory()
+        objects = session.scalars(sa.select(Item).where(Item.id.in_(ids))).all()
+        session.commit()
+
+        def run() -> None:
+            counter[0] += 1
+            for i in range(flushes):
+                for obj in objects[i * 10 : i * 10 + 10]:
+                    obj.name = f"n{counter[0]}"
+                session.commit()  # one flush of 10 rows, one transaction
+
+        run.session = session  # type: ignore[attr-defined]
+        return run
+
+    def inserts(factory: sessionmaker, base: int) -> Callable[[], None]:
+        def run() -> None:
+            counter[0] += 1
+            start = base + counter[0] * flushes * 10
+            with factory() as session:
+                for i in range(flushes):
+                    session.add_all(
+                        Item(id=start + j, code=f"N{start + j}", name="new")
+                        for j in range(i * 10, i * 10 + 10)
+                    )
+                    session.commit()
+
+        return run
+
+    cases = [
+        ("update 10 loaded rows", updates(plain), updates(tracked)),
+        ("insert 10 new rows", inserts(plain, 10_000_000), inserts(tracked, 50_000_000)),
+    ]
+    print(f"\nORM write-heavy loop: {flushes:,} transactions of one flush of 10 rows")
+    for label, off, on in cases:
+        times = {"off": [], "on": []}
+        for _round in range(3):  # interleaved: both see the same machine state
+            times["off"].append(best(off, 1))
+            outbox_rows(engine)
+            times["on"].append(best(on, 1))
+            written = outbox_rows(engine)
+        off_s, on_s = min(times["off"]), min(times["on"])
+        print(
+            f"  {label:22s} off {off_s * 1e3 / flushes:6.3f} ms/flush   on "
+            f"{on_s * 1e3 / flushes:6.3f} ms/flush   on/off = {on_s / off_s:.2f}x   "
+            f"outbox rows per run {written:,} ({written / flushes:.1f} per flush)"
+        )
+        for run in (off, on):
+            session = getattr(run, "session", None)
+            if session is not None:
+                session.close()
+    print(f"  tracking stats: {tracking.stats}")
+    tracking.stop()
+
+
+def trigger_cost(engine: sa.Engine, rows: int) -> None:
+    deps = dependencies(DEPS)
+    statements = [
+        (f"UPDATE of {rows:,} rows", "UPDATE bench_items SET name = name || 'x'"),
+        ("UPDATE of 1,000 rows", "UPDATE bench_items SET name = name || 'y' WHERE id <= 1000"),
+    ]
+    print("\ntrigger on a statement (max_keys 10,000; best of 3, interleaved)")
+    for label, sql in statements:
+        times = {"off": [], "on": []}
+        written = []
+        for _round in range(3):
+            for mode in ("off", "on"):
+                if mode == "on":
+                    db_triggers.install(engine, deps, 10_000)
+                vacuum(engine)
+                started = time.perf_counter()
+                with engine.begin() as conn:
+                    conn.execute(sa.text(sql))
+                times[mode].append(time.perf_counter() - started)
+                if mode == "on":
+                    written.append(outbox_rows(engine))
+                    db_triggers.remove(engine)
+        off_s, on_s = min(times["off"]), min(times["on"])
+        print(
+            f"  {label:22s} off {off_s * 1e3:8.1f} ms   on {on_s * 1e3:8.1f} ms   "
+            f"on/off = {on_s / off_s:.2f}x   outbox rows per statement {sorted(set(written))}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flushes", type=int, default=1_000)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    name = f"cachework_bench_{os.getpid()}"
+    with psycopg.connect(args.pg_admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = args.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = sa.create_engine(f"{base}/{name}")
+    try:
+        print(f"tracking benchmark: PostgreSQL, Python {sys.version.split()[0]}")
+        fill(engine, args.rows)
+        orm_loop(engine, args.flushes)
+        trigger_cost(engine, args.rows)
+        return 0
+    finally:
+        engine.dispose()
+        with psycopg.connect(args.pg_admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    sys.exit(main())
