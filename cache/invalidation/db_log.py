@@ -4,6 +4,10 @@ Ids come from the table's sequence, but a sequence hands out ids at insert time,
 commit: two concurrent writers could commit 6 before 5, and a reader that saw 6 would skip
 5 for ever. So every append takes one transaction-scoped advisory lock on PostgreSQL
 (SQLite serialises writers itself): ids then become visible in order. Readers poll.
+
+Ids come from the table's own sequence only (the table refuses others), and a reader
+notices a log recreated under it: on PostgreSQL the epoch carries the table's oid; on
+SQLite a cursor beyond the table's AUTOINCREMENT counter (which never goes back) is a gap.
 """
 
 from __future__ import annotations
@@ -18,7 +22,24 @@ from cache.invalidation.tables import invalidation_log
 
 APPEND_LOCK = 0x63776976  # "cwiv": the advisory lock that orders appends on PostgreSQL
 TRIM_EVERY = 100
-EPOCH = "db"  # a table is not lost by a restart: one epoch for ever
+EPOCH = "db"  # a table is not lost by a restart: one epoch per table's lifetime
+_PG_OID = sa.text("SELECT 'invalidation_log'::regclass::oid")
+_SQLITE_SEQ = sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'invalidation_log'")
+
+
+def _epoch(conn: sa.Connection) -> str:
+    """The table's lifetime: its oid on PostgreSQL (a recreated table has another)."""
+    if conn.dialect.name == "postgresql":
+        return f"{EPOCH}:{conn.execute(_PG_OID).scalar()}"
+    return EPOCH
+
+
+def _beyond_sequence(conn: sa.Connection, cursor: int) -> bool:
+    """SQLite: a cursor past the highest id ever handed out belongs to an older table."""
+    if conn.dialect.name != "sqlite" or not cursor:
+        return False
+    seq = conn.execute(_SQLITE_SEQ).scalar()
+    return seq is None or cursor > seq
 
 
 def _unavailable(exc: sa.exc.SQLAlchemyError) -> LogUnavailable:
@@ -60,9 +81,10 @@ class DatabaseLog:
         try:
             with self.engine.connect() as conn:
                 head = conn.execute(sa.select(sa.func.max(invalidation_log.c.id))).scalar()
+                epoch = _epoch(conn)
         except sa.exc.SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
-        return LogState(EPOCH, NOTHING if head is None else str(head))
+        return LogState(epoch, NOTHING if head is None else str(head))
 
     def read(self, after: str, count: int = 500) -> Batch:
         cursor = id_key(after)[0]
@@ -76,15 +98,17 @@ class DatabaseLog:
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()
+                epoch = _epoch(conn)
+                recreated = _beyond_sequence(conn, cursor)
         except sa.exc.SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
-        gap = False
+        gap = recreated
         if cursor:  # the cursor's row is gone (trimmed, table emptied): rows may be lost
             if rows and rows[0].id == cursor:
                 rows = rows[1:]
             else:
                 gap = True
-        return Batch(EPOCH, gap, [(str(row.id), row.data) for row in rows])
+        return Batch(epoch, gap, [(str(row.id), row.data) for row in rows])
 
     def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
         stop.wait(min(timeout, self.poll_interval))

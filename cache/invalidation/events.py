@@ -21,6 +21,10 @@ from cache.records import json_value
 
 VERSION = 1
 MAX_TEXT = 255
+# The largest stored entry a reader parses (10,000 keys of 255 characters fit in 3 MB);
+# a bigger one is not parsed: its table is read from its start, or every table dropped.
+MAX_EVENT_CHARS = 8 * 1024 * 1024
+_TABLE_RE = re.compile(r'"table"\s*:\s*"((?:[^"\\]|\\.){1,1000})"')
 ID_RE = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 
 # What a publisher may know about a table: its name, or its name and a function that turns
@@ -143,14 +147,19 @@ def validate_event(
 
 
 def decode_event(raw: object, max_keys: int = 10_000) -> Event:
-    """Parse a stored entry (bytes or str of JSON); ValidationError if it is malformed."""
+    """Parse a stored entry (bytes or str of JSON); ValidationError if it is malformed.
+
+    A reader that cannot decode an entry must not skip it: `table_of` tells which table
+    to invalidate whole (None: any table, so every cached table is dropped)."""
     if isinstance(raw, bytes | bytearray):
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
             raise ValidationError("event is not UTF-8") from None
     if not isinstance(raw, str):
-        raise ValidationError(f"event {raw!r} is not a JSON string")
+        raise ValidationError(f"event {repr(raw)[:80]} is not a JSON string")
+    if len(raw) > MAX_EVENT_CHARS:
+        raise ValidationError(f"event of {len(raw)} characters is over {MAX_EVENT_CHARS}")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -161,7 +170,7 @@ def decode_event(raw: object, max_keys: int = 10_000) -> Event:
         raise ValidationError(f"event version v={body.get('v')!r} is not {VERSION}")
     unknown = set(body) - {"v", "table", "keys", "project", "app_name", "names"}
     if unknown:
-        raise ValidationError(f"event has unknown field(s) {sorted(unknown)}")
+        raise ValidationError(f"event has unknown field(s) {repr(sorted(unknown))[:120]}")
     return validate_event(
         body.get("table"),
         body.get("keys"),
@@ -170,6 +179,33 @@ def decode_event(raw: object, max_keys: int = 10_000) -> Event:
         body.get("names"),
         max_keys=max_keys,
     )
+
+
+def table_of(raw: object) -> str | None:
+    """The table a stored entry names, for an entry `decode_event` refused: its `table`
+    field if one can be read, else None (the entry may name any table)."""
+    if isinstance(raw, bytes | bytearray):
+        raw = bytes(raw).decode("utf-8", "replace")
+    if not isinstance(raw, str):
+        return None
+    if len(raw) <= MAX_EVENT_CHARS:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None
+        else:
+            if not isinstance(body, dict):
+                return None
+            table = body.get("table")
+            return table if isinstance(table, str) and table else None
+    match = _TABLE_RE.search(raw[:4096])  # an oversize or truncated entry: its start
+    if match is None:
+        return None
+    try:
+        table = json.loads(f'"{match.group(1)}"')
+    except ValueError:
+        return None
+    return table or None
 
 
 # --- event ids --------------------------------------------------------------------------

@@ -18,7 +18,14 @@ from collections import deque
 from typing import Protocol
 
 from cache.errors import CacheworkError, TransientError, ValidationError
-from cache.invalidation.events import Event, decode_event, id_key, is_after
+from cache.invalidation.events import (
+    MAX_EVENT_CHARS,
+    Event,
+    decode_event,
+    id_key,
+    is_after,
+    table_of,
+)
 from cache.invalidation.log import NOTHING, Batch, InvalidationLog, LogState, LogUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,37 @@ class Target(Protocol):
 STAT_KEYS = ("applied", "ignored", "malformed", "gaps", "drops", "reconnects", "catch_ups")
 
 
+class RateLimitedWarnings:
+    """At most `burst` warnings per `period` seconds; then one line saying how many
+    were left out (a flood of junk entries must not flood the log)."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 10, period: float = 60.0) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.period = period
+        self._start = time.monotonic()
+        self._count = 0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._start >= self.period:
+                if self._suppressed:
+                    self.logger.warning(
+                        "%d similar warning(s) left out in the last %.0fs",
+                        self._suppressed,
+                        now - self._start,
+                    )
+                self._start, self._count, self._suppressed = now, 0, 0
+            if self._count >= self.burst:
+                self._suppressed += 1
+                return
+            self._count += 1
+        self.logger.warning(message, *args)
+
+
 class Tracker:
     """This process's position in the log; applies events to `target`, drops on doubt."""
 
@@ -60,6 +98,7 @@ class Tracker:
         self.batch = batch
         self.recent: deque[tuple[str, float]] = deque(maxlen=recent)  # (id, applied at)
         self._lock = threading.RLock()
+        self._warnings = RateLimitedWarnings(logging.getLogger(__name__))
         stats = target.listener
         for key in STAT_KEYS:
             stats.setdefault(key, 0)
@@ -138,7 +177,7 @@ class Tracker:
     def drop(self, reason: str) -> None:
         """Drop every cached table of the target (they reload on their next read)."""
         with self._lock:
-            log.warning("dropping cached tables: %s", reason)
+            self._warnings.warning("dropping cached tables: %s", reason)
             self.target.drop_all(reason)
             self.stats["drops"] += 1
             self.stats["last_drop"] = reason
@@ -197,40 +236,58 @@ class Tracker:
     def _apply(self, batch: Batch) -> int:
         names = set(self.target.names())
         applied = 0
+        drop: str | None = None
         for event_id, raw in batch.entries:
             if not is_after(event_id, self.cursor):
                 continue
             try:
-                event = decode_event(raw, self.max_keys)
+                event = decode_event(raw, max_keys=MAX_EVENT_CHARS)
             except ValidationError as exc:
+                # Never skip what may name a cached table: invalidate its table whole, or
+                # (no table can be read) drop every cached table once for the batch.
                 self.stats["malformed"] += 1
-                log.warning("skipping malformed invalidation %s: %s", event_id, exc)
-            else:
+                table = table_of(raw)
+                self._warnings.warning(
+                    "malformed invalidation %s (%s): %s",
+                    event_id,
+                    "every cached table dropped"
+                    if table is None
+                    else f"table {table[:100]!r} invalidated whole",
+                    str(exc)[:200],
+                )
+                if table is None:
+                    drop = drop or f"malformed invalidation {event_id} names no readable table"
+                    event = None
+                else:
+                    event = Event(table[:1000])
+            if event is not None:
                 try:
                     if self._apply_event(event, names):
                         applied += 1
                 except Exception as exc:  # never stop following; never keep what may be stale
                     log.exception("could not apply invalidation %s", event_id)
-                    self.drop(f"could not apply invalidation {event_id} ({exc})")
+                    drop = drop or f"could not apply invalidation {event_id} ({exc})"
             self.target.cursor = event_id
             self.recent.append((event_id, time.time()))
+        if drop is not None:
+            self.drop(drop)
         return applied
 
     def _apply_event(self, event: Event, names: set[str]) -> bool:
         if event.table not in names:
             self.stats["ignored"] += 1
             return False
-        if event.keys is None:
-            self.target.invalidate(event.table, None)
-        else:
+        keys: list | None = None
+        if event.keys is not None and len(event.keys) <= self.max_keys:
             keys = []
             for key in event.keys:
                 try:
                     keys.append(self.target.coerce_key(event.table, key))
-                except CacheworkError:  # cannot be the key of any cached record
-                    log.debug("invalidation key %r does not fit table %s", key, event.table)
-            if keys:
-                self.target.invalidate(event.table, keys)
+                except CacheworkError:  # not exactly applicable: the whole table instead
+                    keys = None
+                    break
+        # keys None: every record (asked for, over this process's limit, or not coercible)
+        self.target.invalidate(event.table, keys)
         self.stats["applied"] += 1
         return True
 

@@ -38,27 +38,47 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3]
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[1]) end
 return id
 """
+# XINFO STREAM as a table (nil when the stream does not exist). Redis 7 adds
+# `entries-added`, which tells a reader at "0" that entries came and went unread.
+_INFO = """
+local info = nil
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  info = {}
+  local flat = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #flat, 2 do info[flat[i]] = flat[i + 1] end
+end
+"""
+# The head is the newest entry; for a stream trimmed to nothing, the last id it handed
+# out (a reader there has missed nothing), so a cursor of "0" means "never any entry".
 STATE = (
     _EPOCH
+    + _INFO
     + """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local head = '0'
-if #last > 0 then head = last[1][1] end
+if #last > 0 then head = last[1][1]
+elseif info and info['last-generated-id'] and info['last-generated-id'] ~= '0-0' then
+  head = info['last-generated-id']
+end
 return {epoch, head}
 """
 )
 READ = (
     _EPOCH
+    + _INFO
     + """
 local gap = 0
 local entries
 if ARGV[2] == '0' then
   entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[3])
+  -- a reader that has seen nothing: entries added and already removed are lost to it
+  local added = info and info['entries-added']
+  if added and tonumber(added) > tonumber(info['length']) then gap = 1 end
 else
   entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', tonumber(ARGV[3]) + 1)
   if #entries > 0 and entries[1][1] == ARGV[2] then
     table.remove(entries, 1)
-  else
+  elseif not (info and info['last-generated-id'] == ARGV[2]) then
     -- the cursor's entry is gone (trimmed, or the stream deleted): entries may be lost
     gap = 1
   end

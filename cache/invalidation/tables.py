@@ -7,6 +7,8 @@ to the log, so an event exists if and only if the data change committed.
 
 from __future__ import annotations
 
+import secrets
+
 import sqlalchemy as sa
 
 from cache.schema import metadata
@@ -14,14 +16,41 @@ from cache.schema import metadata
 # BIGINT on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the auto-incrementing rowid.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+# Ids come from the log's own sequence only: a row with an id of its choosing (a high one)
+# would put every reader's cursor past all later events. PostgreSQL refuses explicit ids
+# (GENERATED ALWAYS); on SQLite the triggers below do.
 invalidation_log = sa.Table(
     "invalidation_log",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("id", BigId, sa.Identity(always=True), primary_key=True, autoincrement=True),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("data", sa.Text, nullable=False),
     sqlite_autoincrement=True,  # never reuse an id, even after trimming the newest rows
 )
+
+for _trigger in (
+    # In a BEFORE INSERT trigger NEW.id is -1 when SQLite chooses the id.
+    "CREATE TRIGGER invalidation_log_own_ids BEFORE INSERT ON invalidation_log "
+    "WHEN NEW.id IS NOT NULL AND NEW.id <> -1 BEGIN "
+    "SELECT RAISE(ABORT, 'invalidation_log ids come from its own sequence only'); END",
+    "CREATE TRIGGER invalidation_log_positive_ids AFTER INSERT ON invalidation_log "
+    "WHEN NEW.id <= 0 BEGIN "
+    "SELECT RAISE(ABORT, 'invalidation_log ids come from its own sequence only'); END",
+):
+    sa.event.listen(invalidation_log, "after_create", sa.DDL(_trigger).execute_if(dialect="sqlite"))
+
+
+@sa.event.listens_for(invalidation_log, "after_create")
+def _sqlite_random_base(_table, connection: sa.Connection, **_kw) -> None:
+    """SQLite: start the ids at a random multiple of 2**32, so a log recreated under a
+    running reader never hands out the ids it followed (the reader sees a gap); on
+    PostgreSQL the table's oid tells (see `db_log`)."""
+    if connection.dialect.name == "sqlite":
+        connection.execute(
+            sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('invalidation_log', :seq)"),
+            {"seq": secrets.randbelow(2**20) * 2**32},
+        )
+
 
 invalidation_outbox = sa.Table(
     "invalidation_outbox",
