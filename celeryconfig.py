@@ -17,9 +17,10 @@ from worker.routing import QUEUES, queues  # noqa: F401 - QUEUES: bench/ imports
 
 
 def _transport_options(s: Settings) -> dict:
-    # Longer than the hard time limit (and any retry countdown), or an unacked late-ack
-    # task is handed to a second worker while the first still runs it.
-    options: dict = {"visibility_timeout": max(3600, 2 * s.task_time_limit)}
+    # Redis: how long a message a dead worker took waits before it is delivered again
+    # (CACHEWORK_BROKER_VISIBILITY_TIMEOUT). Longer than every retry countdown; a job that
+    # runs longer gets a second delivery while it runs, which its lock makes harmless.
+    options: dict = {"visibility_timeout": s.broker_visibility_timeout}
     if s.broker_url.startswith("filesystem"):
         folder = s.broker_folder
         options.update(

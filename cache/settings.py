@@ -76,6 +76,10 @@ class Settings:
     # from the model's column); None when CACHEWORK_PROJECTS=off. See cache/projects.py.
     projects: tuple[str, str, str | None] | None = ("projects", "uuid", "uuid")
     broker_transport_options: dict = field(default_factory=dict)
+    # Redis broker: seconds before a message taken by a worker that died (and never
+    # acknowledged it) is handed out again. A job still running past it gets a second
+    # delivery, which its lock makes harmless (see README "Reliability").
+    broker_visibility_timeout: int = 600
     # The broker is shared with the app's own Celery workers: cachework workers then leave
     # Celery's default queue `celery` to them (see worker/routing.py).
     shared_broker: bool = False
@@ -278,6 +282,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stream_maxlen=_int(env, "CACHEWORK_STREAM_MAXLEN", 100_000, 10),
         listener_stale_after=_float(env, "CACHEWORK_LISTENER_STALE_AFTER", 30.0, 0.1),
         invalidation_max_keys=_int(env, "CACHEWORK_INVALIDATION_MAX_KEYS", 10_000, 1),
+        broker_visibility_timeout=_int(env, "CACHEWORK_BROKER_VISIBILITY_TIMEOUT", 600, 10),
         cached_tables=_modules(env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables"),
         projects=_projects(env),
         shared_broker=_bool(env, "CACHEWORK_SHARED_BROKER", False),

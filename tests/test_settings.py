@@ -86,6 +86,17 @@ def test_hard_limit_must_exceed_soft_limit(tmp_path: Path):
         )
 
 
+def test_the_broker_visibility_timeout_is_configurable(tmp_path: Path):
+    """Issue 12, defect 3: it was 3600 s and could not be changed."""
+    env = {"CACHEWORK_DATA_DIR": str(tmp_path), "CACHEWORK_BROKER_VISIBILITY_TIMEOUT": "45"}
+    conf = celeryconfig.build(load_settings(env))
+    assert conf["broker_transport_options"]["visibility_timeout"] == 45
+    for bad in ("soon", "5"):
+        env["CACHEWORK_BROKER_VISIBILITY_TIMEOUT"] = bad
+        with pytest.raises(ConfigError, match=f"CACHEWORK_BROKER_VISIBILITY_TIMEOUT='{bad}'"):
+            load_settings(env)
+
+
 def test_mask_url_hides_only_the_password():
     assert mask_url("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert mask_url("amqp://guest:pw@127.0.0.1//") == "amqp://guest:***@127.0.0.1//"
@@ -99,7 +110,8 @@ def test_celery_config_is_json_only_late_ack_and_routed(tmp_path: Path):
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["task_soft_time_limit"] < conf["task_time_limit"]
-    assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"]
+    # A dead worker's message is redelivered within minutes, after any retry countdown.
+    assert 300 < conf["broker_transport_options"]["visibility_timeout"] <= 600
     assert conf["worker_send_task_events"] and not conf["worker_hijack_root_logger"]
     # A broker dedicated to cachework (the default): Celery's default queue as well.
     assert {q.name for q in conf["task_queues"]} == {"versions", "cache", "invalidations", "celery"}
