@@ -156,6 +156,17 @@ def switched(
     return counts
 
 
+@dataclass(frozen=True)
+class Needed:
+    """Which writes a unit needs: versions for new or changed rows, for gone rows."""
+
+    changed: bool
+    gone: bool
+
+    def __bool__(self) -> bool:
+        return self.changed or self.gone
+
+
 @dataclass
 class ImportResult:
     """What a run did (or, for a dry run, would do); `as_dict()` is the task's JSON."""
@@ -342,6 +353,9 @@ class Level:
     pairs: list[tuple[sa.Column, sa.Column]]  # live column -> version column
     keys: list[tuple[sa.Column, sa.Column]]  # primary key: live -> version
     mods: list[tuple[sa.Column, sa.Column, sa.Column]]  # flag, live column, version column
+    # Columns only some single-table classes map: their polymorphic identities (Continuum
+    # versions such a column only for objects of those classes).
+    only: dict[sa.Column, list[Any]] = field(default_factory=dict)
     join: sa.ColumnElement[bool] | None = None  # live: to the level above
     version_join: Callable[[sa.FromClause, sa.FromClause], Any] | None = None
 
@@ -369,7 +383,6 @@ class VersionModel:
         chain = [m for m in reversed(list(self.mapper.iterate_to_root())) if not m.single]
         self.levels = [self._level(m, chain[i - 1] if i else None) for i, m in enumerate(chain)]
         self.root = self.levels[0]
-        self.live_keys = [live for live, _v in self.root.keys]
         self.classes = [m.class_ for m in self._single_family(self.mapper)]
         self.partition: Callable[[sa.FromClause], Any] | None = None
         self.joined = self._hierarchy_has_joined_levels()
@@ -397,25 +410,26 @@ class VersionModel:
             (c, by_name[c.name]) for c in live.c if c.name in by_name and c.name not in internal
         ]
         keys = [(c, by_name[c.name]) for c in live.primary_key.columns]
+        family = self._single_family(self.mapper)
         mods = []
-        if self.mod_tracking:
-            vmapper = sa.inspect(self.version_cls)
-            for column, vcolumn in pairs:
-                if column.primary_key:
-                    continue
-                try:
-                    prop = self.mapper.get_property_by_column(column)
-                except sa.orm.exc.UnmappedColumnError:
-                    continue
-                # Continuum sets the attribute `<attribute key>_mod`; its column is named
-                # after the live column. Where the two differ, the flag stays false.
-                flag = vmapper.attrs.get(prop.key + "_mod")
-                if flag is None or not hasattr(flag, "columns"):
-                    continue
-                target = flag.columns[0]
-                if target.table is versions:
-                    mods.append((target, column, vcolumn))
-        level = Level(live, versions, pairs, keys, mods)
+        only: dict[sa.Column, list[Any]] = {}
+        for column, vcolumn in pairs:
+            mapping = [m for m in family if _maps(m, column)]
+            if not mapping or column.primary_key:
+                continue
+            if len(mapping) < len(family):
+                only[column] = sorted(m.polymorphic_identity for m in mapping)
+            if not self.mod_tracking:
+                continue
+            # Continuum sets the attribute `<attribute key>_mod`; its column is named
+            # after the live column. Where the two differ, the flag stays false.
+            prop = mapping[0].get_property_by_column(column)
+            flag = sa.inspect(version_class(mapping[0].class_)).attrs.get(prop.key + "_mod")
+            if flag is None or not hasattr(flag, "columns"):
+                continue
+            if flag.columns[0].table is versions:
+                mods.append((flag.columns[0], column, vcolumn))
+        level = Level(live, versions, pairs, keys, mods, only)
         if parent is not None:
             condition = mapper.inherit_condition
             level.join = condition
@@ -445,7 +459,7 @@ class VersionModel:
             found.append("native versioning (PostgreSQL triggers write its versions)")
         if self.mapper.concrete:
             found.append("concrete-table inheritance")
-        if len(self.levels) > 1 or self._hierarchy_has_joined_levels():
+        if self.joined:
             disc = self.mapper.base_mapper.polymorphic_on
             if not isinstance(disc, sa.Column) or disc.table is not self.root.live:
                 found.append(
@@ -490,7 +504,7 @@ class VersionModel:
         """Which rows of a joined hierarchy's base table are this unit's: those of its
         classes' polymorphic identities (the base class's unit: every row the other
         classes' identities do not claim)."""
-        if not self._hierarchy_has_joined_levels():
+        if not self.joined:
             return
         base = self.mapper.base_mapper
         disc = base.polymorphic_on
@@ -505,6 +519,10 @@ class VersionModel:
             return column.in_(sorted(mine))
 
         self.partition = partition
+
+    def _is(self, identities: list[Any]) -> Any:
+        """The live row is of one of these polymorphic identities."""
+        return self.mapper.base_mapper.polymorphic_on.in_(identities)
 
     def _live_filter(self) -> list[Any]:
         return [] if self.partition is None else [self.partition(self.root.live)]
@@ -574,6 +592,8 @@ class VersionModel:
                 if live.primary_key:
                     continue
                 d = _differs(live, table.c[vcol.key], live.type, self.dialect)
+                if live in level.only:
+                    d = sa.and_(self._is(level.only[live]), d)
                 differs.append(d)
                 level_flags[live] = d
             flags.append(level_flags)
@@ -669,47 +689,56 @@ class VersionModel:
         created, updated = needed.get(0, 0), needed.get(1, 0)
         return created, updated, deleted, live - created - updated
 
-    def probe(self, session: Session) -> bool:
-        """Whether anything at all is to be written (stops at the first change)."""
+    def probe(self, session: Session) -> Needed:
+        """Which writes are needed at all (each probe stops at its first row)."""
         d = self._diff(None)
         changed = (
             sa.select(sa.literal(1)).select_from(d["joined"]).where(*self._changed(d, True, True))
         )
         gone = sa.select(sa.literal(1)).select_from(d["cur"]).where(*self._gone(d))
-        return _exists(session, gone) or _exists(session, changed)
+        return Needed(changed=_exists(session, changed), gone=_exists(session, gone))
 
     # --- writing ---------------------------------------------------------------------------
 
-    def write(self, session: Session, tx: int, options: ImportOptions) -> Counts:
-        """Write the allowed kinds in transaction `tx` and count what was written."""
+    def write(self, session: Session, tx: int, options: ImportOptions, needed: Needed) -> Counts:
+        """Write the allowed kinds (of those `needed`) in transaction `tx`; count them."""
         self.changed_entities: set[str] = set()
         d = self._diff(tx)
         literal_tx = sa.literal(tx, sa.BigInteger)
         condition = self._changed(d, options.create, options.update)
         kind = sa.case((d["missing"], Operation.INSERT), else_=Operation.UPDATE)
-        for index, level in enumerate(self.levels):
+        for index, level in enumerate(self.levels if needed.changed else ()):
             names = [v for _l, v in level.pairs]
-            values: list[Any] = [live for live, _v in level.pairs]
+            values: list[Any] = [
+                sa.case((self._is(level.only[live]), live), else_=sa.null())
+                if live in level.only
+                else live
+                for live, _v in level.pairs
+            ]
             names += [level.versions.c[self.tx], level.versions.c[self.op]]
             values += [literal_tx, kind]
             for flag, live, _v in level.mods:
                 names.append(flag)
-                values.append(sa.or_(d["missing"], d["flags"][index][live]))
+                changed = sa.or_(d["missing"], d["flags"][index][live])
+                if live in level.only:
+                    changed = sa.and_(self._is(level.only[live]), changed)
+                values.append(changed)
             rows = sa.select(*values).select_from(d["joined"]).where(*condition)
             session.execute(sa.insert(level.versions).from_select(names, rows))
         v = self.root.versions
         written = sa.and_(
             v.c[self.tx] == tx, v.c[self.op] != Operation.DELETE, *self._version_filter(v)
         )
-        by_op = dict(
-            session.execute(
-                sa.select(v.c[self.op], sa.func.count()).where(written).group_by(v.c[self.op])
-            ).all()
-        )
+        by_op = {}
+        if needed.changed:
+            count = sa.select(v.c[self.op], sa.func.count()).where(written).group_by(v.c[self.op])
+            by_op = dict(session.execute(count).all())
         created, updated = int(by_op.get(Operation.INSERT, 0)), int(by_op.get(Operation.UPDATE, 0))
         self.changed_entities = self._entities(session, v, written) if created + updated else set()
-        deleted = self._write_deletes(session, d, literal_tx) if options.delete else 0
-        if self.validity:
+        deleted = 0
+        if options.delete and needed.gone:
+            deleted = self._write_deletes(session, d, literal_tx)
+        if self.validity and created + updated + deleted:
             for level in self.levels:
                 self._close_superseded(session, level, tx)
             if self.joined:
@@ -751,9 +780,14 @@ class VersionModel:
                 values.append(value)
             names += [level.versions.c[self.tx], level.versions.c[self.op]]
             values += [tx, sa.literal(Operation.DELETE, sa.SmallInteger)]
-            for flag, _live, _v in level.mods:
+            for flag, live, _v in level.mods:
                 names.append(flag)
-                values.append(sa.true())
+                if live in level.only:  # a flag only the deleted version's classes set
+                    disc = self.mapper.base_mapper.polymorphic_on
+                    kind = tables[0].c[self.root.versions.c[disc.name].key]
+                    values.append(kind.in_(level.only[live]))
+                else:
+                    values.append(sa.true())
             source: sa.FromClause = cur
             for i in range(1, index + 1):
                 source = source.join(
@@ -863,6 +897,14 @@ class VersionModel:
         return total
 
 
+def _maps(mapper: Mapper, column: sa.Column) -> bool:
+    try:
+        mapper.get_property_by_column(column)
+    except sa.orm.exc.UnmappedColumnError:
+        return False
+    return True
+
+
 def _replace(expression: Any, mapping: dict[sa.Column, Any]) -> Any:
     """`expression` with the columns of `mapping` replaced."""
     return sa.sql.visitors.replacement_traverse(
@@ -943,17 +985,18 @@ class AssociationVersions:
         deleted = _count(session, cur, *gone)
         return created, 0, deleted, self.live_count(session) - created
 
-    def probe(self, session: Session) -> bool:
+    def probe(self, session: Session) -> Needed:
         cur, joined, missing, gone = self._parts(None)
-        return _exists(session, sa.select(sa.literal(1)).select_from(cur).where(*gone)) or _exists(
-            session, sa.select(sa.literal(1)).select_from(joined).where(missing)
+        return Needed(
+            changed=_exists(session, sa.select(sa.literal(1)).select_from(joined).where(missing)),
+            gone=_exists(session, sa.select(sa.literal(1)).select_from(cur).where(*gone)),
         )
 
-    def write(self, session: Session, tx: int, options: ImportOptions) -> Counts:
+    def write(self, session: Session, tx: int, options: ImportOptions, needed: Needed) -> Counts:
         cur, joined, missing, gone = self._parts(tx)
         literal_tx = sa.literal(tx, sa.BigInteger)
         created = deleted = 0
-        if options.create:
+        if options.create and needed.changed:
             internal = [self.versions.c[self.tx], self.versions.c[self.op]]
             names = [v for _l, v in self.pairs] + internal
             rows = (
@@ -966,7 +1009,7 @@ class AssociationVersions:
                 .where(missing)
             )
             created = _rowcount(session, sa.insert(self.versions).from_select(names, rows))
-        if options.delete:
+        if options.delete and needed.gone:
             internal = [self.versions.c[self.tx], self.versions.c[self.op]]
             names = [v for _l, v in self.delete_columns] + internal
             rows = sa.select(
@@ -1160,8 +1203,9 @@ def import_versions(
         for index, unit in enumerate(units, 1):
             step = {"model": unit.name, "index": index, "total": total}
             notify({**step, "stage": "checking"})
-            if unit.probe(session):
-                counts = unit.write(session, run.begin(), options)
+            needed = unit.probe(session)
+            if needed:
+                counts = unit.write(session, run.begin(), options, needed)
                 changed.append(unit)
             else:
                 counts = Counts(unchanged=unit.live_count(session))
@@ -1184,7 +1228,9 @@ def import_versions(
             for index, unit in enumerate(units, 1):
                 counted = models[unit.name]
                 if counted.changes:
-                    written = unit.write(session, run.begin(), options)
+                    needed = Needed(changed=counted.created + counted.updated > 0,
+                                    gone=counted.deleted > 0)  # fmt: skip
+                    written = unit.write(session, run.begin(), options, needed)
                     if (written.created, written.updated, written.deleted) != (
                         counted.created, counted.updated, counted.deleted,
                     ):  # fmt: skip  # one snapshot makes this impossible

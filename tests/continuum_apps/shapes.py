@@ -12,7 +12,8 @@
 - `Note`: a composite text key (`ns`, `name`);
 - `Vehicle` / `Car`: joined-table inheritance (`cars` joins `vehicles`), with a JSON column
   in the parent table;
-- `Widget` / `Gadget`: single-table inheritance, the subclass sorting before its base;
+- `Widget` / `Gadget`: single-table inheritance, the subclass sorting before its base and
+  mapping a column of the shared table the base class does not map;
 - `Ledger`: the subquery strategy set on the model (the manager may use either).
 """
 
@@ -106,6 +107,7 @@ def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) 
 
     class Gadget(Widget):
         __versioned__: dict = {}
+        gizmo = sa.Column(sa.String(20))  # in `widgets`, mapped on gadgets only
         __mapper_args__ = {"polymorphic_identity": "gadget"}
 
     class Ledger(base):
