@@ -268,12 +268,16 @@ def test_renewer_marks_a_stolen_lock_as_lost(locks):
 
 
 def test_dirty_names_are_taken_once(locks):
+    """Taken names stay taken until `finish()` (a holder killed before it leaves them to
+    the next one), then they are gone."""
     lock = locks.lock("app:p")
     assert not lock.is_dirty()
     lock.mark_dirty(["a", "b"])
     locks.lock("app:p").mark_dirty(["b", "c"])
     assert lock.is_dirty()
     assert lock.take_dirty() == {"a", "b", "c"}
+    assert not lock.is_dirty()
+    lock.finish()
     assert lock.take_dirty() == set()
     lock.mark_dirty(None)
     assert lock.take_dirty() == {"*"}
