@@ -1,14 +1,17 @@
 """Shared fixtures: real services, per-run isolation, real workers, leak checks.
 
 Services (PostgreSQL, Redis, RabbitMQ on 127.0.0.1) are used over real connections. Each
-test run gets its own PostgreSQL database (created and dropped), its own Redis db number
-(flushed) and its own RabbitMQ vhost. A missing service skips its tests on a laptop but
-fails them when CACHEWORK_REQUIRE_SERVICES=1 (set by .ci/run).
+test run gets its own PostgreSQL database (created and dropped), its own `redis-server`
+(started on a free loopback port, stopped at the end: the tests never flush a Redis they
+did not start) and its own RabbitMQ vhost. A missing service skips its tests on a laptop
+but fails them when CACHEWORK_REQUIRE_SERVICES=1 (set by .ci/run). The run's temporary
+folder (`cachework-tests-*`) is removed at the end.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -42,7 +45,8 @@ REQUIRE_SERVICES = os.environ.get("CACHEWORK_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get(
     "CACHEWORK_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_BASE = os.environ.get("CACHEWORK_TEST_REDIS", "redis://127.0.0.1:6379")
+# A Redis the tests may flush (default: a redis-server of this run's own).
+REDIS_OVERRIDE = os.environ.get("CACHEWORK_TEST_REDIS")
 AMQP_HOST = os.environ.get("CACHEWORK_TEST_AMQP", "127.0.0.1:5672")
 RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
@@ -149,31 +153,23 @@ def runtime(database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
-    """A Redis db number of this run's own (claimed in db 0, flushed before and after)."""
-    import redis
+    """A redis-server of this run's own on a free loopback port (no persistence), stopped
+    at the end; or CACHEWORK_TEST_REDIS, a Redis given to the tests to flush."""
+    if REDIS_OVERRIDE:
+        yield REDIS_OVERRIDE
+        return
+    from tests.invalidation_helpers import OwnRedis
 
+    server = OwnRedis(_RUN_DIR / "redis")
     try:
-        claims = redis.Redis.from_url(f"{REDIS_BASE}/0", socket_connect_timeout=3)
-        number = next(
-            (
-                n
-                for n in range(1, 16)
-                if claims.set(f"cachework:test-db:{n}", RUN_ID, nx=True, ex=7200)
-            ),
-            None,
-        )
+        server.start()
     except Exception as exc:
-        unavailable("Redis", exc)
-    if number is None:
-        pytest.fail("every Redis db number 1-15 is claimed by another test run")
-    url = f"{REDIS_BASE}/{number}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
-    claims.delete(f"cachework:test-db:{number}")
-    claims.close()
+        server.stop()
+        unavailable("Redis (redis-server)", exc)
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -280,6 +276,14 @@ def inprocess_worker() -> Iterator[Callable[..., object]]:
             return stack.enter_context(start_worker(app, **kwargs))
 
         yield start
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_run_dir() -> Iterator[None]:
+    """The run's temporary folder (the embedded default's files, Redis's folder) goes at
+    the end of the run."""
+    yield
+    shutil.rmtree(_RUN_DIR, ignore_errors=True)
 
 
 # --- Leak checks ----------------------------------------------------------------------------
