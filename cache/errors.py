@@ -11,9 +11,34 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+MESSAGE_MAX = 600  # characters of an error message: it goes to logs and result backends
+
+
+def cut(text: str, limit: int = MESSAGE_MAX) -> str:
+    """`text` if short enough, else its start and end around a note of what was left out
+    (so a message still names the field and says what is wrong with it)."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return f"{text[: limit - tail]}...({len(text) - limit} characters cut)...{text[-tail:]}"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`repr(value)`, cut to about `limit` characters: a bad value named in a message."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        return f"{value[:limit]!r}...({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
 
 class CacheworkError(Exception):
-    """Root of every error cachework raises on purpose."""
+    """Root of every error cachework raises on purpose. Its message is cut to
+    MESSAGE_MAX characters: a 10 MB bad argument is never repeated whole."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (cut(args[0]),)
+        super().__init__(*args)
 
 
 class TransientError(CacheworkError):

@@ -49,12 +49,14 @@ from sqlalchemy_continuum.plugins import (
 )
 from sqlalchemy_continuum.utils import get_versioning_manager, option
 
-from cache.errors import ConfigError, NotFoundError, PermanentError, ValidationError
+from cache.errors import ConfigError, NotFoundError, PermanentError, ValidationError, shown
 from importers.locking import begin_import
 from importers.statistics import refresh_stale_statistics
 
 MAX_REPORTED_KEYS = 100
 REMOTE_ADDR_MAX = 50
+USER_MAX = 255  # user key or name, as recorded on the transaction
+COMMENT_MAX = 4096
 Progress = Callable[[dict[str, Any]], None]
 
 # Plugins whose effect on a flush the import reproduces. Other plugins that hook into the
@@ -707,24 +709,24 @@ class VersionModel:
         literal_tx = sa.literal(tx, sa.BigInteger)
         condition = self._changed(d, options.create, options.update)
         kind = sa.case((d["missing"], Operation.INSERT), else_=Operation.UPDATE)
-        for index, level in enumerate(self.levels if needed.changed else ()):
-            names = [v for _l, v in level.pairs]
-            values: list[Any] = [
-                sa.case((self._is(level.only[live]), live), else_=sa.null())
-                if live in level.only
-                else live
-                for live, _v in level.pairs
-            ]
-            names += [level.versions.c[self.tx], level.versions.c[self.op]]
-            values += [literal_tx, kind]
-            for flag, live, _v in level.mods:
-                names.append(flag)
-                changed = sa.or_(d["missing"], d["flags"][index][live])
-                if live in level.only:
-                    changed = sa.and_(self._is(level.only[live]), changed)
-                values.append(changed)
-            rows = sa.select(*values).select_from(d["joined"]).where(*condition)
-            session.execute(sa.insert(level.versions).from_select(names, rows))
+        if needed.changed:
+            # Levels with mod flags need the previous version: from the compare, deepest
+            # first (the base version table still holds no row of `tx` to skip); the
+            # others copy the live rows of the keys whose base version was just written.
+            late = [i for i, level in enumerate(self.levels) if i and not level.mods]
+            early = [i for i in range(len(self.levels)) if i not in late]
+            for index in reversed(early):
+                level = self.levels[index]
+                values = self._live_values(level) + [literal_tx, kind]
+                for flag, live, _v in level.mods:
+                    changed = sa.or_(d["missing"], d["flags"][index][live])
+                    if live in level.only:
+                        changed = sa.and_(self._is(level.only[live]), changed)
+                    values.append(changed)
+                rows = sa.select(*values).select_from(d["joined"]).where(*condition)
+                session.execute(sa.insert(level.versions).from_select(self._names(level), rows))
+            for index in late:
+                self._write_from_base(session, self.levels[index], tx)
         v = self.root.versions
         written = sa.and_(
             v.c[self.tx] == tx, v.c[self.op] != Operation.DELETE, *self._version_filter(v)
@@ -749,6 +751,41 @@ class VersionModel:
             deleted=deleted,
             unchanged=self.live_count(session) - created - updated,
         )
+
+    def _names(self, level: Level) -> list[sa.Column]:
+        """The version table columns a write fills, in the order of `_live_values`."""
+        v = level.versions
+        return [
+            *(vcol for _l, vcol in level.pairs),
+            v.c[self.tx],
+            v.c[self.op],
+            *(flag for flag, _l, _v in level.mods),
+        ]
+
+    def _live_values(self, level: Level) -> list[Any]:
+        return [
+            sa.case((self._is(level.only[live]), live), else_=sa.null())
+            if live in level.only
+            else live
+            for live, _v in level.pairs
+        ]
+
+    def _write_from_base(self, session: Session, level: Level, tx: int) -> None:
+        """A lower table's versions (no mod flags) for the keys whose base version this
+        run just wrote: the live rows, the base version's operation."""
+        new = self.root.versions.alias("new")
+        on = _same_key(
+            [live for live, _v in self.root.keys], [new.c[v.key] for _l, v in self.root.keys]
+        )
+        source = self._source().join(new, sa.and_(*on))
+        rows = (
+            sa.select(*self._live_values(level), sa.literal(tx, sa.BigInteger), new.c[self.op])
+            .select_from(source)
+            .where(
+                new.c[self.tx] == tx, new.c[self.op] != Operation.DELETE, *self._version_filter(new)
+            )
+        )
+        session.execute(sa.insert(level.versions).from_select(self._names(level), rows))
 
     def _entities(self, session: Session, table: sa.FromClause, *where: Any) -> set[str]:
         """The class names of the rows of `table` (a version table, or the current
@@ -1133,10 +1170,12 @@ def plan_units(
 # --- the run ------------------------------------------------------------------------------
 
 
-def _check_text(name: str, value: Any, limit: int | None = None) -> None:
+def _check_text(name: str, value: Any, limit: int) -> None:
     if value is not None and not isinstance(value, str):
-        raise ValidationError(f"{name}={value!r} must be a string or None")
-    if limit is not None and value is not None and len(value) > limit:
+        raise ValidationError(f"{name}={shown(value)} must be a string or None")
+    if value is not None and "\x00" in value:
+        raise ValidationError(f"{name}={shown(value)} contains a NUL character")
+    if value is not None and len(value) > limit:
         raise ValidationError(f"{name}={value[:60]!r}... is longer than {limit} characters")
 
 
@@ -1171,9 +1210,9 @@ def import_versions(
     when another import is running.
     """
     options = ImportOptions(create, update, delete, dry_run, max_changes)
-    _check_text("user", user)
+    _check_text("user", user, USER_MAX)
     _check_text("remote_addr", remote_addr, REMOTE_ADDR_MAX)
-    _check_text("comment", comment)
+    _check_text("comment", comment, COMMENT_MAX)
     if not isinstance(repair, bool):
         raise ValidationError(f"repair={repair!r} must be true or false")
     versioned = [c for c in model_classes if is_versioned(c)]

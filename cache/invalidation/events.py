@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from cache.errors import NotFoundError, ValidationError
+from cache.errors import NotFoundError, ValidationError, shown
 from cache.records import json_value
 
 VERSION = 1
@@ -59,10 +59,10 @@ class Event:
 def _text(field: str, value: object, required: bool = False) -> str | None:
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT or "\x00" in value:
         raise ValidationError(
-            f"{field}={value!r} must be a non-empty string of at most {MAX_TEXT} characters"
-            + ("" if required else " or None")
+            f"{field}={shown(value)} must be a non-empty string of at most {MAX_TEXT} "
+            "characters without NUL" + ("" if required else ", or None")
         )
     return value
 
@@ -70,10 +70,13 @@ def _text(field: str, value: object, required: bool = False) -> str | None:
 def _scalar_key(index: int, key: object) -> object:
     if isinstance(key, bool) or not isinstance(key, int | str | uuid.UUID | Decimal):
         raise ValidationError(
-            f"keys[{index}]={key!r} must be a primary key (an integer, string, UUID or decimal)"
+            f"keys[{index}]={shown(key)} must be a primary key (an integer, string, UUID or "
+            "decimal)"
         )
-    if isinstance(key, str) and len(key) > MAX_TEXT:
-        raise ValidationError(f"keys[{index}] is longer than {MAX_TEXT} characters")
+    if isinstance(key, str) and (len(key) > MAX_TEXT or "\x00" in key):
+        raise ValidationError(
+            f"keys[{index}]={shown(key)} is longer than {MAX_TEXT} characters or has a NUL"
+        )
     return key
 
 
@@ -82,7 +85,7 @@ def _coercer(table: str, known: KnownTables | None) -> KeyCoercer | None:
         return None
     if table not in known:
         valid = ", ".join(sorted(known)) or "none"
-        raise NotFoundError(f"table={table!r} is not a known table (known tables: {valid})")
+        raise NotFoundError(f"table={shown(table)} is not a known table (known tables: {valid})")
     return known.get(table) if isinstance(known, Mapping) else None
 
 
@@ -91,7 +94,7 @@ def _keys(keys: object, max_keys: int, coerce: KeyCoercer | None) -> tuple[Any, 
         return None
     if isinstance(keys, str | bytes) or not isinstance(keys, list | tuple):
         raise ValidationError(
-            f"keys={keys!r} must be a list of primary keys, or None for the whole table"
+            f"keys={shown(keys)} must be a list of primary keys, or None for the whole table"
         )
     if not keys:
         raise ValidationError("keys=[] names no record; pass None to invalidate the whole table")
@@ -116,7 +119,9 @@ def _names(names: object) -> tuple[str, ...] | None:
     if names is None:
         return None
     if isinstance(names, str) or not isinstance(names, list | tuple) or not names:
-        raise ValidationError(f"names={names!r} must be a non-empty list of item names or None")
+        raise ValidationError(
+            f"names={shown(names)} must be a non-empty list of item names or None"
+        )
     return tuple(dict.fromkeys(_text(f"names[{i}]", n, True) for i, n in enumerate(names)))
 
 
