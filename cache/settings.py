@@ -9,6 +9,7 @@ names the variable and the value instead of a traceback deep inside a task.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +38,69 @@ REDIS_SCHEMES = ("redis", "rediss")
 OFF = ("", "off", "none", "false", "0", "no")
 
 
+_SECRET_PARAMS = re.compile(
+    r"(?i)([?&;](?:password|passwd|pass|pwd|secret|token|sslpassword|sslkey|api_key)=)[^&;#]*"
+)
+QUOTING_HINT = (
+    "percent-encode the user and password (Python: urllib.parse.quote(password, safe='')), "
+    "e.g. '#' -> %23, '?' -> %3F, '/' -> %2F, '@' -> %40"
+)
+
+
+def _unparseable_userinfo(url: str) -> bool:
+    """True when a password holds '/', '?' or '#' unquoted: the authority then ends inside
+    it ('user:pa' before the first of them, an '@' after), and parsers read nonsense."""
+    _scheme, sep, rest = url.partition("://")
+    if not sep:
+        return False
+    cut_at = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=-1)
+    if cut_at < 0 or "@" not in rest[cut_at:]:
+        return False
+    head = rest[:cut_at]
+    return "@" not in head and ":" in head and not head.rpartition(":")[2].isdigit()
+
+
 def mask_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`, safe to print or log."""
+    """Return `url` with every credential replaced by `***`, safe to print or log: the
+    password of the user part (even one with unquoted '/', '?', '#' or '@'), and query
+    parameters such as `?password=`."""
+    if not isinstance(url, str):
+        return "***"
+    scheme, sep, rest = url.partition("://")
+    if sep and _unparseable_userinfo(url):
+        user = rest.split(":", 1)[0]
+        after = rest[rest.rfind("@") :]
+        return _SECRET_PARAMS.sub(r"\1***", f"{scheme}://{user}:***{after}")
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+        password = None
+        parts = None
+    if parts is not None and password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        url = parts._replace(netloc=f"{user}:***@{host}").geturl()
+    elif sep and "@" in rest.split("/", 1)[0]:  # user info a parser refused: hide it all
+        user, _, tail = rest.partition("@")
+        url = f"{scheme}://{user.split(':', 1)[0]}:***@{tail}" if ":" in user else url
+    return _SECRET_PARAMS.sub(r"\1***", url)
+
+
+def check_url(name: str, raw: str) -> None:
+    """ConfigError (URL masked, with how to quote) for a URL whose user part no parser
+    reads as written."""
+    bad = _unparseable_userinfo(raw)
+    if not bad:
+        try:
+            urlsplit(raw).port  # noqa: B018 - raises on a password read as a port
+        except ValueError:
+            bad = True
+    if bad:
+        raise ConfigError(
+            f"{name}={mask_url(raw)!r} cannot be parsed: its user or password holds a "
+            f"character with a meaning in URLs; {QUOTING_HINT}"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,6 +203,7 @@ def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
             f"CACHEWORK_DATABASE_URL={mask_url(raw)!r} has unknown scheme {scheme!r}; "
             f"use one of {valid}"
         )
+    check_url("CACHEWORK_DATABASE_URL", raw)
     return DATABASE_SCHEMES[scheme] + raw[len(scheme) :]
 
 
@@ -160,6 +215,7 @@ def _broker_url(env: Mapping[str, str]) -> str:
             f"CACHEWORK_BROKER_URL={mask_url(raw)!r} has unknown scheme {scheme!r}; "
             f"use one of {', '.join(s + '://' for s in BROKER_SCHEMES)}"
         )
+    check_url("CACHEWORK_BROKER_URL", raw)
     return raw
 
 
@@ -174,6 +230,7 @@ def _result_backend(env: Mapping[str, str], database_url: str) -> str:
             f"CACHEWORK_RESULT_BACKEND={mask_url(raw)!r} names unknown result backend "
             f"{name!r}; use e.g. db+postgresql://..., redis://..., rpc:// or disabled"
         )
+    check_url("CACHEWORK_RESULT_BACKEND", raw)
     return raw
 
 
@@ -186,6 +243,7 @@ def _redis_url(env: Mapping[str, str], broker_url: str) -> str | None:
             raise ConfigError(
                 f"CACHEWORK_REDIS_URL={mask_url(raw)!r} is not a redis:// or rediss:// URL"
             )
+        check_url("CACHEWORK_REDIS_URL", raw)
         return raw
     return broker_url if _scheme(broker_url) in REDIS_SCHEMES else None
 

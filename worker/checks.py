@@ -14,18 +14,26 @@ def check_broker(settings: Settings, timeout: float = 3.0) -> None:
     options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     if settings.broker_url.startswith("filesystem"):
         options = {}
-    conn = Connection(
-        settings.broker_url,
-        transport=settings.broker_transport,
-        connect_timeout=timeout,
-        transport_options=options,
-    )
+    shown = mask_url(settings.broker_url)
+    try:
+        conn = Connection(
+            settings.broker_url,
+            transport=settings.broker_transport,
+            connect_timeout=timeout,
+            transport_options=options,
+        )
+    except Exception as exc:  # kombu refuses the URL itself (e.g. ?password=)
+        raise ConfigError(
+            f"CACHEWORK_BROKER_URL={shown!r} is not a URL the broker client accepts "
+            f"({exc.__class__.__name__}); put the password in the user part, percent-encoded"
+        ) from None
     try:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
     except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ConfigError(
-            f"CACHEWORK_BROKER_URL={mask_url(settings.broker_url)!r} cannot be reached: "
-            f"{exc.__class__.__name__}: {exc}"
+            f"CACHEWORK_BROKER_URL={shown!r} cannot be reached: "
+            f"{exc.__class__.__name__}: {mask_url(first)}"
         ) from None
     finally:
         conn.release()
@@ -37,7 +45,7 @@ def check_database(engine: sa.Engine) -> None:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
-        url = engine.url.render_as_string(hide_password=True)
+        url = mask_url(engine.url.render_as_string(hide_password=True))
         raise ConfigError(
             f"CACHEWORK_DATABASE_URL={url!r} cannot be reached: {exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"

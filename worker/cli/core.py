@@ -115,7 +115,8 @@ def status(timeout: float) -> None:
     )
     database = app.runtime.database
     check_database(database.engine)
-    table.add_row("database", f"{database.engine.url.render_as_string(hide_password=True)} ok")
+    shown_db = mask_url(database.engine.url.render_as_string(hide_password=True))
+    table.add_row("database", f"{shown_db} ok")
     replies = app.control.ping(timeout=timeout) or []
     workers = sorted(name for reply in replies for name in reply)
     consumed = _consumers(app, workers, timeout)
