@@ -717,8 +717,8 @@ class VersionModel:
             early = [i for i in range(len(self.levels)) if i not in late]
             for index in reversed(early):
                 level = self.levels[index]
-                values = self._live_values(level) + [literal_tx, kind]
-                for flag, live, _v in level.mods:
+                values = [*self._live_values(level), literal_tx, kind]
+                for _flag, live, _v in level.mods:
                     changed = sa.or_(d["missing"], d["flags"][index][live])
                     if live in level.only:
                         changed = sa.and_(self._is(level.only[live]), changed)
@@ -844,7 +844,35 @@ class VersionModel:
         v = level.versions
         keys = [c for _l, c in level.keys]
         new = v.alias("new")
+        if self.joined:
+            older = v.alias("older")
+            prev = (
+                sa.select(
+                    *(older.c[k.key] for k in keys), sa.func.max(older.c[self.tx]).label("prev")
+                )
+                .select_from(
+                    older.join(
+                        new,
+                        sa.and_(
+                            new.c[self.tx] == tx,
+                            *_same_key(
+                                [new.c[k.key] for k in keys], [older.c[k.key] for k in keys]
+                            ),
+                        ),
+                    )
+                )
+                .where(older.c[self.tx] < tx)
+                .group_by(*(older.c[k.key] for k in keys))
+                .subquery("prev")
+            )
+            session.execute(
+                sa.update(v)
+                .where(*_same_key(keys, [prev.c[k.key] for k in keys]), v.c[self.tx] == prev.c.prev)
+                .values({self.end: tx})
+            )
+            return
         where = [
+            v.c[self.end].is_(None),
             v.c[self.tx] != tx,
             sa.exists(
                 sa.select(sa.literal(1))
@@ -852,9 +880,7 @@ class VersionModel:
                 .where(new.c[self.tx] == tx, *_same_key([new.c[k.key] for k in keys], keys))
             ),
         ]
-        if not self.joined:
-            where.append(v.c[self.end].is_(None))
-        if self.several_open or self.joined:  # leave older versions alone
+        if self.several_open:  # leave older open versions alone (reported, not repaired)
             newer = v.alias("newer")
             where.append(
                 ~sa.exists(
@@ -862,7 +888,7 @@ class VersionModel:
                     .select_from(newer)
                     .where(
                         *_same_key([newer.c[k.key] for k in keys], keys),
-                        *([] if self.joined else [newer.c[self.end].is_(None)]),
+                        newer.c[self.end].is_(None),
                         newer.c[self.tx] > v.c[self.tx],
                         newer.c[self.tx] != tx,
                     )
@@ -878,23 +904,22 @@ class VersionModel:
         tables = [version_class(m.class_).__table__ for m in self._joined_mappers()]
         for table in tables:
             keys = [table.c[c.name] for c in self._table_keys(table)]
-            closed = [
-                sa.exists(
-                    sa.select(sa.literal(1))
-                    .select_from(level.versions)
-                    .where(
-                        level.versions.c[self.end] == tx,
-                        level.versions.c[self.tx] == table.c[self.tx],
-                        *_same_key([c for _l, c in level.keys], keys),
-                    )
+            for level in self.levels:
+                if level.versions is table:
+                    continue
+                lv = level.versions
+                closed = (
+                    sa.select(*(c for _l, c in level.keys), lv.c[self.tx])
+                    .where(lv.c[self.end] == tx, lv.c[self.tx] != tx)
+                    .subquery("closed")
                 )
-                for level in self.levels
-                if level.versions is not table
-            ]
-            if closed:
                 session.execute(
                     sa.update(table)
-                    .where(table.c[self.tx] != tx, sa.or_(*closed))
+                    .where(
+                        *_same_key(keys, [closed.c[c.key] for _l, c in level.keys]),
+                        table.c[self.tx] == closed.c[self.tx],
+                        sa.or_(table.c[self.end].is_(None), table.c[self.end] != tx),
+                    )
                     .values({self.end: tx})
                 )
 
