@@ -1254,7 +1254,8 @@ def import_versions(
     run = RunTransaction(session, get_versioning_manager(first), user, remote_addr, comment)
     begin_import(session, mapper=first)
     run.check()
-    refresh_stale_statistics(session, [t for u in units for t in _tables(u)])
+    tables = [t for u in units for t in _tables(u)]
+    refresh_stale_statistics(session, list(dict.fromkeys(tables)))  # each table once
     for unit in units:
         unit.prepare(session, repair)
         if repair and getattr(unit, "several_open", False):
