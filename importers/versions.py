@@ -225,13 +225,20 @@ def _count(session: Session, table: sa.FromClause, *where: Any) -> int:
 
 
 def comparable(column: Any, type_: sa.types.TypeEngine, dialect: sa.Dialect) -> Any:
-    """`column` in a form SQL can compare for equality: PostgreSQL's `json` has no
-    equality operator, so JSON compares as `jsonb` (semantic equality, as Python's `==`
-    on the loaded values); other types as they are (SQLite stores JSON as text)."""
+    """`column` in a form SQL can compare for equality: PostgreSQL's `json` (and `json[]`)
+    has no equality operator, so it compares as `jsonb` (semantic equality, as Python's
+    `==` on the loaded values); every other type PostgreSQL gets through SQLAlchemy has
+    one (binary and pickled values compare as bytes); SQLite compares anything (it stores
+    JSON as text)."""
+    if dialect.name != "postgresql":
+        return column
     impl = type_.dialect_impl(dialect)
-    postgres = dialect.name == "postgresql"
-    if postgres and isinstance(impl, sa.JSON) and not isinstance(impl, postgresql.JSONB):
+    if isinstance(impl, sa.JSON) and not isinstance(impl, postgresql.JSONB):
         return sa.cast(column, postgresql.JSONB)
+    if isinstance(impl, sa.ARRAY):
+        item = impl.item_type.dialect_impl(dialect)
+        if isinstance(item, sa.JSON) and not isinstance(item, postgresql.JSONB):
+            return sa.cast(column, postgresql.ARRAY(postgresql.JSONB))  # json[] -> jsonb[]
     return column
 
 

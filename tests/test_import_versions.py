@@ -364,3 +364,43 @@ def test_an_import_analyzes_tables_a_bulk_load_left_stale(pg_url):
     finally:
         engine.dispose()
         database.dispose()
+
+
+def test_json_and_json_arrays_compare_as_jsonb_on_postgresql(pg_url):
+    """PostgreSQL's json and json[] have no equality operator: the import compares them as
+    jsonb (semantic equality, like Python's == on the loaded values)."""
+    from sqlalchemy.dialects import postgresql
+
+    from importers.versions import comparable
+
+    table = sa.Table(
+        "no_equality",
+        sa.MetaData(),
+        sa.Column("a", sa.JSON),
+        sa.Column("b", sa.JSON),
+        sa.Column("c", sa.ARRAY(sa.JSON)),
+        sa.Column("d", sa.ARRAY(sa.JSON)),
+    )
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            table.create(conn)
+            conn.exec_driver_sql(
+                "INSERT INTO no_equality VALUES "
+                "('{\"k\": 1, \"j\": 2}', '{\"j\":2,\"k\":1}', "
+                "ARRAY['[1, 2]'::json], ARRAY['[1,2]'::json])")  # fmt: skip
+            plain = sa.select(table.c.a.is_distinct_from(table.c.b))
+            with (
+                pytest.raises(sa.exc.ProgrammingError, match="operator does not exist"),
+                conn.begin_nested(),
+            ):
+                conn.execute(plain)
+            dialect = engine.dialect
+            differs = [
+                comparable(x, x.type, dialect).is_distinct_from(comparable(y, y.type, dialect))
+                for x, y in ((table.c.a, table.c.b), (table.c.c, table.c.d))
+            ]
+            assert conn.execute(sa.select(*differs)).one() == (False, False)
+            assert isinstance(comparable(table.c.a, table.c.a.type, dialect).type, postgresql.JSONB)
+    finally:
+        engine.dispose()
