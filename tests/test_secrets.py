@@ -67,8 +67,10 @@ def test_status_never_prints_a_query_password(tmp_path: Path, monkeypatch, pg_ur
     else:
         monkeypatch.setenv("CACHEWORK_BROKER_URL", f"redis://127.0.0.1:1/0?password={SECRET}")
     import worker
+    from worker import celery_app
 
     monkeypatch.delitem(worker.__dict__, "app", raising=False)
+    monkeypatch.delitem(celery_app.__dict__, "app", raising=False)
     result = CliRunner().invoke(main, ["status", "--timeout", "0.5"])
     assert SECRET not in result.output, result.output
     assert "***" in result.output, result.output

@@ -14,12 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from cache import jobs
 from cache.sync import ScopeResult, scope_label
+from worker.checks import check_broker
 from worker.cli.context import cli_runtime
 
 
 def _enqueue(console: Console, name: str, kwargs: dict, timeout: float) -> dict:
     from worker import app
 
+    check_broker(app.runtime.settings)  # one line naming the broker, not a long wait
     result = app.send_task(name, kwargs=kwargs)
     console.print(f"sent {name} as task {result.id}; waiting up to {timeout:.0f}s ...")
     return result.get(timeout=timeout, interval=0.2)
