@@ -1,9 +1,15 @@
-"""Creating the tables a deployment needs: the app's models (with Continuum's) and ours."""
+"""Creating the tables a deployment needs: the app's models (with Continuum's) and ours.
+
+The app's tables are created when missing (they are the app's: no migrations of ours);
+cachework's own tables are created or upgraded to the head of their migrations
+(`cache.migrate`).
+"""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
+from cache import migrate
 from cache.schema import own_metadata
 from worker.bootstrap import Models
 
@@ -13,9 +19,12 @@ def all_metadata(models: Models) -> list[sa.MetaData]:
 
 
 def create_tables(engine: sa.Engine, models: Models) -> list[str]:
-    """Create every missing table; returns the names of all tables it manages."""
+    """Create every missing table of the app and bring ours to head; returns the names of
+    all tables it manages."""
     names: list[str] = []
-    for metadata in all_metadata(models):
+    for metadata in models.metadatas:
         metadata.create_all(engine)
         names.extend(metadata.tables)
+    migrate.upgrade(engine)
+    names.extend(own_metadata().tables)
     return sorted(names)

@@ -1,0 +1,125 @@
+"""Alembic migrations of cachework's own tables (`cache.schema.metadata`), never the app's.
+
+The scripts ship in `cache/migrations/`; the revision is kept in `cachework_alembic_version`
+so an app's own Alembic set-up keeps `alembic_version` to itself. `upgrade(engine)` creates
+our tables at head on a database that has none of them, adopts a database made before
+migrations existed (stamped at the baseline, then upgraded) and upgrades anything older;
+`check_schema(engine)` is what start-up calls: a ConfigError naming the command to run
+when the schema is behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from cache.errors import ConfigError
+from cache.schema import own_metadata
+
+VERSION_TABLE = "cachework_alembic_version"
+BASELINE = "0001"
+UPGRADE_COMMAND = "cachework db upgrade"
+INIT_COMMAND = "cachework initdb"
+SCRIPTS = Path(__file__).with_name("migrations")
+
+
+def config(connection: sa.Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(SCRIPTS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(config())
+
+
+def head() -> str:
+    return script().get_current_head()
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database's own tables stand: `revision` None means unversioned."""
+
+    revision: str | None
+    head: str
+    tables: frozenset[str]  # which of our tables exist
+
+    @property
+    def fresh(self) -> bool:
+        return self.revision is None and not self.tables
+
+    @property
+    def current(self) -> bool:
+        return self.revision == self.head
+
+    @property
+    def known(self) -> bool:
+        return self.revision is None or self.revision in {r.revision for r in _revisions()}
+
+
+def _revisions() -> list:
+    return list(script().walk_revisions())
+
+
+def state(engine: sa.Engine) -> SchemaState:
+    ours = set(own_metadata().tables)
+    with engine.connect() as conn:
+        present = set(sa.inspect(conn).get_table_names()) & ours
+        revision = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+    return SchemaState(revision, head(), frozenset(present))
+
+
+def upgrade(engine: sa.Engine) -> tuple[str | None, str]:
+    """Create or upgrade our tables to head; returns (revision before, revision after)."""
+    before = state(engine)
+    if not before.known:
+        raise ConfigError(_ahead(before))
+    with engine.begin() as conn:
+        cfg = config(conn)
+        if before.fresh:
+            own_metadata().create_all(conn)
+            command.stamp(cfg, "head")
+        else:
+            if before.revision is None:
+                command.stamp(cfg, BASELINE)  # made by cachework before migrations existed
+            command.upgrade(cfg, "head")
+    return before.revision, before.head
+
+
+def _ahead(s: SchemaState) -> str:
+    return (
+        f"the database's cachework schema is at revision {s.revision}, which this cachework "
+        f"does not know (its head is {s.head}): upgrade cachework"
+    )
+
+
+def check_schema(engine: sa.Engine, *, fresh_ok: bool = False) -> SchemaState:
+    """ConfigError (one line naming the command to run) unless our tables are at head, or
+    (`fresh_ok`) the database has none of them yet."""
+    s = state(engine)
+    if s.current or (s.fresh and fresh_ok):
+        return s
+    if s.fresh:
+        raise ConfigError(f"the database has no cachework tables: run `{INIT_COMMAND}`")
+    if not s.known:
+        raise ConfigError(_ahead(s))
+    at = s.revision or f"{BASELINE} (tables made before migrations)"
+    raise ConfigError(
+        f"the database's cachework schema is behind (at {at}, head {s.head}): "
+        f"run `{UPGRADE_COMMAND}`"
+    )
+
+
+def history() -> list[str]:
+    """One line per revision, newest first."""
+    return [f"{r.revision}  {r.doc.splitlines()[0] if r.doc else ''}" for r in _revisions()]
