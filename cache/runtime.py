@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import redis
 import sqlalchemy as sa
 
+from cache import metrics
 from cache import plugins as cache_plugins
 from cache.database import Database
 from cache.invalidation import (
@@ -76,6 +77,7 @@ class Runtime:
         self._tracker_made = False
         self._listener: Listener | None = None
         self._relay: RelayLoop | None = None
+        self._sampler: metrics.Sampler | None = None
 
     # --- resources --------------------------------------------------------------------
 
@@ -144,6 +146,14 @@ class Runtime:
                     load_declarations(self.settings.cached_tables), lambda: self.database.engine
                 )
             return self._registry
+
+    @property
+    def sampler(self) -> metrics.Sampler:
+        """Copies this runtime's table and listener statistics into the metrics."""
+        with self._lock:
+            if self._sampler is None:
+                self._sampler = metrics.Sampler(self)
+            return self._sampler
 
     # --- invalidation -----------------------------------------------------------------
 
@@ -224,6 +234,8 @@ class Runtime:
             if relay and self._relay is None:
                 outbox = Relay(self.database.engine, self.invalidation_log())
                 self._relay = RelayLoop(outbox).start()
+            if metrics.active():
+                self.sampler.start()
         return self
 
     @property
@@ -236,10 +248,13 @@ class Runtime:
         with self._lock:
             listener, self._listener = self._listener, None
             relay, self._relay = self._relay, None
+            sampler = self._sampler
         if listener is not None:
             listener.stop(timeout)
         if relay is not None:
             relay.stop(timeout)
+        if sampler is not None:
+            sampler.stop(timeout)
 
     def close(self) -> None:
         """Stop, then close the Redis client and the database pool."""

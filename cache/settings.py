@@ -137,6 +137,10 @@ class Settings:
     # The broker is shared with the app's own Celery workers: cachework workers then leave
     # Celery's default queue `celery` to them (see worker/routing.py).
     shared_broker: bool = False
+    # Prometheus metrics and the readiness endpoint of each worker node (None: not served),
+    # bound to `metrics_bind` (loopback by default). See cache/metrics.py.
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
 
     @property
     def broker_transport(self) -> str | None:
@@ -305,6 +309,29 @@ def _projects(env: Mapping[str, str]) -> tuple[str, str, str | None] | None:
     return (".".join(parts[:-1]), parts[-1], key_type)
 
 
+def _metrics_port(env: Mapping[str, str]) -> int | None:
+    raw = env.get("CACHEWORK_METRICS_PORT")
+    if raw is None or raw.strip().lower() in OFF:
+        return None
+    try:
+        port = int(raw)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"CACHEWORK_METRICS_PORT={raw!r} is not a TCP port (1-65535) or 'off'")
+    return port
+
+
+def _metrics_bind(env: Mapping[str, str]) -> str:
+    raw = env.get("CACHEWORK_METRICS_BIND", "").strip() or "127.0.0.1"
+    if not all(c.isalnum() or c in ".-:_" for c in raw):
+        raise ConfigError(
+            f"CACHEWORK_METRICS_BIND={raw!r} is not an address to listen on "
+            "(e.g. 127.0.0.1, 0.0.0.0 or ::)"
+        )
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check the `CACHEWORK_*` environment (or `env`)."""
     env = os.environ if env is None else env
@@ -344,4 +371,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cached_tables=_modules(env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables"),
         projects=_projects(env),
         shared_broker=_bool(env, "CACHEWORK_SHARED_BROKER", False),
+        metrics_port=_metrics_port(env),
+        metrics_bind=_metrics_bind(env),
     )

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from cache import metrics
 from cache.errors import LockLostError, is_transient
 from cache.locks import ALL, LockBackend, Renewer, scope_key
 from cache.plugins import CachePlugin, ItemWriter
@@ -121,13 +122,14 @@ def _round(
     return result
 
 
-def _wait_for_holder(lock, ttl_ms: int) -> bool:
+def _wait_for_holder(lock, ttl_ms: int, app_name: str = "") -> bool:
     """The lock is held by someone else: wait until it is clear the request will be
     done. Returns True when this caller got the lock (the holder died or finished),
     False when a live holder will do it (it took the names, or it renewed its lock).
 
     A holder killed mid-rebuild stops renewing, so its lock runs out within `ttl_ms`;
     then this request takes it and redoes what the dead holder took."""
+    metrics.record_lock_wait(app_name)
     poll = min(0.25, max(ttl_ms / 20_000.0, 0.01))
     deadline = time.monotonic() + ttl_ms / 1000.0 * 1.5 + 1.0
     last = lock.remaining_ms()
@@ -169,8 +171,10 @@ def rebuild_scope(
     lock.mark_dirty(names)
     result = ScopeResult()
     while result.rounds < max_rounds:
-        if not lock.acquire() and not _wait_for_holder(lock, locks.ttl_ms):
+        if not lock.acquire() and not _wait_for_holder(lock, locks.ttl_ms, plugin.app_name):
             result.deferred = result.rounds == 0
+            if result.deferred:
+                metrics.record_deferral(plugin.app_name)
             return result
         try:
             with Renewer(lock, locks.ttl_ms):
@@ -179,18 +183,13 @@ def rebuild_scope(
                     if not pending:
                         break
                     result.rounds += 1
-                    result.add(
-                        _round(
-                            session_factory,
-                            plugin,
-                            project,
-                            pending,
-                            user,
-                            max_bytes,
-                            lock,
-                            abort_on,
-                        )
+                    started = time.perf_counter()
+                    done = _round(
+                        session_factory, plugin, project, pending, user, max_bytes, lock, abort_on
                     )
+                    seconds = time.perf_counter() - started
+                    metrics.record_rebuild(plugin.app_name, seconds, done.errors)
+                    result.add(done)
                     lock.finish()
         finally:
             lock.release()

@@ -22,7 +22,7 @@ COMMAND_MODULES = [
     "worker.cli.versions",
     "worker.cli.invalidate",
     "worker.cli.triggers",
-    "worker.cli.db",
+    "worker.cli.health",
 ]
 
 

@@ -1,0 +1,132 @@
+"""A worker node's metrics: multiprocess mode across the pool, the exporter, task metrics.
+
+Connected to Celery's signals when `worker.celery_app` is imported:
+
+- `worker_init` (main process, before the pool forks): a fresh folder for the node's
+  metric files (`cachework-metrics-*` in the temporary directory), prometheus_client's
+  multiprocess mode on, and with CACHEWORK_METRICS_PORT the exporter (`worker/exporter.py`)
+  started beside the main process, which stays free of threads (it forks children).
+- every child's runtime samples its tables and listener (`cache.metrics.Sampler`), and at
+  its end (`worker_process_shutdown`) copies a last time and is marked dead.
+- `task_prerun`/`task_postrun`: task run time and outcome by name; the version import's
+  rows and duration from its result.
+- `worker_shutdown`: the exporter stops and the folder is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from celery import signals
+
+from cache import metrics
+
+log = logging.getLogger(__name__)
+IMPORT_TASK = "cachework.import_versions"
+EXPORTER_START_TIMEOUT = 20.0
+_node: dict = {}  # this main process's metrics folder and exporter
+_started: dict[str, float] = {}  # task id -> perf_counter at prerun (this process)
+
+
+def _runtime(app):
+    return getattr(app, "runtime", None)
+
+
+@signals.worker_init.connect
+def _node_init(sender=None, **_kwargs) -> None:
+    runtime = _runtime(getattr(sender, "app", None))
+    if runtime is None:
+        return
+    folder = tempfile.mkdtemp(prefix="cachework-metrics-")
+    metrics.enable_multiprocess(folder)
+    _node["folder"] = folder
+    if runtime.settings.metrics_port is not None:
+        _node["exporter"] = start_exporter(folder, getattr(sender, "hostname", "") or "")
+
+
+def start_exporter(folder: str, node: str) -> subprocess.Popen:
+    """Start the exporter process; exit the worker with one line if it cannot listen."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.exporter", folder, str(os.getpid()), node],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    line = b""
+    deadline = time.monotonic() + EXPORTER_START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            break
+    text = line.decode(errors="replace").strip()
+    if not text.startswith("listening"):
+        stop_exporter(proc)
+        shutil.rmtree(_node.get("folder", ""), ignore_errors=True)
+        sys.stderr.write(f"error: {text or 'the metrics exporter did not start'}\n")
+        sys.stderr.flush()
+        raise SystemExit(2)
+    proc.stdout.close()
+    log.info("metrics exporter %s", text)
+    return proc
+
+
+def stop_exporter(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    if proc.stdout is not None and not proc.stdout.closed:
+        proc.stdout.close()
+
+
+@signals.worker_process_shutdown.connect
+def _child_shutdown(**_kwargs) -> None:
+    """A pool child ending: stop its runtime (a last copy of its statistics), then leave
+    the per-process gauges."""
+    from worker.celery_app import _command_runtime
+
+    runtime = _command_runtime()
+    if runtime is not None and metrics.multiprocess_dir() is not None:
+        runtime.stop()
+        metrics.mark_process_dead()
+
+
+@signals.worker_shutdown.connect
+def _node_shutdown(**_kwargs) -> None:
+    proc = _node.pop("exporter", None)
+    if proc is not None:
+        stop_exporter(proc)
+    folder = _node.pop("folder", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@signals.task_prerun.connect
+def _task_started(task_id=None, **_kwargs) -> None:
+    if metrics.active() and task_id:
+        _started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect
+def _task_finished(task_id=None, task=None, retval=None, state=None, **_kwargs) -> None:
+    if not metrics.active():
+        return
+    started = _started.pop(task_id, None) if task_id else None
+    seconds = None if started is None else time.perf_counter() - started
+    name = getattr(task, "name", None) or "unknown"
+    metrics.record_task(name, str(state or "UNKNOWN"), seconds)
+    if name == IMPORT_TASK and seconds is not None:
+        metrics.record_import(retval if state == "SUCCESS" else None, seconds, str(state))
+    runtime = _runtime(getattr(task, "app", None))
+    if runtime is not None:
+        runtime.sampler.sync()
