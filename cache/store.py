@@ -75,6 +75,10 @@ _KEY = (
 )
 sa.Index("uq_cache_items_key", *_KEY, unique=True)
 sa.Index("ix_cache_items_app", cache_items.c.app_name, cache_items.c.name)
+# A project's items, its deletes and the projects with items (migration 0002).
+sa.Index(
+    "ix_cache_items_project", cache_items.c.project, cache_items.c.app_name, cache_items.c.name
+)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from celery import Celery, signals
 from celery.concurrency import solo, thread
 
 from cache.errors import CacheworkError, ConfigError
+from cache.migrate import check_schema
 from cache.runtime import Runtime
 from cache.settings import Settings, load_settings
 from worker import health as _health  # noqa: F401 - registers the cachework_listeners command
@@ -113,6 +114,10 @@ def _worker_init(sender=None, **_kwargs) -> None:
     try:
         runtime.models  # noqa: B018 - maps the models and sets up Continuum
         check_database(runtime.database.engine)
+        # Behind: one line naming the command to run. None of our tables yet: a worker may
+        # serve only tasks that need none (the first sync says what to run).
+        if check_schema(runtime.database.engine, fresh_ok=True).fresh:
+            log.warning("the database has no cachework tables yet: run `cachework initdb`")
     except CacheworkError as exc:
         _exit_on_config_error(exc)
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "worker.cli.invalidate",
     "worker.cli.triggers",
     "worker.cli.health",
+    "worker.cli.db",
 ]
 
 

@@ -6,6 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cache import migrate
 from cache.settings import mask_url
 from worker import routing
 from worker.checks import check_broker, check_database
@@ -15,11 +16,13 @@ from worker.schema import create_tables
 
 @click.command()
 def initdb() -> None:
-    """Create the tables of the configured models, Continuum's and cachework's own."""
-    with cli_runtime() as runtime:
+    """Create the tables of the configured models and Continuum's, and create or upgrade
+    cachework's own (its migrations: `cachework db`)."""
+    with cli_runtime(schema=False) as runtime:
         check_database(runtime.database.engine)
         names = create_tables(runtime.database.engine, runtime.models)
     click.echo(f"database ready ({len(names)} tables): {', '.join(names)}")
+    click.echo(f"cachework schema at {migrate.head()} (head)")
 
 
 @click.command(
