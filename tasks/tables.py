@@ -11,12 +11,15 @@ from cache.records import to_json
 from worker.celery_app import require_runtime
 
 
+# Retries 1, 2, 4, 8, 8, 8 s apart: a fast PostgreSQL restart (seconds) is ridden out.
 @shared_task(
     name="cachework.lookup",
     bind=True,
     autoretry_for=(TransientError,),
-    retry_backoff=True,
-    max_retries=3,
+    retry_backoff=1,
+    retry_backoff_max=8,
+    retry_jitter=False,
+    max_retries=6,
 )
 def lookup(self, table: str, key: object) -> dict | None:
     """The record of `table` with primary key `key` (coerced to its type) as a JSON object,

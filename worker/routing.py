@@ -38,6 +38,9 @@ ROUTES = {
     "cachework.cache_status": "cache",
     "cachework.ping": "cache",
     "cachework.process_invalidation": "invalidations",
+    # Internal: a fanned-out sync's summary, and the probe tests and benchmarks send.
+    "cachework.sync_cache_summary": "cache",
+    "cachework.invalidation_probe": "invalidations",
 }
 FALLBACK_QUEUE = "cache"
 # The one line a web app adds to its Celery client (shown in the README and in logs).

@@ -65,6 +65,16 @@ def _args(kwargs: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
+DEMO_MARKER = ".cachework-demo"
+
+
+def _is_demo_folder(folder: Path) -> bool:
+    """An earlier demo's folder (its marker), or an empty one: safe to replace."""
+    if not folder.is_dir():
+        return False
+    return (folder / DEMO_MARKER).exists() or not any(folder.iterdir())
+
+
 def demo_env(folder: Path) -> dict[str, str]:
     """The environment of the embedded demo: nothing outside `folder` is touched."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEWORK_")}
@@ -87,12 +97,19 @@ def demo_env(folder: Path) -> dict[str, str]:
     show_default=True,
     help="Where the demo keeps its database, broker and worker log (recreated).",
 )
-def demo(projects: int, products: int, folder: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace FOLDER even if it is not a demo's.")
+def demo(projects: int, products: int, folder: Path, force: bool) -> None:
     """Seed the embedded database, start a real worker and run every job through it."""
     console = Console()
     folder = folder.resolve()
+    if folder.exists() and not force and not _is_demo_folder(folder):
+        raise click.ClickException(
+            f"{folder} exists and is not a folder an earlier demo made; it is replaced by "
+            "the demo, so choose another --folder, or pass --force to replace it"
+        )
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    (folder / DEMO_MARKER).write_text("made by `cachework demo`; replaced by the next one\n")
     env = demo_env(folder)
     settings = load_settings(env)
     database = db.Database(settings.database_url)
