@@ -134,6 +134,9 @@ class Settings:
     # acknowledged it) is handed out again. A job still running past it gets a second
     # delivery, which its lock makes harmless (see README "Reliability").
     broker_visibility_timeout: int = 600
+    # Seconds a dead beat's lock outlives it (several beats: the standby takes over after
+    # it; see worker/beat.py).
+    beat_lock_ttl: float = 30.0
     # The broker is shared with the app's own Celery workers: cachework workers then leave
     # Celery's default queue `celery` to them (see worker/routing.py).
     shared_broker: bool = False
@@ -368,6 +371,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         listener_stale_after=_float(env, "CACHEWORK_LISTENER_STALE_AFTER", 30.0, 0.1),
         invalidation_max_keys=_int(env, "CACHEWORK_INVALIDATION_MAX_KEYS", 10_000, 1),
         broker_visibility_timeout=_int(env, "CACHEWORK_BROKER_VISIBILITY_TIMEOUT", 600, 10),
+        beat_lock_ttl=_float(env, "CACHEWORK_BEAT_LOCK_TTL", 30.0, 1.0),
         cached_tables=_modules(env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables"),
         projects=_projects(env),
         shared_broker=_bool(env, "CACHEWORK_SHARED_BROKER", False),
