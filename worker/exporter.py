@@ -41,17 +41,16 @@ def main(argv: list[str]) -> int:
     def ready() -> list[str]:
         nonlocal app
         problems = live()
-        if problems:
-            return problems
-        if app is None:
-            from worker.celery_app import create_app
+        if not any(p.startswith("broker") for p in problems):
+            if app is None:
+                from worker.celery_app import create_app
 
-            app = create_app(settings)
-        replies = app.control.ping(destination=[node], timeout=2.0) or []
-        if not any(node in reply for reply in replies):
-            return [f"worker {node} did not answer ping within 2s"]
+                app = create_app(settings)
+            replies = app.control.ping(destination=[node], timeout=2.0) or []
+            if not any(node in reply for reply in replies):
+                problems.append(f"worker {node} did not answer ping within 2s")
         states = health.listeners(folder)
-        return [
+        return problems + [
             f"worker {node} {line}"
             for line in health.listener_problems(states, settings.listener_stale_after)
         ]
