@@ -137,6 +137,7 @@ class Settings:
     # Seconds a dead beat's lock outlives it (several beats: the standby takes over after
     # it; see worker/beat.py).
     beat_lock_ttl: float = 30.0
+    log_format: str = "text"  # or "json": one JSON object per line
     # The broker is shared with the app's own Celery workers: cachework workers then leave
     # Celery's default queue `celery` to them (see worker/routing.py).
     shared_broker: bool = False
@@ -335,6 +336,14 @@ def _metrics_bind(env: Mapping[str, str]) -> str:
     return raw
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = env.get("CACHEWORK_LOG_FORMAT", "")
+    value = raw.strip().lower() or "text"
+    if value not in ("text", "json"):
+        raise ConfigError(f"CACHEWORK_LOG_FORMAT={raw!r} is not one of text, json")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check the `CACHEWORK_*` environment (or `env`)."""
     env = os.environ if env is None else env
@@ -372,6 +381,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         invalidation_max_keys=_int(env, "CACHEWORK_INVALIDATION_MAX_KEYS", 10_000, 1),
         broker_visibility_timeout=_int(env, "CACHEWORK_BROKER_VISIBILITY_TIMEOUT", 600, 10),
         beat_lock_ttl=_float(env, "CACHEWORK_BEAT_LOCK_TTL", 30.0, 1.0),
+        log_format=_log_format(env),
         cached_tables=_modules(env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables"),
         projects=_projects(env),
         shared_broker=_bool(env, "CACHEWORK_SHARED_BROKER", False),

@@ -12,6 +12,7 @@ from cache import jobs
 from cache.errors import TransientError
 from cache.invalidation.events import id_key
 from worker.celery_app import require_runtime
+from worker.logsetup import EXPECTED_ERRORS
 
 
 @shared_task(
@@ -21,6 +22,7 @@ from worker.celery_app import require_runtime
     retry_backoff=True,
     retry_backoff_max=60,
     max_retries=5,
+    throws=EXPECTED_ERRORS,
 )
 def process_invalidation(
     self,

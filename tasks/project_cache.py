@@ -13,12 +13,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from cache import jobs
 from cache.errors import TransientError
 from worker.celery_app import require_runtime
+from worker.logsetup import EXPECTED_ERRORS
 
 RETRY = {
     "autoretry_for": (TransientError,),
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "max_retries": 5,
+    "throws": EXPECTED_ERRORS,
 }
 ABORT_ON = (SoftTimeLimitExceeded,)
 

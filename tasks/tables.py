@@ -9,6 +9,7 @@ from celery import shared_task
 from cache.errors import TransientError, ValidationError
 from cache.records import to_json
 from worker.celery_app import require_runtime
+from worker.logsetup import EXPECTED_ERRORS
 
 
 # Retries 1, 2, 4, 8, 8, 8 s apart: a fast PostgreSQL restart (seconds) is ridden out.
@@ -20,6 +21,7 @@ from worker.celery_app import require_runtime
     retry_backoff_max=8,
     retry_jitter=False,
     max_retries=6,
+    throws=EXPECTED_ERRORS,
 )
 def lookup(self, table: str, key: object) -> dict | None:
     """The record of `table` with primary key `key` (coerced to its type) as a JSON object,

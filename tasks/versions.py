@@ -9,6 +9,7 @@ from cache.settings import Settings
 from importers.locking import transient_errors
 from importers.versions import import_versions as run_import
 from worker.celery_app import require_runtime
+from worker.logsetup import EXPECTED_ERRORS
 
 
 def _results_share_sqlite(settings: Settings, database_url: str) -> bool:
@@ -25,6 +26,7 @@ def _results_share_sqlite(settings: Settings, database_url: str) -> bool:
     retry_backoff_max=300,
     retry_jitter=True,
     max_retries=5,
+    throws=EXPECTED_ERRORS,
 )
 def import_versions(
     self,

@@ -27,7 +27,7 @@ from worker import health as _health  # noqa: F401 - registers the cachework_lis
 from worker import node_metrics as _node_metrics  # noqa: F401 - connects the metrics signals
 from worker import unknown_tasks as _unknown_tasks  # noqa: F401 - connects task_unknown
 from worker.checks import check_database
-from worker.logsetup import configure_logging, most_verbose
+from worker.logsetup import configure_logging, expected_errors_at_warning, most_verbose
 
 log = logging.getLogger(__name__)
 TASK_MODULES = ["tasks"]
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("cachework", include=TASK_MODULES)
     app.conf.update(celeryconfig.build(settings))
     app.runtime = Runtime(settings)
+    expected_errors_at_warning()  # a task's `throws`: one WARNING line, no traceback
     return app
 
 
@@ -98,7 +99,9 @@ def _command_runtime() -> Runtime | None:
 def _setup_logging(loglevel=None, logfile=None, **_kwargs) -> None:
     runtime = _command_runtime()
     settings = runtime.settings if runtime is not None else load_settings()
-    configure_logging(most_verbose(loglevel, settings.log_level), logfile or None)
+    configure_logging(
+        most_verbose(loglevel, settings.log_level), logfile or None, settings.log_format
+    )
 
 
 @signals.worker_init.connect

@@ -1,11 +1,23 @@
-"""Our logging set-up; Celery's root-logger hijack is off (`worker_hijack_root_logger`)."""
+"""Our logging set-up; Celery's root-logger hijack is off (`worker_hijack_root_logger`).
+
+CACHEWORK_LOG_FORMAT=text (default) or json: one JSON object per line, with the task's
+name and id when the record was logged by (or about) a task. Expected errors of bad input
+(`EXPECTED_ERRORS`, named in each task's `throws`) are logged by Celery as one WARNING
+line without a traceback; any other exception keeps its ERROR line and traceback.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
+
+from cache.errors import ConfigError, NotFoundError, ValidationError
 
 FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
+# A task's `throws`: bad input or configuration, said in one line (no traceback).
+EXPECTED_ERRORS = (ValidationError, NotFoundError, ConfigError)
 
 
 def most_verbose(*levels: str | int | None) -> int:
@@ -22,14 +34,60 @@ def most_verbose(*levels: str | int | None) -> int:
     return min(numbers) if numbers else logging.INFO
 
 
-def configure_logging(level: str | int = "INFO", logfile: str | None = None) -> None:
+def expected_errors_at_warning() -> None:
+    """Celery logs a task's `throws` ("raised expected") at INFO; we want WARNING, still
+    one line without a traceback (Celery's own policy table, so idempotent)."""
+    from celery.app import trace
+
+    policy = trace.log_policy_expected
+    if policy.severity != logging.WARNING:
+        trace.log_policy_expected = policy._replace(severity=logging.WARNING)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, process, message, the task's name
+    and id (when known) and the traceback (when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.process,
+            "process_name": record.processName,
+            "message": record.getMessage(),
+        }
+        data.update(_task_of(record))
+        if record.exc_info:
+            data["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def _task_of(record: logging.LogRecord) -> dict:
+    """The task name and id: from Celery's own log context (received, succeeded, raised)
+    or from the task running in this process."""
+    context = getattr(record, "data", None)
+    if isinstance(context, dict) and context.get("id") and context.get("name"):
+        return {"task_name": context["name"], "task_id": context["id"]}
+    try:
+        from celery._state import get_current_task
+    except ImportError:  # pragma: no cover - Celery is a dependency
+        return {}
+    task = get_current_task()
+    task_id = getattr(getattr(task, "request", None), "id", None) if task else None
+    return {"task_name": task.name, "task_id": task_id} if task_id else {}
+
+
+def configure_logging(
+    level: str | int = "INFO", logfile: str | None = None, fmt: str = "text"
+) -> None:
     """One handler on the root logger (stderr, or `logfile`); idempotent."""
     root = logging.getLogger()
     if not any(getattr(h, "_cachework", False) for h in root.handlers):
         handler: logging.Handler = (
             logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
         )
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(FORMAT))
         handler._cachework = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)

@@ -66,10 +66,13 @@ def summary_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _enqueue(kwargs: dict[str, Any], timeout: float, on_event: Callable[[dict], None]) -> dict:
+def _enqueue(
+    kwargs: dict[str, Any], timeout: float, on_event: Callable[[dict], None], sent: list[str]
+) -> dict:
     from worker import app
 
     async_result = app.send_task("cachework.import_versions", kwargs=kwargs)
+    sent.append(async_result.id)
     deadline = time.monotonic() + timeout
     while not async_result.ready():
         if time.monotonic() > deadline:
@@ -128,17 +131,29 @@ def import_versions_command(
         "repair": repair,
     }
     console = Console()
-    with ModelProgress(console) as progress:
-        if enqueue:
-            result = _enqueue(kwargs, timeout, progress)
+    sent: list[str] = []
+    try:
+        with ModelProgress(console) as progress:
+            if enqueue:
+                result = _enqueue(kwargs, timeout, progress, sent)
+            else:
+                names = kwargs.pop("models")
+                with cli_runtime() as runtime:
+                    classes = runtime.models.versioned
+                    with transient_errors(), runtime.database.session() as session:
+                        result = import_versions(
+                            session, classes, names=names, progress=progress, **kwargs
+                        ).as_dict()
+    except KeyboardInterrupt:
+        if sent:
+            message = (
+                f"interrupted: stopped waiting; task {sent[0]} goes on in the worker "
+                "(its result: the task's state in the result backend)"
+            )
         else:
-            names = kwargs.pop("models")
-            with cli_runtime() as runtime:
-                classes = runtime.models.versioned
-                with transient_errors(), runtime.database.session() as session:
-                    result = import_versions(
-                        session, classes, names=names, progress=progress, **kwargs
-                    ).as_dict()
+            message = "interrupted: the run was rolled back; nothing was written"
+        click.secho(message, fg="yellow", err=True)
+        raise SystemExit(130) from None
     console.print(summary_table(result))
     txn = result["transaction_id"]
     console.print(
