@@ -1268,6 +1268,8 @@ def import_versions(
         if repair and getattr(unit, "several_open", False):
             unit.repaired = unit.extra_open if dry_run else unit.repair(session)
     notify = progress or (lambda _event: None)
+    if progress is not None:  # the rows each model will check, for progress bars and ETA
+        notify({"stage": "planned", "rows": {u.name: u.live_count(session) for u in units}})
     total = len(units)
     models: dict[str, Counts] = {}
     changed: list[Unit] = []

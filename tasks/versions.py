@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
 from cache.errors import TransientError
 from cache.settings import Settings
 from importers.locking import transient_errors
+from importers.progress import RunProgress, Throttle
 from importers.versions import import_versions as run_import
 from worker.celery_app import require_runtime
 from worker.logsetup import EXPECTED_ERRORS
+
+log = logging.getLogger(__name__)
+PROGRESS_LOG_EVERY = 5.0  # seconds between the worker's progress lines (at most)
 
 
 def _results_share_sqlite(settings: Settings, database_url: str) -> bool:
@@ -50,10 +56,14 @@ def import_versions(
     runtime = require_runtime(self.app)
     settings, database = runtime.settings, runtime.database
     report = bool(self.request.id) and not _results_share_sqlite(settings, database.url)
+    run, log_now = RunProgress(), Throttle(PROGRESS_LOG_EVERY)
 
     def progress(event: dict) -> None:
-        if report:
-            self.update_state(state="PROGRESS", meta=event)
+        run(event)
+        if report:  # the whole run so far: a client polling it misses no model
+            self.update_state(state="PROGRESS", meta=run.snapshot())
+        if log_now() or run.finished:
+            log.info("%s", run.line())
 
     classes = runtime.models.versioned
     with transient_errors(), database.session() as session:

@@ -97,10 +97,14 @@ def test_task_reports_progress_through_its_state(pg_database, pg_app, monkeypatc
         task.pop_request()
     assert result["models"]["Product"]["created"] == 5
     assert {s["state"] for s in states} == {"PROGRESS"}
-    assert [(s["meta"]["model"], s["meta"]["stage"]) for s in states] == [
-        ("Product", "checking"), ("Product", "done"),
+    assert [(s["meta"].get("model"), s["meta"]["stage"]) for s in states] == [
+        (None, "planned"), ("Product", "checking"), ("Product", "done"),
     ]  # fmt: skip
     assert states[-1]["meta"]["created"] == 5
+    # each state is the whole run so far: rows checked of rows to check, per model
+    assert states[0]["meta"]["models"] == {"Product": {"stage": "waiting", "done": 0, "rows": 5}}
+    last = states[-1]["meta"]
+    assert last["models"]["Product"]["done"] == last["rows"] == 5 and last["percent"] == 100.0
 
 
 def test_cli_runs_in_process_and_rejects_bad_names(database, runtime):  # runtime: the env

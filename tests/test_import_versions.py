@@ -223,6 +223,8 @@ def test_progress_events_and_model_selection(vdb):
         apply_sql(session, STEPS[0])
     events = []  # a dry run (or a limit) counts every model before anything is written
     result = run(vdb, names=["Product", "Category"], progress=events.append, dry_run=True)
+    planned = events.pop(0)  # first: the rows each model will check (progress bars, ETA)
+    assert planned["stage"] == "planned" and list(planned["rows"]) == ["Category", "Product"]
     assert [(e["model"], e["stage"]) for e in events] == [
         ("Category", "checking"), ("Category", "counted"),
         ("Product", "checking"), ("Product", "counted"),
@@ -231,6 +233,7 @@ def test_progress_events_and_model_selection(vdb):
     events = []  # a plain run writes model by model, counting from its writes
     result = run(vdb, names=["Product", "Category", "Product"], progress=events.append)
     assert list(result.models) == ["Category", "Product"]  # parents first, once each
+    assert events.pop(0)["stage"] == "planned"
     assert [(e["model"], e["stage"]) for e in events] == [
         ("Category", "checking"), ("Category", "done"),
         ("Product", "checking"), ("Product", "done"),

@@ -8,51 +8,103 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from importers.locking import transient_errors
+from importers.progress import RunProgress, Throttle, format_seconds
 from importers.versions import import_versions
 from worker.cli.context import cli_runtime
 
 COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
+SHORT = {"created": "c", "updated": "u", "deleted": "d", "unchanged": "same"}
+PROGRESS_LINE_EVERY = 2.0  # seconds between progress lines off a terminal (at most)
 
 
 class ModelProgress:
-    """A rich progress row per model, fed by the importer's (or the task's) events."""
+    """A rich progress row per model (rows checked of rows to check, percentage) and one
+    for the whole run (with its ETA), fed by the importer's events (in-process) or by the
+    task's PROGRESS meta (`--enqueue`: `show(meta)`). Off a terminal, one progress line at
+    most every PROGRESS_LINE_EVERY seconds on stderr instead."""
 
     def __init__(self, console: Console) -> None:
+        self.console = console
         self.progress = Progress(
             TextColumn("[bold]{task.description:<14}"),
             BarColumn(),
+            TextColumn("{task.fields[rows]:>21}"),
+            TaskProgressColumn(),
             TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
             console=console,
             disable=not console.is_terminal,
         )
+        self.run = RunProgress()
         self.rows: dict[str, Any] = {}
+        self.overall: Any = None
+        self.line_now = Throttle(PROGRESS_LINE_EVERY)
 
     def __enter__(self) -> ModelProgress:
         self.progress.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        for row in self.rows.values():
-            self.progress.update(row, completed=2)
         self.progress.stop()
 
     def __call__(self, event: dict[str, Any]) -> None:
-        model = event.get("model")
-        if not model:
+        self.run(event)
+        self._render()
+
+    def show(self, meta: dict[str, Any]) -> None:
+        """Render a task's PROGRESS meta (the whole run so far)."""
+        if isinstance(meta.get("models"), dict):
+            self.run = RunProgress.from_snapshot(meta)
+            self._render()
+
+    def finish(self, result: dict[str, Any]) -> None:
+        """Every model of a finished run as written (a poll may end before its last
+        PROGRESS state was seen)."""
+        for name, counts in result.get("models", {}).items():
+            model = self.run.models.get(name)
+            if model is None or model["stage"] != "done":
+                self.run({"model": name, "stage": "done", **counts})
+        self._render()
+
+    def _render(self) -> None:
+        run = self.run
+        if self.progress.disable:
+            if run.models and (self.line_now() or run.finished):
+                click.echo(run.line(), err=True)
             return
-        if model not in self.rows:
-            self.rows[model] = self.progress.add_task(model, total=2, status="checking")
-        row, stage = self.rows[model], event.get("stage")
-        counts = " ".join(f"{k[0]}={event[k]}" for k in COLUMNS[:4] if k in event)
-        if stage == "counted":
-            self.progress.update(row, completed=1, status=f"counted {counts}")
-        elif stage == "done":
-            self.progress.update(row, completed=2, status=f"written {counts}")
+        for name, model in run.models.items():
+            rows = model.get("rows")
+            if name not in self.rows:
+                self.rows[name] = self.progress.add_task(name, total=rows, rows="", status="")
+            counts = " ".join(f"{SHORT[k]}={model[k]}" for k in COLUMNS[:4] if k in model)
+            status = {"checking": "checking", "counted": f"counted {counts}"}.get(
+                model["stage"], f"written {counts}" if model["stage"] == "done" else ""
+            )
+            self.progress.update(
+                self.rows[name],
+                total=rows,
+                completed=model.get("done") or 0,
+                rows=_rows(model.get("done") or 0, rows),
+                status=status,
+            )
+        if len(run.models) > 1 or self.overall is not None:
+            if self.overall is None:
+                self.overall = self.progress.add_task("all models", total=None, rows="", status="")
+            eta = run.eta
+            self.progress.update(
+                self.overall,
+                total=run.rows,
+                completed=run.done,
+                rows=_rows(run.done, run.rows),
+                status=f"ETA {format_seconds(eta)}" if eta is not None and not run.finished else "",
+            )
+
+
+def _rows(done: int, rows: int | None) -> str:
+    return f"{done:,}/{rows:,} rows" if rows is not None else f"{done:,} rows"
 
 
 def summary_table(result: dict[str, Any]) -> Table:
@@ -81,7 +133,7 @@ def _enqueue(
                 "running; is a worker consuming the 'versions' queue?)"
             )
         if async_result.state == "PROGRESS" and isinstance(async_result.info, dict):
-            on_event(async_result.info)
+            on_event(async_result.info)  # the whole run so far
         time.sleep(0.2)
     return async_result.get(propagate=True, timeout=5)
 
@@ -135,7 +187,8 @@ def import_versions_command(
     try:
         with ModelProgress(console) as progress:
             if enqueue:
-                result = _enqueue(kwargs, timeout, progress, sent)
+                result = _enqueue(kwargs, timeout, progress.show, sent)
+                progress.finish(result)
             else:
                 names = kwargs.pop("models")
                 with cli_runtime() as runtime:

@@ -1,0 +1,167 @@
+"""Version import progress: rows checked of rows to check per model, percentage and ETA,
+the same in-process (rich), through the task's PROGRESS meta (`--enqueue`), off a
+terminal and in the worker's log (bounded rate)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+
+import sqlalchemy as sa
+from rich.console import Console
+
+from demo.seed import seed
+from importers.progress import RunProgress, Throttle
+from importers.versions import import_versions
+from tests.conftest import MODELS, make_env
+from worker.cli.versions import ModelProgress
+
+PRODUCTS = 300
+CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main()"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rows_percent_and_eta():
+    clock = Clock()
+    run = RunProgress(clock)
+    run({"stage": "planned", "rows": {"Category": 100, "Product": 300}})
+    assert (run.rows, run.done, run.percent, run.eta) == (400, 0, 0.0, None)
+    run({"model": "Category", "index": 1, "total": 2, "stage": "checking"})
+    clock.now += 2
+    run({"model": "Category", "index": 1, "total": 2, "stage": "done", "created": 4})
+    assert (run.done, run.percent, run.eta) == (100, 25.0, 6.0)  # 2 s per 100 rows
+    line = run.line()
+    assert "1/2 models checked, 100/400 rows (25%), ETA 6s" in line
+    assert "Category done 100/100, Product waiting 0/300" in line
+    meta = run.snapshot()
+    assert meta["models"]["Category"] == {"stage": "done", "done": 100, "rows": 100, "created": 4}
+    back = RunProgress.from_snapshot(meta)
+    assert (back.rows, back.done, back.percent, back.eta) == (400, 100, 25.0, 6.0)
+    run({"model": "Product", "index": 2, "total": 2, "stage": "counted", "updated": 1})
+    run({"model": "Product", "index": 2, "total": 2, "stage": "done", "updated": 1})
+    assert run.finished and run.percent == 100.0 and run.eta == 0.0
+
+
+def test_throttle_bounds_the_rate():
+    clock = Clock()
+    throttle = Throttle(5.0, clock)
+    fired = []
+    for _ in range(100):  # 10 s in steps of 0.1 s
+        fired.append(throttle())
+        clock.now += 0.1
+    assert sum(fired) == 2 and fired[0]
+
+
+def _bars(render) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=140, color_system=None)
+    with ModelProgress(console) as progress:
+        render(progress)
+    return buffer.getvalue().rsplit("\x1b[2K", 1)[-1]  # the last frame
+
+
+def test_the_cli_bars_in_process_and_from_the_task_meta_are_the_same(database):
+    with database.session() as session:
+        seed(session, projects=1, products=50)
+    events = []
+    with database.session() as session:
+        import_versions(session, MODELS.versioned, progress=events.append)
+    assert events[0] == {"stage": "planned", "rows": {"Category": 8, "Product": 50}}
+
+    def local(progress):
+        for event in events:
+            progress(event)
+
+    run = RunProgress()
+    metas = []
+    for event in events:
+        run(event)
+        metas.append(run.snapshot())
+
+    def enqueued(progress):
+        for meta in metas[::2]:  # a poll misses states: every model is still there
+            progress.show(meta)
+        progress.show(metas[-1])
+
+    for render in (local, enqueued):
+        frame = _bars(render)
+        assert "Category" in frame and "8/8 rows" in frame, frame
+        assert "Product" in frame and "50/50 rows" in frame, frame
+        assert "all models" in frame and "58/58 rows" in frame and "100%" in frame, frame
+        assert "written c=50 u=0 d=0 same=0" in frame, frame  # was u= twice
+
+
+def test_enqueue_off_a_terminal_and_the_worker_log_progress(
+    tmp_path, pg_database, redis_url, worker_process
+):
+    """The import is held at its first version write (a lock the test holds), so the
+    CLI's polls see it mid-run: Category checked, Product being checked."""
+    with pg_database.session() as session:
+        seed(session, projects=2, products=PRODUCTS)
+    env = make_env(
+        tmp_path, database_url=pg_database.url, broker_url=redis_url, result_backend=redis_url
+    )
+    node, _app = worker_process(env, concurrency=1)
+    holder = pg_database.engine.connect()
+    try:
+        holder.execute(sa.text("LOCK TABLE products_version IN EXCLUSIVE MODE"))  # reads pass
+        with open(tmp_path / "cli.err", "w+") as err:
+            cli = subprocess.Popen(
+                [*CACHEWORK, "import-versions", "--enqueue", "--timeout", "60"],
+                env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 60
+                while not _waits_on_products_version(pg_database):
+                    assert time.monotonic() < deadline and cli.poll() is None
+                    time.sleep(0.05)
+                time.sleep(0.6)  # a few of the CLI's polls (every 0.2 s)
+                holder.rollback()
+                out, _ = cli.communicate(timeout=60)
+            finally:
+                if cli.poll() is None:
+                    cli.kill()
+                    cli.wait(timeout=10)
+            err.seek(0)
+            stderr = err.read()
+    finally:
+        holder.close()
+    assert cli.returncode == 0, stderr
+    assert "transaction 1" in out
+    lines = [line for line in stderr.splitlines() if line.startswith("version import:")]
+    rows = f"{PRODUCTS + 8:,}"
+    assert lines[0] == (
+        f"version import: 1/2 models checked, 8/{rows} rows (3%), ETA "
+        + lines[0].split("ETA ", 1)[1].split(";")[0]
+        + f"; Category done 8/8, Product checking 0/{PRODUCTS:,}"
+    ), lines
+    assert lines[-1] == (
+        f"version import: 2/2 models checked, {rows}/{rows} rows (100%); "
+        f"Category done 8/8, Product done {PRODUCTS:,}/{PRODUCTS:,}"
+    ), lines
+    assert len(lines) == 2  # bounded rate: at most one line per 2 s
+    node.stop()
+    log = [line for line in node.logfile.read_text().splitlines() if "version import:" in line]
+    assert len(log) == 2, log  # the first and the last (the run took under 5 s)
+    assert log[-1].endswith(f"Category done 8/8, Product done {PRODUCTS:,}/{PRODUCTS:,}"), log
+
+
+def _waits_on_products_version(database) -> bool:
+    with database.engine.connect() as conn:
+        return bool(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query ILIKE '%products_version%'"
+                )
+            ).scalar_one()
+        )
