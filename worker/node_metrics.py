@@ -109,6 +109,8 @@ def _node_shutdown(**_kwargs) -> None:
     folder = _node.pop("folder", None)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+        # A worker run inside another program (tests, an embedded worker) leaves it as it was.
+        metrics.disable_multiprocess()
 
 
 @signals.task_prerun.connect
