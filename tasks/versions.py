@@ -57,11 +57,14 @@ def import_versions(
     settings, database = runtime.settings, runtime.database
     report = bool(self.request.id) and not _results_share_sqlite(settings, database.url)
     run, log_now = RunProgress(), Throttle(PROGRESS_LOG_EVERY)
+    events = bool(self.request.hostname)  # run by a worker: it sends task events
 
     def progress(event: dict) -> None:
         run(event)
         if report:  # the whole run so far: a client polling it misses no model
             self.update_state(state="PROGRESS", meta=run.snapshot())
+        if events:  # Flower (and any event monitor) shows the task in state PROGRESS
+            self.send_event("task-progress", **run.snapshot())
         if log_now() or run.finished:
             log.info("%s", run.line())
 

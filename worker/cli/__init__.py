@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "worker.cli.triggers",
     "worker.cli.health",
     "worker.cli.db",
+    "worker.cli.seed",
 ]
 
 

@@ -42,6 +42,7 @@ class ModelProgress:
         self.rows: dict[str, Any] = {}
         self.overall: Any = None
         self.line_now = Throttle(PROGRESS_LINE_EVERY)
+        self.printed = ""
 
     def __enter__(self) -> ModelProgress:
         self.progress.start()
@@ -72,8 +73,10 @@ class ModelProgress:
     def _render(self) -> None:
         run = self.run
         if self.progress.disable:
-            if run.models and (self.line_now() or run.finished):
-                click.echo(run.line(), err=True)
+            line = run.line()
+            if run.models and line != self.printed and (self.line_now() or run.finished):
+                click.echo(line, err=True)
+                self.printed = line
             return
         for name, model in run.models.items():
             rows = model.get("rows")
