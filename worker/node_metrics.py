@@ -15,6 +15,7 @@ Connected to Celery's signals when `worker.celery_app` is imported:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import select
@@ -45,10 +46,17 @@ def _node_init(sender=None, **_kwargs) -> None:
     if runtime is None:
         return
     folder = tempfile.mkdtemp(prefix="cachework-metrics-")
+    # Removed at worker_shutdown; also when the worker stops before that (a start-up error).
+    atexit.register(_remove_folder, folder, os.getpid())
     metrics.enable_multiprocess(folder)
     _node["folder"] = folder
     if runtime.settings.metrics_port is not None:
         _node["exporter"] = start_exporter(folder, getattr(sender, "hostname", "") or "")
+
+
+def _remove_folder(folder: str, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_exporter(folder: str, node: str) -> subprocess.Popen:
