@@ -12,7 +12,7 @@ transaction (PostgreSQL allows ANALYZE there; it changes only the planner's stat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -41,18 +41,26 @@ def is_stale(modified: int, live: int, analyzed_pages: int = 0, pages: int = 0) 
     return grown or modified > ANALYZE_THRESHOLD + ANALYZE_SCALE_FACTOR * live
 
 
-def refresh_stale_statistics(session: Session, tables: Iterable[sa.Table]) -> list[str]:
+def refresh_stale_statistics(
+    session: Session,
+    tables: Iterable[sa.Table] | Mapping[sa.Table, Sequence[str]],
+) -> list[str]:
     """ANALYZE each of `tables` whose statistics are stale; returns the names analyzed.
-    A no-op on other databases than PostgreSQL."""
+    Given a mapping, only the named columns of each table are analyzed (the keys and
+    validity columns the import's plans depend on; the table's size is taken anyway, and
+    its other columns' statistics stay as they were, for the app's own queries). A no-op
+    on other databases than PostgreSQL."""
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         return []
     preparer = bind.dialect.identifier_preparer
+    columns = tables if isinstance(tables, Mapping) else dict.fromkeys(tables, ())
     analyzed = []
-    for table in tables:
+    for table, names in columns.items():
         name = preparer.format_table(table)
         row = session.execute(_STALENESS, {"name": name}).first()
         if row is not None and is_stale(*(int(v or 0) for v in row)):
-            session.execute(sa.text(f"ANALYZE {name}"))
+            listed = ", ".join(preparer.quote(c) for c in dict.fromkeys(names))
+            session.execute(sa.text(f"ANALYZE {name}" + (f" ({listed})" if listed else "")))
             analyzed.append(table.name)
     return analyzed

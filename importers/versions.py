@@ -459,6 +459,18 @@ class VersionModel:
             level.version_join = version_join
         return level
 
+    def planned_columns(self) -> dict[sa.Table, list[str]]:
+        """The columns of each table the compare's plans depend on (for ANALYZE)."""
+        disc = self.mapper.base_mapper.polymorphic_on if self.joined else None
+        out: dict[sa.Table, list[str]] = {}
+        for level in self.levels:
+            keys = [live.name for live, _v in level.keys]
+            extra = [disc.name] if disc is not None and level is self.root else []
+            out[level.live] = [*keys, *extra]
+            internal = [self.tx, self.op] + ([self.end] if self.validity else [])
+            out[level.versions] = [*keys, *extra, *internal]
+        return out
+
     # --- refusals --------------------------------------------------------------------
 
     def unsupported(self) -> list[str]:
@@ -1018,6 +1030,10 @@ class AssociationVersions:
     def prepare(self, session: Session, repair: bool) -> None:
         self.warnings = []
 
+    def planned_columns(self) -> dict[sa.Table, list[str]]:
+        keys = [live.name for live, _v in self.keys]
+        return {self.live: keys, self.versions: [*keys, self.tx, self.op]}
+
     def current(self, tx: int | None) -> sa.Subquery:
         v = self.versions
         newer = v.alias("newer")
@@ -1211,12 +1227,6 @@ def _check_text(name: str, value: Any, limit: int) -> None:
         raise ValidationError(f"{name}={value[:60]!r}... is longer than {limit} characters")
 
 
-def _tables(unit: Unit) -> list[sa.Table]:
-    if isinstance(unit, AssociationVersions):
-        return [unit.live, unit.versions]
-    return [t for level in unit.levels for t in (level.live, level.versions)]
-
-
 def import_versions(
     session: Session,
     model_classes: Sequence[type],
@@ -1261,8 +1271,11 @@ def import_versions(
     run = RunTransaction(session, get_versioning_manager(first), user, remote_addr, comment)
     begin_import(session, mapper=first)
     run.check()
-    tables = [t for u in units for t in _tables(u)]
-    refresh_stale_statistics(session, list(dict.fromkeys(tables)))  # each table once
+    planned: dict[sa.Table, list[str]] = {}  # each table once, the columns plans use
+    for unit in units:
+        for table, names in unit.planned_columns().items():
+            planned.setdefault(table, []).extend(names)
+    refresh_stale_statistics(session, planned)
     for unit in units:
         unit.prepare(session, repair)
         if repair and getattr(unit, "several_open", False):

@@ -359,11 +359,22 @@ def test_an_import_analyzes_tables_a_bulk_load_left_stale(pg_url):
         assert counters("products")[0] >= 500  # stale: never analyzed since the load
         result = run(database, names=["Product"])
         assert result.models["Product"].created == 500
-        modified, analyzed_at = counters("products")
-        assert analyzed_at is not None and modified == 0
-        with database.session() as session:  # now fresh: nothing more to analyze
+        _modified, analyzed_at = counters("products")
+        assert analyzed_at is not None
+        with engine.connect() as conn:  # the planner now knows the table's real size
+            size = sa.text("SELECT reltuples FROM pg_class WHERE relname = 'products'")
+            reltuples = conn.execute(size).scalar_one()
+        assert reltuples == 500
+        # The import analyzed only the key columns (the others' statistics are the app's):
+        # PostgreSQL resets the change counter only on a full ANALYZE, which autovacuum
+        # (or this call) still makes; after it there is nothing more to analyze.
+        products = sa.Table("products", sa.MetaData())
+        with database.session() as session:
             session.begin()
-            assert refresh_stale_statistics(session, [sa.Table("products", sa.MetaData())]) == []
+            assert refresh_stale_statistics(session, [products]) == ["products"]
+        with database.session() as session:
+            session.begin()
+            assert refresh_stale_statistics(session, [products]) == []
     finally:
         engine.dispose()
         database.dispose()
