@@ -10,11 +10,13 @@ when the schema is behind.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -118,6 +120,46 @@ def check_schema(engine: sa.Engine, *, fresh_ok: bool = False) -> SchemaState:
         f"the database's cachework schema is behind (at {at}, head {s.head}): "
         f"run `{UPGRADE_COMMAND}`"
     )
+
+
+def differences(engine: sa.Engine) -> list[str]:
+    """How our tables in the database differ from the code's (a dropped column, a missing
+    index, another type), one phrase each; [] when they match."""
+    ours = own_metadata()
+
+    def include(_obj, name, type_, _reflected, _compare_to) -> bool:
+        return type_ != "table" or name in ours.tables
+
+    with engine.connect() as conn, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SQLite: expression indexes cannot be compared
+        context = MigrationContext.configure(conn, opts={"include_object": include})
+        diffs = compare_metadata(context, ours)
+    return [_describe(d) for d in diffs]
+
+
+def _describe(diff) -> str:
+    if isinstance(diff, list):  # modify_* of one column: (op, schema, table, column, ...)
+        op, _schema, table, column = diff[0][:4]
+        return f"{table}.{column}: {op.removeprefix('modify_')} differs"
+    op = diff[0]
+    if op in ("add_table", "remove_table"):
+        return f"table {diff[1].name} {'missing' if op == 'add_table' else 'not expected'}"
+    if op in ("add_column", "remove_column"):
+        where = f"{diff[2]}.{diff[3].name}"
+        return f"column {where} {'missing' if op == 'add_column' else 'not expected'}"
+    if op in ("add_index", "remove_index"):
+        return f"index {diff[1].name} {'missing' if op == 'add_index' else 'not expected'}"
+    return f"{op} {getattr(diff[1], 'name', diff[1])}"
+
+
+def check_tables(engine: sa.Engine) -> None:
+    """ConfigError naming every difference between our tables and the code's."""
+    found = differences(engine)
+    if found:
+        raise ConfigError(
+            f"cachework's tables in the database differ from revision {head()}: "
+            f"{'; '.join(found)} (restore them from a backup, or repair them by hand)"
+        )
 
 
 def history() -> list[str]:

@@ -198,3 +198,20 @@ def test_behind_schema_stops_a_real_worker_with_one_line(behind_url, tmp_path):
         "error: the database's cachework schema is behind (at 0001, head 0002): "
         "run `cachework db upgrade`"
     )
+
+
+def test_initdb_does_not_call_tables_with_a_dropped_column_ready(any_db_url, tmp_path, monkeypatch):
+    assert _cli(monkeypatch, tmp_path, any_db_url, "initdb").exit_code == 0
+    engine = sa.create_engine(any_db_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text('ALTER TABLE cache_items DROP COLUMN "user"'))
+    engine.dispose()
+    result = _cli(monkeypatch, tmp_path, any_db_url, "initdb")
+    assert result.exit_code == 2 and "database ready" not in result.output
+    assert result.output.strip().splitlines() == [
+        "error: cachework's tables in the database differ from revision 0002: column "
+        "cache_items.user missing (restore them from a backup, or repair them by hand)"
+    ]
+    current = _cli(monkeypatch, tmp_path, any_db_url, "db", "current")
+    assert current.exit_code == 1
+    assert "0002 (head), but the tables differ: column cache_items.user missing" in current.output

@@ -21,6 +21,7 @@ def initdb() -> None:
     with cli_runtime(schema=False) as runtime:
         check_database(runtime.database.engine)
         names = create_tables(runtime.database.engine, runtime.models)
+        migrate.check_tables(runtime.database.engine)  # a dropped column is not "ready"
     click.echo(f"database ready ({len(names)} tables): {', '.join(names)}")
     click.echo(f"cachework schema at {migrate.head()} (head)")
 

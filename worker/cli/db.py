@@ -27,6 +27,10 @@ def current() -> None:
     with cli_runtime(schema=False) as runtime:
         check_database(runtime.database.engine)
         s = migrate.state(runtime.database.engine)
+        found = migrate.differences(runtime.database.engine) if s.current else []
+    if found:
+        click.echo(f"{s.revision} (head), but the tables differ: {'; '.join(found)}")
+        raise SystemExit(1)
     if s.fresh:
         click.echo(f"no cachework tables (head {s.head}): run `{migrate.INIT_COMMAND}`")
     elif s.revision is None:
@@ -50,6 +54,7 @@ def upgrade() -> None:
     with cli_runtime(schema=False) as runtime:
         check_database(runtime.database.engine)
         before, after = migrate.upgrade(runtime.database.engine)
+        migrate.check_tables(runtime.database.engine)
     if before == after:
         click.echo(f"cachework schema already at head {after}")
     else:
