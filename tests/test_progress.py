@@ -165,3 +165,35 @@ def _waits_on_products_version(database) -> bool:
                 )
             ).scalar_one()
         )
+
+
+def test_the_task_sends_task_progress_events_for_flower(pg_database, tmp_path, monkeypatch):
+    """Run by a worker, the import also sends `task-progress` events (Flower shows the
+    task in state PROGRESS, with the whole run so far)."""
+    from cache.runtime import Runtime
+    from tests.conftest import settings_of
+    from worker import create_app
+
+    settings = settings_of(make_env(tmp_path, database_url=pg_database.url, redis_url="off"))
+    app = create_app(settings)
+    app.runtime = Runtime(settings, database=pg_database)
+    app.loader.import_default_modules()
+    try:
+        with pg_database.session() as session:
+            seed(session, projects=1, products=7)
+        task = app.tasks["cachework.import_versions"]
+        sent = []
+        monkeypatch.setattr(task, "update_state", lambda **kw: None)
+        monkeypatch.setattr(task, "send_event", lambda type_, **f: sent.append((type_, f)))
+        task.push_request(id="events-test", hostname="w1@host")
+        try:
+            task.run()
+        finally:
+            task.pop_request()
+    finally:
+        app.runtime.stop()
+        app.close()
+    assert {type_ for type_, _ in sent} == {"task-progress"}
+    last = sent[-1][1]
+    assert last["rows"] == last["done"] == 15 and last["percent"] == 100.0
+    assert set(last["models"]) == {"Category", "Product"}
