@@ -35,6 +35,7 @@ RESULT_BACKENDS = frozenset(
 )  # fmt: skip
 BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory")
 REDIS_SCHEMES = ("redis", "rediss")
+EXAMPLE_MODELS = "demo.models"
 OFF = ("", "off", "none", "false", "0", "no")
 
 
@@ -290,11 +291,12 @@ def _modules(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]
     return modules
 
 
-def _projects(env: Mapping[str, str]) -> tuple[str, str, str | None] | None:
-    """CACHEWORK_PROJECTS=[schema.]table.column[:uuid|int|text], or `off`."""
+def _projects(env: Mapping[str, str], example: bool) -> tuple[str, str, str | None] | None:
+    """CACHEWORK_PROJECTS=[schema.]table.column[:uuid|int|text], or `off` (the default for
+    an app other than the example app, whose projects are `projects.uuid`)."""
     raw = env.get("CACHEWORK_PROJECTS")
     if raw is None or not raw.strip():
-        return ("projects", "uuid", "uuid")
+        return ("projects", "uuid", "uuid") if example else None
     value = raw.strip()
     if value.lower() in ("off", "none"):
         return None
@@ -362,12 +364,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"CACHEWORK_TASK_TIME_LIMIT={hard} must be greater than "
             f"CACHEWORK_TASK_SOFT_TIME_LIMIT={soft}"
         )
+    models = _modules(env, "CACHEWORK_MODELS", "") or (EXAMPLE_MODELS,)
+    # The example app's cached tables and projects are defaults for the example app only:
+    # loading them beside another app's models would map the demo's classes into it.
+    example = EXAMPLE_MODELS in models
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
         result_backend=_result_backend(env, database_url),
         redis_url=_redis_url(env, broker_url),
-        models=_modules(env, "CACHEWORK_MODELS", "") or ("demo.models",),
+        models=models,
         data_dir=data_dir,
         log_level=log_level,
         task_soft_time_limit=soft,
@@ -382,8 +388,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         broker_visibility_timeout=_int(env, "CACHEWORK_BROKER_VISIBILITY_TIMEOUT", 600, 10),
         beat_lock_ttl=_float(env, "CACHEWORK_BEAT_LOCK_TTL", 30.0, 1.0),
         log_format=_log_format(env),
-        cached_tables=_modules(env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables"),
-        projects=_projects(env),
+        cached_tables=_modules(
+            env, "CACHEWORK_CACHED_TABLES", "demo.cached_tables" if example else "off"
+        ),
+        projects=_projects(env, example),
         shared_broker=_bool(env, "CACHEWORK_SHARED_BROKER", False),
         metrics_port=_metrics_port(env),
         metrics_bind=_metrics_bind(env),

@@ -158,3 +158,20 @@ def test_result_backend_names_are_celerys_own():
     from cache.settings import RESULT_BACKENDS
 
     assert set(BACKEND_ALIASES) == RESULT_BACKENDS
+
+
+def test_the_example_apps_tables_and_projects_are_defaults_for_the_example_app_only(tmp_path):
+    """Another app's models must not pull in the demo's cached tables (which import the
+    demo's models into its Continuum set-up) nor assume a `projects` table."""
+    example = load_settings({"CACHEWORK_DATA_DIR": str(tmp_path)})
+    assert example.cached_tables == ("demo.cached_tables",)
+    assert example.projects == ("projects", "uuid", "uuid")
+    other = load_settings({"CACHEWORK_DATA_DIR": str(tmp_path), "CACHEWORK_MODELS": "myapp.models"})
+    assert other.cached_tables == () and other.projects is None
+    both = load_settings(
+        {
+            "CACHEWORK_DATA_DIR": str(tmp_path),
+            "CACHEWORK_MODELS": "demo.models,tests.versions_models",
+        }
+    )
+    assert both.cached_tables == ("demo.cached_tables",)
