@@ -16,14 +16,12 @@ transaction).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from cache.errors import LockedError, TransientError, ValidationError
+from cache.errors import LockedError, ValidationError
 
 LOCK_NAME = "cachework.import_versions"
 # A stable signed 64-bit key for pg_try_advisory_lock, derived from the lock's name.
@@ -101,21 +99,3 @@ def _lock_postgresql(session: Session, bind: sa.Engine | sa.Connection, key: int
             side.close()
 
     event.listen(session, "after_transaction_end", release)
-
-
-@contextmanager
-def transient_errors() -> Iterator[None]:
-    """Turn database conditions that a retry can cure into `TransientError`.
-
-    Lost connections, deadlocks, serialization failures and "database is locked" all reach
-    SQLAlchemy as `OperationalError` (or a DBAPIError with the connection invalidated);
-    constraint violations and SQL errors stay as they are: retrying cannot fix them.
-    """
-    try:
-        yield
-    except sa.exc.OperationalError as exc:
-        raise TransientError(f"database error, worth retrying: {exc.orig!s:.300}") from exc
-    except sa.exc.DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise TransientError(f"database connection lost: {exc.orig!s:.300}") from exc
-        raise

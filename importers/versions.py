@@ -28,8 +28,6 @@ kind counts everything first (so nothing is written when the limit would be exce
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +48,7 @@ from sqlalchemy_continuum.plugins import (
 from sqlalchemy_continuum.utils import get_versioning_manager, option
 
 from cache.errors import ConfigError, NotFoundError, PermanentError, ValidationError, shown
+from cache.records import json_value
 from importers.locking import begin_import
 from importers.statistics import refresh_stale_statistics
 
@@ -197,16 +196,9 @@ class ImportResult:
 
 
 def _json_key(row: Sequence[Any]) -> Any:
-    values = [_json_value(v) for v in row]
+    """A reported key in cachework's one JSON form of values (cache.records.json_value)."""
+    values = [json_value(v) for v in row]
     return values[0] if len(values) == 1 else values
-
-
-def _json_value(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, decimal.Decimal | uuid.UUID | dt.date | dt.datetime | dt.time):
-        return str(value)
-    return repr(value)
 
 
 def _rowcount(session: Session, statement: sa.Executable) -> int:

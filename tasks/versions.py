@@ -6,9 +6,8 @@ import logging
 
 from celery import shared_task
 
-from cache.errors import TransientError
+from cache.errors import TransientError, transient_errors
 from cache.settings import Settings
-from importers.locking import transient_errors
 from importers.progress import RunProgress, Throttle
 from importers.versions import import_versions as run_import
 from worker.celery_app import require_runtime
@@ -69,7 +68,7 @@ def import_versions(
             log.info("%s", run.line())
 
     classes = runtime.models.versioned
-    with transient_errors(), database.session() as session:
+    with transient_errors("database"), database.session() as session:
         result = run_import(
             session,
             classes,

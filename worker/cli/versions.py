@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from importers.locking import transient_errors
+from cache.errors import transient_errors
 from importers.progress import RunProgress, Throttle, format_seconds
 from importers.versions import import_versions
 from worker.cli.context import cli_runtime
@@ -196,7 +196,7 @@ def import_versions_command(
                 names = kwargs.pop("models")
                 with cli_runtime() as runtime:
                     classes = runtime.models.versioned
-                    with transient_errors(), runtime.database.session() as session:
+                    with transient_errors("database"), runtime.database.session() as session:
                         result = import_versions(
                             session, classes, names=names, progress=progress, **kwargs
                         ).as_dict()
