@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache.invalidation import RedisLog, publish
 from cache.settings import load_settings
+from importers.bootstrap import bootstrap
 from tests.invalidation_helpers import OwnRedis
 from worker import create_app
-from worker.bootstrap import bootstrap
 from worker.routing import QUEUES
 from worker.schema import create_tables
 from worker.spawn import WorkerProcess

@@ -29,7 +29,7 @@ from sqlalchemy.orm import registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.bootstrap import bootstrap
+from importers.bootstrap import bootstrap
 
 PG_ADMIN = os.environ.get(
     "CACHEWORK_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"

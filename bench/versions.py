@@ -321,7 +321,7 @@ def seed_database(db: str, size: int, suite: str = "products") -> dict:
     import sqlalchemy as sa
 
     from cache.database import Database
-    from worker.bootstrap import bootstrap
+    from importers.bootstrap import bootstrap
     from worker.schema import create_tables
 
     # Before anything imports the models.
@@ -384,7 +384,7 @@ def child(url: str, approach: str, suite: str = "products") -> dict:
     import sqlalchemy as sa
 
     from cache.database import Database
-    from worker.bootstrap import bootstrap
+    from importers.bootstrap import bootstrap
 
     shapes = suite == "shapes"
     models = bootstrap((SHAPES_MODULE,) if shapes else ("demo.models",))

@@ -49,7 +49,7 @@ from cache.registry import Registry, load_declarations
 from cache.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from worker.bootstrap import Models
+    from importers.bootstrap import Models
 
 log = logging.getLogger(__name__)
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
@@ -114,7 +114,7 @@ class Runtime:
     @property
     def models(self) -> Models:
         """The app's models, Continuum set up (idempotent per process)."""
-        from worker.bootstrap import bootstrap
+        from importers.bootstrap import bootstrap
 
         return bootstrap(self.settings.models)
 

@@ -1,7 +1,7 @@
 """The example app's tables (see DESIGN.md, "The example app").
 
 Categories and products are versioned by SQLAlchemy-Continuum. Import this module only
-through `worker.bootstrap.bootstrap()`, which turns versioning on first.
+through `importers.bootstrap.bootstrap()`, which turns versioning on first.
 """
 
 from __future__ import annotations

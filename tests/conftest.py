@@ -39,7 +39,7 @@ for _name in list(os.environ):
 
 from cache import database as db  # noqa: E402
 from cache.settings import Settings, load_settings  # noqa: E402
-from worker.bootstrap import bootstrap  # noqa: E402
+from importers.bootstrap import bootstrap  # noqa: E402
 
 REQUIRE_SERVICES = os.environ.get("CACHEWORK_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get(

@@ -22,8 +22,8 @@ from sqlalchemy_continuum.plugins import (
 )
 
 from cache.errors import NotFoundError, ValidationError
+from importers.bootstrap import bootstrap
 from importers.versions import UnsupportedVersioning, import_versions
-from worker.bootstrap import bootstrap
 
 
 def _raises(error: type[Exception], text: str, fn, *args, **kwargs) -> None:

@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 from sqlalchemy_continuum import version_class, versioning_manager
 
+from importers.bootstrap import bootstrap
 from importers.versions import import_versions
-from worker.bootstrap import bootstrap
 
 TOKENS = [uuid.UUID(int=1), uuid.UUID(int=2)]
 POOLS: dict[str, list[Any]] = {

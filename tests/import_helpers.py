@@ -15,7 +15,7 @@ from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.utils import option
 
 from cache import database as db
-from worker.bootstrap import bootstrap
+from importers.bootstrap import bootstrap
 from worker.schema import create_tables
 
 MODELS = bootstrap(("demo.models", "tests.versions_models"))

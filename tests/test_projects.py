@@ -18,8 +18,8 @@ from cache import migrate, store
 from cache.errors import ConfigError, NotFoundError, ValidationError
 from cache.projects import ProjectSource
 from cache.settings import load_settings
+from importers.bootstrap import bootstrap
 from tests.conftest import MODELS, make_env
-from worker.bootstrap import bootstrap
 
 SODAR = "tests.sodar_app.models"
 INTKEY = "tests.intkey_app.models"

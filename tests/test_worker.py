@@ -108,7 +108,7 @@ def test_importing_the_worker_maps_no_model_and_leaves_versioning_off():
 
     code = (
         "import sys, worker, worker.cli, celeryconfig, tasks\n"
-        "from worker import bootstrap\n"
+        "from importers import bootstrap\n"
         "print(bootstrap._versioning_on, 'demo.models' in sys.modules)\n"
     )
     done = subprocess.run(

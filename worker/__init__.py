@@ -2,7 +2,7 @@
 
 `celery -A worker worker` and `celery -A worker beat` find the app here. The app is built
 on first access (`worker.app`), so importing a small module of this package
-(`worker.routing`, `worker.bootstrap`) builds no Celery app and reads no settings.
+(`worker.routing`) builds no Celery app and reads no settings.
 """
 
 from __future__ import annotations

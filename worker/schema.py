@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from cache import migrate
 from cache.schema import own_metadata
-from worker.bootstrap import Models
+from importers.bootstrap import Models
 
 
 def all_metadata(models: Models) -> list[sa.MetaData]:

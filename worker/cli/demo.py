@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from cache import database as db
 from cache.settings import Settings, load_settings
-from worker.bootstrap import Models, bootstrap
+from importers.bootstrap import Models, bootstrap
 from worker.schema import create_tables
 from worker.spawn import WorkerProcess
 
