@@ -462,7 +462,7 @@ def test_redis_fault_under_invalidation_traffic_gives_no_stale_read(traffic, fau
         f"Redis {'restart' if fault == 'restart' else 'SIGSTOP 3 s'} under invalidations"
     )
     app = nodes.app
-    published = [0]
+    published = [-1]  # nothing published yet: any name, the seeded one too, is fresh
     stop = threading.Event()
     failures: list[str] = []
 
