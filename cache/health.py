@@ -117,7 +117,7 @@ def listeners(folder: str) -> dict[int, dict[str, float]]:
             key = "last_contact" if metric.name == LAST_CONTACT else "connected"
             found.setdefault(pid, {})[key] = sample.value
     for pid in list(found):
-        if not _alive(pid):
+        if not alive(pid):
             multiprocess.mark_process_dead(pid, folder)
             del found[pid]
     return found
@@ -145,7 +145,8 @@ def listener_problems(
     return problems
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

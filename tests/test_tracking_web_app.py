@@ -14,23 +14,7 @@ from cache.invalidation.tables import invalidation_outbox
 from cache.invalidation.tracking import dependencies
 from cache.runtime import Runtime
 from tests.conftest import make_env, settings_of
-from tests.test_web_app import ROOT, WebApp, _every_child_reads
-
-
-class TrackingWebApp(WebApp):
-    def __init__(self, env: dict[str, str]) -> None:
-        import subprocess
-        import sys
-
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "tracking_web_app.py")],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+from tests.test_web_app import WebApp, _every_child_reads
 
 
 def test_orm_bulk_and_raw_writes_reach_every_child_with_no_publish_call(
@@ -55,7 +39,7 @@ def test_orm_bulk_and_raw_writes_reach_every_child_with_no_publish_call(
                 assert conn.execute(count).scalar_one() == 0
             assert log.state().head == head
 
-        web = TrackingWebApp(env)
+        web = WebApp(env, "tracking_web_app.py")
         try:
             assert web.answer() == {"step": "started", "name": "Tools", "listening": True}
             for how in ("orm", "bulk", "raw"):

@@ -18,9 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class WebApp:
-    def __init__(self, env: dict[str, str]) -> None:
+    """A web-app script (tests/<script>) driven one JSON line at a time."""
+
+    def __init__(self, env: dict[str, str], script: str = "web_app.py") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "web_app.py")],
+            [sys.executable, str(ROOT / "tests" / script)],
             env=env,
             cwd=ROOT,
             stdin=subprocess.PIPE,

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     def live() -> list[str]:
         from worker.health import liveness
 
-        problems = [] if _alive(parent) else [f"worker {node}: main process {parent} is gone"]
+        problems = [] if health.alive(parent) else [f"worker {node}: main process {parent} is gone"]
         return problems + liveness(settings, timeout=2.0)
 
     def ready() -> list[str]:
@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"listening on http://{bind}:{server.port}/metrics", flush=True)
     try:
-        while _alive(parent) and os.getppid() == parent:
+        while health.alive(parent) and os.getppid() == parent:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -78,16 +78,6 @@ def main(argv: list[str]) -> int:
         if app is not None:
             app.close()
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 if __name__ == "__main__":
