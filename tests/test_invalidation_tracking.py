@@ -92,7 +92,7 @@ def test_dependencies_are_derived_from_the_sources(database):
     assert dependencies({"x": {"categories": None}}) == (Dependency("x", "categories", None),)
 
 
-def test_orm_flushes_write_one_event_per_flush_only_if_they_commit(database):
+def test_a_transaction_writes_one_event_per_cached_table_only_if_it_commits(database):
     tracking = track(database.sessionmaker, DEPS)
     try:
         with database.session() as session:
@@ -112,18 +112,31 @@ def test_orm_flushes_write_one_event_per_flush_only_if_they_commit(database):
         assert keys_of(events, "categories") == {1, 2, 3}
         assert keys_of(events, "by_code") == {"c1", "c2", "moved", "c3"}
 
+        with database.session() as session:  # three flushes, one transaction
+            for i in (4, 5, 6):
+                session.get(Category, i).name = "flushed"
+                session.flush()
+            count = sa.select(sa.func.count()).select_from(invalidation_outbox)
+            assert session.execute(count).scalar_one() == 0  # kept until the commit
+        events = take_outbox(database.engine)
+        assert [(e.table, set(e.keys)) for e in events] == [
+            ("categories", {4, 5, 6}),
+            ("by_code", {"c4", "c5", "c6"}),
+        ]
+
         session = database.sessionmaker()
         try:
             session.get(Category, 4).name = "never"
             session.add(Category(id=99, code="c99", name="never"))
-            session.flush()  # the outbox row is written, in the transaction ...
-            count = sa.select(sa.func.count()).select_from(invalidation_outbox)
-            assert session.execute(count).scalar_one() == 2
-            session.rollback()  # ... and goes with it
+            session.flush()
+            session.rollback()  # the keys go with the transaction
+            session.get(Category, 7).name = "next"  # a new transaction on the connection
+            session.commit()
         finally:
             session.close()
-        assert take_outbox(database.engine) == []
-        assert tracking.stats["events"] == 6  # written, the last two rolled back
+        events = take_outbox(database.engine)
+        assert keys_of(events, "categories") == {7} and keys_of(events, "by_code") == {"c7"}
+        assert tracking.stats["events"] == 8
     finally:
         tracking.stop()
     with database.session() as session:  # stopped: nothing tracked any more
@@ -167,11 +180,9 @@ def test_bulk_statements_use_returning_else_the_whole_table(database, monkeypatc
             session.execute(sa.delete(Category).where(Category.id == 10))
         events = take_outbox(database.engine)
         assert [(e.table, set(e.keys)) for e in events] == [
-            ("categories", {1, 2, 3}),
-            ("by_code", {"c1", "c2", "c3"}),
-            ("categories", {10}),
-            ("by_code", {"c10"}),
-        ]
+            ("categories", {1, 2, 3, 10}),
+            ("by_code", {"c1", "c2", "c3", "c10"}),
+        ]  # two statements, one transaction
         with database.session() as session:  # sets a keyed column: old values unknown
             session.execute(sa.update(Category).where(Category.id == 4).values(code="x4"))
         events = take_outbox(database.engine)
@@ -219,6 +230,110 @@ def test_an_explicit_publish_beside_tracking_is_applied_twice_harmlessly(databas
         assert full.stats()["refreshes"] == 1  # both marks were pending: one refresh
     finally:
         tracking.stop()
+
+
+# --- where the transaction ends --------------------------------------------------------
+
+
+def test_savepoints_autocommit_and_an_outer_transaction(database):
+    """A rollback to a savepoint keeps its keys (over-invalidating is harmless); an
+    AUTOCOMMIT session writes at each flush; a session joined to the app's own outer
+    transaction writes when that one commits and nothing when it rolls back."""
+    seed(database)
+    tracking = track(sa.orm.Session, DEPS)  # every Session, as a Session class
+    try:
+        with sa.orm.Session(database.engine) as session, session.begin():
+            session.get(Category, 1).name = "kept"
+            nested = session.begin_nested()
+            session.get(Category, 2).name = "undone"
+            session.flush()
+            nested.rollback()
+        assert keys_of(take_outbox(database.engine), "categories") == {1, 2}
+
+        autocommit = database.engine.execution_options(isolation_level="AUTOCOMMIT")
+        with sa.orm.Session(autocommit) as session:
+            session.get(Category, 3).name = "at once"
+            session.flush()  # each statement commits by itself: so does its event
+            assert keys_of(take_outbox(database.engine), "categories") == {3}
+            session.commit()
+        assert take_outbox(database.engine) == []
+
+        for outcome in ("rollback", "commit"):
+            with database.engine.connect() as conn:
+                outer = conn.begin()
+                with sa.orm.Session(conn) as s:
+                    s.get(Category, 4).name = outcome
+                    s.commit()  # joined the app's transaction: that one decides
+                getattr(outer, outcome)()
+            events = take_outbox(database.engine)
+            assert events == [] if outcome == "rollback" else keys_of(events, "categories") == {4}
+    finally:
+        tracking.stop()
+
+
+def test_postgresql_sends_the_event_with_the_commit(pg_database, monkeypatch):
+    """psycopg: the outbox INSERT and the COMMIT are one query (the driver's commit finds
+    the transaction already ended); a commit the server refuses leaves neither the change
+    nor its event; keys with quotes, backslashes and percent signs arrive exactly."""
+    database = pg_database
+    seed(database)
+    dialect = database.engine.dialect
+    states = []
+    do_commit = dialect.do_commit
+
+    def spying(dbapi_connection):
+        states.append(dbapi_connection.driver_connection.info.transaction_status.name)
+        do_commit(dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_commit", spying)
+    tracking = track(database.sessionmaker, DEPS)
+    odd = 'it\'s 100% \\ "quoted" ü'
+    try:
+        with database.session() as session:
+            session.get(Category, 1).code = odd
+        assert states == ["IDLE"]  # the server had committed already
+        events = take_outbox(database.engine)
+        assert keys_of(events, "by_code") == {"c1", odd}
+        with database.session() as session:
+            assert session.get(Category, 1).code == odd
+
+        with database.engine.begin() as conn:  # a check the server runs at COMMIT
+            conn.execute(
+                sa.text(
+                    "CREATE FUNCTION refuse_bad() RETURNS trigger AS $$ BEGIN "
+                    "IF NEW.name = 'bad' THEN RAISE EXCEPTION 'refused at commit'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "CREATE CONSTRAINT TRIGGER refuse_bad AFTER UPDATE ON categories "
+                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_bad()"
+                )
+            )
+        session = database.sessionmaker()
+        try:
+            session.get(Category, 2).name = "bad"
+            try:
+                session.commit()
+            except sa.exc.DBAPIError as exc:
+                assert "refused at commit" in str(exc)
+            else:
+                raise AssertionError("the commit should have failed")
+            session.rollback()
+            assert take_outbox(database.engine) == []  # no event for what never committed
+            session.get(Category, 2).name = "good"  # the session goes on
+            session.commit()
+        finally:
+            session.close()
+        assert keys_of(take_outbox(database.engine), "categories") == {2}
+        with database.session() as session:
+            assert session.get(Category, 2).name == "good"
+    finally:
+        tracking.stop()
+        with database.engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER IF EXISTS refuse_bad ON categories"))
+            conn.execute(sa.text("DROP FUNCTION IF EXISTS refuse_bad()"))
 
 
 # --- PostgreSQL triggers -----------------------------------------------------------------

@@ -4,10 +4,10 @@ themselves, in the writer's transaction, with no `publish()` call.
     from cache.invalidation import track
     tracking = track(SessionFactory, runtime)   # once, at start-up; imports no Celery
 
-After that, every flush of a session made by `SessionFactory` (a `sessionmaker`, a
-`Session` subclass or instance, or a `scoped_session`) that inserts, updates or deletes
-rows of a table a cached table reads writes one outbox row per affected cached table in the
-same transaction: the event exists if and only if the change commits. ORM-enabled bulk
+After that, every transaction of a session made by `SessionFactory` (a `sessionmaker`, a
+`Session` subclass or instance, or a `scoped_session`) whose flushes insert, update or
+delete rows of a table a cached table reads writes, as it commits, one outbox row per
+affected cached table: the event exists if and only if the change commits. ORM-enabled bulk
 statements run through the session (`session.execute(update(Model).where(...))`,
 `delete(...)`, `insert(Model)` with parameter lists) are caught by `do_orm_execute`: keys
 come from `RETURNING` (added as `return_defaults`, so the caller's result and `rowcount`
@@ -173,9 +173,10 @@ def _check(dep: Dependency) -> Dependency:
 
 
 class _Keys:
-    """Keys per cached table for one flush or statement (None: the whole table)."""
+    """Keys per cached table for one transaction (None: the whole table)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
         self.by_table: dict[str, dict | None] = {}
 
     def whole(self, cached: str) -> None:
@@ -191,8 +192,19 @@ class _Keys:
             self.by_table[cached] = WHOLE  # not a key an event can carry: never silent
             return
         keys[value] = None
+        if len(keys) > self.max_keys:  # a whole-table event anyway: stop collecting
+            self.by_table[cached] = WHOLE
 
-    def events(self, max_keys: int) -> list[Event]:
+    def merge(self, other: _Keys) -> None:
+        for cached, keys in other.by_table.items():
+            if keys is WHOLE:
+                self.whole(cached)
+                continue
+            for value in keys:
+                self.add(cached, value)
+
+    def events(self) -> list[Event]:
+        max_keys = self.max_keys
         out = []
         for cached, keys in self.by_table.items():
             if keys is not WHOLE and not keys:
@@ -219,7 +231,16 @@ class _Plan:
 
 @dataclass
 class Tracking:
-    """The listeners `track()` installed, with counters; `stop()` removes them."""
+    """The listeners `track()` installed, with counters; `stop()` removes them.
+
+    Flushes and statements only collect keys, held on the connection of the session's
+    transaction; its commit writes them: one outbox row per cached table, however many
+    flushes the transaction had. On psycopg (3) the row travels in the same round trip as
+    the COMMIT, so tracking adds no round trip to a transaction. A rollback drops them; a
+    rollback to a savepoint keeps them (invalidating a row that did not change is
+    harmless). A connection in AUTOCOMMIT writes at once, as each statement commits by
+    itself, and a two-phase transaction writes before its PREPARE.
+    """
 
     deps: tuple[Dependency, ...]
     max_keys: int = 10_000
@@ -234,6 +255,8 @@ class Tracking:
         self._plans: dict[orm.Mapper, list[_Plan]] = {}
         self._plans_lock = threading.Lock()
         self._targets: list[Any] = []
+        self._engines: set[sa.Engine] = set()
+        self._held = ("cachework.tracking", id(self))  # this Tracking's keys in conn.info
 
     # --- installing -----------------------------------------------------------------------
 
@@ -252,11 +275,27 @@ class Tracking:
         return self
 
     def stop(self) -> None:
-        """Remove the listeners (sessions already open stop tracking too)."""
+        """Remove the session listeners (sessions already open stop tracking too). The
+        engines' transaction listeners stay, so a transaction under way still writes
+        what it collected; with nothing collected they do nothing."""
         for target in self._targets:
             sa.event.remove(target, "after_flush", self._after_flush)
             sa.event.remove(target, "do_orm_execute", self._do_orm_execute)
         self._targets = []
+
+    def _hook(self, engine: sa.Engine) -> None:
+        """Listen to `engine`'s transactions, once per engine: at first use, as a session
+        factory does not say which engines its sessions will use."""
+        if engine in self._engines:
+            return
+        with self._plans_lock:
+            if engine in self._engines:
+                return
+            sa.event.listen(engine, "begin", self._drop)
+            sa.event.listen(engine, "rollback", self._drop)
+            sa.event.listen(engine, "commit", self._on_commit)
+            sa.event.listen(engine, "prepare_twophase", self._on_prepare)
+            self._engines.add(engine)
 
     # --- flushes ----------------------------------------------------------------------------
 
@@ -288,7 +327,7 @@ class Tracking:
         return plans
 
     def _after_flush(self, session: orm.Session, _context: Any) -> None:
-        keys = _Keys()
+        keys = _Keys(self.max_keys)
         for kind, objects in (("new", session.new), ("dirty", session.dirty)):
             for obj in objects:
                 self._collect(keys, sa.inspect(obj), kind)
@@ -296,7 +335,7 @@ class Tracking:
             self._collect(keys, sa.inspect(obj), "deleted")
         if keys.by_table:
             self.stats["flushes"] += 1
-            self._write(session, keys)
+            self._keep(session.connection(), keys)
 
     def _collect(self, keys: _Keys, state: orm.InstanceState, kind: str) -> None:
         plans = self._plans_for(state.mapper)
@@ -320,15 +359,44 @@ class Tracking:
                     current = values.get(attr, LoaderCallableStatus.NO_VALUE)
                     _add(keys, cached, current, state, None)
 
-    def _write(self, session: orm.Session, keys: _Keys) -> None:
-        events = keys.events(self.max_keys)
+    # --- writing, at commit ------------------------------------------------------------
+
+    def _keep(self, conn: sa.Connection, keys: _Keys) -> None:
+        """Hold `keys` for `conn`'s transaction until it commits."""
+        if conn._is_autocommit_isolation():  # each statement commits by itself: write now
+            self._write(conn, keys, then_commit=False)
+            return
+        self._hook(conn.engine)
+        held = conn.info.get(self._held)
+        if held is None:
+            conn.info[self._held] = keys
+        else:
+            held.merge(keys)
+
+    def _drop(self, conn: sa.Connection) -> None:
+        conn.info.pop(self._held, None)
+
+    def _on_commit(self, conn: sa.Connection) -> None:
+        keys = conn.info.pop(self._held, None)
+        if keys is not None:
+            self._write(conn, keys, then_commit=True)
+
+    def _on_prepare(self, conn: sa.Connection, _xid: Any) -> None:
+        keys = conn.info.pop(self._held, None)  # nothing can be written after PREPARE
+        if keys is not None:
+            self._write(conn, keys, then_commit=False)
+
+    def _write(self, conn: sa.Connection, keys: _Keys, *, then_commit: bool) -> None:
+        events = keys.events()
         if not events:
             return
         self.stats["events"] += len(events)
         self.stats["whole_table"] += sum(1 for e in events if e.keys is None)
-        session.connection().execute(
-            invalidation_outbox.insert(), [{"data": e.to_json()} for e in events]
-        )
+        rows = [e.to_json() for e in events]
+        if then_commit and conn.dialect.driver == "psycopg":
+            _insert_then_commit(conn, rows)
+            return
+        conn.execute(invalidation_outbox.insert(), [{"data": row} for row in rows])
 
     # --- ORM-enabled statements -------------------------------------------------------------
 
@@ -341,7 +409,7 @@ class Tracking:
         if not deps:
             return None
         self.stats["statements"] += 1
-        keys = _Keys()
+        keys = _Keys(self.max_keys)
         params = state.parameters
         many = isinstance(params, list) and params and isinstance(params[0], Mapping)
         mapper = state.bind_mapper
@@ -365,7 +433,8 @@ class Tracking:
             result = self._returning(state, statement, target, deps, keys)
         if result is None:
             result = state.invoke_statement()
-        self._write(state.session, keys)
+        if keys.by_table:
+            self._keep(state.session.connection(), keys)
         return result
 
     def _returning(
@@ -410,6 +479,20 @@ class Tracking:
             for row in rows:
                 keys.add(cached, row._mapping[column])
         return result
+
+
+def _insert_then_commit(conn: sa.Connection, rows: list[str]) -> None:
+    """psycopg (3): send the outbox INSERT and the COMMIT as one simple query, one round
+    trip instead of two. The server commits; the driver's `commit()`, which SQLAlchemy
+    calls next, finds the connection idle and sends nothing. If the INSERT fails, the
+    COMMIT does not run: the commit fails and the transaction rolls back whole."""
+    from psycopg import sql
+
+    raw = conn.connection.dbapi_connection
+    table = conn.dialect.identifier_preparer.format_table(invalidation_outbox)
+    values = ", ".join(f"({sql.Literal(row).as_string(raw)})" for row in rows)
+    query = f"INSERT INTO {table} (data) VALUES {values}; COMMIT"
+    conn.exec_driver_sql(query, execution_options={"no_parameters": True})  # '%' is literal
 
 
 def _add(
