@@ -28,15 +28,22 @@ invalidation_log = sa.Table(
     sqlite_autoincrement=True,  # never reuse an id, even after trimming the newest rows
 )
 
-for _trigger in (
+# SQLite's triggers that refuse explicit ids, by name: made with the table, and added to a
+# log made before them by migration 0003.
+SQLITE_TRIGGERS: dict[str, str] = {
     # In a BEFORE INSERT trigger NEW.id is -1 when SQLite chooses the id.
-    "CREATE TRIGGER invalidation_log_own_ids BEFORE INSERT ON invalidation_log "
-    "WHEN NEW.id IS NOT NULL AND NEW.id <> -1 BEGIN "
-    "SELECT RAISE(ABORT, 'invalidation_log ids come from its own sequence only'); END",
-    "CREATE TRIGGER invalidation_log_positive_ids AFTER INSERT ON invalidation_log "
-    "WHEN NEW.id <= 0 BEGIN "
-    "SELECT RAISE(ABORT, 'invalidation_log ids come from its own sequence only'); END",
-):
+    "invalidation_log_own_ids": (
+        "CREATE TRIGGER invalidation_log_own_ids BEFORE INSERT ON invalidation_log "
+        "WHEN NEW.id IS NOT NULL AND NEW.id <> -1 BEGIN "
+        "SELECT RAISE(ABORT, 'invalidation_log ids come from its own sequence only'); END"
+    ),
+    "invalidation_log_positive_ids": (
+        "CREATE TRIGGER invalidation_log_positive_ids AFTER INSERT ON invalidation_log "
+        "WHEN NEW.id <= 0 BEGIN "
+        "SELECT RAISE(ABORT, 'invalidation_log ids come from its own sequence only'); END"
+    ),
+}
+for _trigger in SQLITE_TRIGGERS.values():
     sa.event.listen(invalidation_log, "after_create", sa.DDL(_trigger).execute_if(dialect="sqlite"))
 
 
