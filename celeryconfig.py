@@ -20,7 +20,15 @@ def _transport_options(s: Settings) -> dict:
     # Redis: how long a message a dead worker took waits before it is delivered again
     # (CACHEWORK_BROKER_VISIBILITY_TIMEOUT). Longer than every retry countdown; a job that
     # runs longer gets a second delivery while it runs, which its lock makes harmless.
-    options: dict = {"visibility_timeout": s.broker_visibility_timeout}
+    # The transport looks for such messages in a periodic sweep: every
+    # CACHEWORK_BROKER_RESTORE_INTERVAL seconds, scanning on every sweep (throttle 1; kombu's
+    # defaults, 10 s x every 10th sweep, add up to 100 s). Other transports ignore these
+    # options (the virtual ones read only the names they know, py-amqp drops the rest).
+    options: dict = {
+        "visibility_timeout": s.broker_visibility_timeout,
+        "unacked_restore_interval": s.broker_restore_interval,
+        "unacked_restore_throttle": 1,
+    }
     if s.broker_url.startswith("filesystem"):
         folder = s.broker_folder
         options.update(

@@ -135,6 +135,10 @@ class Settings:
     # acknowledged it) is handed out again. A job still running past it gets a second
     # delivery, which its lock makes harmless (see README "Reliability").
     broker_visibility_timeout: int = 600
+    # Redis broker: seconds between the transport's sweeps that hand such messages out
+    # again (kombu's `unacked_restore_interval`, scanning on every sweep): a message
+    # comes back within the visibility timeout plus this.
+    broker_restore_interval: int = 10
     # Seconds a dead beat's lock outlives it (several beats: the standby takes over after
     # it; see worker/beat.py).
     beat_lock_ttl: float = 30.0
@@ -386,6 +390,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         listener_stale_after=_float(env, "CACHEWORK_LISTENER_STALE_AFTER", 30.0, 0.1),
         invalidation_max_keys=_int(env, "CACHEWORK_INVALIDATION_MAX_KEYS", 10_000, 1),
         broker_visibility_timeout=_int(env, "CACHEWORK_BROKER_VISIBILITY_TIMEOUT", 600, 10),
+        broker_restore_interval=_int(env, "CACHEWORK_BROKER_RESTORE_INTERVAL", 10, 1),
         beat_lock_ttl=_float(env, "CACHEWORK_BEAT_LOCK_TTL", 30.0, 1.0),
         log_format=_log_format(env),
         cached_tables=_modules(

@@ -97,6 +97,23 @@ def test_the_broker_visibility_timeout_is_configurable(tmp_path: Path):
             load_settings(env)
 
 
+def test_the_broker_restore_interval_is_configurable(tmp_path: Path):
+    """Issue 12, item 3: kombu's Redis transport looks for unacknowledged messages past
+    the visibility timeout only every 10 s x every 10th sweep (about 100 s) by default;
+    the sweep interval is a setting and every sweep scans."""
+    env = {"CACHEWORK_DATA_DIR": str(tmp_path), "CACHEWORK_BROKER_URL": "redis://h/1"}
+    options = celeryconfig.build(load_settings(env))["broker_transport_options"]
+    assert options["unacked_restore_interval"] == 10
+    assert options["unacked_restore_throttle"] == 1
+    env["CACHEWORK_BROKER_RESTORE_INTERVAL"] = "2"
+    options = celeryconfig.build(load_settings(env))["broker_transport_options"]
+    assert options["unacked_restore_interval"] == 2
+    for bad, why in (("often", "not an integer"), ("0", "at least 1"), ("-3", "at least 1")):
+        env["CACHEWORK_BROKER_RESTORE_INTERVAL"] = bad
+        with pytest.raises(ConfigError, match=f"CACHEWORK_BROKER_RESTORE_INTERVAL='{bad}'.*{why}"):
+            load_settings(env)
+
+
 def test_mask_url_hides_only_the_password():
     assert mask_url("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert mask_url("amqp://guest:pw@127.0.0.1//") == "amqp://guest:***@127.0.0.1//"
