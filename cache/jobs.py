@@ -63,11 +63,14 @@ def rebuild_scope(
     names: list[str] | None,
     user: str | None,
     abort_on: tuple[type[BaseException], ...] = (),
+    see_through: bool = False,
 ) -> ScopeResult:
     """One scope (a project, or None: the site-wide items), rebuilt in this process.
 
     Plugin failures are reported in the result; an unreachable lock store or database
-    is a TransientError, so the caller retries and the request is not lost."""
+    is a TransientError, so the caller retries and the request is not lost.
+    `see_through`: wait for a running rebuild of the scope rather than defer to it (for
+    a message delivered again; see `cache.sync.rebuild_scope`)."""
     with transient_errors(f"cache rebuild of {scope_label(project)}"):
         return rebuild(
             runtime.database.session,
@@ -78,6 +81,7 @@ def rebuild_scope(
             user,
             runtime.settings.cache_item_max_bytes,
             abort_on=abort_on,
+            see_through=see_through,
         )
 
 
@@ -112,18 +116,20 @@ def sync_scope(
     *,
     missing_ok: bool = False,
     abort_on: tuple[type[BaseException], ...] = (),
+    see_through: bool = False,
 ) -> dict:
     """One scope of a sync: `project`, or the site-wide items when it is None.
 
     With `missing_ok` (the fan-out of a full sync) a project deleted since the projects
-    were listed is skipped, not a failure that would lose the whole sync's summary."""
+    were listed is skipped, not a failure that would lose the whole sync's summary.
+    `see_through`: as for `rebuild_scope`."""
     try:
         project, chosen, names = check_sync(runtime, project, app_name, item_names(name), user)
     except NotFoundError:
         if not missing_ok or project is None or not _project_gone(runtime, project):
             raise
         return {"updated": 0, "projects": 0, "errors": []}
-    result = rebuild_scope(runtime, project, chosen, names, user, abort_on)
+    result = rebuild_scope(runtime, project, chosen, names, user, abort_on, see_through)
     return {
         "updated": result.updated,
         "projects": 0 if project is None else 1,

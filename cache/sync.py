@@ -122,14 +122,13 @@ def _round(
     return result
 
 
-def _wait_for_holder(lock, ttl_ms: int, app_name: str = "") -> bool:
+def _wait_for_holder(lock, ttl_ms: int) -> bool:
     """The lock is held by someone else: wait until it is clear the request will be
     done. Returns True when this caller got the lock (the holder died or finished),
     False when a live holder will do it (it took the names, or it renewed its lock).
 
     A holder killed mid-rebuild stops renewing, so its lock runs out within `ttl_ms`;
     then this request takes it and redoes what the dead holder took."""
-    metrics.record_lock_wait(app_name)
     poll = min(0.25, max(ttl_ms / 20_000.0, 0.01))
     deadline = time.monotonic() + ttl_ms / 1000.0 * 1.5 + 1.0
     last = lock.remaining_ms()
@@ -159,6 +158,7 @@ def rebuild_scope(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_rounds: int = MAX_ROUNDS,
     abort_on: tuple[type[BaseException], ...] = (),
+    see_through: bool = False,
 ) -> ScopeResult:
     """Rebuild `names` (None: all items) of one plugin for one scope, never twice at once.
 
@@ -166,16 +166,29 @@ def rebuild_scope(
     caller's time limit), transient database or Redis errors and a lost lock put the
     round's names back to dirty and propagate (the caller retries). A request that finds
     the lock held returns "deferred" only once a live holder has its names; a dead
-    holder's lock is waited out and its work redone here."""
+    holder's lock is waited out and its work redone here.
+
+    `see_through`: never defer, wait for the holder to finish or die instead. For a
+    message the broker delivered again: on a Redis broker a second delivery of a job
+    still running shares its delivery tag, so acknowledging a deferred second delivery
+    also drops the broker's record of the first; should the holder then die, nothing
+    would redo its names."""
     lock = locks.lock(scope_key(project, plugin.app_name))
     lock.mark_dirty(names)
     result = ScopeResult()
+    waited = False
     while result.rounds < max_rounds:
-        if not lock.acquire() and not _wait_for_holder(lock, locks.ttl_ms, plugin.app_name):
-            result.deferred = result.rounds == 0
-            if result.deferred:
-                metrics.record_deferral(plugin.app_name)
-            return result
+        if not lock.acquire():
+            if not waited:
+                metrics.record_lock_wait(plugin.app_name)
+                waited = True
+            if not _wait_for_holder(lock, locks.ttl_ms):
+                if see_through:
+                    continue  # a live holder: wait on until it releases or its lock runs out
+                result.deferred = result.rounds == 0
+                if result.deferred:
+                    metrics.record_deferral(plugin.app_name)
+                return result
         try:
             with Renewer(lock, locks.ttl_ms):
                 while result.rounds < max_rounds:
@@ -210,6 +223,7 @@ def rebuild(
     user: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     abort_on: tuple[type[BaseException], ...] = (),
+    see_through: bool = False,
 ) -> ScopeResult:
     """Rebuild one scope (a project, or the site-wide items) for each plugin in turn."""
     total = ScopeResult()
@@ -224,6 +238,7 @@ def rebuild(
                 user,
                 max_bytes,
                 abort_on=abort_on,
+                see_through=see_through,
             )
         )
     return total

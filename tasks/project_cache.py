@@ -25,6 +25,12 @@ RETRY = {
 ABORT_ON = (SoftTimeLimitExceeded,)
 
 
+def delivered_again(request) -> bool:
+    """The broker delivered this message before (its visibility timeout passed, or the
+    consumer's connection was lost): the first delivery may still be running."""
+    return bool((request.delivery_info or {}).get("redelivered"))
+
+
 @shared_task(name="cachework.sync_project_cache", bind=True, **RETRY)
 def sync_project_cache(
     self,
@@ -43,6 +49,7 @@ def sync_project_cache(
         user,
         missing_ok=missing_ok,
         abort_on=ABORT_ON,
+        see_through=delivered_again(self.request),
     )
 
 
@@ -71,7 +78,15 @@ def sync_cache(
         runtime, project, app_name, jobs.item_names(name), user
     )
     if project is not None:
-        return jobs.sync_scope(runtime, project, app_name, name, user, abort_on=ABORT_ON)
+        return jobs.sync_scope(
+            runtime,
+            project,
+            app_name,
+            name,
+            user,
+            abort_on=ABORT_ON,
+            see_through=delivered_again(self.request),
+        )
     header = [
         sync_project_cache.si(scope, app_name, name, user, missing_ok=True)
         for scope in jobs.scopes_of(runtime, None)

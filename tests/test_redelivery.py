@@ -10,14 +10,20 @@ visibility timeout 10 s (the minimum) and a sweep every second; a rebuild held 1
 advisory lock this test holds) both outlive the timeout. The worker log shows each task id
 received twice before its first run finished, and then:
 
-- the rebuild: the second delivery is deferred by the scope's lock (it runs no plugin
-  and reports `updated: 0`); the running holder folds it in as one more round in the same
-  process (the lock cannot tell a duplicate from a change made after its read, so it redoes
-  the scope once); no two rounds overlap, the item ends current, nothing failed, no names
-  are left dirty or taken;
+- the rebuild: the second delivery (marked `redelivered`) does not defer to the scope's
+  lock, it waits for the holder (on Redis both deliveries share one delivery tag, so
+  acknowledging the second would drop the broker's record of the first); the holder folds
+  it in as one more round in its own process (the lock cannot tell a duplicate from a
+  change made after its read, so it redoes the scope once); the second delivery then
+  finds nothing to do (`updated: 0`, no plugin run); no two rounds overlap, the item ends
+  current, nothing failed, no names are left dirty or taken;
 - the import: the second delivery finds the import lock held (`LockedError`, retried
   with backoff); the first run commits one Continuum transaction; the retry finds nothing
   to do (no transaction); nothing is left to import and no version lacks its transaction.
+
+And when the holder's whole worker dies while the second delivery waits (on another
+node), the second delivery takes the scope once the dead holder's lock runs out and
+rebuilds what the holder had taken: nothing is lost.
 """
 
 from __future__ import annotations
@@ -210,9 +216,10 @@ def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redeliver
         # The broker delivers both messages again while their first runs still run.
         wait(lambda: log.received(rebuild.id) >= 2, "a second delivery of the rebuild")
         rebuild_again = time.monotonic() - sent_at
-        # Its second delivery is deferred at once (its result logged) while the first run
-        # still holds the scope; the round it folds in need not hold.
-        wait(lambda: log.results(rebuild.id), "the deferred rebuild's result")
+        # The second delivery waits for the first (a deferral would have logged its result
+        # within a renewal of the holder's lock, 2/3 s); the round it folds in need not hold.
+        time.sleep(2.0)
+        assert log.results(rebuild.id) == [], "the second delivery deferred, it must wait"
         client.set(HOLD_KEY, "0.2")
         assert client.llen(intervals_key(project)) == 0, "the first round ended too early"
         wait(lambda: log.received(imported.id) >= 2, "a second delivery of the import")
@@ -242,14 +249,14 @@ def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redeliver
     print("\n".join(x for x in text.splitlines() if rebuild.id in x or imported.id in x))
     assert "Traceback" not in text and "ERROR" not in text, text[-4000:]
 
-    # The rebuild: two deliveries, both succeeded; the second was deferred (no plugin
-    # run) and the first folded it in as a second round in its own process.
+    # The rebuild: two deliveries, both succeeded; the first folded the second in as a
+    # second round in its own process, the second waited and found nothing to do.
     runs = log.results(rebuild.id)
     assert log.received(rebuild.id) == 2 and len(runs) == 2, runs
-    deferred, holding = runs
-    assert deferred == {"updated": 0, "projects": 1, "errors": []}
+    holding, waited = runs
     assert holding == {"updated": 2, "projects": 1, "errors": []}
-    assert rebuild_result == deferred  # the first result stored for the task id stays
+    assert waited == {"updated": 0, "projects": 1, "errors": []}
+    assert rebuild_result == holding  # the first result stored for the task id stays
     rounds = [json.loads(r) for r in client.lrange(intervals_key(project), 0, -1)]
     assert [pid for _start, _end, pid in rounds] == [first_pid, first_pid], rounds
     assert rounds[0][1] <= rounds[1][0], rounds  # one after the other, never at once
@@ -278,3 +285,61 @@ def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redeliver
     )
     assert orphans == 0
     assert _pending_changes(engine) == 0
+
+
+def test_a_second_delivery_finishes_the_rebuild_of_a_worker_that_died(redelivery):
+    """The holder's node (one child, so the broker gives the second delivery to the other
+    node) is SIGKILLed while the second delivery waits for it: the second delivery takes
+    the scope when the dead holder's lock runs out and rebuilds. Deferring instead would
+    have acknowledged the only record of the message, and the change would be lost."""
+    from tests.fault_helpers import kill_group
+    from worker import create_app
+    from worker.spawn import WorkerProcess
+
+    engine, client = redelivery["engine"], redelivery["redis"]
+    env, folder = redelivery["env"], redelivery["folder"]
+    project = project_uuid(1)
+    app = create_app(load_settings(env))
+    logs = {n: folder / f"worker-{n}.log" for n in ("a", "b")}
+    nodes = {
+        n: WorkerProcess(env, concurrency=1, name=f"redeliver{n}{RUN_ID}@127.0.0.1", logfile=f)
+        for n, f in logs.items()
+    }
+    until = time.monotonic() + DEADLINE
+    try:
+        nodes["a"].start()
+        nodes["a"].wait_ready(app, timeout=90)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE products SET price = price + 1"))
+        client.set(HOLD_KEY, "40")  # the first round outlives the test's patience
+        rebuild = app.send_task(
+            "cachework.sync_cache", kwargs={"project": project, "app_name": "recorder"}
+        )
+        first_pid = int(
+            _wait(lambda: client.lindex(started_key(project), 0), "the rebuild", until, logs["a"])
+        )
+        nodes["b"].start()
+        nodes["b"].wait_ready(app, timeout=90)
+        log_b = Log(logs["b"])
+        _wait(lambda: log_b.received(rebuild.id), "the second delivery on b", until, logs["b"])
+        time.sleep(2.0)
+        assert log_b.results(rebuild.id) == [], "the second delivery deferred, it must wait"
+        client.set(HOLD_KEY, "0.2")
+        kill_group(nodes["a"].proc.pid)  # the holder's whole worker, mid-round
+        runs = _wait(lambda: log_b.results(rebuild.id), "the second delivery", until, logs["b"])
+    finally:
+        for node in nodes.values():
+            node.stop(timeout=20)
+        app.runtime.close()
+        app.close()
+
+    assert runs == [{"updated": 1, "projects": 1, "errors": []}], runs
+    pids = [int(p) for p in client.lrange(started_key(project), 0, -1)]
+    assert pids[0] == first_pid and len(pids) == 2 and pids[1] != first_pid, pids
+    with sa.orm.Session(engine) as session:
+        item = store.get_item(session, "recorder", "total", project=project)
+        assert item is not None and item.data == {"sum": price_total(session, project)}
+    key = scope_key(project, "recorder")
+    for kind in ("lock", "dirty", "taken"):
+        assert not client.exists(f"{PREFIX}:{kind}:{key}"), kind
+    assert "Traceback" not in logs["b"].read_text(errors="replace")
