@@ -4,6 +4,7 @@ reported as a plugin failure that clears the request."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -96,6 +97,47 @@ def test_a_deferred_request_returns_once_a_live_holder_has_its_names(seeded):
     result = rebuild_scope(seeded.session, locks, Interrupting(), project, None)
     assert nested[0].deferred and nested[1] < 2.0
     assert result.rounds == 2
+
+
+@pytest.mark.parametrize("see_through", [False, True])
+def test_a_request_seen_through_outlasts_a_live_holder_that_then_dies(seeded, see_through):
+    """A holder renews its lock for a while (alive), then dies holding the names it took.
+    A plain request defers to it at once and the work is lost with it; a request seen
+    through (a message the broker delivered again) waits, then takes the dead holder's
+    names once its lock runs out and rebuilds them."""
+    project = project_uuid(0)
+    locks = DatabaseLocks(seeded.engine, ttl_ms=400)
+    holder = locks.lock(scope_key(project, "inventory"))
+    holder.mark_dirty(None)
+    assert holder.acquire() and holder.take_dirty() == {"*"}
+    alive = threading.Event()
+    alive.set()
+
+    def renew() -> None:  # a live holder renews; at "death" it stops, without releasing
+        while alive.is_set():
+            holder.renew()
+            time.sleep(0.1)
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    threading.Timer(1.5, alive.clear).start()
+    started = time.monotonic()
+    try:
+        result = rebuild_scope(
+            seeded.session, locks, InventoryPlugin(), project, ["summary"], see_through=see_through
+        )
+    finally:
+        alive.clear()
+        renewer.join(timeout=5)
+    waited = time.monotonic() - started
+    if not see_through:
+        assert result.deferred and result.rounds == 0 and waited < 1.5
+        assert _items(seeded, project) == {}  # the dead holder's work: lost with it
+        return
+    assert not result.deferred and result.rounds == 1 and result.updated == 2, result
+    assert 1.5 <= waited < 6, waited
+    assert set(_items(seeded, project)) == {"summary", "by_category"}
+    assert not holder.is_dirty() and holder.take_dirty() == set()
 
 
 @pytest.mark.parametrize("where", ["plugin", "write"])
