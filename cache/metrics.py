@@ -10,11 +10,12 @@ measured and where:
   them right before each scrape.
 - Invalidation: events applied, ignored and malformed, drops, gaps and reconnects come
   from the tracker's statistics the same way; the lag from publish to apply is observed
-  for each applied event whose id carries its publish time (a Redis Stream id is the
-  millisecond it was added; the database log's ids are plain sequence numbers, so its
-  events are counted but give no lag). Each process also reports its listener as
-  connected or not and the last time it was in touch with the log (per pid), which is
-  what readiness checks against `CACHEWORK_LISTENER_STALE_AFTER`.
+  for each applied event whose publish time is known: a Redis Stream id is the
+  millisecond it was added; the database log on PostgreSQL reads each row's `created_at`
+  with it (on SQLite, whose timestamps have whole seconds, its events give no lag).
+  Each process also reports its listener as connected or not and the last time it was
+  in touch with the log (per pid), which is what readiness checks against
+  `CACHEWORK_LISTENER_STALE_AFTER`.
 - Rebuilds (`cache/sync.py`), imports and tasks report through the small `record_*`
   functions below.
 
@@ -84,7 +85,7 @@ class Metrics:
             ["outcome"], registry=r,
         )  # fmt: skip
         self.invalidation_lag = Histogram(
-            "cachework_invalidation_lag_seconds", "Seconds from publish (Redis Stream id) to "
+            "cachework_invalidation_lag_seconds", "Seconds from publish (into the log) to "
             "apply in a process", buckets=LAG_BUCKETS, registry=r,
         )  # fmt: skip
         self.invalidation_drops = Counter(
@@ -271,7 +272,7 @@ def record_task(name: str, outcome: str, seconds: float | None) -> None:
 
 def publish_time(event_id: str) -> float | None:
     """When an event was published, from its id: a Redis Stream id starts with the Unix
-    time in ms; the database log's ids carry no time (None)."""
+    time in ms; the database log's ids carry no time (None: the log's batch tells)."""
     head, dash, _seq = event_id.partition("-")
     if not dash or not head.isdigit():
         return None
@@ -344,14 +345,14 @@ class Sampler:
         m.listener_last_contact.set(self.last_contact)
         self._observe_lag(m, list(tracker.recent))
 
-    def _observe_lag(self, m: Metrics, recent: list[tuple[str, float]]) -> None:
+    def _observe_lag(self, m: Metrics, recent: list[tuple[str, float, float | None]]) -> None:
         from cache.invalidation.events import id_key
 
         last = self._last_event
-        for event_id, applied_at in recent:
+        for event_id, applied_at, published_at in recent:
             if last is not None and id_key(event_id) <= id_key(last):
                 continue
-            published = publish_time(event_id)
+            published = published_at if published_at is not None else publish_time(event_id)
             if published is not None:
                 m.invalidation_lag.observe(max(0.0, applied_at - published))
         if recent:

@@ -114,6 +114,30 @@ def test_tracker_applies_events_after_its_cursor_and_never_skips_what_it_cannot_
     assert tracker.sync() == 0  # up to date: one state() call, nothing read
 
 
+def test_the_publish_time_of_each_applied_event_is_known_where_the_log_keeps_it(log):
+    """For the lag metric: a Redis Stream id is its own time; the database log on
+    PostgreSQL reads each row's `created_at` with it; SQLite's timestamps have whole
+    seconds, so its events give none."""
+    from cache.metrics import publish_time
+
+    target = FakeTarget(names=("categories",))
+    tracker = Tracker(target, log)
+    tracker.sync()
+    before = time.time()
+    ids = [log.append(_event(k)) for k in (1, 2)]
+    after = time.time()
+    assert tracker.sync() == 2
+    recent = list(tracker.recent)
+    assert [event_id for event_id, _applied, _published in recent] == ids
+    for event_id, applied, published in recent:
+        known = published if published is not None else publish_time(event_id)
+        if isinstance(log, DatabaseLog) and log.engine.dialect.name == "sqlite":
+            assert known is None
+            continue
+        assert known is not None and before - 1 <= known <= after + 1, (known, before, after)
+        assert applied >= known - 1
+
+
 def test_tracker_drops_tables_on_a_gap_and_carries_on(log):
     target = FakeTarget()
     tracker = Tracker(target, log)

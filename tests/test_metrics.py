@@ -285,6 +285,26 @@ def test_rebuild_and_import_reports(fresh_metrics):
     assert value(found, "cachework_import_duration_seconds_count", outcome="SUCCESS") == 2
 
 
+def test_the_lag_uses_the_log_s_publish_time_else_the_id_s(fresh_metrics):
+    """Entries of the tracker's `recent`: (id, applied at, published at or None)."""
+
+    class Tracker:
+        recent = [
+            ("41", 100.0, None),  # a database log id with no time given: no lag
+            ("42", 100.5, 100.25),  # the database log on PostgreSQL: 0.25 s
+            ("1700000000000-0", 1700000000.5, None),  # a Redis Stream id: 0.5 s
+        ]
+
+    runtime = _Runtime(_Registry({}))
+    runtime._tracker = Tracker()
+    sampler = metrics.Sampler(runtime)
+    sampler._observe_lag(metrics.metrics(), Tracker.recent)
+    sampler._observe_lag(metrics.metrics(), Tracker.recent)  # seen already: not again
+    found = samples(metrics.exposition(metrics.metrics().registry).decode())
+    assert value(found, "cachework_invalidation_lag_seconds_count") == 2
+    assert value(found, "cachework_invalidation_lag_seconds_sum") == pytest.approx(0.75)
+
+
 def test_publish_time_comes_from_redis_stream_ids_only():
     assert metrics.publish_time("1700000000123-4") == 1700000000.123
     assert metrics.publish_time("4294967297") is None

@@ -42,6 +42,14 @@ def _beyond_sequence(conn: sa.Connection, cursor: int) -> bool:
     return seq is None or cursor > seq
 
 
+def _published(rows: list, exact: bool) -> dict[str, float]:
+    """When the rows were appended, for the lag metric: PostgreSQL's `now()` has
+    microseconds; SQLite's CURRENT_TIMESTAMP only whole seconds, too coarse to tell."""
+    if not exact:
+        return {}
+    return {str(row.id): row.created_at.timestamp() for row in rows if row.created_at}
+
+
 def _unavailable(exc: sa.exc.SQLAlchemyError) -> LogUnavailable:
     first = str(exc).splitlines()[0] if str(exc) else ""
     return LogUnavailable(f"invalidation log table unreachable: {exc.__class__.__name__}: {first}")
@@ -88,9 +96,9 @@ class DatabaseLog:
 
     def read(self, after: str, count: int = 500) -> Batch:
         cursor = id_key(after)[0]
-        query = sa.select(invalidation_log.c.id, invalidation_log.c.data).order_by(
-            invalidation_log.c.id
-        )
+        query = sa.select(
+            invalidation_log.c.id, invalidation_log.c.data, invalidation_log.c.created_at
+        ).order_by(invalidation_log.c.id)
         if cursor == 0:
             query = query.where(invalidation_log.c.id > 0).limit(count)
         else:  # include the cursor's own row: if it is gone, rows after it may be too
@@ -100,6 +108,7 @@ class DatabaseLog:
                 rows = conn.execute(query).all()
                 epoch = _epoch(conn)
                 recreated = _beyond_sequence(conn, cursor)
+                exact = conn.dialect.name == "postgresql"
         except sa.exc.SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
         gap = recreated
@@ -108,7 +117,7 @@ class DatabaseLog:
                 rows = rows[1:]
             else:
                 gap = True
-        return Batch(epoch, gap, [(str(row.id), row.data) for row in rows])
+        return Batch(epoch, gap, [(str(row.id), row.data) for row in rows], _published(rows, exact))
 
     def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
         stop.wait(min(timeout, self.poll_interval))

@@ -96,7 +96,8 @@ class Tracker:
         self.log = log
         self.max_keys = max_keys
         self.batch = batch
-        self.recent: deque[tuple[str, float]] = deque(maxlen=recent)  # (id, applied at)
+        # (id, applied at, published at or None: then the id may tell, see metrics)
+        self.recent: deque[tuple[str, float, float | None]] = deque(maxlen=recent)
         self._lock = threading.RLock()
         self._warnings = RateLimitedWarnings(logging.getLogger(__name__))
         stats = target.listener
@@ -268,7 +269,7 @@ class Tracker:
                     log.exception("could not apply invalidation %s", event_id)
                     drop = drop or f"could not apply invalidation {event_id} ({exc})"
             self.target.cursor = event_id
-            self.recent.append((event_id, time.time()))
+            self.recent.append((event_id, time.time(), batch.published.get(event_id)))
         if drop is not None:
             self.drop(drop)
         return applied

@@ -42,6 +42,9 @@ class Batch:
     epoch: str | None
     gap: bool
     entries: list[tuple[str, object]] = field(default_factory=list)  # (id, raw payload)
+    # When entries whose id carries no time were appended (Unix seconds, by id); a Redis
+    # Stream id is its own time (`cache.metrics.publish_time`).
+    published: dict[str, float] = field(default_factory=dict)
 
 
 class InvalidationLog(Protocol):
