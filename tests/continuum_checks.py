@@ -162,6 +162,40 @@ def check_third_party(url: str) -> None:
     assert _transactions(engine)[0][1] == "192.0.2.9"  # the remaining plugin's remote_addr
 
 
+def check_flask(url: str) -> None:
+    """Continuum's FlaskPlugin (transaction arguments only): in a request, the import's
+    transaction gets the request's user and address exactly as Continuum's own flush in
+    the same request does (the oracle); outside one (a worker, the CLI), the run's."""
+    import flask
+
+    models = bootstrap(("tests.continuum_apps.flask_app",))
+    from tests.continuum_apps.flask_app import Item, app
+
+    engine = _engine(url, models.metadatas[0])
+    with engine.begin() as conn:
+        conn.execute(sa.text('INSERT INTO "user" (id) VALUES (3), (4)'))
+        conn.execute(sa.text("INSERT INTO items (id, name) VALUES (1, 'written raw')"))
+    request = {"environ_base": {"REMOTE_ADDR": "192.0.2.7"}}
+    with app.test_request_context(**request):
+        flask.g.user_id = 4
+        with Session(engine) as session:  # Continuum's own unit of work
+            session.add(Item(id=2, name="through the ORM"))
+            session.commit()
+    with app.test_request_context(**request):
+        flask.g.user_id = 4
+        result = _import(engine, models)
+    assert (result.models["Item"].created, result.models["Item"].unchanged) == (1, 1)
+    orm, imported = [(row.remote_addr, row.user_id) for row in _transactions(engine)]
+    assert imported == orm == ("192.0.2.7", 4), (orm, imported)
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE items SET name = 'changed' WHERE id = 1"))
+    result = _import(engine, models, user="3", remote_addr="192.0.2.1")  # no request
+    assert result.models["Item"].updated == 1
+    last = _transactions(engine)[-1]
+    assert (last.remote_addr, last.user_id) == ("192.0.2.1", 3)
+
+
 def check_late(url: str) -> None:
     """make_versioned after a versioned class: the class is versioned all the same, with
     the app's set-up (its user class), and cachework made no call of its own."""
