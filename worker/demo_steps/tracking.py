@@ -42,7 +42,7 @@ def run(ctx) -> None:
     runtime = Runtime(ctx.settings, database=ctx.database)
     tracking = track(ctx.database.sessionmaker, runtime)  # the one call, at start-up
     try:
-        ctx.console.print("  track(sessionmaker, runtime): every flush writes its outbox row")
+        ctx.console.print("  track(sessionmaker, runtime): a commit writes its flushes' outbox row")
         _every_child_reads(ctx, _name(ctx, Category))
         with ctx.database.session() as session:
             row = session.get(Category, KEY)
