@@ -18,8 +18,10 @@ from worker.routing import QUEUES, queues  # noqa: F401 - QUEUES: bench/ imports
 
 def _transport_options(s: Settings) -> dict:
     # Redis: how long a message a dead worker took waits before it is delivered again
-    # (CACHEWORK_BROKER_VISIBILITY_TIMEOUT). Longer than every retry countdown; a job that
-    # runs longer gets a second delivery while it runs, which its lock makes harmless.
+    # (CACHEWORK_BROKER_VISIBILITY_TIMEOUT). The default is longer than every retry
+    # countdown (a shorter one also hands out again retries waiting for their countdown);
+    # a job that runs longer gets a second delivery while it runs, which its lock makes
+    # harmless (docs/reliability.md).
     # The transport looks for such messages in a periodic sweep: every
     # CACHEWORK_BROKER_RESTORE_INTERVAL seconds, scanning on every sweep (throttle 1; kombu's
     # defaults, 10 s x every 10th sweep, add up to 100 s). Other transports ignore these
