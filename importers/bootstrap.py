@@ -29,7 +29,6 @@ from sqlalchemy_continuum.plugins import TransactionMetaPlugin
 from cache.errors import ConfigError
 
 _lock = threading.RLock()
-_versioning_on = False  # versioning is on in this process (the app's call or ours)
 _booted: dict[tuple[str, ...], Models] = {}
 
 
@@ -60,11 +59,9 @@ def continuum_enabled() -> bool:
 def enable_versioning() -> None:
     """Make cachework's default `make_versioned` call unless versioning is already on (the
     app's own call counts): no user class, `TransactionMetaPlugin`."""
-    global _versioning_on
     with _lock:
         if not continuum_enabled():
             make_versioned(user_cls=None, plugins=[TransactionMetaPlugin()])
-        _versioning_on = True
 
 
 def _import(names: tuple[str, ...]) -> list[ModuleType]:
@@ -122,8 +119,6 @@ def bootstrap(models: tuple[str, ...] | list[str] = ("demo.models",)) -> Models:
             return _booted[key]
         early = [m for m in key if m in sys.modules]
         modules = _import(key)
-        global _versioning_on
-        _versioning_on = True
         orm.configure_mappers()
         metadatas: list[sa.MetaData] = []
         classes: list[type] = []

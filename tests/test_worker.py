@@ -109,7 +109,7 @@ def test_importing_the_worker_maps_no_model_and_leaves_versioning_off():
     code = (
         "import sys, worker, worker.cli, celeryconfig, tasks\n"
         "from importers import bootstrap\n"
-        "print(bootstrap._versioning_on, 'demo.models' in sys.modules)\n"
+        "print(bootstrap.continuum_enabled(), 'demo.models' in sys.modules)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -108,7 +108,6 @@ class DatabaseLog:
                 rows = conn.execute(query).all()
                 epoch = _epoch(conn)
                 recreated = _beyond_sequence(conn, cursor)
-                exact = conn.dialect.name == "postgresql"
         except sa.exc.SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
         gap = recreated
@@ -117,6 +116,7 @@ class DatabaseLog:
                 rows = rows[1:]
             else:
                 gap = True
+        exact = self.engine.dialect.name == "postgresql"
         return Batch(epoch, gap, [(str(row.id), row.data) for row in rows], _published(rows, exact))
 
     def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
