@@ -2,15 +2,19 @@
 
 Connected to Celery's signals when `worker.celery_app` is imported:
 
-- `worker_init` (main process, before the pool forks), with CACHEWORK_METRICS_PORT set
-  (metrics are off otherwise, and cost nothing): a fresh folder for the node's metric
-  files (`cachework-metrics-*` in the temporary directory), prometheus_client's
-  multiprocess mode on, and the exporter (`worker/exporter.py`) started beside the main
-  process, which stays free of threads (it forks children).
-- every child's runtime samples its tables and listener (`cache.metrics.Sampler`), and at
-  its end (`worker_process_shutdown`) copies a last time and is marked dead.
-- `task_prerun`/`task_postrun`: task run time and outcome by name; the version import's
-  rows and duration from its result.
+- `worker_init` (main process, before the pool forks): a fresh folder for the node's
+  metric files (`cachework-metrics-*` in the temporary directory) and prometheus_client's
+  multiprocess mode on, always: readiness (`worker/health.py`) reads every child's
+  listener state from there. With CACHEWORK_METRICS_PORT set, also the exporter
+  (`worker/exporter.py`) started beside the main process, which stays free of threads
+  (it forks children).
+- every child's runtime samples its tables and listener once a second
+  (`cache.metrics.Sampler`), and at its end (`worker_process_shutdown`) copies a last
+  time and is marked dead.
+- `task_prerun`/`task_postrun`, only with the exporter (nobody could read them
+  otherwise; recording them cost a no-op task's round trip about 0.3 ms, measured with
+  bench/invalidation.py): task run time and outcome by name; the version import's rows
+  and duration from its result; a sample at the task's end.
 - `worker_shutdown`: the exporter stops and the folder is removed.
 """
 
@@ -44,9 +48,7 @@ def _runtime(app):
 @signals.worker_init.connect
 def _node_init(sender=None, **_kwargs) -> None:
     runtime = _runtime(getattr(sender, "app", None))
-    if runtime is None or runtime.settings.metrics_port is None:
-        # No exporter, no metrics: a task pays nothing for them (recording them cost a
-        # no-op task's round trip about 0.3 ms, measured with bench/invalidation.py).
+    if runtime is None:
         return
     folder = tempfile.mkdtemp(prefix="cachework-metrics-")
     # Removed at worker_shutdown; also when the worker stops before that (a start-up error).
@@ -55,6 +57,11 @@ def _node_init(sender=None, **_kwargs) -> None:
     _node["folder"] = folder
     if runtime.settings.metrics_port is not None:
         _node["exporter"] = start_exporter(folder, getattr(sender, "hostname", "") or "")
+
+
+def _recording_tasks() -> bool:
+    """Whether this node exports its metrics (the children inherit `_node` at fork)."""
+    return "exporter" in _node
 
 
 def _remove_folder(folder: str, owner: int) -> None:
@@ -104,9 +111,9 @@ def stop_exporter(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 def _child_shutdown(**_kwargs) -> None:
     """A pool child ending: stop its runtime (a last copy of its statistics), then leave
     the per-process gauges."""
-    from worker.celery_app import _command_runtime
+    from worker.celery_app import _child_runtime
 
-    runtime = _command_runtime()
+    runtime = _child_runtime()
     if runtime is not None and metrics.multiprocess_dir() is not None:
         runtime.stop()
         metrics.mark_process_dead()
@@ -126,13 +133,13 @@ def _node_shutdown(**_kwargs) -> None:
 
 @signals.task_prerun.connect
 def _task_started(task_id=None, **_kwargs) -> None:
-    if metrics.active() and task_id:
+    if task_id and _recording_tasks():
         _started[task_id] = time.perf_counter()
 
 
 @signals.task_postrun.connect
 def _task_finished(task_id=None, task=None, retval=None, state=None, **_kwargs) -> None:
-    if not metrics.active():
+    if not _recording_tasks():
         return
     started = _started.pop(task_id, None) if task_id else None
     seconds = None if started is None else time.perf_counter() - started
