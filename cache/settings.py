@@ -40,64 +40,86 @@ OFF = ("", "off", "none", "false", "0", "no")
 
 
 _SECRET_PARAMS = re.compile(
-    r"(?i)([?&;](?:password|passwd|pass|pwd|secret|token|sslpassword|sslkey|api_key)=)[^&;#]*"
+    r"(?i)([?&;](?:password|passwd|pass|pwd|secret|token|sslpassword|sslkey|api_key"
+    r"|accountkey|sharedaccesskey|sig)=)[^&;#]*"
 )
 QUOTING_HINT = (
     "percent-encode the user and password (Python: urllib.parse.quote(password, safe='')), "
-    "e.g. '#' -> %23, '?' -> %3F, '/' -> %2F, '@' -> %40"
+    "e.g. '#' -> %23, '?' -> %3F, '/' -> %2F, '@' -> %40, ';' -> %3B"
 )
+# Where a URL starts in a text: a failover list (`amqp://h1//;amqp://h2//`) or a message.
+_URL_START = re.compile(r"(?<![\w+.-])(?=[A-Za-z][\w+.-]*://)")
+_HOST_PORT = re.compile(r"(?:[\w.~%-]*|\[[0-9A-Fa-f:.]+\])(?::\d*)?")
+# An '@' in a query or fragment that is not in a key=value pair (`?x@h`, unlike `?user=a@b`).
+_BARE_AT = re.compile(r"[?#&;][^?#&;=@]*@")
+
+
+def _cut(rest: str, start: int = 0) -> int:
+    """Index of the first '/', '?' or '#' in `rest` from `start` (where a parser ends the
+    authority, or the path); len(rest) if none."""
+    return min((i for i in (rest.find(c, start) for c in "/?#") if i >= 0), default=len(rest))
 
 
 def _unparseable_userinfo(url: str) -> bool:
-    """True when a password holds '/', '?' or '#' unquoted: the authority then ends inside
-    it ('user:pa' before the first of them, an '@' after), and parsers read nonsense."""
+    """True when a password holds '/', '?' or '#' unquoted: parsers end the authority inside
+    it and read the rest ('...@host') as path or query. An '@' past that end betrays it, in
+    the path always, in a query or fragment unless a plain host[:port] precedes and the '@'
+    sits in a key=value pair (`?user=a@b`). No authority (`sqlite:////a@b.db`): a path."""
     _scheme, sep, rest = url.partition("://")
+    cut = _cut(rest)
+    head, tail = rest[:cut], rest[cut:]
+    if not sep or not head or "@" not in tail:
+        return False
+    query = _cut(tail, 1) if tail[0] == "/" else 0
+    if "@" in tail[:query]:
+        return True
+    host = head.rpartition("@")[2]
+    return not _HOST_PORT.fullmatch(host) or bool(_BARE_AT.search(tail[query:]))
+
+
+def _mask_one(url: str) -> str:
+    """`url` (one URL, maybe followed by text) with the password of its user part hidden."""
+    scheme, sep, rest = url.partition("://")
     if not sep:
-        return False
-    cut_at = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=-1)
-    if cut_at < 0 or "@" not in rest[cut_at:]:
-        return False
-    head = rest[:cut_at]
-    return "@" not in head and ":" in head and not head.rpartition(":")[2].isdigit()
+        return url
+    if _unparseable_userinfo(url):  # the password may run up to the last '@': hide that all
+        userinfo, _, after = rest.rpartition("@")
+        user, colon, _pw = userinfo.partition(":")
+        return f"{scheme}://{user + colon if colon else ''}***@{after}"
+    cut = _cut(rest)
+    userinfo, _, host = rest[:cut].rpartition("@")
+    user, colon, _pw = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{host}{rest[cut:]}" if colon else url
 
 
 def mask_url(url: str) -> str:
     """Return `url` with every credential replaced by `***`, safe to print or log: the
-    password of the user part (even one with unquoted '/', '?', '#' or '@'), and query
-    parameters such as `?password=`."""
+    password of the user part (even one with unquoted '/', '?', '#' or '@') of each URL in
+    it (a failover list, an error message), and query parameters such as `?password=`."""
     if not isinstance(url, str):
         return "***"
-    scheme, sep, rest = url.partition("://")
-    if sep and _unparseable_userinfo(url):
-        user = rest.split(":", 1)[0]
-        after = rest[rest.rfind("@") :]
-        return _SECRET_PARAMS.sub(r"\1***", f"{scheme}://{user}:***{after}")
+    masked = "".join(_mask_one(part) for part in _URL_START.split(url))
+    return _SECRET_PARAMS.sub(r"\1***", masked)
+
+
+def _unparseable(part: str) -> bool:
+    """True when one URL of a `;`-separated list has a user part no parser reads as written
+    (or is a piece of a password split at a ';' in it: `user:pa;ss@host`)."""
+    if "://" not in part:
+        return "@" in part
+    if _unparseable_userinfo(part):
+        return True
     try:
-        parts = urlsplit(url)
-        password = parts.password
+        urlsplit(part).port  # noqa: B018 - raises on a password read as a port
     except ValueError:
-        password = None
-        parts = None
-    if parts is not None and password is not None:
-        userinfo, _, host = parts.netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        url = parts._replace(netloc=f"{user}:***@{host}").geturl()
-    elif sep and "@" in rest.split("/", 1)[0]:  # user info a parser refused: hide it all
-        user, _, tail = rest.partition("@")
-        url = f"{scheme}://{user.split(':', 1)[0]}:***@{tail}" if ":" in user else url
-    return _SECRET_PARAMS.sub(r"\1***", url)
+        return True
+    return False
 
 
 def check_url(name: str, raw: str) -> None:
-    """ConfigError (URL masked, with how to quote) for a URL whose user part no parser
-    reads as written."""
-    bad = _unparseable_userinfo(raw)
-    if not bad:
-        try:
-            urlsplit(raw).port  # noqa: B018 - raises on a password read as a port
-        except ValueError:
-            bad = True
-    if bad:
+    """ConfigError (URLs masked, with how to quote) for a URL, or any URL of a failover list
+    (split at each ';' as kombu does), whose user part no parser reads as written."""
+    if any(_unparseable(part) for part in raw.split(";")):
         raise ConfigError(
             f"{name}={mask_url(raw)!r} cannot be parsed: its user or password holds a "
             f"character with a meaning in URLs; {QUOTING_HINT}"
