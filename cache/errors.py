@@ -61,6 +61,16 @@ class NotFoundError(PermanentError):
     """A named thing (model, project, app, table) does not exist; the message lists valid names."""
 
 
+class ChangeLimitExceeded(PermanentError):
+    """A version import would write more changes than `max_changes` allows; nothing was
+    written. (Here with the other errors a task may raise: a client rebuilds a task's
+    exception only from modules it has imported.)"""
+
+
+class UnsupportedVersioning(ConfigError):
+    """A model uses a Continuum feature the version import cannot reproduce exactly."""
+
+
 class LockedError(TransientError):
     """Another job holds the lock this job needs."""
 
@@ -76,13 +86,24 @@ def is_transient(exc: BaseException) -> bool:
 
     They reach SQLAlchemy as `OperationalError` (or a DBAPIError whose connection was
     invalidated) and redis-py as `ConnectionError`/`TimeoutError`; constraint violations,
-    SQL errors and Redis command errors are not transient: retrying cannot fix them."""
+    SQL errors and Redis command errors are not transient: retrying cannot fix them.
+    SQLite raises OperationalError for both kinds; only its locked, busy and I/O errors
+    are transient ("no such table" is not)."""
+    import sqlite3
+
     import redis
     import sqlalchemy as sa
 
-    if isinstance(exc, sa.exc.OperationalError | redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    if isinstance(exc, sa.exc.OperationalError):
+        if isinstance(exc.orig, sqlite3.OperationalError):
+            return any(word in str(exc.orig).lower() for word in SQLITE_TRANSIENT)
         return True
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+SQLITE_TRANSIENT = ("locked", "busy", "disk i/o")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from cache.errors import ConfigError, NotFoundError, TransientError
 from cache.invalidation import (
     DatabaseLog,
     Listener,
+    LogError,
     LogUnavailable,
     ReconnectingLoop,
     RedisLog,
@@ -30,6 +31,7 @@ from tests.invalidation_helpers import (
     FakeTarget,
     LoadedTarget,
     OwnRedis,
+    free_port,
     kill_relay_after_append,
     wait_until,
 )
@@ -273,6 +275,27 @@ def test_publish_validates_before_writing(log):
 
 
 # --- the listener thread ------------------------------------------------------------------
+
+
+def test_a_log_that_refuses_is_an_error_one_that_cannot_be_reached_is_transient(log):
+    """One classifier (`cache.errors.is_transient`): a log whose table or key is wrong is
+    not retried; an unreachable one is. A listener treats both as a log it cannot read."""
+    log.append(_event(1))
+    if isinstance(log, RedisLog):
+        log.client.delete(log.key)
+        log.client.set(log.key, "not a stream")  # WRONGTYPE on every stream command
+        down = RedisLog(redis.Redis(port=free_port(), socket_connect_timeout=1), key="k")
+    else:
+        with log.engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE {invalidation_log.name}"))
+        down = DatabaseLog(sa.create_engine(f"postgresql+psycopg://127.0.0.1:{free_port()}/none"))
+    with pytest.raises(LogError) as refused:
+        log.read("0")
+    assert not isinstance(refused.value, TransientError)
+    with pytest.raises(LogUnavailable, match="unreachable"):
+        down.state()
+    target = FakeTarget(names=("categories",))
+    assert Tracker(target, log).catch_up() == 0 and len(target.dropped) == 1
 
 
 def test_listener_thread_applies_events_and_stops_cleanly(log):

@@ -21,7 +21,14 @@ from cache.errors import ConfigError
 from cache.invalidation.db_log import DatabaseLog
 from cache.invalidation.events import Event, KnownTables, decode_event, id_key, validate_event
 from cache.invalidation.listener import Listener, ReconnectingLoop, Target, Tracker
-from cache.invalidation.log import NOTHING, Batch, InvalidationLog, LogState, LogUnavailable
+from cache.invalidation.log import (
+    NOTHING,
+    Batch,
+    InvalidationLog,
+    LogError,
+    LogState,
+    LogUnavailable,
+)
 from cache.invalidation.outbox import Relay, RelayLoop, write_outbox
 from cache.invalidation.redis_log import RedisLog
 from cache.invalidation.tracking import Dependency, Tracking, track
@@ -34,6 +41,7 @@ __all__ = [
     "Event",
     "InvalidationLog",
     "Listener",
+    "LogError",
     "LogState",
     "LogUnavailable",
     "ReconnectingLoop",

@@ -16,8 +16,9 @@ import threading
 
 import sqlalchemy as sa
 
+from cache.errors import CacheworkError
 from cache.invalidation.events import id_key
-from cache.invalidation.log import NOTHING, Batch, LogState, LogUnavailable
+from cache.invalidation.log import NOTHING, Batch, LogState, log_failure
 from cache.invalidation.tables import invalidation_log
 
 APPEND_LOCK = 0x63776976  # "cwiv": the advisory lock that orders appends on PostgreSQL
@@ -50,9 +51,8 @@ def _published(rows: list, exact: bool) -> dict[str, float]:
     return {str(row.id): row.created_at.timestamp() for row in rows if row.created_at}
 
 
-def _unavailable(exc: sa.exc.SQLAlchemyError) -> LogUnavailable:
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return LogUnavailable(f"invalidation log table unreachable: {exc.__class__.__name__}: {first}")
+def _unavailable(exc: sa.exc.SQLAlchemyError) -> CacheworkError:
+    return log_failure(exc, "invalidation log table")
 
 
 class DatabaseLog:

@@ -26,7 +26,14 @@ from cache.invalidation.events import (
     is_after,
     table_of,
 )
-from cache.invalidation.log import NOTHING, Batch, InvalidationLog, LogState, LogUnavailable
+from cache.invalidation.log import (
+    NOTHING,
+    Batch,
+    InvalidationLog,
+    LogError,
+    LogState,
+    LogUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +152,7 @@ class Tracker:
         the cached tables are dropped (the task then reads fresh records)."""
         try:
             applied = self.sync()
-        except LogUnavailable as exc:
+        except (LogUnavailable, LogError) as exc:
             self.drop(f"invalidation log unreachable at task start ({exc})")
             return 0
         except Exception as exc:
@@ -301,7 +308,9 @@ class ReconnectingLoop:
     """
 
     name = "cachework-loop"
-    recoverable: tuple[type[BaseException], ...] = (LogUnavailable,)
+    # A log that refuses reads (LogError) is, to a reader, one it cannot reach: the same
+    # backoff, and the same drop of the cached tables once it lasts.
+    recoverable: tuple[type[BaseException], ...] = (LogUnavailable, LogError)
     backoff_start = 0.05
     backoff_max = 5.0
 

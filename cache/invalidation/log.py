@@ -18,13 +18,29 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cache.errors import TransientError
+from cache.errors import CacheworkError, TransientError, is_transient
 
 NOTHING = "0"  # the cursor of a reader that has seen nothing yet / head of an empty log
 
 
 class LogUnavailable(TransientError):
     """The log cannot be reached (connection lost, server restarting, database down)."""
+
+
+class LogError(CacheworkError):
+    """The log refused an operation for a reason no retry cures (its table missing, a
+    Redis key of another type): not retried; a listener still treats it as a log it
+    cannot read."""
+
+
+def log_failure(exc: Exception, what: str) -> CacheworkError:
+    """The database or Redis error `exc` met reaching `what`, as LogUnavailable when
+    `is_transient` says a retry can cure it, else LogError (first line of the cause)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    if is_transient(exc):
+        return LogUnavailable(f"{what} unreachable: {exc.__class__.__name__}: {first}")
+    return LogError(f"{what} failed: {exc.__class__.__name__}: {first}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from cache.invalidation.db_log import DatabaseLog
 from cache.invalidation.events import Event
 from cache.invalidation.listener import ReconnectingLoop
-from cache.invalidation.log import InvalidationLog, LogUnavailable
+from cache.invalidation.log import InvalidationLog, log_failure
 from cache.invalidation.tables import invalidation_outbox
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,7 @@ class Relay:
                         self.target.append(data)
                 return len(rows)
         except sa.exc.SQLAlchemyError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise LogUnavailable(f"outbox unreachable: {exc.__class__.__name__}: {first}") from exc
+            raise log_failure(exc, "outbox") from exc
 
     def pending(self) -> int:
         """Rows waiting in the outbox."""

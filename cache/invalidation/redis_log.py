@@ -20,7 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cache.invalidation.log import NOTHING, Batch, LogState, LogUnavailable
+from cache.errors import CacheworkError
+from cache.invalidation.log import NOTHING, Batch, LogState, log_failure
 
 STREAM_KEY = "cachework:invalidations"
 FIELD = b"e"
@@ -92,8 +93,8 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _unavailable(exc: redis.RedisError) -> LogUnavailable:
-    return LogUnavailable(f"invalidation stream unreachable: {exc.__class__.__name__}: {exc}")
+def _unavailable(exc: redis.RedisError) -> CacheworkError:
+    return log_failure(exc, "invalidation stream")
 
 
 class RedisLog:

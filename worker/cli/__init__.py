@@ -50,7 +50,7 @@ def describe_failure(exc: BaseException) -> str | None:
         return f"the broker (CACHEWORK_BROKER_URL) cannot be reached: {_first_line(exc)}"
     if isinstance(exc, sa.exc.SQLAlchemyError) and is_transient(exc):
         return f"the database (CACHEWORK_DATABASE_URL) cannot be reached: {_first_line(exc)}"
-    if isinstance(exc, redis.RedisError):
+    if isinstance(exc, redis.RedisError) and is_transient(exc):
         return f"Redis (CACHEWORK_REDIS_URL) cannot be reached: {_first_line(exc)}"
     if isinstance(exc, OSError) and getattr(exc, "filename", None):
         return (
