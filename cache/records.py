@@ -106,6 +106,8 @@ def coerce(value: Any, python_type: type | None, what: str) -> Any:
             return dt.datetime.fromisoformat(str(value))
         if python_type is dt.date:
             return dt.date.fromisoformat(str(value))
+        if python_type is dt.time:
+            return dt.time.fromisoformat(str(value))
         return python_type(value)
     except (TypeError, ValueError, InvalidOperation):
         raise ValidationError(f"{what}={value!r} is not a valid {python_type.__name__}") from None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import uuid
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +13,7 @@ from hypothesis import strategies as st
 
 from cache.errors import NotFoundError, ValidationError
 from cache.invalidation.events import Event, decode_event, id_key, is_after, validate_event
+from cache.records import coerce
 
 
 @pytest.mark.parametrize(
@@ -60,6 +64,27 @@ def test_valid_event_is_normalised_and_round_trips():
     assert decode_event(event.to_json().encode()) == event
     whole = validate_event("categories", known_tables=["categories"])
     assert whole.keys is None and decode_event(whole.to_json()) == whole
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        7,
+        "sku-1",
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        Decimal("12.50"),
+        dt.date(2026, 11, 27),
+        dt.datetime(2026, 11, 27, 16, 5, 1, 250000),
+        dt.time(9, 30),
+    ],
+    ids=type,
+)
+def test_every_key_type_a_table_takes_reaches_that_table_as_the_same_key(key):
+    """One key coercion: an event carries any key a cached table's coercer accepts, and
+    the receiving table's coercer turns its JSON form back into the same key."""
+    event = validate_event("t", [key])
+    received = decode_event(event.to_json())
+    assert coerce(received.keys[0], type(key), "key") == key
 
 
 @pytest.mark.parametrize(

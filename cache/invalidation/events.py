@@ -8,6 +8,7 @@ whose items a `cachework.process_invalidation` task rebuilds.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
@@ -67,11 +68,17 @@ def _text(field: str, value: object, required: bool = False) -> str | None:
     return value
 
 
+# The key types an event carries: those whose JSON form (`json_value`) the receiving
+# table's key coercer (`cache.records.coerce`) turns back into the same key. Not floats
+# (a float key of an integer table, 1.5, names no record; equality of floats is not a key).
+KEY_TYPES = (int, str, uuid.UUID, Decimal, dt.date, dt.time)
+
+
 def _scalar_key(index: int, key: object) -> object:
-    if isinstance(key, bool) or not isinstance(key, int | str | uuid.UUID | Decimal):
+    if isinstance(key, bool) or not isinstance(key, KEY_TYPES):
         raise ValidationError(
-            f"keys[{index}]={shown(key)} must be a primary key (an integer, string, UUID or "
-            "decimal)"
+            f"keys[{index}]={shown(key)} must be a primary key (an integer, string, UUID, "
+            "decimal, date, time or datetime)"
         )
     if isinstance(key, str) and (len(key) > MAX_TEXT or "\x00" in key):
         raise ValidationError(
