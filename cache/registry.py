@@ -93,9 +93,12 @@ class Registry:
             table.invalidate_keys(keys)
 
     def drop_all(self, reason: str) -> None:
-        """Drop every table's records (they reload on next read), e.g. after lost events."""
+        """Drop every table's records (they reload on next read), e.g. after lost events.
+
+        The caller says why at WARNING, rate-limited (a flood of junk entries drops the
+        tables once per batch); here only the tables, at DEBUG."""
         tables = list(self._tables.items())
-        log.warning("dropping cached tables %s: %s", [n for n, _ in tables] or "(none)", reason)
+        log.debug("dropping cached tables %s: %s", [n for n, _ in tables] or "(none)", reason)
         for _name, table in tables:
             table.clear()
 

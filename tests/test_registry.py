@@ -3,13 +3,16 @@ prefork worker (both children answer from their own cached table)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
+import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from cache.errors import ConfigError, NotFoundError, ValidationError
+from cache.invalidation import RedisLog, Tracker
 from cache.registry import Registry, load_declarations
 from demo.models import Category
 from demo.seed import seed
@@ -77,7 +80,8 @@ def test_invalidate_refreshes_lazily_and_is_a_noop_before_the_table_is_built(see
 def test_drop_all_forgets_records_until_the_next_read(seeded, registry, caplog):
     table = registry.table("categories")
     table.get(1)
-    registry.drop_all("stream trimmed past cursor 5-0")
+    with caplog.at_level(logging.DEBUG, logger="cache.registry"):
+        registry.drop_all("stream trimmed past cursor 5-0")
     assert registry.status()["categories"]["loaded"] is False
     assert "stream trimmed past cursor 5-0" in caplog.text
     assert table.get(1)["code"] == "tools"
@@ -146,3 +150,24 @@ def test_lookup_and_cache_status_from_both_prefork_children(
         )
     with pytest.raises(Exception, match="'nope' is not declared"):
         app.send_task("cachework.lookup", kwargs={"table": "nope", "key": 1}).get(timeout=30)
+
+
+def test_a_flood_of_junk_entries_logs_a_bounded_number_of_warnings(registry, redis_url, caplog):
+    """Issue 12 defect 6 with a real registry: every junk batch drops the tables, and the
+    drop itself logged a warning each time, outside the tracker's rate limit."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    log = RedisLog(client, key=f"test:flood:{uuid.uuid4().hex[:8]}", maxlen=100_000)
+    try:
+        tracker = Tracker(registry, log, batch=50)
+        tracker.sync()
+        for _ in range(2000):
+            log.append("junk")
+        with caplog.at_level(logging.WARNING):
+            tracker.sync()
+        assert registry.listener["malformed"] == 2000 and registry.listener["drops"] >= 40
+        assert len(caplog.records) <= 12, len(caplog.records)
+    finally:
+        client.delete(log.key, log.epoch_key)
+        client.close()
