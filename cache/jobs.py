@@ -1,4 +1,5 @@
-"""The rules of the project-cache and invalidation jobs, as plain functions of a runtime.
+"""The rules of the version import, project-cache and invalidation jobs, as plain
+functions of a runtime.
 
 A Celery task or a CLI command is a few lines that call these: check every argument
 before anything runs (bad input changes nothing), then rebuild, delete or publish through
@@ -9,6 +10,7 @@ imports Celery; the caller passes its time limit's exception in `abort_on`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cache import plugins as cache_plugins
@@ -22,6 +24,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Plugins = list[cache_plugins.CachePlugin]
+
+
+def import_versions(runtime: Runtime, models: object = None, **options: object) -> dict:
+    """The version import of this runtime's versioned models (every one, or those named
+    in `models`) in one session; `options` as `importers.versions.import_versions` takes
+    them. Returns its result as JSON; an unreachable database is a TransientError."""
+    from importers.versions import import_versions as run_import
+
+    with transient_errors("database"), runtime.database.session() as session:
+        return run_import(session, runtime.models.versioned, names=models, **options).as_dict()
 
 
 def item_names(name: object) -> list[str] | None:
@@ -92,19 +104,31 @@ def rebuild_items(
     names: object,
     user: object = None,
     abort_on: tuple[type[BaseException], ...] = (),
+    on_scope: Callable[[int, int, str | None], None] | None = None,
 ) -> dict:
     """Rebuild items here, through the same lock and dirty flag as every sync.
 
     `project` None covers every project and the site-wide items; `app_name` None every
-    app; `names` None every item. Returns `{"updated", "projects", "errors"}`; a scope
-    whose rebuild runs elsewhere is marked dirty and rebuilt by that run."""
+    app; `names` None every item. Returns `{"updated", "projects", "errors", "deferred"}`;
+    a scope whose rebuild runs elsewhere is marked dirty and rebuilt by that run (counted
+    in "deferred"). `on_scope(done, total, scope)` is called before each scope (a CLI's
+    progress bar)."""
     project, chosen, names = check_sync(runtime, project, app_name, names, user)
     scopes = scopes_of(runtime, project)
-    total = ScopeResult()
-    for scope in scopes:
-        total.add(rebuild_scope(runtime, scope, chosen, names, user, abort_on))
+    total, deferred = ScopeResult(), 0
+    for done, scope in enumerate(scopes):
+        if on_scope is not None:
+            on_scope(done, len(scopes), scope)
+        result = rebuild_scope(runtime, scope, chosen, names, user, abort_on)
+        total.add(result)
+        deferred += result.deferred
     projects = sum(1 for scope in scopes if scope is not None)
-    return {"updated": total.updated, "projects": projects, "errors": total.errors}
+    return {
+        "updated": total.updated,
+        "projects": projects,
+        "errors": total.errors,
+        "deferred": deferred,
+    }
 
 
 def sync_scope(

@@ -47,7 +47,13 @@ from sqlalchemy_continuum.plugins import (
 )
 from sqlalchemy_continuum.utils import get_versioning_manager, option
 
-from cache.errors import ConfigError, NotFoundError, PermanentError, ValidationError, shown
+from cache.errors import (
+    ChangeLimitExceeded,
+    NotFoundError,
+    UnsupportedVersioning,
+    ValidationError,
+    shown,
+)
 from cache.records import json_value
 from importers.locking import begin_import
 from importers.statistics import refresh_stale_statistics
@@ -73,14 +79,6 @@ SUPPORTED_PLUGINS = (
     PropertyModTrackerPlugin,
     NullDeletePlugin,
 )
-
-
-class ChangeLimitExceeded(PermanentError):
-    """The run would write more changes than `max_changes` allows; nothing was written."""
-
-
-class UnsupportedVersioning(ConfigError):
-    """A model uses a Continuum feature the import cannot reproduce exactly."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`cachework.import_versions`: the version import as a Celery task (see DESIGN.md)."""
+"""`cachework.import_versions`: the version import as a Celery task (the rules: cache.jobs)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import logging
 
 from celery import shared_task
 
-from cache.errors import TransientError, transient_errors
+from cache import jobs
+from cache.errors import TransientError
 from cache.settings import Settings
 from importers.progress import RunProgress, Throttle
-from importers.versions import import_versions as run_import
 from worker.celery_app import require_runtime
 from worker.logsetup import EXPECTED_ERRORS
 
@@ -67,21 +67,17 @@ def import_versions(
         if log_now() or run.finished:
             log.info("%s", run.line())
 
-    classes = runtime.models.versioned
-    with transient_errors("database"), database.session() as session:
-        result = run_import(
-            session,
-            classes,
-            names=models,
-            user=user,
-            remote_addr=remote_addr,
-            comment=comment,
-            dry_run=dry_run,
-            create=create,
-            update=update,
-            delete=delete,
-            max_changes=max_changes,
-            repair=repair,
-            progress=progress,
-        )
-    return result.as_dict()
+    return jobs.import_versions(
+        runtime,
+        models,
+        user=user,
+        remote_addr=remote_addr,
+        comment=comment,
+        dry_run=dry_run,
+        create=create,
+        update=update,
+        delete=delete,
+        max_changes=max_changes,
+        repair=repair,
+        progress=progress,
+    )

@@ -131,14 +131,14 @@ def test_cli_checks_max_changes(database, limit):
 
 
 def test_a_held_lock_is_retried_and_bad_input_is_not(pg_database, pg_app, monkeypatch):
-    import tasks.versions as module
+    import importers.versions as module
 
     task = pg_app.tasks["cachework.import_versions"]
     with pg_database.session() as session:
         seed(session, projects=1, products=3)
     monkeypatch.setattr(task, "update_state", lambda **kw: None)
     attempts: list[str] = []
-    real_import = module.run_import
+    real_import = module.import_versions
     holder = pg_database.engine.connect()
     holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
     holder.commit()
@@ -152,7 +152,7 @@ def test_a_held_lock_is_retried_and_bad_input_is_not(pg_database, pg_app, monkey
             holder.commit()
             raise
 
-    monkeypatch.setattr(module, "run_import", import_once_the_other_import_ends)
+    monkeypatch.setattr(module, "import_versions", import_once_the_other_import_ends)
     try:
         # Eager `apply()` runs Celery's autoretry inline (no countdown): a real lock held by
         # "another import" fails the first attempt, the retry succeeds.

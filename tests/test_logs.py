@@ -70,11 +70,11 @@ def test_log_format_setting():
 
 
 def test_ctrl_c_mid_import_rolls_back_and_exits_130(database, runtime, monkeypatch):
-    import worker.cli.versions as cli_versions
+    import importers.versions as importer
 
     with database.session() as session:
         seed(session, projects=1, products=30)
-    real = cli_versions.import_versions
+    real = importer.import_versions
 
     def interrupted(session, classes, progress=None, **kwargs):
         def hook(event):
@@ -85,7 +85,7 @@ def test_ctrl_c_mid_import_rolls_back_and_exits_130(database, runtime, monkeypat
 
         return real(session, classes, progress=hook, **kwargs)
 
-    monkeypatch.setattr(cli_versions, "import_versions", interrupted)
+    monkeypatch.setattr(importer, "import_versions", interrupted)
     result = CliRunner().invoke(main, ["import-versions"])
     assert result.exit_code == 130, result.output
     assert "the run was rolled back; nothing was written" in result.output

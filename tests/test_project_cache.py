@@ -43,7 +43,7 @@ def test_demo_items_equal_independent_sql_for_every_project(runtime, seeded):
 
     result = jobs.rebuild_items(runtime, None, None, None, user="tester")
     # 5 projects x 2 items, none site-wide
-    assert result == {"updated": 10, "projects": 5, "errors": []}
+    assert result == {"updated": 10, "projects": 5, "errors": [], "deferred": 0}
     with seeded.session() as session:
         expected = expected_demo_items(session)
         assert actual_demo_items(session) == expected
@@ -66,7 +66,7 @@ def test_rebuild_items_limits_to_names_and_goes_through_the_lock(runtime, seeded
             for n in ("summary", "by_category")
         }
     summary = jobs.rebuild_items(runtime, project, "inventory", ["summary"])
-    assert summary == {"updated": 1, "projects": 1, "errors": []}
+    assert summary == {"updated": 1, "projects": 1, "errors": [], "deferred": 0}
     with seeded.session() as session:
         assert (
             store.get_update_time(session, "inventory", "summary", project=project)

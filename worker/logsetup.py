@@ -13,11 +13,11 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from cache.errors import ConfigError, NotFoundError, ValidationError
+from cache.errors import ChangeLimitExceeded, ConfigError, NotFoundError, ValidationError
 
 FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
 # A task's `throws`: bad input or configuration, said in one line (no traceback).
-EXPECTED_ERRORS = (ValidationError, NotFoundError, ConfigError)
+EXPECTED_ERRORS = (ValidationError, NotFoundError, ConfigError, ChangeLimitExceeded)
 
 
 def most_verbose(*levels: str | int | None) -> int:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from cache import jobs
-from cache.sync import ScopeResult, scope_label
+from cache.sync import scope_label
 from worker.checks import check_broker
 from worker.cli.context import cli_runtime
 
@@ -56,28 +56,29 @@ def sync_cache(
 ) -> None:
     """Rebuild project cache items through the app plugins."""
     console = Console()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with cli_runtime() as runtime:
-        project, chosen, names = jobs.check_sync(runtime, project, app_name, name and [name], user)
         if enqueue:
+            project, _chosen, _names = jobs.check_sync(
+                runtime, project, app_name, name and [name], user
+            )
             kwargs = {"project": project, "app_name": app_name, "name": name, "user": user}
             _report(console, _enqueue(console, "cachework.sync_cache", kwargs, timeout))
             return
-        scopes = jobs.scopes_of(runtime, project)
-        total = ScopeResult()
-        deferred = 0
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, console=console, transient=True) as progress:
-            bar = progress.add_task("syncing", total=len(scopes))
-            for scope in scopes:
-                progress.update(bar, description=scope_label(scope))
-                result = jobs.rebuild_scope(runtime, scope, chosen, names, user)
-                deferred += result.deferred
-                total.add(result)
-                progress.advance(bar)
-    if deferred:
-        console.print(f"{deferred} scope(s) were being rebuilt elsewhere: marked dirty there")
-    projects = sum(1 for scope in scopes if scope is not None)
-    _report(console, {"updated": total.updated, "projects": projects, "errors": total.errors})
+            bar = progress.add_task("syncing")
+
+            def on_scope(done: int, total: int, scope: str | None) -> None:
+                progress.update(bar, description=scope_label(scope), completed=done, total=total)
+
+            summary = jobs.rebuild_items(
+                runtime, project, app_name, name and [name], user, on_scope=on_scope
+            )
+    if summary["deferred"]:
+        console.print(
+            f"{summary['deferred']} scope(s) were being rebuilt elsewhere: marked dirty there"
+        )
+    _report(console, summary)
 
 
 @click.command("delete-cache")

@@ -11,9 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from cache.errors import transient_errors
+from cache import jobs
 from importers.progress import RunProgress, Throttle, format_seconds
-from importers.versions import import_versions
 from worker.cli.context import cli_runtime
 
 COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
@@ -193,13 +192,8 @@ def import_versions_command(
                 result = _enqueue(kwargs, timeout, progress.show, sent)
                 progress.finish(result)
             else:
-                names = kwargs.pop("models")
                 with cli_runtime() as runtime:
-                    classes = runtime.models.versioned
-                    with transient_errors("database"), runtime.database.session() as session:
-                        result = import_versions(
-                            session, classes, names=names, progress=progress, **kwargs
-                        ).as_dict()
+                    result = jobs.import_versions(runtime, progress=progress, **kwargs)
     except KeyboardInterrupt:
         if sent:
             message = (
