@@ -1,7 +1,7 @@
 """The app's projects: which table and key column they live in, and what a key looks like.
 
-Project cache items are keyed by the app's own projects (DESIGN.md: "its projects may live
-in any table with any key type"). A `ProjectSource` names that table, its key column and
+Project cache items are keyed by the app's own projects (they may live in any table,
+with any key type). A `ProjectSource` names that table, its key column and
 the key type, and is the one place that lists projects, checks that one exists and turns
 a project argument into its canonical string, the form stored in `cache_items.project`:
 

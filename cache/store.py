@@ -237,7 +237,7 @@ def _upsert_statement(dialect: str) -> sa.Insert:
         # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT (parsing ambiguity).
         select = sa.select(*fields, stamp, stamp).where(sa.true())
         stmt = sqlite.insert(cache_items)
-    else:  # pragma: no cover - DESIGN.md supports these two
+    else:  # pragma: no cover - the two databases cachework supports
         raise ValidationError(f"database dialect {dialect!r} is not supported (postgresql, sqlite)")
     columns = ["project", "app_name", "name", "data_type", "data", "user"]
     stmt = stmt.from_select([*columns, "created_at", "updated_at"], select)
@@ -413,15 +413,4 @@ def app_names(session: Session) -> list[str]:
     """The app names that have stored items (to accept deletes of retired apps)."""
     return list(
         session.execute(sa.select(cache_items.c.app_name).distinct().order_by("app_name")).scalars()
-    )
-
-
-def projects_with_items(session: Session) -> list[str]:
-    return list(
-        session.execute(
-            sa.select(cache_items.c.project)
-            .where(cache_items.c.project.is_not(None))
-            .distinct()
-            .order_by(cache_items.c.project)
-        ).scalars()
     )

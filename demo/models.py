@@ -1,4 +1,4 @@
-"""The example app's tables (see DESIGN.md, "The example app").
+"""The example app's tables (README, "Two commands": what `make demo` runs on them).
 
 Categories and products are versioned by SQLAlchemy-Continuum. Import this module only
 through `importers.bootstrap.bootstrap()`, which turns versioning on first.

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from celery import Celery, signals
+from celery import Celery, current_app, signals
 from celery.concurrency import solo, thread
 
 from cache.errors import CacheworkError, ConfigError
@@ -111,9 +111,11 @@ def _worker_init(sender=None, **_kwargs) -> None:
 
     A bad model module or an unreachable database stops the worker with one line
     (SystemExit: Celery logs and ignores ordinary exceptions raised by signal handlers)."""
-    runtime = runtime_of(getattr(sender, "app", None))
+    app = getattr(sender, "app", None)
+    runtime = runtime_of(app)
     if runtime is None:
         return
+    app.cachework_main_pid = os.getpid()  # the pool's children are the other processes
     try:
         runtime.models  # noqa: B018 - maps the models and sets up Continuum
         check_database(runtime.database.engine)
@@ -125,7 +127,15 @@ def _worker_init(sender=None, **_kwargs) -> None:
         _exit_on_config_error(exc)
 
 
-_MAIN_PID = os.getpid()
+def _child_runtime() -> Runtime | None:
+    """In a pool child: the runtime of the app it runs (Celery made that app current
+    before sending the child's signals). None in the worker's own process, where a solo
+    pool sends them too."""
+    app = current_app._get_current_object()
+    runtime = runtime_of(app)
+    if runtime is None or getattr(app, "cachework_main_pid", None) in (None, os.getpid()):
+        return None
+    return runtime
 
 
 @signals.worker_process_init.connect
@@ -135,15 +145,15 @@ def _worker_process_init(**_kwargs) -> None:
 
     The solo pool sends this signal in the worker's own process, which starts its
     threads once ready (`_worker_ready`)."""
-    runtime = _command_runtime()
-    if runtime is not None and os.getpid() != _MAIN_PID:
+    runtime = _child_runtime()
+    if runtime is not None:
         runtime.start(relay=True)
 
 
 @signals.worker_process_shutdown.connect
 def _worker_process_shutdown(**_kwargs) -> None:
-    runtime = _command_runtime()
-    if runtime is not None and os.getpid() != _MAIN_PID:
+    runtime = _child_runtime()
+    if runtime is not None:
         runtime.stop()
 
 

@@ -14,10 +14,6 @@ from cache.schema import own_metadata
 from importers.bootstrap import Models
 
 
-def all_metadata(models: Models) -> list[sa.MetaData]:
-    return [*models.metadatas, own_metadata()]
-
-
 def create_tables(engine: sa.Engine, models: Models) -> list[str]:
     """Create every missing table of the app and bring ours to head; returns the names of
     all tables it manages."""
