@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from cache import jobs, store
@@ -140,13 +141,20 @@ def test_a_request_seen_through_outlasts_a_live_holder_that_then_dies(seeded, se
     assert not holder.is_dirty() and holder.take_dirty() == set()
 
 
+TRANSIENT = {
+    "database": lambda: sa.exc.OperationalError("SELECT 1", {}, Exception("server closed")),
+    "redis": lambda: redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
+}
+
+
+@pytest.mark.parametrize("error", sorted(TRANSIENT))
 @pytest.mark.parametrize("where", ["plugin", "write"])
 def test_a_transient_database_error_is_retried_not_a_plugin_failure(
-    runtime, seeded, monkeypatch, where
+    runtime, seeded, monkeypatch, where, error
 ):
-    """Defect 2: an OperationalError in the plugin's query or in the write is a
-    TransientError (the task retries with backoff); the names stay dirty and the next
-    run writes them. Not an entry in `errors`, not a cleared request."""
+    """Defect 2: an OperationalError (or a Redis connection error) in the plugin's query
+    or in the write is a TransientError (the task retries with backoff); the names stay
+    dirty and the next run writes them. Not an entry in `errors`, not a cleared request."""
     project = project_uuid(1)
     calls = {"n": 0}
 
@@ -154,7 +162,7 @@ def test_a_transient_database_error_is_retried_not_a_plugin_failure(
         def wrapper(*args, **kwargs):
             calls["n"] += 1
             if calls["n"] == 1:
-                raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+                raise TRANSIENT[error]()
             return real(*args, **kwargs)
 
         return wrapper
