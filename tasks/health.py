@@ -8,7 +8,7 @@ import time
 import sqlalchemy as sa
 from celery import shared_task
 
-from cache.errors import ValidationError
+from cache.errors import ValidationError, shown
 from worker.celery_app import require_runtime
 
 
@@ -18,8 +18,8 @@ def ping(self, hold: float = 0.0) -> dict:
 
     `hold` (at most 5 s) keeps the child busy, so concurrent pings reach several children.
     """
-    if not isinstance(hold, int | float) or not 0 <= hold <= 5:
-        raise ValidationError(f"hold={hold!r} must be a number of seconds from 0 to 5")
+    if isinstance(hold, bool) or not isinstance(hold, int | float) or not 0 <= hold <= 5:
+        raise ValidationError(f"hold={shown(hold)} must be a number of seconds from 0 to 5")
     database = require_runtime(self.app).database
     with database.session() as session:
         if session.bind.dialect.name == "postgresql":

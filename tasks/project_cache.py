@@ -11,7 +11,7 @@ from celery import chord, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import jobs
-from cache.errors import TransientError
+from cache.errors import TransientError, ValidationError, shown
 from worker.celery_app import require_runtime
 from worker.logsetup import EXPECTED_ERRORS
 
@@ -41,6 +41,8 @@ def sync_project_cache(
     missing_ok: bool = False,
 ) -> dict:
     """One scope of a sync: `project`, or the site-wide items when it is None."""
+    if not isinstance(missing_ok, bool):  # "no" is truthy: a typo must not change the rule
+        raise ValidationError(f"missing_ok={shown(missing_ok)} must be true or false")
     return jobs.sync_scope(
         require_runtime(self.app),
         project,
@@ -56,7 +58,29 @@ def sync_project_cache(
 @shared_task(name="cachework.sync_cache_summary")
 def sync_cache_summary(results: list[dict]) -> dict:
     """Combine the per-scope results of a fanned-out sync."""
+    check_summaries(results)
     return jobs.combine(results)
+
+
+def check_summaries(results: object) -> None:
+    """A ValidationError naming the first malformed per-scope result: the chord passes
+    well-formed ones, but anyone can send this task (a KeyError would log a traceback)."""
+    if not isinstance(results, list):
+        raise ValidationError(f"results={shown(results)} must be a list of scope results")
+    for index, result in enumerate(results):
+        ok = (
+            isinstance(result, dict)
+            and all(
+                isinstance(result.get(k), int) and not isinstance(result.get(k), bool)
+                for k in ("updated", "projects")
+            )
+            and isinstance(result.get("errors"), list)
+        )
+        if not ok:
+            raise ValidationError(
+                f"results[{index}]={shown(result)} must be a scope result "
+                "({'updated': int, 'projects': int, 'errors': [...]})"
+            )
 
 
 @shared_task(name="cachework.sync_cache", bind=True, **RETRY)

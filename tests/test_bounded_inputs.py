@@ -89,3 +89,105 @@ def test_sync_inputs_are_bounded_in_their_errors(runtime, args):
     with pytest.raises(CacheworkError) as caught:
         jobs.sync_scope(runtime, project or project_uuid(0), app_name, name, user)
     assert len(str(caught.value)) <= MESSAGE_MAX + 40
+
+
+# --- the task base class: argument checks and the stored request of a failed task -------
+
+
+@pytest.fixture
+def base_app():
+    """An app of its own whose tasks get cachework's base class (no broker: `apply`)."""
+    from celery import Celery, signals
+
+    from cache.errors import TransientError
+    from worker.task_base import CacheworkTask
+
+    app = Celery("bounded-inputs", task_cls=CacheworkTask, set_as_current=False)
+
+    @app.task(name="bounded.fails", bind=True, shared=False)  # on this app only
+    def fails(self, text: str, kind: str = "permanent") -> None:
+        raise (ValidationError if kind == "permanent" else TransientError)(f"bad {shown(text)}")
+
+    failures: list[tuple] = []
+
+    def on_failure(sender=None, args=None, kwargs=None, **_kwargs) -> None:
+        if getattr(sender, "name", None) == "bounded.fails":
+            failures.append((args, kwargs))
+
+    signals.task_failure.connect(on_failure, weak=False)
+    try:
+        yield app, fails, failures
+    finally:
+        signals.task_failure.disconnect(on_failure)
+        app.close()
+
+
+def test_a_permanent_failure_keeps_a_bounded_request_a_transient_one_all_of_it(base_app):
+    """What a worker's result backend stores with a failure (`result_extended`) is the
+    request's args and kwargs, as the failure signal gets them: a 10 MB bad argument was
+    stored whole next to its cut message. A retried error keeps them (retry re-sends)."""
+    _app, fails, failures = base_app
+    assert fails.apply(kwargs={"text": HUGE, "kind": "permanent"}).state == "FAILURE"
+    assert fails.apply(kwargs={"text": "short", "kind": "permanent"}).state == "FAILURE"
+    assert fails.apply(kwargs={"text": HUGE, "kind": "transient"}).state == "FAILURE"
+    (_, cut_kwargs), (_, short_kwargs), (_, whole_kwargs) = failures
+    assert len(str(cut_kwargs)) < 400 and "characters cut" in cut_kwargs["text"]
+    assert short_kwargs == {"text": "short", "kind": "permanent"}
+    assert whole_kwargs["text"] is HUGE
+
+
+def test_an_unknown_or_missing_argument_is_a_validation_error_naming_it(base_app):
+    """A client that sends a task by name gets no check of its arguments from Celery: a
+    typo was a TypeError inside the task (logged with a traceback)."""
+    _app, fails, _failures = base_app
+    for kwargs, words in [
+        (
+            {"txt": "x"},
+            ["bounded.fails", "unknown argument(s) 'txt'", "missing argument(s) 'text'"],
+        ),
+        ({"text": "x", HUGE: 1}, ["unknown argument(s) 'xxx", "(10000000 characters)"]),
+        ({"text": "x", "kind": "p", "more": 1, "yet": 2}, ["'more', 'yet'"]),
+    ]:
+        result = fails.apply(kwargs=kwargs)
+        assert isinstance(result.result, ValidationError), result.result
+        message = str(result.result)
+        assert all(w in message for w in words), message
+        assert "its arguments: text, kind" in message and len(message) < 400
+    too_many = fails.apply(args=["a", "b", "c"])
+    assert "3 positional arguments given, at most 2" in str(too_many.result)
+    twice = fails.apply(args=["a"], kwargs={"text": "b"})
+    assert "'text' given twice" in str(twice.result)
+
+
+def test_bounded_arguments_stay_json_and_small():
+    from worker.task_base import bounded_args, bounded_kwargs
+
+    many = {f"k{i}": i for i in range(50)}
+    kept = bounded_kwargs({**many, "big": [HUGE], HUGE: 1})
+    assert len(kept) == 21 and kept["..."] == "32 more keyword arguments cut"
+    assert bounded_kwargs({"a": 1, "b": [1, 2]}) == {"a": 1, "b": [1, 2]}
+    assert bounded_kwargs({"big": [HUGE]})["big"].startswith('["xxx')
+    assert len(bounded_kwargs({HUGE: 1})) == 1 and len(next(iter(bounded_kwargs({HUGE: 1})))) < 120
+    assert bounded_args(["a", HUGE]) == ["a", cut(HUGE, 200)]
+    assert bounded_args(range(30))[-1] == "...(10 more arguments cut)"
+
+
+def test_every_task_of_our_app_has_the_base_class(tmp_path):
+    """`create_app` sets the base class for the app, so shared_task gives it to ours."""
+    import tasks  # noqa: F401 - registers the shared tasks
+    from cache.settings import load_settings
+    from tests.conftest import make_env
+    from worker import create_app
+    from worker.logsetup import EXPECTED_ERRORS
+    from worker.task_base import CacheworkTask
+
+    app = create_app(load_settings(make_env(tmp_path)))
+    try:
+        ours = {name: t for name, t in app.tasks.items() if name.startswith("cachework.")}
+        assert len(ours) >= 10
+        for name, task in ours.items():
+            assert isinstance(task, CacheworkTask), name
+            assert set(EXPECTED_ERRORS) <= set(task.throws), name
+    finally:
+        app.runtime.close()
+        app.close()

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from tests.conftest import MODELS, make_env
 
-CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main()"]
+CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main(prog_name='cachework')"]
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -96,6 +96,45 @@ def test_status_reports_broker_database_workers_and_queues(
     assert node.name in done.stdout
     for queue in ("versions", "cache", "invalidations"):
         assert f"queue {queue}" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["status", "--timeout", "-1"], ["'--timeout'", "-1.0", "cachework status --help"]),
+        (["status", "--timeout", "nan"], ["'--timeout'", "nan is not a finite number"]),
+        (["health", "--timeout", "-5"], ["'--timeout'", "-5.0", "cachework health --help"]),
+        (["health", "--liveness", "--timeout", "0"], ["'--timeout'", "0.0 is not in the range"]),
+        (["sync-cache", "--enqueue", "--timeout", "inf"], ["'--timeout'", "inf"]),
+        (["import-versions", "--max-changes", "ten"], ["'--max-changes'", "'ten'"]),
+        (["invalidate"], ["Missing argument 'TABLE'", "cachework invalidate --help"]),
+        (["demo", "--products", "1"], ["'--products'", "1 is not in the range x>=3"]),
+        (["db", "nope"], ["No such command 'nope'", "cachework db --help"]),
+        (["initdb", "extra"], ["unexpected extra argument (extra)"]),
+        (["nope"], ["No such command 'nope'", "(see cachework --help)"]),
+        (["--bogus"], ["No such option '--bogus'"]),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_option_and_value(args, words, tmp_path: Path):
+    """click printed Usage, Try and Error lines; one `error:` line says it all, exit 2."""
+    done = run_cli(make_env(tmp_path), *args, timeout=30)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("error: ") and "Usage" not in line
+    for word in words:
+        assert word in line, line
+    assert not (tmp_path / "cachework").exists() or not any((tmp_path / "cachework").iterdir())
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--help"], [], ["db"]])
+def test_help_is_unchanged(args, tmp_path: Path):
+    """--help (and a group without its command: on stderr, exit 2) still prints click's
+    usage and help."""
+    done = run_cli(make_env(tmp_path), *args, timeout=30)
+    text = done.stdout + done.stderr
+    assert text.startswith("Usage: cachework") and ("Commands:" in text or "--timeout" in text)
+    assert "error:" not in text and done.returncode == (0 if "--help" in args else 2)
 
 
 @pytest.mark.parametrize(

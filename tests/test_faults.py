@@ -20,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -55,12 +58,46 @@ TABLE = Table()
 REPORT = ROOT / ".cachework" / "faults-report.md"
 
 
+# Where each row came from: when its test finished and the command that ran it. The
+# report's table carries both, so a table in the docs may join rows of several runs.
+ORIGIN: dict[str, tuple[str, str]] = {}
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _command(config: pytest.Config) -> str:
+    """The command this run was started with (`make faults` runs `python -m pytest -m
+    faults`)."""
+    args = list(config.invocation_params.args)
+    return "python -m pytest " + shlex.join(args) if args else "python -m pytest"
+
+
+def _markdown(table: Table) -> str:
+    """The results table with each row's run (UTC) and command."""
+    lines = table.markdown().splitlines()
+    lines[0] += " run | command |"
+    lines[1] += " --- | --- |"
+    for index, row in enumerate(table.rows.values(), start=2):
+        stamp, command = ORIGIN.get(row.scenario, ("-", "-"))
+        lines[index] += f" {stamp} | `{command}` |"
+    return "\n".join(lines)
+
+
+@pytest.fixture(autouse=True)
+def _row_origin(request) -> Iterator[None]:
+    before = set(TABLE.rows)
+    yield
+    for scenario in set(TABLE.rows) - before:
+        ORIGIN[scenario] = (_stamp(), _command(request.config))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report(request) -> Iterator[None]:
     yield
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    text = f"fault suite run of {stamp} (`make faults`)\n\n{TABLE.markdown()}\n"
+    text = f"fault suite run of {_stamp()} (`{_command(request.config)}`)\n\n{_markdown(TABLE)}\n"
     REPORT.write_text(text)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -596,7 +633,22 @@ def test_junk_and_oversize_entries_never_leave_a_stale_read(traffic, pg_server_u
 
 
 HUGE = "x" * 1_000_000
-BAD_TASKS = [
+# Every task the workers register (tasks/*.py); each also gets a call with an unknown
+# keyword argument (a client's typo), which used to be a TypeError with a traceback.
+TASK_NAMES = [
+    "cachework.import_versions",
+    "cachework.sync_cache",
+    "cachework.sync_project_cache",
+    "cachework.sync_cache_summary",
+    "cachework.delete_cache",
+    "cachework.process_invalidation",
+    "cachework.invalidation_probe",
+    "cachework.lookup",
+    "cachework.cache_status",
+    "cachework.ping",
+]
+# (task name, kwargs[, args])
+BAD_TASKS: list[tuple] = [
     ("cachework.import_versions", {"models": ["Nope"]}),
     ("cachework.import_versions", {"models": "Product"}),
     ("cachework.import_versions", {"user": "a\x00b"}),
@@ -604,34 +656,118 @@ BAD_TASKS = [
     ("cachework.import_versions", {"remote_addr": HUGE}),
     ("cachework.import_versions", {"dry_run": "yes"}),
     ("cachework.import_versions", {"max_changes": -1}),
+    ("cachework.import_versions", {"modles": HUGE}),
+    ("cachework.import_versions", {}, [["Product"], "u", "r", "c", True, 1, 2, 3, 4, 5, 6]),
     ("cachework.sync_cache", {"project": "not-a-uuid"}),
     ("cachework.sync_cache", {"project": HUGE}),
     ("cachework.sync_cache", {"app_name": "ghost"}),
     ("cachework.sync_cache", {"name": 7}),
     ("cachework.sync_cache", {"user": HUGE}),
+    ("cachework.sync_project_cache", {"project": "not-a-uuid"}),
+    ("cachework.sync_project_cache", {"project": HUGE}),
+    ("cachework.sync_project_cache", {"app_name": "ghost"}),
+    ("cachework.sync_project_cache", {"name": [HUGE]}),
+    ("cachework.sync_project_cache", {"user": "a\x00b"}),
+    ("cachework.sync_project_cache", {"missing_ok": "yes"}),
+    ("cachework.sync_cache_summary", {}),
+    ("cachework.sync_cache_summary", {"results": "x"}),
+    ("cachework.sync_cache_summary", {"results": [{"updated": "1"}]}),
+    ("cachework.sync_cache_summary", {"results": [HUGE]}),
     ("cachework.delete_cache", {"project": "\x00"}),
     ("cachework.delete_cache", {"app_name": HUGE}),
+    ("cachework.delete_cache", {"project": 5}),
+    ("cachework.process_invalidation", {}),
     ("cachework.process_invalidation", {"table": "nope"}),
     ("cachework.process_invalidation", {"table": HUGE}),
     ("cachework.process_invalidation", {"table": "categories", "keys": [1.5]}),
     ("cachework.process_invalidation", {"table": "categories", "keys": "1"}),
     ("cachework.process_invalidation", {"table": "categories", "keys": [HUGE]}),
     ("cachework.process_invalidation", {"table": "categories", "project": "a\x00"}),
+    ("cachework.process_invalidation", {"table": "categories", "names": [HUGE]}),
+    ("cachework.invalidation_probe", {"since": "garbage"}),
+    ("cachework.invalidation_probe", {"since": HUGE}),
+    ("cachework.invalidation_probe", {"since": [1]}),
+    ("cachework.invalidation_probe", {"since": -5}),
     ("cachework.lookup", {"table": "nope", "key": 1}),
     ("cachework.lookup", {"table": "categories", "key": HUGE}),
     ("cachework.lookup", {"table": "categories", "key": [1]}),
+    ("cachework.lookup", {"table": "categories"}),
+    ("cachework.lookup", {}, ["categories", 1, 2]),
+    ("cachework.cache_status", {}, [HUGE]),
+    ("cachework.cache_status", {HUGE: 1}),
+    ("cachework.ping", {"hold": -1}),
+    ("cachework.ping", {"hold": 100}),
+    ("cachework.ping", {"hold": "yes"}),
+    ("cachework.ping", {"hold": True}),
+    ("cachework.ping", {"hold": HUGE}),
+    *((name, {"modles": ["Product"]}) for name in TASK_NAMES),
 ]
+# Run in this process (CliRunner): a 1 MB value does not fit in a command line (128 KB
+# per argument). None of these may start a job: each is refused before it runs.
 BAD_COMMANDS = [
     ["import-versions", "--model", "Nope"],
+    ["import-versions", "--model", HUGE],
     ["import-versions", "--user", "a\x00b"],
     ["import-versions", "--comment", HUGE],
+    ["import-versions", "--remote-addr", HUGE],
+    ["import-versions", "--max-changes", "-1"],
+    ["import-versions", "--max-changes", "ten"],
+    ["import-versions", "--enqueue", "--timeout", "-1"],
+    ["import-versions", "--enqueue", "--timeout", "nan"],
+    ["import-versions", "--enqueue", "--model", "Nope"],
+    ["import-versions", "--enqueue", "--comment", HUGE],
+    ["import-versions", "--bogus"],
     ["sync-cache", "-p", "not-a-uuid"],
     ["sync-cache", "-a", "ghost"],
+    ["sync-cache", "-n", "nope"],
+    ["sync-cache", "--user", HUGE],
+    ["sync-cache", "--enqueue", "-p", HUGE],
+    ["sync-cache", "--enqueue", "--timeout", "0"],
+    ["sync-cache", "extra"],
     ["delete-cache", "-a", "ghost"],
     ["delete-cache", "-p", HUGE],
+    ["delete-cache", "--enqueue", "-p", "xyz"],
+    ["delete-cache", "--enqueue", "--timeout", "inf"],
+    ["invalidate"],
     ["invalidate", "nope"],
     ["invalidate", "categories", "x"],
     ["invalidate", HUGE],
+    ["invalidate", "categories", "-p", "a\x00"],
+    ["invalidate", "categories", "-n", HUGE],
+    ["invalidate", "nope", "--enqueue"],
+    ["invalidate", "categories", "1", "--enqueue", "--timeout", "-1"],
+    ["initdb", "extra"],
+    ["initdb", "--bogus"],
+    ["status", "--timeout", "-1"],
+    ["status", "--timeout", "abc"],
+    ["status", "--timeout", "nan"],
+    ["health", "--timeout", "-5"],
+    ["health", "--liveness", "--timeout", "0"],
+    ["health", "--timeout", HUGE],
+    ["db", "nope"],
+    ["db", "current", "extra"],
+    ["db", "upgrade", "--bogus"],
+    ["db", "history", "extra"],
+    ["seed", "--projects", "0"],
+    ["seed", "--products", "-1"],
+    ["seed", "--products", "abc"],
+    ["triggers", "nope"],
+    ["triggers", "install", "extra"],
+    ["triggers", "status", "--bogus"],
+    ["demo", "--folder", "demo\x00x"],
+    ["nope"],
+    ["--bogus"],
+]
+# Run as a subprocess with a time limit: accepted by mistake, these would start a worker
+# (in `worker`, on the suite's broker) or the whole demo (in a folder of the test's own).
+BAD_SUBPROCESS_COMMANDS = [
+    ["worker", "-c", "abc"],
+    ["worker", "-P", "nope"],
+    ["worker", "--loglevel", "LOUD"],
+    ["demo", "--projects", "0"],
+    ["demo", "--products", "2"],
+    ["demo", "--projects", "abc"],
+    ["demo", "--folder", "{file}"],
 ]
 
 
@@ -639,38 +775,130 @@ def _written(engine: sa.Engine, log: RedisLog) -> tuple:
     with engine.connect() as conn:
         counts = tuple(
             conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
-            for t in ("cache_items", "transaction", "products_version", "invalidation_outbox")
+            for t in (
+                "cache_items",
+                "transaction",
+                "products_version",
+                "invalidation_outbox",
+                "products",
+                "projects",
+            )
         )
     return (*counts, log.state().head)
 
 
+def _call(entry: tuple) -> tuple[str, dict, list]:
+    name, kwargs, *rest = entry
+    return name, kwargs, rest[0] if rest else []
+
+
+def _shown(kwargs: dict, args: list) -> str:
+    return json.dumps({"args": args, "kwargs": kwargs})[:80]
+
+
+STORED_MAX = 16_000  # bytes of a failed call's stored result (meta, args and kwargs)
+
+
+def _worker_lines(nodes: Node, task_id: str) -> list[str]:
+    """The worker log's lines that name `task_id`, and any traceback line right after."""
+    found: list[str] = []
+    for node in nodes.nodes:
+        lines = node.logfile.read_text(errors="replace").splitlines()
+        for index, line in enumerate(lines):
+            if task_id in line:
+                found.append(line)
+                following = lines[index + 1] if index + 1 < len(lines) else ""
+                if following.startswith("Traceback"):
+                    found.append(following)
+    return found
+
+
+def _log_problem(nodes: Node, task_id: str) -> str | None:
+    """None if the worker logged the failure of `task_id` as one WARNING line ("raised
+    expected", no traceback, bounded), else what it logged."""
+    said: list[str] = []
+
+    def logged() -> bool:  # the worker logs the failure just after storing its result
+        said[:] = _worker_lines(nodes, task_id)
+        return any("raised" in line for line in said)
+
+    with contextlib.suppress(AssertionError):  # said is what it logged, if anything
+        wait_until(logged, timeout=10, every=0.1)
+    raised = [line for line in said if "raised" in line]
+    expected = [line for line in raised if " WARNING " in line and "raised expected" in line]
+    if len(raised) != 1 or len(expected) != 1 or any("Traceback" in x for x in said):
+        return f"log {said[-3:]}"
+    if len(expected[0]) > MESSAGE_MAX + 300:
+        return f"a log line of {len(expected[0])} characters"
+    return None
+
+
 def test_bad_input_over_every_task_is_one_line_and_writes_nothing(traffic):
+    """Every task, sent by name as any client does: each bad call fails with one line (in
+    its result and as one WARNING line in the worker log, no traceback), stores a bounded
+    result (a long argument cut, short ones kept as sent), and nothing is written."""
     engine, nodes, log = traffic["engine"], traffic["nodes"], traffic["log"]
-    row = TABLE.row("bad input: every task (23 calls)")
+    row = TABLE.row(f"bad input: every task ({len(TASK_NAMES)} tasks, {len(BAD_TASKS)} calls)")
+    backend = redis.Redis.from_url(nodes.env["CACHEWORK_RESULT_BACKEND"])
     before = _written(engine, log)
-    for name, kwargs in BAD_TASKS:
-        row.tries += 1
-        sent = nodes.app.send_task(name, kwargs=kwargs)
-        with pytest.raises(Exception) as caught:
-            sent.get(timeout=60, interval=0.05)
-        message = str(caught.value)
-        one_line = "\n" not in message and len(message) <= MESSAGE_MAX + 40
-        if one_line and sent.state == "FAILURE" and caught.type.__name__.endswith("Error"):
-            row.completed += 1
-        else:
-            row.notes.append(f"{name} {json.dumps(kwargs)[:60]}: {message[:100]}")
+    try:
+        for entry in BAD_TASKS:
+            name, kwargs, args = _call(entry)
+            row.tries += 1
+            result = nodes.app.send_task(name, args=args, kwargs=kwargs)
+            with pytest.raises(Exception) as caught:
+                result.get(timeout=60, interval=0.05)
+            message = str(caught.value)
+            stored = backend.get(f"celery-task-meta-{result.id}") or b""
+            meta = json.loads(stored) if stored else {}
+            problems = []
+            if "\n" in message or len(message) > MESSAGE_MAX + 40:
+                problems.append(f"message of {len(message)} characters")
+            if result.state != "FAILURE" or not caught.type.__name__.endswith("Error"):
+                problems.append(f"{result.state} {caught.type.__name__}")
+            if not stored or len(stored) > STORED_MAX:
+                problems.append(f"stored result of {len(stored)} bytes")
+            small = len(json.dumps([args, kwargs])) < 200
+            if small and (meta.get("kwargs"), meta.get("args")) != (kwargs, args):
+                problems.append(f"stored request {meta.get('args')} {meta.get('kwargs')}")
+            logged = _log_problem(nodes, result.id)
+            if logged is not None:
+                problems.append(logged)
+            if problems:
+                row.notes.append(f"{name} {_shown(kwargs, args)}: {problems} {message[:100]}")
+            else:
+                row.completed += 1
+    finally:
+        backend.close()
     if _written(engine, log) != before:
         row.partial += 1
     assert row.completed == row.tries and row.partial == 0, row.notes
 
 
-def test_bad_input_over_every_command_is_one_line_and_writes_nothing(traffic, monkeypatch):
+def _line_of(output: str, code: int) -> str | None:
+    """The problem with a refused command's output and exit status, or None: exit status
+    2 and one line `error: ...`, naming the command's help when click refused it."""
+    lines = output.strip().splitlines()
+    if code != 2 or len(lines) != 1 or not lines[0].startswith("error: "):
+        return f"exit {code}: {output[:200]!r}"
+    if len(lines[0]) > MESSAGE_MAX + 80:
+        return f"a line of {len(lines[0])} characters"
+    return None
+
+
+def test_bad_input_over_every_command_is_one_line_and_writes_nothing(
+    traffic, monkeypatch, tmp_path
+):
     import worker
     from worker import celery_app
     from worker.cli import main
 
     engine, nodes, log = traffic["engine"], traffic["nodes"], traffic["log"]
-    row = TABLE.row("bad input: every CLI command (10 calls)")
+    commands = {args[0] for args in BAD_COMMANDS + BAD_SUBPROCESS_COMMANDS} - {"nope", "--bogus"}
+    row = TABLE.row(
+        f"bad input: every CLI command ({len(commands)} commands, "
+        f"{len(BAD_COMMANDS) + len(BAD_SUBPROCESS_COMMANDS)} calls)"
+    )
     for name, value in nodes.env.items():
         if name.startswith("CACHEWORK_"):
             monkeypatch.setenv(name, value)
@@ -679,17 +907,52 @@ def test_bad_input_over_every_command_is_one_line_and_writes_nothing(traffic, mo
         row.tries += 1
         monkeypatch.delitem(worker.__dict__, "app", raising=False)
         monkeypatch.delitem(celery_app.__dict__, "app", raising=False)
-        result = CliRunner().invoke(main, args)
-        lines = result.output.strip().splitlines()
-        if (
-            result.exit_code == 2
-            and len(lines) == 1
-            and lines[0].startswith("error: ")
-            and len(lines[0]) <= MESSAGE_MAX + 60
-        ):
+        try:
+            result = CliRunner().invoke(main, args, prog_name="cachework")
+        finally:
+            app = celery_app.__dict__.pop("app", None)
+            if app is not None:  # made by an --enqueue command
+                app.runtime.close()
+                app.close()
+        problem = _line_of(result.output, result.exit_code)
+        if problem is None:
             row.completed += 1
         else:
-            row.notes.append(f"{args[:2]}: {result.exit_code} {result.output[:200]}")
-    if _written(engine, log) != before:
+            row.notes.append(f"{[a[:20] for a in args[:4]]}: {problem}")
+
+    exe = Path(sys.executable).parent / "cachework"
+    cachework = (
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-c", "from worker.cli import main; main(prog_name='cachework')"]
+    )
+    not_a_demo = tmp_path / "not-a-demo"
+    not_a_demo.write_text("a file of the test's own; the demo must not replace it\n")
+    demo_folder = tmp_path / "demo"
+    for args in BAD_SUBPROCESS_COMMANDS:
+        row.tries += 1
+        argv = [a.format(file=not_a_demo) for a in args]
+        if argv[0] == "demo" and "--folder" not in argv:
+            argv += ["--folder", str(demo_folder)]
+        proc = subprocess.Popen(
+            [*cachework, *argv],
+            env=nodes.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # accepted: a worker or the demo is running
+            kill_group(proc.pid)
+            output, _ = proc.communicate(timeout=30)
+        problem = _line_of(output, proc.returncode)
+        if problem is None:
+            row.completed += 1
+        else:
+            row.notes.append(f"{argv[:3]}: {problem}")
+    replaced = not not_a_demo.is_file()
+    if _written(engine, log) != before or demo_folder.exists() or replaced:
         row.partial += 1
     assert row.completed == row.tries and row.partial == 0, row.notes

@@ -28,6 +28,7 @@ from worker import node_metrics as _node_metrics  # noqa: F401 - connects the me
 from worker import unknown_tasks as _unknown_tasks  # noqa: F401 - connects task_unknown
 from worker.checks import check_database
 from worker.logsetup import configure_logging, expected_errors_at_warning, most_verbose
+from worker.task_base import CacheworkTask
 
 log = logging.getLogger(__name__)
 TASK_MODULES = ["tasks"]
@@ -38,7 +39,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     import celeryconfig
 
     settings = settings or load_settings()
-    app = Celery("cachework", include=TASK_MODULES)
+    # Every task of ours (shared_task included) gets the base class that checks a call's
+    # arguments and bounds a failed request's stored ones (worker/task_base.py).
+    app = Celery("cachework", include=TASK_MODULES, task_cls=CacheworkTask)
     app.conf.update(celeryconfig.build(settings))
     app.runtime = Runtime(settings)
     expected_errors_at_warning()  # a task's `throws`: one WARNING line, no traceback

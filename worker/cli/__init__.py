@@ -2,19 +2,23 @@
 
 Each job runs in-process by default; `--enqueue` sends it to the workers. Commands live in
 small modules listed in `COMMAND_MODULES`; each defines click commands and a `COMMANDS`
-list. Errors we raise on purpose print one line naming the bad value, never a traceback.
+list. Errors we raise on purpose, and click's usage errors (a bad option, argument or
+command), print one line naming the bad value, never a traceback or click's usage block.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 import click
 
-from cache.errors import CacheworkError, PermanentError, is_transient
+from cache.errors import CacheworkError, PermanentError, cut, is_transient
 from cache.settings import mask_url
 
+# click 8.2+: a group called without a command raises this to print its help; it stays so.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 COMMAND_MODULES = [
     "worker.cli.core",
     "worker.cli.demo",
@@ -62,14 +66,48 @@ def describe_failure(exc: BaseException) -> str | None:
     return None
 
 
+def one_line(text: str) -> str:
+    """`text` on one line, cut to MESSAGE_MAX characters (a 1 MB bad value is not echoed)."""
+    return cut(" ".join(part.strip() for part in text.splitlines() if part.strip()))
+
+
+def _exit_with_click_error(exc: click.ClickException) -> NoReturn:
+    """One line `error: ...` on stderr and the error's exit status (2 for a usage error),
+    instead of click's Usage/Try/Error block: the message names the option and the bad
+    value, and the pointer to the command's help replaces its usage lines."""
+    message = one_line(exc.format_message())
+    if isinstance(exc, click.UsageError):
+        path = exc.ctx.command_path if exc.ctx is not None else "cachework"
+        message += f" (see {path} --help)"
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(exc.exit_code)
+
+
 class CacheworkGroup(click.Group):
+    """The top-level group: every error a command meets on purpose (a CacheworkError, a
+    bad option or argument, a service that cannot be reached) ends in one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        """The group's own options and arguments (`cachework --bogus`) are parsed here,
+        before `invoke`; an empty command line still prints the help."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except NO_ARGS_IS_HELP:
+            raise
+        except click.ClickException as exc:
+            _exit_with_click_error(exc)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except CacheworkError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {one_line(str(exc))}", fg="red", err=True)
             sys.exit(2 if isinstance(exc, PermanentError) else 1)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+        except NO_ARGS_IS_HELP:  # `cachework db`: the group's help, as click prints it
+            raise
+        except click.ClickException as exc:  # a command's (or a subgroup's) bad usage
+            _exit_with_click_error(exc)
+        except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except Exception as exc:
             line = describe_failure(exc)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from cache import database as db
 from cache.settings import Settings, load_settings
 from importers.bootstrap import Models, bootstrap
+from worker.cli.params import NulFreePath
 from worker.schema import create_tables
 from worker.spawn import WorkerProcess
 
@@ -88,11 +89,20 @@ def demo_env(folder: Path) -> dict[str, str]:
 
 
 @click.command()
-@click.option("--projects", default=3, show_default=True, help="Projects to seed.")
-@click.option("--products", default=60, show_default=True, help="Products to seed.")
+@click.option(
+    "--projects", default=3, show_default=True, type=click.IntRange(min=1), help="Projects to seed."
+)
+# The demo's version step changes products 1 to 3.
+@click.option(
+    "--products",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=3),
+    help="Products to seed.",
+)
 @click.option(
     "--folder",
-    type=click.Path(path_type=Path),
+    type=NulFreePath(path_type=Path),
     default=Path(".cachework/demo"),
     show_default=True,
     help="Where the demo keeps its database, broker and worker log (recreated).",
@@ -103,9 +113,10 @@ def demo(projects: int, products: int, folder: Path, force: bool) -> None:
     console = Console()
     folder = folder.resolve()
     if folder.exists() and not force and not _is_demo_folder(folder):
-        raise click.ClickException(
+        raise click.BadParameter(  # a bad value of an option: a usage error, exit status 2
             f"{folder} exists and is not a folder an earlier demo made; it is replaced by "
-            "the demo, so choose another --folder, or pass --force to replace it"
+            "the demo, so choose another --folder, or pass --force to replace it",
+            param_hint="'--folder'",
         )
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

@@ -15,6 +15,7 @@ from cache.invalidation import validate_event
 from cache.records import json_value
 from worker.checks import check_broker
 from worker.cli.context import cli_runtime
+from worker.cli.params import SECONDS
 
 
 @click.command("invalidate")
@@ -24,7 +25,9 @@ from worker.cli.context import cli_runtime
 @click.option("-a", "--app", "app_name", default=None, help="App whose cache items to rebuild.")
 @click.option("-n", "--name", "names", multiple=True, help="Item name to rebuild (repeatable).")
 @click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (--enqueue).")
+@click.option(
+    "--timeout", type=SECONDS, default=600.0, show_default=True, help="Seconds to wait (--enqueue)."
+)
 def invalidate(
     table: str,
     keys: tuple[str, ...],
