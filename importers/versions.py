@@ -214,22 +214,64 @@ def _count(session: Session, table: sa.FromClause, *where: Any) -> int:
     )
 
 
+# PostgreSQL types (by SQL name) without an equality operator, or whose `=` is not equality
+# of value (box and circle compare areas, path the number of points): compared as text.
+# json has none either, but compares as jsonb (below).
+WITHOUT_EQUALITY = frozenset(
+    {"xml", "jsonpath", "point", "polygon", "box", "circle", "path", "txid_snapshot",
+     "pg_snapshot"}
+)  # fmt: skip
+
+
+def stored_type(type_: sa.types.TypeEngine, dialect: sa.Dialect) -> sa.types.TypeEngine:
+    """The type the database stores `type_` as, which is where it looks up `=`: a
+    variant's (`with_variant`), a TypeDecorator's implementation (what its
+    `load_dialect_impl` chooses) and a PostgreSQL domain's data type, however nested."""
+    impl = type_.dialect_impl(dialect)
+    while True:
+        if isinstance(impl, sa.types.TypeDecorator):
+            impl = impl.impl_instance.dialect_impl(dialect)
+        elif isinstance(impl, postgresql.DOMAIN):
+            impl = sa.types.to_instance(impl.data_type).dialect_impl(dialect)
+        else:
+            return impl
+
+
+def _sql_name(type_: sa.types.TypeEngine, dialect: sa.Dialect) -> str | None:
+    """The type's SQL name, lower case, without modifiers (`None`: it has no DDL)."""
+    try:
+        spec = dialect.type_compiler_instance.process(type_)
+    except (sa.exc.CompileError, NotImplementedError):
+        return None
+    return spec.split("(")[0].strip().lower()
+
+
+def equality_type(type_: sa.types.TypeEngine, dialect: sa.Dialect) -> sa.types.TypeEngine | None:
+    """What PostgreSQL must cast a value of `type_` to before comparing it (`None`: it
+    compares as it is). Arrays compare element-wise, so an array casts its elements."""
+    stored = stored_type(type_, dialect)
+    if isinstance(stored, sa.ARRAY):
+        item = equality_type(stored.item_type, dialect)
+        return None if item is None else postgresql.ARRAY(item)
+    if isinstance(stored, sa.JSON):
+        return None if isinstance(stored, postgresql.JSONB) else postgresql.JSONB()
+    if _sql_name(stored, dialect) in WITHOUT_EQUALITY:
+        return sa.Text()
+    return None
+
+
 def comparable(column: Any, type_: sa.types.TypeEngine, dialect: sa.Dialect) -> Any:
-    """`column` in a form SQL can compare for equality: PostgreSQL's `json` (and `json[]`)
-    has no equality operator, so it compares as `jsonb` (semantic equality, as Python's
-    `==` on the loaded values); every other type PostgreSQL gets through SQLAlchemy has
-    one (binary and pickled values compare as bytes); SQLite compares anything (it stores
-    JSON as text)."""
+    """`column` in a form SQL can compare for equality. On PostgreSQL, `json` has no
+    equality operator, so it compares as `jsonb` (semantic equality, as Python's `==` on
+    the loaded values); the few other types without a true one (`xml`, `jsonpath`,
+    geometric types) compare as their text; also when the column's type reaches them
+    through a TypeDecorator, a variant, a domain or an array, since PostgreSQL looks the
+    operator up on the stored type. Every other type has one (binary and pickled values
+    compare as bytes); SQLite compares anything (it stores JSON as text)."""
     if dialect.name != "postgresql":
         return column
-    impl = type_.dialect_impl(dialect)
-    if isinstance(impl, sa.JSON) and not isinstance(impl, postgresql.JSONB):
-        return sa.cast(column, postgresql.JSONB)
-    if isinstance(impl, sa.ARRAY):
-        item = impl.item_type.dialect_impl(dialect)
-        if isinstance(item, sa.JSON) and not isinstance(item, postgresql.JSONB):
-            return sa.cast(column, postgresql.ARRAY(postgresql.JSONB))  # json[] -> jsonb[]
-    return column
+    target = equality_type(type_, dialect)
+    return column if target is None else sa.cast(column, target)
 
 
 def _differs(a: Any, b: Any, type_: sa.types.TypeEngine, dialect: sa.Dialect) -> Any:
@@ -476,15 +518,6 @@ class VersionModel:
                 found.append(
                     "joined-table inheritance without a polymorphic_on column in the base table"
                 )
-        for plugin in self.manager.plugins:
-            if isinstance(plugin, SUPPORTED_PLUGINS):
-                continue
-            kind = type(plugin)
-            if kind.__module__ == "sqlalchemy_continuum.plugins.flask":
-                continue  # transaction_args only: honoured through Continuum's own call
-            hooks = [h for h in ROW_HOOKS if getattr(kind, h, None) is not getattr(Plugin, h)]
-            if hooks:
-                found.append(f"plugin {kind.__name__} (hooks {', '.join(hooks)})")
         for level in self.levels:
             known = {v.name for _l, v in level.pairs} | {self.tx, self.end, self.op}
             known |= {f.name for f, _l, _v in level.mods}
@@ -1114,6 +1147,42 @@ def is_versioned(cls: type) -> bool:
     return getattr(cls, "__versioned__", None) is not None
 
 
+def unsupported_plugins(manager: Any) -> list[str]:
+    """The plugins of a versioning manager whose effect on a flush the import cannot
+    reproduce: those that hook into the writing of version objects or tables."""
+    found = []
+    for plugin in manager.plugins:
+        if isinstance(plugin, SUPPORTED_PLUGINS):
+            continue
+        kind = type(plugin)
+        if kind.__module__ == "sqlalchemy_continuum.plugins.flask":
+            continue  # transaction_args only: honoured through Continuum's own call
+        hooks = [h for h in ROW_HOOKS if getattr(kind, h, None) is not getattr(Plugin, h)]
+        if hooks:
+            found.append(f"plugin {kind.__name__} (hooks {', '.join(hooks)})")
+    return found
+
+
+def refuse_plugins(classes: Sequence[type], models: Sequence[type]) -> None:
+    """Refuse a run whose models' manager has a plugin the import cannot reproduce.
+    `make_versioned()` installs plugins manager-wide, for every versioned model: naming
+    models cannot avoid one, so the error names them all and says so."""
+    managers = {id(m): m for m in map(get_versioning_manager, models)}
+    for manager in managers.values():
+        found = unsupported_plugins(manager)
+        if not found:
+            continue
+        affected = sorted(
+            c.__name__ for c in classes if is_versioned(c) and get_versioning_manager(c) is manager
+        )
+        raise UnsupportedVersioning(
+            f"the version import cannot reproduce what Continuum writes for "
+            f"{', '.join(affected)}: {'; '.join(found)}. Plugins of make_versioned() apply to "
+            "every versioned model, so no model can be imported, not by name either, while "
+            "the app installs it; nothing was imported"
+        )
+
+
 def _table_owner(cls: type) -> type:
     """The class whose table `cls` uses (itself, unless single-table inheritance)."""
     mapper = sa.inspect(cls)
@@ -1168,8 +1237,10 @@ def plan_units(
     classes: Sequence[type], names: Sequence[str] | None, dialect: sa.Dialect
 ) -> list[Unit]:
     """The units a run imports, parents first (foreign keys), each once; refuses, naming
-    model and feature, any unit whose Continuum set-up the import cannot reproduce."""
+    model and feature, any unit whose Continuum set-up the import cannot reproduce (a
+    plugin: every model, see `refuse_plugins`)."""
     models = select_models(classes, names)
+    refuse_plugins(classes, models)
     units: dict[Any, Unit] = {}
     for cls in models:
         owner = _table_owner(cls)

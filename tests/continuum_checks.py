@@ -162,6 +162,25 @@ def check_third_party(url: str) -> None:
     assert _transactions(engine)[0][1] == "192.0.2.9"  # the remaining plugin's remote_addr
 
 
+def check_activity(url: str) -> None:
+    """ActivityPlugin hooks into the flush: refused, naming the plugin and the models.
+    make_versioned() installs it for every model, so naming one does not help, and the
+    error says so; nothing is written."""
+    models = bootstrap(("tests.continuum_apps.activity",))
+    engine = _engine(url, models.metadatas[0])
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO items (id, name) VALUES (1, 'i')"))
+        conn.execute(sa.text("INSERT INTO others (id, name) VALUES (1, 'o')"))
+    feature = "Item, Other: plugin ActivityPlugin (hooks before_flush)"
+    for names in (None, ["Item"], ["Other"]):
+        _raises(UnsupportedVersioning, feature, _import, engine, models, names=names)
+        _raises(UnsupportedVersioning, "no model can be imported, not by name either",
+                _import, engine, models, names=names)  # fmt: skip
+    assert _transactions(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM items_version")).scalar() == 0
+
+
 def check_flask(url: str) -> None:
     """Continuum's FlaskPlugin (transaction arguments only): in a request, the import's
     transaction gets the request's user and address exactly as Continuum's own flush in

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy_continuum import version_class
 
@@ -416,5 +417,90 @@ def test_json_and_json_arrays_compare_as_jsonb_on_postgresql(pg_url):
             ]
             assert conn.execute(sa.select(*differs)).one() == (False, False)
             assert isinstance(comparable(table.c.a, table.c.a.type, dialect).type, postgresql.JSONB)
+    finally:
+        engine.dispose()
+
+
+class JSONish(sa.types.TypeDecorator):
+    """An app's own JSON type (impl JSON)."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+
+class JSONText(sa.types.TypeDecorator):
+    """SQLAlchemy-Utils' JSONType pattern: text, but `json` where the dialect has it."""
+
+    impl = sa.UnicodeText
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine:
+        wanted = postgresql.JSON() if dialect.name == "postgresql" else sa.UnicodeText()
+        return dialect.type_descriptor(wanted)
+
+
+class Named(sa.types.UserDefinedType):
+    """A PostgreSQL type SQLAlchemy has no class for, by name."""
+
+    cache_ok = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_col_spec(self, **_kw: object) -> str:
+        return self.name
+
+
+JSON_DOMAIN = postgresql.DOMAIN("json_domain", sa.JSON())
+# (type, equal values with different text, different values); the values are SQL literals
+NO_EQUALITY = {
+    "decorated": (JSONish(), ('{"k": 1, "j": 2}', '{"j":2,"k":1}'), ("[1]", "[2]")),
+    "utils": (JSONText(), ('{"k": 1}', '{"k":1}'), ('"a"', '"b"')),
+    "domain": (JSON_DOMAIN, ('{"k": 1}', '{"k":1}'), ("1", "2")),
+    "variant": (sa.Text().with_variant(postgresql.JSON(), "postgresql"), ("[ ]", "[]"), ("1", "2")),
+    "array": (sa.ARRAY(JSONish()), ("ARRAY['[1, 2]'::json]", "ARRAY['[1,2]'::json]"),
+              ("ARRAY['1'::json]", "ARRAY['2'::json]")),
+    "domains": (sa.ARRAY(JSON_DOMAIN), ("ARRAY['{}'::json_domain]", "ARRAY['{ }'::json_domain]"),
+                ("ARRAY['{}'::json_domain]", "'{}'")),
+    "xml": (Named("XML"), ("'<a/>'", "'<a/>'"), ("'<a/>'", "'<b/>'")),
+    "point": (Named("POINT"), ("'(1,2)'", "'(1,2)'"), ("'(1,2)'", "'(2,1)'")),
+    "box": (Named("BOX"), ("'(1,1),(0,0)'", "'(1,1),(0,0)'"), ("'(1,1),(0,0)'", "'(2,2),(1,1)'")),
+    "jsonpath": (postgresql.JSONPATH(), ("'$.a'", "'$.\"a\"'"), ("'$.a'", "'$.b'")),
+}  # fmt: skip
+
+
+def _literal(value: str) -> str:
+    """Plain JSON text becomes a quoted literal; SQL expressions stay as they are."""
+    return value if value.startswith(("ARRAY", "'")) else "'" + value + "'"
+
+
+def test_types_without_equality_compare_on_postgresql_however_they_are_reached(pg_url):
+    """PostgreSQL looks `=` up on the stored type: json (and the few other types without a
+    true equality: xml, jsonpath, geometric types, whose box `=` compares areas) reached
+    through a TypeDecorator, a variant, a domain or an array must still be cast, or the
+    first import of such a model fails ("operator does not exist: json = json")."""
+    from importers.versions import comparable
+
+    columns = []
+    for name, (type_, _same, _other) in NO_EQUALITY.items():
+        columns += [sa.Column(f"{name}_a", type_), sa.Column(f"{name}_b", type_)]
+    table = sa.Table("no_equality_types", sa.MetaData(), sa.Column("id", sa.Integer), *columns)
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    dialect = engine.dialect
+    try:
+        with engine.begin() as conn:
+            table.metadata.create_all(conn)
+            for ident, pick in ((1, 1), (2, 2)):  # row 1: equal pairs; row 2: different
+                values = [_literal(v) for item in NO_EQUALITY.values() for v in item[pick]]
+                conn.exec_driver_sql(
+                    f"INSERT INTO no_equality_types VALUES ({ident}, {', '.join(values)})"
+                )
+            for name in NO_EQUALITY:
+                a, b = table.c[f"{name}_a"], table.c[f"{name}_b"]
+                differs = comparable(a, a.type, dialect).is_distinct_from(
+                    comparable(b, b.type, dialect)
+                )
+                found = conn.execute(sa.select(differs).order_by(table.c.id)).scalars().all()
+                assert found == [False, True], name
     finally:
         engine.dispose()

@@ -8,7 +8,10 @@
   association table `article_tag`;
 - `Renamed`: every column named differently from its attribute, the key (`_id`) included;
 - `Tag`: the other side of `tags`;
-- `Token`: a UUID key, a binary and a float column;
+- `Token`: a UUID key, a binary and a float column, and JSON reached the ways PostgreSQL
+  finds no `=` for unless the import looks through them: an app's TypeDecorator (`doc`),
+  a TypeDecorator over a domain over json (`shaped`; plain JSON on SQLite) and an array of
+  the TypeDecorator (`docs`, through a variant: plain JSON on SQLite);
 - `Note`: a composite text key (`ns`, `name`);
 - `Vehicle` / `Car`: joined-table inheritance (`cars` joins `vehicles`), with a JSON column
   in the parent table;
@@ -19,10 +22,53 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import relationship
+
+
+class JSONish(sa.types.TypeDecorator):
+    """An app's own JSON type: `json` on PostgreSQL, reached through `impl`."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+
+# A domain over json, created by `_create_domain` (once per schema, before the tables).
+JSON_DOMAIN = postgresql.DOMAIN("json_domain", sa.JSON(), create_type=False)
+
+
+class JSONDomain(sa.types.TypeDecorator):
+    """JSON values in the domain `json_domain` on PostgreSQL (psycopg reads a domain's
+    values as its base type's, so they load as JSON), plain JSON elsewhere. SQLAlchemy's
+    DOMAIN does not serialize values for its data type: this does."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine:
+        if dialect.name == "postgresql":
+            return JSON_DOMAIN
+        return dialect.type_descriptor(sa.JSON())
+
+    def process_bind_param(self, value: object, dialect: sa.Dialect) -> object:
+        if dialect.name == "postgresql" and value is not None:
+            return json.dumps(value)
+        return value
+
+
+def _domain_missing(_ddl: object, _target: object, bind: sa.Connection, **_kw: object) -> bool:
+    return bind.dialect.name == "postgresql" and not bind.dialect.has_type(bind, "json_domain")
+
+
+def _create_domain(metadata: sa.MetaData) -> None:
+    create = sa.DDL("CREATE DOMAIN json_domain AS json")
+    sa.event.listen(metadata, "before_create", create.execute_if(callable_=_domain_missing))
+    drop = sa.DDL("DROP DOMAIN IF EXISTS json_domain")
+    sa.event.listen(metadata, "after_drop", drop.execute_if(dialect="postgresql"))
 
 
 def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) -> dict:
@@ -32,6 +78,7 @@ def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) 
         if uuid_users
         else sa.Column(sa.Integer, primary_key=True, autoincrement=False)
     )
+    _create_domain(base.metadata)
 
     class User(base):
         __tablename__ = "users"
@@ -72,6 +119,9 @@ def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) 
         key = sa.Column(sa.Uuid, primary_key=True)
         blob = sa.Column(sa.LargeBinary)
         score = sa.Column(sa.Float)
+        doc = sa.Column(JSONish)
+        shaped = sa.Column(JSONDomain)
+        docs = sa.Column(sa.JSON().with_variant(postgresql.ARRAY(JSONish()), "postgresql"))
 
     class Note(base):
         __tablename__ = "notes"
