@@ -75,6 +75,9 @@ def test_a_documentation_style_app_through_the_cli_and_a_real_worker(
                 "SELECT transaction_id, entity_name FROM transaction_changes "
                 "ORDER BY 1, 2")).all()  # fmt: skip
             assert changes == [(1, "Article"), (1, "Car"), (1, "Tag"), (2, "Car")]
+            meta = conn.execute(sa.text(
+                "SELECT transaction_id, key, value FROM transaction_meta")).all()  # fmt: skip
+            assert meta == [(1, "comment", "by the cli")]
             cars = conn.execute(sa.text(
                 "SELECT doors, transaction_id, end_transaction_id, operation_type, doors_mod "
                 "FROM cars_version ORDER BY transaction_id")).all()  # fmt: skip
