@@ -54,6 +54,6 @@ def invalidation_probe(self, since: str = "0") -> dict:
     return {
         "pid": os.getpid(),
         "cursor": tracker.cursor if tracker is not None else None,
-        "applied": [[i, t] for i, t in recent if id_key(i) > floor],
+        "applied": [[i, t] for i, t, _published in recent if id_key(i) > floor],
         "listener": dict(tracker.stats) if tracker is not None else {},
     }

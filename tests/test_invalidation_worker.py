@@ -148,6 +148,10 @@ def test_one_event_reaches_all_four_children_and_lookups_see_the_new_value(clust
     )
     assert len(statuses) == 4  # every child refreshed the record and served the new value
     assert {r["name"] for r in cluster.lookups(1, 16)} == {f"cat1-v{version}"}
+    # The probe the benchmark reads: every child lists the event, with when it applied it.
+    probe = cluster.app.send_task("cachework.invalidation_probe", kwargs={"since": "0"})
+    applied = dict(probe.get(timeout=30, interval=0.01)["applied"])
+    assert event_id in applied and applied[event_id] > 0, applied
 
 
 def test_outbox_rows_reach_every_child_through_the_worker_relay(cluster):
