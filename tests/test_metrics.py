@@ -351,3 +351,25 @@ def test_every_metric_the_grafana_dashboard_charts_exists():
                      "cachework_import_rows", "cachework_rebuild_plugin_errors",
                      "cachework_tasks"):  # fmt: skip
         assert required in families, required
+
+
+def test_observe_many_counts_as_observing_one_by_one():
+    """The sampler adds a second's lags in one increment per bucket: the same samples as
+    one observe() each, boundaries (a value equal to a bucket's bound) included."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    amounts = [0.0, 0.001, 0.005, 0.0051, 0.05, 0.25, 1.0, 7.5, 100.0, 0.005]
+    samples = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("lag", "lag", buckets=(0.005, 0.05, 0.25, 1.0), registry=registry)
+        if bulk:
+            metrics.observe_many(histogram, amounts)
+        else:
+            for amount in amounts:
+                histogram.observe(amount)
+        (family,) = registry.collect()
+        kept = [s for s in family.samples if not s.name.endswith("_created")]
+        samples.append([(s.name, s.labels, s.value) for s in kept])
+    assert samples[0] == samples[1]
+    assert ("lag_count", {}, float(len(amounts))) in samples[1]

@@ -9,8 +9,8 @@ Connected to Celery's signals when `worker.celery_app` is imported:
   (`worker/exporter.py`) started beside the main process, which stays free of threads
   (it forks children).
 - every child's runtime samples its tables and listener once a second
-  (`cache.metrics.Sampler`), and at its end (`worker_process_shutdown`) copies a last
-  time and is marked dead.
+  (`cache.metrics.Sampler`; without the exporter only its listener's state), and at its
+  end (`worker_process_shutdown`) copies a last time and is marked dead.
 - `task_prerun`/`task_postrun`, only with the exporter (nobody could read them
   otherwise; recording them cost a no-op task's round trip about 0.3 ms, measured with
   bench/invalidation.py): task run time and outcome by name; the version import's rows
@@ -53,7 +53,7 @@ def _node_init(sender=None, **_kwargs) -> None:
     folder = tempfile.mkdtemp(prefix="cachework-metrics-")
     # Removed at worker_shutdown; also when the worker stops before that (a start-up error).
     atexit.register(_remove_folder, folder, os.getpid())
-    metrics.enable_multiprocess(folder)
+    metrics.enable_multiprocess(folder, exported=runtime.settings.metrics_port is not None)
     _node["folder"] = folder
     if runtime.settings.metrics_port is not None:
         _node["exporter"] = start_exporter(folder, getattr(sender, "hostname", "") or "")
