@@ -176,6 +176,16 @@ def _stall(holder: sa.Connection, on: bool) -> None:
     holder.execute(sa.text(f"SELECT {fn}(:a, :b)"), {"a": STALL_KEY[0], "b": STALL_KEY[1]})
 
 
+def _assert_rebuilt_and_released(engine: sa.Engine, client: redis.Redis, project: str) -> None:
+    """The item holds the sum of the data now, and no lock, dirty or taken key is left."""
+    with sa.orm.Session(engine) as session:
+        item = store.get_item(session, "recorder", "total", project=project)
+        assert item is not None and item.data == {"sum": price_total(session, project)}
+    key = scope_key(project, "recorder")
+    for kind in ("lock", "dirty", "taken"):
+        assert not client.exists(f"{PREFIX}:{kind}:{key}"), kind
+
+
 def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redelivery):
     from worker import create_app
     from worker.spawn import WorkerProcess
@@ -261,12 +271,7 @@ def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redeliver
     assert [pid for _start, _end, pid in rounds] == [first_pid, first_pid], rounds
     assert rounds[0][1] <= rounds[1][0], rounds  # one after the other, never at once
     assert [int(p) for p in client.lrange(started_key(project), 0, -1)] == [first_pid] * 2
-    with sa.orm.Session(engine) as session:
-        item = store.get_item(session, "recorder", "total", project=project)
-        assert item is not None and item.data == {"sum": price_total(session, project)}
-    key = scope_key(project, "recorder")
-    for kind in ("lock", "dirty", "taken"):
-        assert not client.exists(f"{PREFIX}:{kind}:{key}"), kind
+    _assert_rebuilt_and_released(engine, client, project)
 
     # The import: its second delivery found the import lock held and was retried; the
     # first run wrote one transaction; the retry that got through found nothing to do.
@@ -336,10 +341,5 @@ def test_a_second_delivery_finishes_the_rebuild_of_a_worker_that_died(redelivery
     assert runs == [{"updated": 1, "projects": 1, "errors": []}], runs
     pids = [int(p) for p in client.lrange(started_key(project), 0, -1)]
     assert pids[0] == first_pid and len(pids) == 2 and pids[1] != first_pid, pids
-    with sa.orm.Session(engine) as session:
-        item = store.get_item(session, "recorder", "total", project=project)
-        assert item is not None and item.data == {"sum": price_total(session, project)}
-    key = scope_key(project, "recorder")
-    for kind in ("lock", "dirty", "taken"):
-        assert not client.exists(f"{PREFIX}:{kind}:{key}"), kind
+    _assert_rebuilt_and_released(engine, client, project)
     assert "Traceback" not in logs["b"].read_text(errors="replace")

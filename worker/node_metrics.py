@@ -60,8 +60,8 @@ def _node_init(sender=None, **_kwargs) -> None:
 
 
 def _recording_tasks() -> bool:
-    """Whether this node exports its metrics (the children inherit `_node` at fork)."""
-    return "exporter" in _node
+    """Whether this process's metrics are exported (set before the pool forks)."""
+    return metrics.active() and not metrics.listener_only()
 
 
 def _remove_folder(folder: str, owner: int) -> None:

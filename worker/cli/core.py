@@ -11,7 +11,7 @@ from cache.settings import mask_url
 from worker import routing
 from worker.checks import check_broker, check_database
 from worker.cli.context import cli_runtime
-from worker.cli.params import SECONDS
+from worker.cli.params import timeout_option
 from worker.schema import create_tables
 
 
@@ -105,9 +105,7 @@ def _advice(
 
 
 @click.command()
-@click.option(
-    "--timeout", type=SECONDS, default=2.0, show_default=True, help="Seconds to wait for pings."
-)
+@timeout_option(2.0, "Seconds to wait for pings.")
 def status(timeout: float) -> None:
     """Broker, database, workers answering ping, and queue lengths.
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from cache.settings import load_settings
-from worker.cli.params import SECONDS
+from worker.cli.params import timeout_option
 
 
 @click.command()
@@ -22,13 +22,7 @@ from worker.cli.params import SECONDS
     help="Also a cachework worker answers and no worker child's invalidation listener is "
     "cut off longer than CACHEWORK_LISTENER_STALE_AFTER (default).",
 )
-@click.option(
-    "--timeout",
-    type=SECONDS,
-    default=3.0,
-    show_default=True,
-    help="Seconds to wait for each check.",
-)
+@timeout_option(3.0, "Seconds to wait for each check.")
 def health(mode: str, timeout: float) -> None:
     """Exit 0 with `ok`, or 1 with one line saying what is wrong."""
     from worker.health import liveness, readiness

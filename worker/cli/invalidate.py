@@ -15,7 +15,7 @@ from cache.invalidation import validate_event
 from cache.records import json_value
 from worker.checks import check_broker
 from worker.cli.context import cli_runtime
-from worker.cli.params import SECONDS
+from worker.cli.params import timeout_option
 
 
 @click.command("invalidate")
@@ -25,9 +25,7 @@ from worker.cli.params import SECONDS
 @click.option("-a", "--app", "app_name", default=None, help="App whose cache items to rebuild.")
 @click.option("-n", "--name", "names", multiple=True, help="Item name to rebuild (repeatable).")
 @click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")
-@click.option(
-    "--timeout", type=SECONDS, default=600.0, show_default=True, help="Seconds to wait (--enqueue)."
-)
+@timeout_option(600.0)
 def invalidate(
     table: str,
     keys: tuple[str, ...],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import click
 
@@ -27,6 +28,12 @@ class Seconds(click.FloatRange):
 
 
 SECONDS = Seconds()
+ENQUEUE_WAIT = "Seconds to wait (--enqueue)."
+
+
+def timeout_option(default: float, help: str = ENQUEUE_WAIT) -> Callable:
+    """The `--timeout` option every waiting command takes: finite seconds above zero."""
+    return click.option("--timeout", type=SECONDS, default=default, show_default=True, help=help)
 
 
 class NulFreePath(click.Path):

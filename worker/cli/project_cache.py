@@ -16,7 +16,7 @@ from cache import jobs
 from cache.sync import scope_label
 from worker.checks import check_broker
 from worker.cli.context import cli_runtime
-from worker.cli.params import SECONDS
+from worker.cli.params import timeout_option
 
 
 def _enqueue(console: Console, name: str, kwargs: dict, timeout: float) -> dict:
@@ -46,13 +46,7 @@ def _report(console: Console, summary: dict) -> None:
 @click.option("-n", "--name", default=None, help="Item name (default: every item).")
 @click.option("--user", default=None, help="Recorded on the items written.")
 @click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")
-@click.option(
-    "--timeout",
-    type=SECONDS,
-    default=3600.0,
-    show_default=True,
-    help="Seconds to wait (--enqueue).",
-)
+@timeout_option(3600.0)
 def sync_cache(
     project: str | None,
     app_name: str | None,
@@ -92,9 +86,7 @@ def sync_cache(
 @click.option("-p", "--project", default=None, help="Project key (default: every project).")
 @click.option("-a", "--app", "app_name", default=None, help="App name (default: every app).")
 @click.option("--enqueue", is_flag=True, help="Send to the workers instead of running here.")
-@click.option(
-    "--timeout", type=SECONDS, default=600.0, show_default=True, help="Seconds to wait (--enqueue)."
-)
+@timeout_option(600.0)
 def delete_cache(project: str | None, app_name: str | None, enqueue: bool, timeout: float) -> None:
     """Delete project cache items (no options: every item)."""
     console = Console()

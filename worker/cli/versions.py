@@ -14,7 +14,7 @@ from rich.table import Table
 from cache import jobs
 from importers.progress import RunProgress, Throttle, format_seconds
 from worker.cli.context import cli_runtime
-from worker.cli.params import SECONDS
+from worker.cli.params import timeout_option
 
 COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
 SHORT = {"created": "c", "updated": "u", "deleted": "d", "unchanged": "same"}
@@ -157,13 +157,7 @@ def _enqueue(
 )
 @click.option("--repair", is_flag=True, help="Close all but the newest of several open versions.")
 @click.option("--enqueue", is_flag=True, help="Send the task to the workers and wait.")
-@click.option(
-    "--timeout",
-    type=SECONDS,
-    default=3600.0,
-    show_default=True,
-    help="Seconds to wait (--enqueue).",
-)
+@timeout_option(3600.0)
 def import_versions_command(
     models: tuple[str, ...],
     dry_run: bool,
