@@ -286,6 +286,17 @@ def _remove_run_dir() -> Iterator[None]:
     shutil.rmtree(_RUN_DIR, ignore_errors=True)
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The fault suite's table (`make faults`), written to .cachework/faults-report.md."""
+    from tests.fault_helpers import write_report
+
+    text = write_report(config)
+    if text:
+        terminalreporter.write_line("")
+        for line in text.splitlines():
+            terminalreporter.write_line(line)
+
+
 # --- Leak checks ----------------------------------------------------------------------------
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -123,13 +125,20 @@ class Row:
 
 
 class Table:
-    """The suite's results: one row per scenario, written to a Markdown file at the end."""
+    """The suite's results: one row per scenario, written to a Markdown file at the end.
+
+    Each row notes when it was first added (UTC) and the command of the run, so a table
+    in the docs may join rows of several runs."""
 
     def __init__(self) -> None:
         self.rows: dict[str, Row] = {}
+        self.origin: dict[str, str] = {}
 
     def row(self, scenario: str) -> Row:
-        return self.rows.setdefault(scenario, Row(scenario))
+        if scenario not in self.rows:
+            self.rows[scenario] = Row(scenario)
+            self.origin[scenario] = stamp()
+        return self.rows[scenario]
 
     def markdown(self) -> str:
         lines = [
@@ -144,8 +153,42 @@ class Table:
         return "\n".join(lines)
 
 
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def command_of(config) -> str:
+    """The command a pytest run was started with (`make faults` runs `python -m pytest -m
+    faults`)."""
+    args = list(config.invocation_params.args)
+    return "python -m pytest " + shlex.join(args) if args else "python -m pytest"
+
+
+# Every fault module adds its rows here; tests/conftest.py writes the report at the end.
+TABLE = Table()
+REPORT = ROOT / ".cachework" / "faults-report.md"
+
+
+def write_report(config) -> str | None:
+    """The results table with each row's run and command, to REPORT; None without rows."""
+    if not TABLE.rows:
+        return None
+    command = command_of(config)
+    lines = TABLE.markdown().splitlines()
+    lines[0] += " run | command |"
+    lines[1] += " --- | --- |"
+    for index, row in enumerate(TABLE.rows.values(), start=2):
+        lines[index] += f" {TABLE.origin[row.scenario]} | `{command}` |"
+    text = f"fault suite run of {stamp()} (`{command}`)\n\n" + "\n".join(lines) + "\n"
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(text)
+    return text
+
+
 __all__ = [
+    "REPORT",
     "ROOT",
+    "TABLE",
     "OwnPostgres",
     "Row",
     "Table",
@@ -154,4 +197,5 @@ __all__ = [
     "free_port",
     "kill_group",
     "wait_until",
+    "write_report",
 ]

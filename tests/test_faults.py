@@ -20,14 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -42,9 +40,8 @@ from cache.settings import load_settings
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
 from tests.fault_helpers import (
-    ROOT,
+    TABLE,
     OwnPostgres,
-    Table,
     children_of,
     engine_for,
     kill_group,
@@ -54,56 +51,6 @@ from tests.invalidation_helpers import OwnRedis
 from tests.project_cache_helpers import HOLD_KEY, price_total, started_key
 
 pytestmark = pytest.mark.faults
-TABLE = Table()
-REPORT = ROOT / ".cachework" / "faults-report.md"
-
-
-# Where each row came from: when its test finished and the command that ran it. The
-# report's table carries both, so a table in the docs may join rows of several runs.
-ORIGIN: dict[str, tuple[str, str]] = {}
-
-
-def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _command(config: pytest.Config) -> str:
-    """The command this run was started with (`make faults` runs `python -m pytest -m
-    faults`)."""
-    args = list(config.invocation_params.args)
-    return "python -m pytest " + shlex.join(args) if args else "python -m pytest"
-
-
-def _markdown(table: Table) -> str:
-    """The results table with each row's run (UTC) and command."""
-    lines = table.markdown().splitlines()
-    lines[0] += " run | command |"
-    lines[1] += " --- | --- |"
-    for index, row in enumerate(table.rows.values(), start=2):
-        stamp, command = ORIGIN.get(row.scenario, ("-", "-"))
-        lines[index] += f" {stamp} | `{command}` |"
-    return "\n".join(lines)
-
-
-@pytest.fixture(autouse=True)
-def _row_origin(request) -> Iterator[None]:
-    before = set(TABLE.rows)
-    yield
-    for scenario in set(TABLE.rows) - before:
-        ORIGIN[scenario] = (_stamp(), _command(request.config))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request) -> Iterator[None]:
-    yield
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    text = f"fault suite run of {_stamp()} (`{_command(request.config)}`)\n\n{_markdown(TABLE)}\n"
-    REPORT.write_text(text)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("")
-        for line in text.splitlines():
-            reporter.write_line(line)
 
 
 def _fresh_schema(url: str) -> sa.Engine:
