@@ -36,12 +36,16 @@ from cache.invalidation import (
     DatabaseLog,
     InvalidationLog,
     Listener,
+    LogError,
+    LogUnavailable,
     RedisLog,
     Relay,
     RelayLoop,
     Tracker,
+    outbox,
 )
 from cache.invalidation.events import KeyCoercer
+from cache.invalidation.outbox import PENDING_MAX, pending_rows
 from cache.locks import LockBackend, lock_backend
 from cache.projects import ProjectSource
 from cache.records import coerce
@@ -78,6 +82,7 @@ class Runtime:
         self._listener: Listener | None = None
         self._relay: RelayLoop | None = None
         self._sampler: metrics.Sampler | None = None
+        self._outbox_seen: set[int] = set()  # pending outbox rows a catch-up applied
 
     # --- resources --------------------------------------------------------------------
 
@@ -198,16 +203,44 @@ class Runtime:
             return self._tracker
 
     def catch_up(self) -> int:
-        """Apply what was published before now (one head read when up to date), so what
-        follows never reads a record invalidated earlier. Never raises: when the log
-        cannot be read, the cached tables are dropped instead."""
+        """Apply what was published or committed before now, so what follows never reads
+        a record invalidated earlier: first the outbox rows still waiting for the relay
+        (one indexed query, empty as a rule), then the log (one head read when up to
+        date). In that order, since a row leaves the outbox only once it is in the log.
+        Never raises: when either cannot be read, the cached tables are dropped instead."""
         try:
             tracker = self.tracker
         except Exception:
             log.exception("invalidation catch-up could not start; dropping cached tables")
             self.registry.drop_all("invalidation catch-up could not start")
             return 0
-        return tracker.catch_up() if tracker is not None else 0
+        if tracker is None:
+            return 0
+        applied = self._catch_up_outbox(tracker)
+        return applied + tracker.catch_up()
+
+    def _catch_up_outbox(self, tracker: Tracker) -> int:
+        """Committed outbox rows not relayed yet: applied here once each (the log brings
+        them again later); more than `PENDING_MAX` (a relay far behind): drop instead."""
+        try:
+            rows = pending_rows(self.database.engine)
+        except (LogUnavailable, LogError) as exc:
+            tracker.drop(f"the outbox cannot be read at task start ({exc})")
+            return 0
+        if len(rows) > PENDING_MAX:
+            tracker.drop(f"over {PENDING_MAX} committed invalidations wait in the outbox")
+            self._outbox_seen = set()
+            return 0
+        seen, self._outbox_seen = self._outbox_seen, {row_id for row_id, _data in rows}
+        fresh = [data for row_id, data in rows if row_id not in seen]
+        return tracker.apply_unlogged(fresh) if fresh else 0
+
+    def apply_committed(self, datas: list[str]) -> None:
+        """This process committed outbox rows: invalidate them in its own cached tables
+        before the commit returns (read-your-writes). Called by `outbox.committed`."""
+        tracker = self._tracker
+        if tracker is not None:
+            tracker.apply_unlogged(datas)
 
     def wait_for(self, event_id: str, timeout: float = 5.0) -> None:
         """Read barrier: return once this process has applied `event_id`."""
@@ -232,10 +265,11 @@ class Runtime:
                 )
                 self._listener.start()
             if relay and self._relay is None:
-                outbox = Relay(self.database.engine, self.invalidation_log())
-                self._relay = RelayLoop(outbox).start()
+                relay_pass = Relay(self.database.engine, self.invalidation_log())
+                self._relay = RelayLoop(relay_pass).start()
             if metrics.active():
                 self.sampler.start()
+        outbox.add_sink(self)  # this process's commits invalidate its tables at once
         return self
 
     @property
@@ -245,6 +279,7 @@ class Runtime:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the listener and the relay (the resources stay usable)."""
+        outbox.remove_sink(self)
         with self._lock:
             listener, self._listener = self._listener, None
             relay, self._relay = self._relay, None

@@ -14,6 +14,7 @@ from cache.invalidation.tables import invalidation_outbox
 from cache.invalidation.tracking import dependencies
 from cache.runtime import Runtime
 from tests.conftest import make_env, settings_of
+from tests.invalidation_helpers import wait_until
 from tests.test_web_app import WebApp, _every_child_reads
 
 
@@ -33,10 +34,13 @@ def test_orm_bulk_and_raw_writes_reach_every_child_with_no_publish_call(
         _node, app = worker_process(env, concurrency=2)
         assert _every_child_reads(app, "Tools")
 
-        def nothing_published(head: str) -> None:
+        def outbox_rows() -> int:
             with pg_database.engine.connect() as conn:
                 count = sa.select(sa.func.count()).select_from(invalidation_outbox)
-                assert conn.execute(count).scalar_one() == 0
+                return conn.execute(count).scalar_one()
+
+        def nothing_published(head: str) -> None:
+            assert outbox_rows() == 0
             assert log.state().head == head
 
         web = WebApp(env, "tracking_web_app.py")
@@ -51,6 +55,9 @@ def test_orm_bulk_and_raw_writes_reach_every_child_with_no_publish_call(
                 assert answer["step"] == how
                 assert _every_child_reads(app, name)  # lookups sent after the commit
 
+                # A trigger's row waits for the workers' relay (a task start applies it
+                # from the outbox meanwhile): let it pass before the rollback's check.
+                wait_until(lambda: outbox_rows() == 0, timeout=20)
                 head = log.state().head
                 assert web.ask(f"{how}-rollback Never{how}")["step"] == f"{how}-rollback"
                 nothing_published(head)

@@ -7,11 +7,22 @@ worker) reads rows oldest first, appends them to the log, then deletes them in o
 transaction: killed between the append and the delete, it sends those rows again when it
 restarts, which is harmless (applying an invalidation twice changes nothing). With the
 database-backed log the append and the delete share the transaction: exactly once.
+
+Read-your-writes: a committed outbox row must not wait for the relay's next pass. Right
+after a commit that wrote outbox rows (a tracked session's or `publish(..., session=s)`),
+before `commit()` returns, `committed()` has every started runtime of this process
+invalidate what the rows name in its own cached tables, and relays those rows, and only
+those (by id, so a backlog of older rows never delays a fresh commit), to the log. A
+task's start-of-run catch-up reads the outbox before the log (`pending_rows`), so a
+committed row whose relay failed is applied there too, never passed.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Sequence
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -23,35 +34,130 @@ from cache.invalidation.log import InvalidationLog, log_failure
 from cache.invalidation.tables import invalidation_outbox
 
 log = logging.getLogger(__name__)
-_PENDING = "cachework_outbox_relay"
+_PENDING = "cachework.outbox.committing"  # session.info: rows this transaction wrote
+PENDING_MAX = 1000  # outbox rows a catch-up applies itself; beyond, it drops its tables
+Rows = Sequence[tuple[int, str]]  # (outbox id, event JSON)
+
+
+class CommitSink(Protocol):
+    """A started runtime: told about each committed outbox row of its process."""
+
+    def apply_committed(self, datas: list[str]) -> None:
+        """Invalidate what the events name in this process's cached tables."""
+        ...
+
+    def invalidation_log(self) -> InvalidationLog: ...
+
+
+_sinks: weakref.WeakSet = weakref.WeakSet()
+
+
+def add_sink(sink: CommitSink) -> None:
+    """Tell `sink` (a started runtime) about every outbox row its process commits."""
+    _sinks.add(sink)
+
+
+def remove_sink(sink: CommitSink) -> None:
+    _sinks.discard(sink)
+
+
+def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None = None) -> None:
+    """After a commit that wrote `rows` into `engine`'s outbox, before the commit returns:
+    every started runtime of this process invalidates them locally, then they are relayed
+    to `relay_log` (default: a started runtime's log; none: the worker relay does it).
+
+    Never raises: the commit is done, and the rows stay in the outbox for the worker's
+    relay (and the task-start catch-up) if anything here fails."""
+    if not rows:
+        return
+    sinks = list(_sinks)
+    datas = [data for _id, data in rows]
+    for sink in sinks:
+        try:
+            sink.apply_committed(datas)
+        except Exception:
+            log.exception("applying a committed invalidation in this process failed")
+    if relay_log is None and sinks:
+        try:
+            relay_log = sinks[0].invalidation_log()
+        except Exception:
+            log.exception("no invalidation log to relay a committed outbox row to")
+    if relay_log is None:
+        return
+    try:
+        relay_rows(engine, relay_log, rows)
+    except Exception as exc:  # best effort: the worker's relay delivers them later
+        log.warning("relaying a commit's outbox rows failed (the worker relay will): %s", exc)
+
+
+def relay_rows(engine: sa.Engine, target: InvalidationLog, rows: Rows) -> int:
+    """Move these outbox rows, and only these, to `target`; returns how many were sent.
+
+    The database log shares the transaction (exactly once: rows another relay took first
+    are its to send). A Redis log gets the events first, then the rows are deleted: a
+    crash in between sends them again through the worker's relay, harmlessly."""
+    ids = [row_id for row_id, _data in rows]
+    outbox = invalidation_outbox
+    try:
+        if isinstance(target, DatabaseLog) and target.engine is engine:
+            with engine.begin() as conn:
+                gone = conn.execute(
+                    outbox.delete().where(outbox.c.id.in_(ids)).returning(outbox.c.data)
+                ).scalars()
+                datas = list(gone)
+                if datas:
+                    target.append_in(conn, datas)
+                return len(datas)
+        for _row_id, data in rows:
+            target.append(data)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
+        return len(rows)
+    except sa.exc.SQLAlchemyError as exc:
+        raise log_failure(exc, "outbox") from exc
+
+
+def pending_rows(engine: sa.Engine, limit: int = PENDING_MAX) -> list[tuple[int, str]]:
+    """Up to `limit` + 1 committed rows still waiting in the outbox, oldest first."""
+    query = (
+        sa.select(invalidation_outbox.c.id, invalidation_outbox.c.data)
+        .order_by(invalidation_outbox.c.id)
+        .limit(limit + 1)
+    )
+    try:
+        with engine.connect() as conn:
+            return [(row.id, row.data) for row in conn.execute(query)]
+    except sa.exc.SQLAlchemyError as exc:
+        raise log_failure(exc, "outbox") from exc
 
 
 def write_outbox(session: Session, event: Event, relay_log: InvalidationLog | None = None) -> int:
     """Insert `event` into the outbox in `session`'s transaction; returns the row id.
 
-    With `relay_log`, a relay pass runs right after the session commits (best effort, for
-    latency); the worker's relay is what guarantees delivery.
-    """
+    Once the session commits (before its `commit()` returns), `committed()` applies the
+    row in this process and relays it: to `relay_log` when given, else to a started
+    runtime's log. The worker's relay is what guarantees delivery."""
+    data = event.to_json()
     row_id = session.execute(
-        invalidation_outbox.insert()
-        .values(data=event.to_json())
-        .returning(invalidation_outbox.c.id)
+        invalidation_outbox.insert().values(data=data).returning(invalidation_outbox.c.id)
     ).scalar_one()
-    if relay_log is not None:
-        if not sa.event.contains(session, "after_commit", _after_commit):
-            sa.event.listen(session, "after_commit", _after_commit)
-        session.info[_PENDING] = relay_log
+    if not sa.event.contains(session, "after_commit", _after_commit):
+        sa.event.listen(session, "after_commit", _after_commit)
+        sa.event.listen(session, "after_transaction_end", _after_transaction_end)
+    engine = session.get_bind()
+    pending = session.info.setdefault(_PENDING, {})
+    pending.setdefault(id(engine), (engine, relay_log, []))[2].append((int(row_id), data))
     return int(row_id)
 
 
 def _after_commit(session: Session) -> None:
-    relay_log = session.info.pop(_PENDING, None)
-    if relay_log is None:
-        return
-    try:
-        Relay(session.get_bind(), relay_log).run_once()
-    except Exception as exc:  # best effort: the worker's relay delivers it later
-        log.warning("eager outbox relay failed (the worker relay will retry): %s", exc)
+    for engine, relay_log, rows in session.info.pop(_PENDING, {}).values():
+        committed(engine, rows, relay_log)
+
+
+def _after_transaction_end(session: Session, transaction) -> None:
+    if transaction.parent is None:  # rolled back (a commit took them already)
+        session.info.pop(_PENDING, None)
 
 
 class Relay:

@@ -38,6 +38,7 @@ import importlib
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -49,6 +50,7 @@ from sqlalchemy.orm.base import LoaderCallableStatus
 from sqlalchemy.sql.util import find_tables
 
 from cache.errors import ConfigError, ValidationError
+from cache.invalidation import outbox
 from cache.invalidation.events import Event, validate_event
 from cache.invalidation.tables import invalidation_outbox
 
@@ -240,10 +242,15 @@ class Tracking:
     rollback to a savepoint keeps them (invalidating a row that did not change is
     harmless). A connection in AUTOCOMMIT writes at once, as each statement commits by
     itself, and a two-phase transaction writes before its PREPARE.
+
+    Once the rows are committed, before the session's `commit()` returns, they go to
+    `outbox.committed`: this process's started runtimes invalidate them in their own
+    cached tables and the rows are relayed to the log at once (read-your-writes).
     """
 
     deps: tuple[Dependency, ...]
     max_keys: int = 10_000
+    relay_log: Any = None  # a callable returning the log to relay a commit's rows to
     stats: dict[str, int] = field(
         default_factory=lambda: {"flushes": 0, "statements": 0, "events": 0, "whole_table": 0}
     )
@@ -257,6 +264,10 @@ class Tracking:
         self._targets: list[Any] = []
         self._engines: set[sa.Engine] = set()
         self._held = ("cachework.tracking", id(self))  # this Tracking's keys in conn.info
+        self._session_of = ("cachework.tracking.session", id(self))  # conn.info: sessions
+        # This thread's commits whose rows await the session's after_commit, the
+        # statement being run with RETURNING added, and whether an ORM statement runs.
+        self._local = threading.local()
 
     # --- installing -----------------------------------------------------------------------
 
@@ -269,18 +280,27 @@ class Tracking:
                 f"track() needs a Session, sessionmaker, scoped_session or Session class, "
                 f"not {target!r}"
             )
-        sa.event.listen(target, "after_flush", self._after_flush)
-        sa.event.listen(target, "do_orm_execute", self._do_orm_execute)
+        for name, listener in self._session_listeners():
+            sa.event.listen(target, name, listener)
         self._targets.append(target)
         return self
+
+    def _session_listeners(self) -> list[tuple[str, Any]]:
+        return [
+            ("after_flush", self._after_flush),
+            ("do_orm_execute", self._do_orm_execute),
+            ("after_begin", self._after_begin),
+            ("after_commit", self._after_commit),
+            ("after_transaction_end", self._after_transaction_end),
+        ]
 
     def stop(self) -> None:
         """Remove the session listeners (sessions already open stop tracking too). The
         engines' transaction listeners stay, so a transaction under way still writes
         what it collected; with nothing collected they do nothing."""
         for target in self._targets:
-            sa.event.remove(target, "after_flush", self._after_flush)
-            sa.event.remove(target, "do_orm_execute", self._do_orm_execute)
+            for name, listener in self._session_listeners():
+                sa.event.remove(target, name, listener)
         self._targets = []
 
     def _hook(self, engine: sa.Engine) -> None:
@@ -295,7 +315,32 @@ class Tracking:
             sa.event.listen(engine, "rollback", self._drop)
             sa.event.listen(engine, "commit", self._on_commit)
             sa.event.listen(engine, "prepare_twophase", self._on_prepare)
+            sa.event.listen(engine, "before_execute", self._before_execute, retval=True)
+            sa.event.listen(engine, "after_execute", self._after_execute)
             self._engines.add(engine)
+
+    # --- the session's transaction ---------------------------------------------------------
+
+    def _after_begin(self, session: orm.Session, _transaction: Any, conn: sa.Connection) -> None:
+        """Mark `conn` as a tracked session's, so Core statements run on it are tracked too."""
+        self._hook(conn.engine)
+        conn.info.setdefault(self._session_of, weakref.WeakSet()).add(session)
+
+    def _after_commit(self, _session: orm.Session) -> None:
+        done, self._local.done = getattr(self._local, "done", None), None
+        for engine, rows in done or ():
+            outbox.committed(engine, rows, self._log())
+
+    def _after_transaction_end(self, _session: orm.Session, transaction: Any) -> None:
+        if transaction.parent is None:  # rolled back (a commit took its rows already)
+            self._local.done = None
+
+    def _log(self) -> Any:
+        try:
+            return self.relay_log() if self.relay_log is not None else None
+        except Exception:
+            log.exception("no invalidation log to relay a tracked commit to")
+            return None
 
     # --- flushes ----------------------------------------------------------------------------
 
@@ -375,8 +420,10 @@ class Tracking:
 
     def _drop(self, conn: sa.Connection) -> None:
         conn.info.pop(self._held, None)
+        conn.info.pop(self._session_of, None)  # a session's after_begin marks it again
 
     def _on_commit(self, conn: sa.Connection) -> None:
+        conn.info.pop(self._session_of, None)
         keys = conn.info.pop(self._held, None)
         if keys is not None:
             self._write(conn, keys, then_commit=True)
@@ -392,34 +439,50 @@ class Tracking:
             return
         self.stats["events"] += len(events)
         self.stats["whole_table"] += sum(1 for e in events if e.keys is None)
-        rows = [e.to_json() for e in events]
+        datas = [e.to_json() for e in events]
         if then_commit and conn.dialect.driver == "psycopg":
-            _insert_then_commit(conn, rows)
+            ids = _insert_then_commit(conn, datas)
+        else:
+            ids = conn.execute(
+                invalidation_outbox.insert().returning(
+                    invalidation_outbox.c.id, sort_by_parameter_order=True
+                ),
+                [{"data": data} for data in datas],
+            ).scalars()
+        rows = list(zip(ids, datas, strict=True))
+        if conn._is_autocommit_isolation():  # committed already: tell the process now
+            outbox.committed(conn.engine, rows, self._log())
             return
-        conn.execute(invalidation_outbox.insert(), [{"data": row} for row in rows])
+        done = getattr(self._local, "done", None)
+        if done is None:
+            done = self._local.done = []
+        done.append((conn.engine, rows))  # the session's after_commit takes them
 
-    # --- ORM-enabled statements -------------------------------------------------------------
+    # --- statements: ORM-enabled ones and Core ones on a tracked session's connection ---
 
-    def _do_orm_execute(self, state: orm.ORMExecuteState) -> Any:
-        if not (state.is_update or state.is_delete or state.is_insert):
+    def _plan(
+        self, statement: Any, params: Any, mapper: Any, dialect: sa.Dialect
+    ) -> tuple[_Keys, list[tuple[str, sa.Column]], Any] | None:
+        """Keys of an INSERT/UPDATE/DELETE of a table cached tables read, before it runs:
+        (keys known now, (cached, column) pairs to read from its RETURNING, the statement
+        to run: with those columns added as `return_defaults`, so the caller's result is
+        unchanged). None: no cached table reads its table."""
+        if not isinstance(statement, sa.Insert | sa.Update | sa.Delete):
             return None
-        statement = state.statement
         target = getattr(statement, "table", None)
         deps = self.by_base.get(getattr(target, "fullname", None))
         if not deps:
             return None
         self.stats["statements"] += 1
         keys = _Keys(self.max_keys)
-        params = state.parameters
+        is_insert = isinstance(statement, sa.Insert)
         many = isinstance(params, list) and params and isinstance(params[0], Mapping)
-        mapper = state.bind_mapper
-        result = None
-        if state.is_insert or many:
+        if is_insert or many:
             rows = params if many else None
-            if state.is_insert and getattr(statement, "_post_values_clause", None) is not None:
+            if is_insert and getattr(statement, "_post_values_clause", None) is not None:
                 rows = None  # an upsert may change rows other than the ones it names
             for dep in deps:
-                names = _names(dep, target, mapper, pk_only=not state.is_insert)
+                names = _names(dep, target, mapper, pk_only=not is_insert)
                 if rows is None or names is None:
                     keys.whole(dep.cached)
                     continue
@@ -429,28 +492,10 @@ class Tracking:
                         keys.whole(dep.cached)
                         break
                     keys.add(dep.cached, value)
-        else:
-            result = self._returning(state, statement, target, deps, keys)
-        if result is None:
-            result = state.invoke_statement()
-        if keys.by_table:
-            self._keep(state.session.connection(), keys)
-        return result
-
-    def _returning(
-        self,
-        state: orm.ORMExecuteState,
-        statement: Any,
-        target: sa.Table,
-        deps: list[Dependency],
-        keys: _Keys,
-    ) -> Any:
-        """Run an UPDATE/DELETE with the keyed columns added as RETURNING (return_defaults,
-        so the caller's result is unchanged); whole-table where that cannot tell."""
-        bind = state.session.get_bind(mapper=state.bind_mapper, clause=statement)
-        dialect = bind.dialect
-        can_return = dialect.update_returning if state.is_update else dialect.delete_returning
-        set_columns = _set_columns(statement) if state.is_update else set()
+            return keys, [], statement
+        is_update = isinstance(statement, sa.Update)
+        can_return = dialect.update_returning if is_update else dialect.delete_returning
+        set_columns = _set_columns(statement) if is_update else set()
         keyed: list[tuple[str, sa.Column]] = []
         for dep in deps:
             column = target.c.get(dep.column) if dep.column is not None else None
@@ -465,12 +510,13 @@ class Tracking:
                 keys.whole(dep.cached)  # old keys unknowable from RETURNING
             else:
                 keyed.append((dep.cached, column))
-        if not keyed:
-            return None
-        columns = list(dict.fromkeys(column for _cached, column in keyed))
-        result = state.invoke_statement(
-            statement=statement.return_defaults(*columns, supplemental_cols=columns)
-        )
+        if keyed:
+            columns = list(dict.fromkeys(column for _cached, column in keyed))
+            statement = statement.return_defaults(*columns, supplemental_cols=columns)
+        return keys, keyed, statement
+
+    @staticmethod
+    def _returned(keys: _Keys, keyed: list[tuple[str, sa.Column]], result: Any) -> None:
         rows = getattr(result, "returned_defaults_rows", None)
         for cached, column in keyed:
             if rows is None:
@@ -478,21 +524,83 @@ class Tracking:
                 continue
             for row in rows:
                 keys.add(cached, row._mapping[column])
+
+    def _do_orm_execute(self, state: orm.ORMExecuteState) -> Any:
+        if not (state.is_update or state.is_delete or state.is_insert):
+            return None
+        bind = state.session.get_bind(mapper=state.bind_mapper, clause=state.statement)
+        plan = self._plan(state.statement, state.parameters, state.bind_mapper, bind.dialect)
+        if plan is None:
+            return None
+        keys, keyed, statement = plan
+        self._local.in_orm = getattr(self._local, "in_orm", 0) + 1
+        try:  # its Core form on the connection is this statement: not tracked twice
+            if statement is state.statement:
+                result = state.invoke_statement()
+            else:
+                result = state.invoke_statement(statement=statement)
+        finally:
+            self._local.in_orm -= 1
+        self._returned(keys, keyed, result)
+        if keys.by_table:
+            self._keep(state.session.connection(), keys)
         return result
 
+    def _before_execute(
+        self, conn: sa.Connection, clause: Any, multiparams: Any, params: Any, options: Any
+    ) -> tuple[Any, Any, Any]:
+        """A Core INSERT/UPDATE/DELETE run on a tracked session's connection
+        (`session.connection().execute(update(table)...)`): tracked like an ORM one."""
+        sessions = conn.info.get(self._session_of)
+        if (
+            not sessions
+            or getattr(self._local, "in_orm", 0)
+            # A flush's own statements (Continuum's version session shares the
+            # connection, flushing inside the app's flush): after_flush has them.
+            or any(session._flushing for session in sessions)
+            or not isinstance(clause, sa.Insert | sa.Update | sa.Delete)
+        ):
+            return clause, multiparams, params
+        rows = list(multiparams) if multiparams else ([params] if params else [])
+        # Parameter rows name the keys of an INSERT or an executemany; otherwise RETURNING
+        many = rows if rows and (len(rows) > 1 or isinstance(clause, sa.Insert)) else None
+        plan = self._plan(clause, many, None, conn.dialect)
+        if plan is None:
+            return clause, multiparams, params
+        keys, keyed, statement = plan
+        if keyed:
+            self._local.running = (statement, keys, keyed)
+        elif keys.by_table:
+            self._keep(conn, keys)
+        return statement, multiparams, params
 
-def _insert_then_commit(conn: sa.Connection, rows: list[str]) -> None:
+    def _after_execute(
+        self, conn: sa.Connection, clause: Any, _multi: Any, _params: Any, _opts: Any, result: Any
+    ) -> None:
+        running = getattr(self._local, "running", None)
+        if running is None or running[0] is not clause:
+            return
+        self._local.running = None
+        _statement, keys, keyed = running
+        self._returned(keys, keyed, result)
+        if keys.by_table:
+            self._keep(conn, keys)
+
+
+def _insert_then_commit(conn: sa.Connection, rows: list[str]) -> list[int]:
     """psycopg (3): send the outbox INSERT and the COMMIT as one simple query, one round
-    trip instead of two. The server commits; the driver's `commit()`, which SQLAlchemy
-    calls next, finds the connection idle and sends nothing. If the INSERT fails, the
-    COMMIT does not run: the commit fails and the transaction rolls back whole."""
+    trip instead of two; returns the rows' ids. The server commits; the driver's
+    `commit()`, which SQLAlchemy calls next, finds the connection idle and sends nothing.
+    If the INSERT fails, the COMMIT does not run: the commit fails and the transaction
+    rolls back whole."""
     from psycopg import sql
 
     raw = conn.connection.dbapi_connection
     table = conn.dialect.identifier_preparer.format_table(invalidation_outbox)
     values = ", ".join(f"({sql.Literal(row).as_string(raw)})" for row in rows)
-    query = f"INSERT INTO {table} (data) VALUES {values}; COMMIT"
-    conn.exec_driver_sql(query, execution_options={"no_parameters": True})  # '%' is literal
+    query = f"INSERT INTO {table} (data) VALUES {values} RETURNING id; COMMIT"
+    result = conn.exec_driver_sql(query, execution_options={"no_parameters": True})
+    return [row[0] for row in result]  # ('%' above is literal: no parameters)
 
 
 def _add(
@@ -572,4 +680,9 @@ def track(target: Any, tables: Any, *, max_keys: int | None = None) -> Tracking:
     if max_keys is None:
         settings = getattr(tables, "settings", None)
         max_keys = getattr(settings, "invalidation_max_keys", 10_000)
-    return Tracking(dependencies(tables), max_keys=max_keys).attach(target)
+    relay_log = None
+    if callable(getattr(tables, "apply_committed", None)):  # a runtime: read-your-writes
+        outbox.add_sink(tables)
+        relay_log = tables.invalidation_log
+    tracking = Tracking(dependencies(tables), max_keys=max_keys, relay_log=relay_log)
+    return tracking.attach(target)
