@@ -16,19 +16,32 @@ dirty names moves them to a "taken" set that only `finish()` (after the commit) 
 and the next holder takes the dirty and the taken names together. `remaining_ms()` lets a
 request that found the lock held tell a live holder (it renews) from a dead one (its lock
 runs out, and the request then takes it: see `cache.sync.rebuild_scope`).
+
+A lock alone cannot stop a holder that was paused (SIGSTOP, a long GC or swap) past its
+TTL: it wakes up believing it still holds the lock and writes items computed from old data
+over those of the holder that took the lock after it. So each holder also claims a fencing
+token (`claim_fence`: a per-scope counter in the app database, one more on every claim,
+whatever the lock backend) right after it takes the lock, and its item write proves in the
+same database transaction that no later holder has claimed one since (`hold_fence`);
+otherwise it writes nothing (LockLostError) and the names go back to dirty.
+
+The database backend never trusts a worker's clock: expiry is computed by the database
+(PostgreSQL `clock_timestamp()`; SQLite `julianday('now')`, the clock of the one machine
+all users of the file share), so a worker whose clock runs ahead cannot take a held lock.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
+from cache.errors import LockLostError
 from cache.schema import metadata
 
 log = logging.getLogger(__name__)
@@ -54,6 +67,15 @@ cache_taken = sa.Table(
     metadata,
     sa.Column("key", sa.String(600), primary_key=True),
     sa.Column("name", sa.String(255), primary_key=True),
+)
+
+
+# The fencing token last claimed per scope (`claim_fence`, `hold_fence`; migration 0004).
+cache_fences = sa.Table(
+    "cache_fences",
+    metadata,
+    sa.Column("key", sa.String(600), primary_key=True),
+    sa.Column("token", sa.BigInteger, nullable=False),
 )
 
 
@@ -100,6 +122,8 @@ def _names(names: list[str] | None) -> list[str]:
 
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # noqa: E501
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"  # noqa: E501
+# Forget the taken names unless another holder has the lock now (it took them over).
+_FINISH = "local o = redis.call('get', KEYS[1]) if (not o) or o == ARGV[1] then return redis.call('del', KEYS[2]) else return 0 end"  # noqa: E501
 
 
 class RedisLock:
@@ -127,7 +151,7 @@ class RedisLock:
         return {m.decode() if isinstance(m, bytes) else m for m in members}
 
     def finish(self) -> None:
-        self.client.delete(self._taken_key)
+        self.client.eval(_FINISH, 2, self._lock_key, self._taken_key, self.token)
 
     def remaining_ms(self) -> int | None:
         left = int(self.client.pttl(self._lock_key))
@@ -161,18 +185,26 @@ class RedisLocks:
 # --- database -------------------------------------------------------------------------------
 
 
-def _insert(engine: sa.Engine, table: sa.Table):
-    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(table)
+def _insert(bind: sa.Engine | sa.Connection, table: sa.Table):
+    return (postgresql if bind.dialect.name == "postgresql" else sqlite).insert(table)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def db_now_ms(dialect: str) -> sa.ColumnElement[int]:
+    """The database's clock in epoch milliseconds, as a SQL expression (never a worker's).
+
+    PostgreSQL: `clock_timestamp()` (the server's clock, moving within a transaction).
+    SQLite: `julianday('now')`, the clock of the machine that holds the file, which every
+    process using it shares."""
+    if dialect == "postgresql":
+        epoch = sa.extract("epoch", sa.func.clock_timestamp())
+        return sa.cast(sa.func.floor(epoch * 1000), sa.BigInteger)
+    return sa.cast((sa.func.julianday("now") - 2440587.5) * 86_400_000, sa.BigInteger)
 
 
 class DatabaseLock:
     """A row per scope with owner and expiry; taken by a conditional UPDATE (atomic on
-    PostgreSQL and SQLite). Each call is its own short transaction on `engine`, apart
-    from the rebuild's session."""
+    PostgreSQL and SQLite) whose expiry comes from the database's clock. Each call is its
+    own short transaction on `engine`, apart from the rebuild's session."""
 
     def __init__(self, engine: sa.Engine, key: str, ttl_ms: int) -> None:
         self.engine = engine
@@ -180,6 +212,7 @@ class DatabaseLock:
         self.ttl_ms = ttl_ms
         self.token = uuid.uuid4().hex
         self.lost = False
+        self._now = db_now_ms(engine.dialect.name)
 
     def mark_dirty(self, names: list[str] | None) -> None:
         rows = [{"key": self.key, "name": n} for n in _names(names)]
@@ -202,19 +235,24 @@ class DatabaseLock:
             return set(taken.scalars())
 
     def finish(self) -> None:
+        other_holder = sa.exists().where(
+            cache_locks.c.key == self.key,
+            cache_locks.c.owner.is_not(None),
+            cache_locks.c.owner != self.token,
+        )
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(cache_taken).where(cache_taken.c.key == self.key))
+            conn.execute(sa.delete(cache_taken).where(cache_taken.c.key == self.key, ~other_holder))
 
     def remaining_ms(self) -> int | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(cache_locks.c.owner, cache_locks.c.expires_ms).where(
+                sa.select(cache_locks.c.owner, (cache_locks.c.expires_ms - self._now)).where(
                     cache_locks.c.key == self.key
                 )
             ).first()
-        if row is None or row.owner is None or row.expires_ms is None:
+        if row is None or row[0] is None or row[1] is None:
             return None
-        return max(0, row.expires_ms - _now_ms())
+        return max(0, int(row[1]))
 
     def is_dirty(self) -> bool:
         with self.engine.connect() as conn:
@@ -225,7 +263,6 @@ class DatabaseLock:
 
     def acquire(self) -> bool:
         self.lost = False
-        now = _now_ms()
         with self.engine.begin() as conn:
             conn.execute(
                 _insert(self.engine, cache_locks)
@@ -236,9 +273,9 @@ class DatabaseLock:
                 sa.update(cache_locks)
                 .where(
                     cache_locks.c.key == self.key,
-                    sa.or_(cache_locks.c.owner.is_(None), cache_locks.c.expires_ms < now),
+                    sa.or_(cache_locks.c.owner.is_(None), cache_locks.c.expires_ms < self._now),
                 )
-                .values(owner=self.token, expires_ms=now + self.ttl_ms)
+                .values(owner=self.token, expires_ms=self._now + self.ttl_ms)
             )
             return taken.rowcount == 1
 
@@ -247,7 +284,7 @@ class DatabaseLock:
             renewed = conn.execute(
                 sa.update(cache_locks)
                 .where(cache_locks.c.key == self.key, cache_locks.c.owner == self.token)
-                .values(expires_ms=_now_ms() + self.ttl_ms)
+                .values(expires_ms=self._now + self.ttl_ms)
             )
             return renewed.rowcount == 1
 
@@ -274,6 +311,40 @@ def lock_backend(engine: sa.Engine, redis_client=None, ttl_ms: int = 60_000) -> 
     if redis_client is not None:
         return RedisLocks(redis_client, ttl_ms)
     return DatabaseLocks(engine, ttl_ms)
+
+
+# --- fencing --------------------------------------------------------------------------------
+
+
+def claim_fence(session: Session, key: str) -> int:
+    """A new fencing token for the scope `key`, above every one claimed before.
+
+    Call it right after taking the scope's lock and commit it before the plugin reads:
+    from then on, only this holder's write can pass `hold_fence`."""
+    stmt = _insert(session.get_bind(), cache_fences).values(key=key, token=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[cache_fences.c.key], set_={"token": cache_fences.c.token + 1}
+    ).returning(cache_fences.c.token)
+    return int(session.execute(stmt).scalar_one())
+
+
+def hold_fence(session: Session, key: str, token: int) -> None:
+    """Prove in the caller's transaction that no holder has claimed the scope since
+    `token`, and keep it so until that transaction ends (a write on the fence row: a later
+    claim waits for the commit). Raises LockLostError (the caller rolls back) otherwise.
+
+    Run it before the transaction's first other write: on SQLite it then takes the write
+    lock at once."""
+    held = session.execute(
+        sa.update(cache_fences)
+        .where(cache_fences.c.key == key, cache_fences.c.token == token)
+        .values(token=token)
+    )
+    if held.rowcount != 1:
+        raise LockLostError(
+            f"the rebuild lock of {key} was taken over (fencing token {token} is no longer "
+            "the newest) before commit; nothing written, left dirty for the current holder"
+        )
 
 
 # --- renewal --------------------------------------------------------------------------------

@@ -13,6 +13,12 @@ database or Redis error is not a plugin failure: the names stay dirty and it pro
 `Database.session`): each round is its own transaction, committed before the lock is
 released.
 
+A holder whose lock ran out while it was paused (SIGSTOP, swap, a long GC) may wake up
+after another holder has written newer items: it must never write its older ones. So each
+holder claims a fencing token right after taking the lock, and each round's write checks
+it in the write's own transaction (`cache.locks.hold_fence`): a holder taken over writes
+nothing, its names go back to dirty and a LockLostError propagates (the task retries).
+
 `project` is a canonical project key (`cache.projects.ProjectSource.check` makes one and
 lists them), or None for the site-wide items.
 """
@@ -29,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from cache import metrics
 from cache.errors import LockLostError, is_transient
-from cache.locks import ALL, LockBackend, Renewer, scope_key
+from cache.locks import ALL, LockBackend, Renewer, claim_fence, hold_fence, scope_key
 from cache.plugins import CachePlugin, ItemWriter
 from cache.store import DEFAULT_MAX_BYTES, set_items
 
@@ -78,12 +84,14 @@ def _round(
     max_bytes: int,
     lock,
     abort_on: tuple[type[BaseException], ...] = (),
+    fence: int | None = None,
 ) -> ScopeResult:
     """One round: the plugin computes, the framework writes and commits.
 
     Only the plugin's own exception is a plugin failure (reported, its items unwritten).
     A transient database or Redis error (the plugin's queries, the write or the commit),
-    a lost lock, or an `abort_on` exception propagates with the names marked dirty
+    a lost or taken-over lock (`fence`: this holder's token, checked in the write's
+    transaction), or an `abort_on` exception propagates with the names marked dirty
     again: nothing requested is dropped."""
     result = ScopeResult()
     calls = _names_for(plugin, names)
@@ -115,6 +123,8 @@ def _round(
                     f"the rebuild lock of {lock.key} expired before commit; left dirty for "
                     "the next holder"
                 )
+            if fence is not None:
+                hold_fence(session, lock.key, fence)
             result.updated = set_items(session, writer.rows(), user=user, max_bytes=max_bytes)
     except BaseException:
         lock.mark_dirty(sorted(names))  # not done: the next rebuild of the scope redoes it
@@ -190,6 +200,8 @@ def rebuild_scope(
                     metrics.record_deferral(plugin.app_name)
                 return result
         try:
+            with session_factory() as session:
+                fence = claim_fence(session, lock.key)
             with Renewer(lock, locks.ttl_ms):
                 while result.rounds < max_rounds:
                     pending = lock.take_dirty()
@@ -198,7 +210,15 @@ def rebuild_scope(
                     result.rounds += 1
                     started = time.perf_counter()
                     done = _round(
-                        session_factory, plugin, project, pending, user, max_bytes, lock, abort_on
+                        session_factory,
+                        plugin,
+                        project,
+                        pending,
+                        user,
+                        max_bytes,
+                        lock,
+                        abort_on,
+                        fence,
                     )
                     seconds = time.perf_counter() - started
                     metrics.record_rebuild(plugin.app_name, seconds, done.errors)
