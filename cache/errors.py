@@ -16,11 +16,17 @@ MESSAGE_MAX = 600  # characters of an error message: it goes to logs and result 
 
 def cut(text: str, limit: int = MESSAGE_MAX) -> str:
     """`text` if short enough, else its start and end around a note of what was left out
-    (so a message still names the field and says what is wrong with it)."""
+    (so a message still names the field and says what is wrong with it), `limit`
+    characters at most, the note included."""
     if len(text) <= limit:
         return text
-    tail = limit // 4
-    return f"{text[: limit - tail]}...({len(text) - limit} characters cut)...{text[-tail:]}"
+    room = limit - len(f"...({len(text)} characters cut)...")  # the note's longest form
+    if room < 2:
+        return text[:limit]
+    tail = room // 4
+    head = room - tail
+    left_out = len(text) - head - tail
+    return f"{text[:head]}...({left_out} characters cut)...{text[len(text) - tail :]}"
 
 
 def shown(value: object, limit: int = 80) -> str:
@@ -65,6 +71,11 @@ class ChangeLimitExceeded(PermanentError):
     """A version import would write more changes than `max_changes` allows; nothing was
     written. (Here with the other errors a task may raise: a client rebuilds a task's
     exception only from modules it has imported.)"""
+
+
+class TooLargeError(ValidationError):
+    """A task's argument, or its result, is over what a task accepts or stores (worker/
+    task_base.py); the message names it and its size."""
 
 
 class UnsupportedVersioning(ConfigError):

@@ -23,6 +23,7 @@ from worker.logsetup import EXPECTED_ERRORS
     retry_backoff_max=60,
     max_retries=5,
     throws=EXPECTED_ERRORS,
+    argument_limit=None,  # keys: up to CACHEWORK_INVALIDATION_MAX_KEYS, checked by the job
 )
 def process_invalidation(
     self,

@@ -55,9 +55,10 @@ def sync_project_cache(
     )
 
 
-@shared_task(name="cachework.sync_cache_summary")
+@shared_task(name="cachework.sync_cache_summary", item_arguments=("results",))
 def sync_cache_summary(results: list[dict]) -> dict:
-    """Combine the per-scope results of a fanned-out sync."""
+    """Combine the per-scope results of a fanned-out sync. Each result is at most what a
+    task stores (worker/task_base.py: RESULT_MAX), so a larger one is refused."""
     check_summaries(results)
     return jobs.combine(results)
 

@@ -47,12 +47,28 @@ def test_import_text_inputs_are_bounded_and_nul_free(vdb, kwargs, message):
 
 def test_an_error_message_never_repeats_a_huge_value():
     err = ValidationError(f"name={HUGE!r} must be short")
-    assert len(str(err)) <= MESSAGE_MAX + 40
+    assert MESSAGE_MAX - 10 < len(str(err)) <= MESSAGE_MAX
     assert str(err).startswith("name='xxx") and str(err).endswith("must be short")
     assert "characters cut" in str(err)
     assert len(shown(HUGE)) < 120 and "10000000 characters" in shown(HUGE)
     assert cut("short") == "short"
     assert isinstance(err, CacheworkError)
+
+
+def test_a_cut_message_is_at_most_message_max_with_its_note():
+    """The note of what was cut was added after the cut: messages reached 630 characters."""
+    for length in [*range(MESSAGE_MAX - 5, MESSAGE_MAX + 120), 10**4, 10**6, 10**7]:
+        text = "m" * (length - 5) + "TAIL!"
+        message = str(ValidationError(text))
+        assert len(message) <= MESSAGE_MAX, length
+        if length <= MESSAGE_MAX:
+            assert message == text
+        else:
+            left_out = int(message.split("...(")[1].split(" characters cut")[0])
+            note = f"...({left_out} characters cut)..."
+            assert message.endswith("TAIL!") and len(message) - len(note) + left_out == length
+    for limit in (80, 200):
+        assert len(cut("z" * 10**6, limit)) <= limit
 
 
 @pytest.mark.parametrize(
@@ -88,7 +104,7 @@ def test_sync_inputs_are_bounded_in_their_errors(runtime, args):
     project, app_name, name, user = args
     with pytest.raises(CacheworkError) as caught:
         jobs.sync_scope(runtime, project or project_uuid(0), app_name, name, user)
-    assert len(str(caught.value)) <= MESSAGE_MAX + 40
+    assert len(str(caught.value)) <= MESSAGE_MAX
 
 
 # --- the task base class: argument checks and the stored request of a failed task -------
@@ -122,18 +138,24 @@ def base_app():
         app.close()
 
 
-def test_a_permanent_failure_keeps_a_bounded_request_a_transient_one_all_of_it(base_app):
+def test_a_failure_keeps_a_bounded_request(base_app):
     """What a worker's result backend stores with a failure (`result_extended`) is the
     request's args and kwargs, as the failure signal gets them: a 10 MB bad argument was
-    stored whole next to its cut message. A retried error keeps them (retry re-sends)."""
+    stored whole next to its cut message. Every state now stores them bounded, a transient
+    error's too (a retry re-sends the whole ones: tests/test_bounded_results.py); a 10 MB
+    argument is refused before the task runs (TooLargeError, naming it)."""
     _app, fails, failures = base_app
-    assert fails.apply(kwargs={"text": HUGE, "kind": "permanent"}).state == "FAILURE"
+    refused = fails.apply(kwargs={"text": HUGE, "kind": "permanent"})
+    assert refused.state == "FAILURE" and "argument text is 10000002 characters" in str(
+        refused.result
+    )
     assert fails.apply(kwargs={"text": "short", "kind": "permanent"}).state == "FAILURE"
-    assert fails.apply(kwargs={"text": HUGE, "kind": "transient"}).state == "FAILURE"
-    (_, cut_kwargs), (_, short_kwargs), (_, whole_kwargs) = failures
+    long = "y" * 60_000  # accepted, longer than a stored request keeps
+    assert fails.apply(kwargs={"text": long, "kind": "transient"}).state == "FAILURE"
+    (_, cut_kwargs), (_, short_kwargs), (_, transient_kwargs) = failures
     assert len(str(cut_kwargs)) < 400 and "characters cut" in cut_kwargs["text"]
     assert short_kwargs == {"text": "short", "kind": "permanent"}
-    assert whole_kwargs["text"] is HUGE
+    assert len(str(transient_kwargs)) < 400 and "characters cut" in transient_kwargs["text"]
 
 
 def test_an_unknown_or_missing_argument_is_a_validation_error_naming_it(base_app):

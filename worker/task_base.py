@@ -1,6 +1,6 @@
 """The base class of every task of an app made by `worker.create_app` (`task_cls`).
 
-It adds two things to Celery's `Task`, both about bad input:
+It adds to Celery's `Task` what keeps bad or huge input and output in bounds:
 
 - the arguments are checked against the task's signature before it runs. Celery checks
   them only in the sender's process (`apply_async`), and only when the sender has the
@@ -8,11 +8,17 @@ It adds two things to Celery's `Task`, both about bad input:
   ...})` otherwise makes Python raise a TypeError inside the task, logged with a
   traceback. Here it is a ValidationError naming the task and the bad argument(s): one
   WARNING line (`throws`), a failed result, no retry.
-- a task that fails with a PermanentError (never retried) has its request's args and
-  kwargs cut before Celery stores the failure. With `result_extended` the backend saves
-  them next to the error, so a 1 MB bad argument, already cut in the message, would be
-  stored whole once more. Retried errors keep them whole: `Task.retry` re-sends the
-  request's args and kwargs.
+- an argument whose JSON is over `argument_limit` (ARGUMENT_LIMIT; an item of an
+  `item_arguments` list: RESULT_MAX, it is another task's result) is refused the same
+  way, naming it and its size, before the task does anything.
+- what the result backend stores is bounded: with `result_extended` it saves the
+  request's args and kwargs with every state (STARTED, PROGRESS, RETRY, SUCCESS,
+  FAILURE), so a call whose arguments' JSON is over STORED_ARGUMENTS_MAX has them stored
+  cut (each argument to its start and end); the task itself and `retry` (which re-sends
+  them) get them whole. A result over RESULT_MAX keeps its shape: its lists of messages
+  (`errors`, `warnings`) keep their first entries and end with "... N more errors left
+  out"; a result that cannot be cut so (a huge record) is a TooLargeError instead.
+  Together an entry stays under STORED_MAX bytes.
 """
 
 from __future__ import annotations
@@ -21,23 +27,37 @@ import inspect
 import json
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 
-from cache.errors import PermanentError, ValidationError, cut, shown
+from cache.errors import TooLargeError, ValidationError, cut, shown
 from worker.logsetup import EXPECTED_ERRORS
 
-ARGUMENT_MAX = 200  # characters (as JSON) of one argument a failed request keeps whole
-ARGUMENTS_MAX = 20  # positional or keyword arguments a failed request keeps
+ARGUMENT_MAX = 200  # characters (as JSON) of one argument a cut stored request keeps whole
+ARGUMENTS_MAX = 20  # positional or keyword arguments a cut stored request keeps
 NAMES_SHOWN = 5  # bad argument names an error message lists
+ARGUMENT_LIMIT = 64 * 1024  # characters of JSON of one argument a task accepts
+RESULT_MAX = 256 * 1024  # characters of JSON of a result a task stores (ASCII: bytes)
+STORED_ARGUMENTS_MAX = 8 * 1024  # characters of JSON of args and kwargs stored as sent
+STORED_MAX = 300_000  # bytes of one stored entry: result, arguments, error and traceback
+
+
+def _json(value: Any) -> str:
+    """`value` as the JSON a backend stores (ASCII, so characters are bytes)."""
+    try:
+        return json.dumps(value, default=repr)
+    except (TypeError, ValueError):  # circular or unencodable: repr says enough
+        return repr(value)
+
+
+def json_size(value: Any) -> int:
+    """Characters (and bytes) of `value`'s JSON."""
+    return len(_json(value))
 
 
 def bounded_argument(value: Any) -> Any:
     """`value` if its JSON is short, else a string standing for it (start, end, and how
     much was cut), so a stored request stays JSON and small."""
-    try:
-        text = json.dumps(value, default=repr)
-    except (TypeError, ValueError):  # circular or unencodable: repr says enough
-        text = repr(value)
+    text = _json(value)
     if len(text) <= ARGUMENT_MAX:
         return value
     return cut(value if isinstance(value, str) else text, ARGUMENT_MAX)
@@ -60,6 +80,55 @@ def bounded_kwargs(kwargs: Any) -> dict:
     if len(items) > ARGUMENTS_MAX:
         kept["..."] = f"{len(items) - ARGUMENTS_MAX} more keyword arguments cut"
     return kept
+
+
+def stored_arguments(args: Any, kwargs: Any) -> tuple[list, dict]:
+    """The args and kwargs a result backend stores: as sent when their JSON is at most
+    STORED_ARGUMENTS_MAX characters, else each bounded."""
+    args, kwargs = list(args or ()), dict(kwargs or {})
+    if json_size([args, kwargs]) <= STORED_ARGUMENTS_MAX:
+        return args, kwargs
+    return bounded_args(args), bounded_kwargs(kwargs)
+
+
+def _left_out(count: int, what: str) -> str:
+    return f"... {count} more {what} left out"
+
+
+def bounded_result(task_name: str, result: Any) -> Any:
+    """`result` if its JSON is at most RESULT_MAX characters; else the same shape with its
+    lists of messages (a dict's lists of strings: `errors`, `warnings`) cut to their
+    first entries and a last "... N more errors left out"; a TooLargeError naming the
+    task and the size when that is not enough (or the result has no such list)."""
+    size = json_size(result)
+    if size <= RESULT_MAX:
+        return result
+    if isinstance(result, dict):
+        lists = [
+            key
+            for key, value in result.items()
+            if isinstance(value, list) and value and all(isinstance(e, str) for e in value)
+        ]
+        out = {key: [] if key in lists else value for key, value in result.items()}
+        notes = sum(len(_json(_left_out(10**12, str(key)))) + 2 for key in lists)
+        budget = RESULT_MAX - json_size(out) - notes
+        for key in lists:
+            for entry in result[key]:
+                entry = cut(entry)
+                cost = len(_json(entry)) + 2  # and ", "
+                if cost > budget:
+                    break
+                out[key].append(entry)
+                budget -= cost
+            left = len(result[key]) - len(out[key])
+            if left:
+                out[key].append(_left_out(left, str(key)))
+        if lists and json_size(out) <= RESULT_MAX:
+            return out
+    raise TooLargeError(
+        f"{task_name}: its result is {size} characters of JSON, over the {RESULT_MAX} a task "
+        "stores (a result's lists of errors or warnings are cut; this one cannot be)"
+    )
 
 
 def _names(names: list[str]) -> str:
@@ -107,24 +176,81 @@ def argument_problem(task_name: str, signature: inspect.Signature, args: tuple, 
     return ValidationError(f"{task_name}: {'; '.join(problems) or why} (its arguments: {takes})")
 
 
+def size_problem(
+    task_name: str, arguments: dict[str, Any], limit: int, item_arguments: tuple[str, ...] = ()
+) -> TooLargeError | None:
+    """None if every argument's JSON is at most `limit` characters (each item of a list
+    named in `item_arguments`: RESULT_MAX), else the error naming the first one over."""
+    for name, value in arguments.items():
+        if name in item_arguments and isinstance(value, list):
+            items, most = [(f"{name}[{i}]", v) for i, v in enumerate(value)], RESULT_MAX
+        else:
+            items, most = [(name, value)], limit
+        for label, item in items:
+            size = json_size(item)
+            if size > most:
+                return TooLargeError(
+                    f"{task_name}: argument {label} is {size} characters of "
+                    f"JSON, over the {most} a task accepts; nothing was done"
+                )
+    return None
+
+
+def _bound_stored_request(sender: Any = None, **_kwargs: Any) -> None:
+    """task_prerun: the request a worker's task is about to run with stores bounded
+    arguments from its first state (STARTED) on."""
+    if isinstance(sender, CacheworkTask):
+        sender.bound_stored_request()
+
+
 class CacheworkTask(Task):
-    """Checks a call's arguments before the task runs; bounds a permanently failed
-    request's stored arguments. `throws`: expected errors are one WARNING line (tasks
-    that name their own `throws` keep them)."""
+    """Checks a call's arguments (signature and size) before the task runs; bounds what
+    the result backend stores of its request and of its result. `throws`: expected
+    errors are one WARNING line (tasks that name their own `throws` keep them).
+
+    A task option (`@shared_task(argument_limit=..., item_arguments=(...))`) changes the
+    size check: None for a task whose arguments are bounded by its own checks."""
 
     throws = EXPECTED_ERRORS
+    argument_limit: int | None = ARGUMENT_LIMIT
+    item_arguments: tuple[str, ...] = ()  # lists of other tasks' results: each RESULT_MAX
     _signature: inspect.Signature | None = None
 
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        super().on_bound(app)
+        signals.task_prerun.connect(
+            _bound_stored_request, weak=False, dispatch_uid="cachework.bound_stored_request"
+        )
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            if self.typing:  # Celery's switch for its own (sender-side) check
-                problem = argument_problem(self.name, self._run_signature(), args, kwargs)
-                if problem is not None:
-                    raise problem
-            return super().__call__(*args, **kwargs)
-        except PermanentError:
-            self._bound_failed_request()
-            raise
+        self.bound_stored_request()
+        if self.typing:  # Celery's switch for its own (sender-side) check
+            problem = argument_problem(self.name, self._run_signature(), args, kwargs)
+            if problem is None and self.argument_limit is not None:
+                named = self._run_signature().bind(*args, **kwargs).arguments
+                problem = size_problem(self.name, named, self.argument_limit, self.item_arguments)
+            if problem is not None:
+                raise problem
+        return bounded_result(self.name, super().__call__(*args, **kwargs))
+
+    def retry(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        """Celery's retry, re-sending the whole arguments (the request's are cut)."""
+        whole = getattr(self.request, "whole_arguments", None)
+        if whole is not None:
+            args = whole[0] if args is None else args
+            kwargs = whole[1] if kwargs is None else kwargs
+        return super().retry(args, kwargs, *rest, **options)
+
+    def bound_stored_request(self) -> None:
+        """Keep the request's whole args and kwargs aside and put the stored form in their
+        place (what the backend saves with each state and the signals pass on). Once per
+        request, and only in a worker's run: a direct call has Celery's shared default."""
+        request = self.request
+        if request.called_directly or getattr(request, "whole_arguments", None) is not None:
+            return
+        request.whole_arguments = (request.args, request.kwargs)
+        request.args, request.kwargs = stored_arguments(request.args, request.kwargs)
 
     def _run_signature(self) -> inspect.Signature:
         """The signature of `run` (a bound task's `self` left out; through the autoretry
@@ -132,13 +258,3 @@ class CacheworkTask(Task):
         if self._signature is None:
             self._signature = inspect.signature(self.run)
         return self._signature
-
-    def _bound_failed_request(self) -> None:
-        """Cut the args and kwargs the worker's request carries (what the result backend
-        stores with the failure and the failure signal passes on). Only in a worker's
-        run: a direct call has Celery's shared default request."""
-        request = self.request
-        if request.called_directly:
-            return
-        request.args = bounded_args(request.args)
-        request.kwargs = bounded_kwargs(request.kwargs)
