@@ -8,6 +8,13 @@ commit: two concurrent writers could commit 6 before 5, and a reader that saw 6 
 Ids come from the table's own sequence only (the table refuses others), and a reader
 notices a log recreated under it: on PostgreSQL the epoch carries the table's oid; on
 SQLite a cursor beyond the table's AUTOINCREMENT counter (which never goes back) is a gap.
+
+The refusal can be bypassed on PostgreSQL (`INSERT ... OVERRIDING SYSTEM VALUE`, `COPY`,
+triggers off), and a row with a high id of its own choosing would put every reader's
+cursor past all later events. So a reader trusts no id its sequence has not handed out:
+it reads the sequence's highest value after the rows (so that value covers every row the
+read saw) and hands the rows above it back as `Batch.foreign`, which the tracker applies
+once as unknown entries and never follows; the head is the highest id at or below it.
 """
 
 from __future__ import annotations
@@ -24,23 +31,50 @@ from cache.invalidation.tables import invalidation_log
 APPEND_LOCK = 0x63776976  # "cwiv": the advisory lock that orders appends on PostgreSQL
 TRIM_EVERY = 100
 EPOCH = "db"  # a table is not lost by a restart: one epoch per table's lifetime
-_PG_OID = sa.text("SELECT 'invalidation_log'::regclass::oid")
-_SQLITE_SEQ = sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'invalidation_log'")
+MAX_ID = 2**63 - 1
+# The highest id the log's sequence has handed out, or NULL where ids cannot be checked
+# (no sequence, or this role may not read it: then ids are trusted as before).
+# PostgreSQL: the identity sequence's last value (a sequence never called yet has handed
+# out nothing below its start); SQLite: the AUTOINCREMENT counter (NULL: no row yet).
+_PG_BOUND = (
+    "SELECT CASE WHEN s.seq IS NULL OR NOT has_sequence_privilege(s.seq, 'SELECT, USAGE') "
+    "THEN NULL ELSE coalesce(pg_sequence_last_value(s.seq), "
+    "(SELECT p.seqstart - p.seqincrement FROM pg_sequence p WHERE p.seqrelid = s.seq)) END "
+    "AS bound FROM (SELECT pg_get_serial_sequence('invalidation_log', 'id')::regclass AS seq) s"
+)
+_SQLITE_BOUND = "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'invalidation_log') AS bound"
+_OID = "'invalidation_log'::regclass::oid AS oid"
+# Epoch and bound, read after the rows in a statement of its own.
+_PG_AFTER = sa.text(f"SELECT {_OID}, b.bound FROM ({_PG_BOUND}) b")
+# The head in one statement: the highest id at or below the bound; the bound is read
+# after the statement's snapshot was taken, so it covers every row the statement sees.
+_HEAD = "(SELECT max(id) FROM invalidation_log WHERE id <= coalesce(b.bound, :max_id)) AS head"
+_PG_STATE = sa.text(f"SELECT {_OID}, b.bound, {_HEAD} FROM ({_PG_BOUND}) b")
+_SQLITE_STATE = sa.text(f"SELECT NULL AS oid, b.bound, {_HEAD} FROM ({_SQLITE_BOUND}) b")
+_PG_STATE, _SQLITE_STATE = (q.bindparams(max_id=MAX_ID) for q in (_PG_STATE, _SQLITE_STATE))
 
 
-def _epoch(conn: sa.Connection) -> str:
+def _epoch(conn: sa.Connection, oid: object) -> str:
     """The table's lifetime: its oid on PostgreSQL (a recreated table has another)."""
+    return f"{EPOCH}:{oid}" if conn.dialect.name == "postgresql" else EPOCH
+
+
+def _after_rows(conn: sa.Connection) -> tuple[str, int | None]:
+    """Epoch and sequence bound, read after the rows."""
     if conn.dialect.name == "postgresql":
-        return f"{EPOCH}:{conn.execute(_PG_OID).scalar()}"
-    return EPOCH
+        row = conn.execute(_PG_AFTER).one()
+        return _epoch(conn, row.oid), row.bound
+    return EPOCH, conn.execute(sa.text(_SQLITE_BOUND)).scalar()
 
 
-def _beyond_sequence(conn: sa.Connection, cursor: int) -> bool:
-    """SQLite: a cursor past the highest id ever handed out belongs to an older table."""
-    if conn.dialect.name != "sqlite" or not cursor:
+def _beyond_sequence(dialect: str, cursor: int, bound: int | None) -> bool:
+    """A cursor past the highest id ever handed out belongs to an older table (SQLite: a
+    log recreated under it) or a sequence set back: events after it would be missed."""
+    if not cursor:
         return False
-    seq = conn.execute(_SQLITE_SEQ).scalar()
-    return seq is None or cursor > seq
+    if bound is None:  # SQLite: no id handed out yet; PostgreSQL: ids cannot be checked
+        return dialect == "sqlite"
+    return cursor > bound
 
 
 def _published(rows: list, exact: bool) -> dict[str, float]:
@@ -88,11 +122,12 @@ class DatabaseLog:
     def state(self) -> LogState:
         try:
             with self.engine.connect() as conn:
-                head = conn.execute(sa.select(sa.func.max(invalidation_log.c.id))).scalar()
-                epoch = _epoch(conn)
+                pg = conn.dialect.name == "postgresql"
+                row = conn.execute(_PG_STATE if pg else _SQLITE_STATE).one()
+                epoch = _epoch(conn, row.oid)
         except sa.exc.SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
-        return LogState(epoch, NOTHING if head is None else str(head))
+        return LogState(epoch, NOTHING if row.head is None else str(row.head))
 
     def read(self, after: str, count: int = 500) -> Batch:
         cursor = id_key(after)[0]
@@ -106,18 +141,25 @@ class DatabaseLog:
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()
-                epoch = _epoch(conn)
-                recreated = _beyond_sequence(conn, cursor)
+                epoch, bound = _after_rows(conn)  # after the rows: it covers all they hold
         except sa.exc.SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
-        gap = recreated
+        dialect = self.engine.dialect.name
+        gap = _beyond_sequence(dialect, cursor, bound)
+        foreign = [] if bound is None else [row for row in rows if row.id > bound]
+        rows = rows[: len(rows) - len(foreign)]  # ids above the bound sort last
         if cursor:  # the cursor's row is gone (trimmed, table emptied): rows may be lost
             if rows and rows[0].id == cursor:
                 rows = rows[1:]
             else:
                 gap = True
-        exact = self.engine.dialect.name == "postgresql"
-        return Batch(epoch, gap, [(str(row.id), row.data) for row in rows], _published(rows, exact))
+        return Batch(
+            epoch,
+            gap,
+            [(str(row.id), row.data) for row in rows],
+            _published(rows, dialect == "postgresql"),
+            [(str(row.id), row.data) for row in foreign],
+        )
 
     def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
         stop.wait(min(timeout, self.poll_interval))
@@ -129,7 +171,8 @@ class DatabaseLog:
         """Keep only the newest `maxlen` rows (tests, operators); returns rows removed."""
         try:
             with self.engine.begin() as conn:
-                head = conn.execute(sa.select(sa.func.max(invalidation_log.c.id))).scalar() or 0
+                pg = conn.dialect.name == "postgresql"
+                head = conn.execute(_PG_STATE if pg else _SQLITE_STATE).one().head or 0
                 result = conn.execute(
                     invalidation_log.delete().where(invalidation_log.c.id <= head - maxlen)
                 )

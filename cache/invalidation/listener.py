@@ -53,7 +53,16 @@ class Target(Protocol):
     def drop_all(self, reason: str) -> None: ...
 
 
-STAT_KEYS = ("applied", "ignored", "malformed", "gaps", "drops", "reconnects", "catch_ups")
+STAT_KEYS = (
+    "applied",
+    "ignored",
+    "malformed",
+    "foreign",
+    "gaps",
+    "drops",
+    "reconnects",
+    "catch_ups",
+)
 
 
 class RateLimitedWarnings:
@@ -105,6 +114,9 @@ class Tracker:
         self.batch = batch
         # (id, applied at, published at or None: then the id may tell, see metrics)
         self.recent: deque[tuple[str, float, float | None]] = deque(maxlen=recent)
+        # Ids of foreign entries already applied (see `Batch.foreign`), oldest first.
+        self._foreign_seen: dict[str, None] = {}
+        self._foreign_max = recent
         self._lock = threading.RLock()
         self._warnings = RateLimitedWarnings(logging.getLogger(__name__))
         stats = target.listener
@@ -190,6 +202,30 @@ class Tracker:
             self.stats["drops"] += 1
             self.stats["last_drop"] = reason
 
+    def apply_unlogged(self, raws: list[str]) -> int:
+        """Apply committed events that are not in the log yet (this process's own commit,
+        or outbox rows a task start found waiting for the relay); the cursor stays where
+        it is, and the log brings them again later (applying twice is harmless)."""
+        with self._lock:
+            names = set(self.target.names())
+            applied = 0
+            drop: str | None = None
+            for raw in raws:
+                try:
+                    event = decode_event(raw, max_keys=MAX_EVENT_CHARS)
+                except ValidationError as exc:
+                    self.stats["malformed"] += 1
+                    event = self._unknown(raw, "malformed committed invalidation", exc)
+                if event is None:
+                    drop = drop or "a committed invalidation names no readable table"
+                    continue
+                done, failed = self._guarded("(committed, not yet in the log)", event, names)
+                applied += done
+                drop = drop or failed
+            if drop is not None:
+                self.drop(drop)
+            return applied
+
     # --- internals (lock held) -----------------------------------------------------------
 
     def _adopt(self, state: LogState) -> None:
@@ -223,8 +259,6 @@ class Tracker:
             if batch.epoch != self.stats["epoch"] or batch.gap:
                 self._lost(source, batch, before)
                 return applied
-            if not batch.entries:
-                return applied
             applied += self._apply(batch)
             if len(batch.entries) < self.batch:
                 return applied
@@ -251,35 +285,56 @@ class Tracker:
             try:
                 event = decode_event(raw, max_keys=MAX_EVENT_CHARS)
             except ValidationError as exc:
-                # Never skip what may name a cached table: invalidate its table whole, or
-                # (no table can be read) drop every cached table once for the batch.
                 self.stats["malformed"] += 1
-                table = table_of(raw)
-                self._warnings.warning(
-                    "malformed invalidation %s (%s): %s",
-                    event_id,
-                    "every cached table dropped"
-                    if table is None
-                    else f"table {table[:100]!r} invalidated whole",
-                    str(exc)[:200],
-                )
-                if table is None:
-                    drop = drop or f"malformed invalidation {event_id} names no readable table"
-                    event = None
-                else:
-                    event = Event(table[:1000])
-            if event is not None:
-                try:
-                    if self._apply_event(event, names):
-                        applied += 1
-                except Exception as exc:  # never stop following; never keep what may be stale
-                    log.exception("could not apply invalidation %s", event_id)
-                    drop = drop or f"could not apply invalidation {event_id} ({exc})"
+                event = self._unknown(raw, f"malformed invalidation {event_id}", exc)
+            if event is None:
+                drop = drop or f"malformed invalidation {event_id} names no readable table"
+            else:
+                done, failed = self._guarded(event_id, event, names)
+                applied += done
+                drop = drop or failed
             self.target.cursor = event_id
             self.recent.append((event_id, time.time(), batch.published.get(event_id)))
+        for event_id, raw in batch.foreign:
+            # An id the log never handed out: following it would put the cursor past every
+            # later event. Applied once, as an entry that cannot be trusted; never a cursor.
+            if event_id in self._foreign_seen:
+                continue
+            self._foreign_seen[event_id] = None
+            while len(self._foreign_seen) > self._foreign_max:
+                del self._foreign_seen[next(iter(self._foreign_seen))]
+            self.stats["foreign"] += 1
+            what = f"invalidation {event_id[:30]} with an id its log never handed out"
+            event = self._unknown(raw, what, None)
+            if event is None:
+                drop = drop or f"{what} names no readable table"
+            else:
+                drop = drop or self._guarded(event_id, event, names)[1]
         if drop is not None:
             self.drop(drop)
         return applied
+
+    def _guarded(self, event_id: str, event: Event, names: set[str]) -> tuple[int, str | None]:
+        """Apply `event`: (1 if applied else 0, the reason to drop everything if it failed)."""
+        try:
+            return int(self._apply_event(event, names)), None
+        except Exception as exc:  # never stop following; never keep what may be stale
+            log.exception("could not apply invalidation %s", event_id)
+            return 0, f"could not apply invalidation {event_id} ({exc})"
+
+    def _unknown(self, raw: object, what: str, exc: Exception | None) -> Event | None:
+        """An entry that cannot be applied exactly: its table whole, or None (it may name
+        any table: the caller drops every cached table). Never skipped."""
+        table = table_of(raw)
+        self._warnings.warning(
+            "%s (%s)%s",
+            what,
+            "every cached table dropped"
+            if table is None
+            else f"table {table[:100]!r} invalidated whole",
+            "" if exc is None else f": {str(exc)[:200]}",
+        )
+        return None if table is None else Event(table[:1000])
 
     def _apply_event(self, event: Event, names: set[str]) -> bool:
         if event.table not in names:

@@ -61,6 +61,9 @@ class Batch:
     # When entries whose id carries no time were appended (Unix seconds, by id); a Redis
     # Stream id is its own time (`cache.metrics.publish_time`).
     published: dict[str, float] = field(default_factory=dict)
+    # Entries whose id the log never handed out (the database log: above its sequence,
+    # inserted with an id of their own): applied once as unknown, never a cursor.
+    foreign: list[tuple[str, object]] = field(default_factory=list)
 
 
 class InvalidationLog(Protocol):
