@@ -2,9 +2,11 @@
 
 `liveness(runtime)`: the database and Redis (when configured) answer. `runtime_listener`:
 this process's invalidation listener has not been cut off from the log longer than
-`CACHEWORK_LISTENER_STALE_AFTER`. `listener_problems(folder, ...)`: the same for every
-live process whose metrics are written to a multiprocess folder (a worker node's
-children). The worker adds the broker and the workers (`worker/health.py`).
+`CACHEWORK_LISTENER_STALE_AFTER`. `readiness(runtime)`: both, and Redis may not evict
+cachework's keys (`cache/redis_policy.py`: its policy can change at run time).
+`listener_problems(folder, ...)`: the same for every live process whose metrics are
+written to a multiprocess folder (a worker node's children). The worker adds the broker
+and the workers (`worker/health.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import redis as redis_lib
 import sqlalchemy as sa
 
+from cache import redis_policy
 from cache.settings import mask_url
 
 if TYPE_CHECKING:
@@ -68,6 +71,14 @@ def liveness(runtime: Runtime, timeout: float = 3.0) -> list[str]:
     s = runtime.settings
     problems = [check_database(s.database_url, timeout), check_redis(s.redis_url, timeout)]
     return [p for p in problems if p]
+
+
+def readiness(runtime: Runtime, timeout: float = 3.0) -> list[str]:
+    """A web process's readiness: liveness, its listener, and a Redis that keeps our keys."""
+    problems = liveness(runtime, timeout)
+    if not problems:
+        problems = redis_policy.eviction_problems(runtime.settings, timeout=timeout)
+    return problems + runtime_listener(runtime)
 
 
 def cut_off(last_contact: float | None, stale_after: float, now: float) -> float | None:

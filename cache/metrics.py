@@ -520,9 +520,10 @@ def start_http_server(
     runtime: Runtime, port: int | None = None, addr: str | None = None
 ) -> MetricsServer:
     """Serve this process's metrics and readiness (a web process that started its runtime):
-    `/metrics`, `/ready` (database, Redis, this process's listener) and `/live`. Port and
-    address default to CACHEWORK_METRICS_PORT and CACHEWORK_METRICS_BIND; port 0 picks a
-    free one (`server.port`). `server.stop()` at shutdown."""
+    `/metrics`, `/ready` (database, Redis and its eviction policy, this process's
+    listener) and `/live`. Port and address default to CACHEWORK_METRICS_PORT and
+    CACHEWORK_METRICS_BIND; port 0 picks a free one (`server.port`). `server.stop()` at
+    shutdown."""
     from cache import health
 
     settings = runtime.settings
@@ -542,6 +543,6 @@ def start_http_server(
         return health.liveness(runtime)
 
     def ready() -> list[str]:
-        return health.liveness(runtime) + health.runtime_listener(runtime)
+        return health.readiness(runtime)
 
     return MetricsServer(port, addr or settings.metrics_bind, render, ready, live).start()

@@ -83,11 +83,13 @@ def free_port() -> int:
 
 class OwnRedis:
     """A redis-server of the test's own on a free loopback port, no persistence, so a
-    restart loses everything (like a crashed cache server)."""
+    restart loses everything (like a crashed cache server). `args`: more server options
+    (e.g. `("--maxmemory", "8mb", "--maxmemory-policy", "allkeys-lru")`)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, args: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.port = free_port()
+        self.args = tuple(args)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -100,7 +102,7 @@ class OwnRedis:
             [
                 "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.folder),
-                "--protected-mode", "yes",
+                "--protected-mode", "yes", *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

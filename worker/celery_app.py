@@ -21,6 +21,7 @@ from celery.concurrency import solo, thread
 
 from cache.errors import CacheworkError, ConfigError
 from cache.migrate import check_schema
+from cache.redis_policy import refuse_evicting
 from cache.runtime import Runtime
 from cache.settings import Settings, load_settings
 from worker import health as _health  # noqa: F401 - registers the cachework_listeners command
@@ -110,7 +111,8 @@ def _setup_logging(loglevel=None, logfile=None, **_kwargs) -> None:
 @signals.worker_init.connect
 def _worker_init(sender=None, **_kwargs) -> None:
     """Main process, before the pool forks: map models once so children inherit them,
-    and check the database (its pooled connection is what the children must not share).
+    check the database (its pooled connection is what the children must not share), and
+    refuse a Redis whose maxmemory-policy may evict rebuild requests or queued tasks.
 
     A bad model module or an unreachable database stops the worker with one line
     (SystemExit: Celery logs and ignores ordinary exceptions raised by signal handlers)."""
@@ -122,6 +124,7 @@ def _worker_init(sender=None, **_kwargs) -> None:
     try:
         runtime.models  # noqa: B018 - maps the models and sets up Continuum
         check_database(runtime.database.engine)
+        refuse_evicting(runtime.settings, broker=True)  # a Redis that may drop requests
         # Behind: one line naming the command to run. None of our tables yet: a worker may
         # serve only tasks that need none (the first sync says what to run).
         if check_schema(runtime.database.engine, fresh_ok=True).fresh:

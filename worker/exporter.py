@@ -6,8 +6,9 @@ CACHEWORK_METRICS_BIND:CACHEWORK_METRICS_PORT
 
 - `/metrics`: the sum over the node's processes of what they wrote to FOLDER;
 - `/live`: the database, Redis and the broker answer, and the node's main process runs;
-- `/ready`: live, plus the node answers ping and none of its children's invalidation
-  listeners has been cut off longer than CACHEWORK_LISTENER_STALE_AFTER.
+- `/ready`: live, plus Redis may not evict cachework's keys (its policy can change at run
+  time), the node answers ping and none of its children's invalidation listeners has
+  been cut off longer than CACHEWORK_LISTENER_STALE_AFTER.
 
 It prints one line, `listening on ...` or why it cannot, and ends when its parent does.
 """
@@ -18,7 +19,7 @@ import os
 import sys
 import time
 
-from cache import health, metrics
+from cache import health, metrics, redis_policy
 from cache.errors import CacheworkError
 from cache.settings import load_settings
 
@@ -41,6 +42,8 @@ def main(argv: list[str]) -> int:
     def ready() -> list[str]:
         nonlocal app
         problems = live()
+        if not problems:
+            problems = redis_policy.eviction_problems(settings, broker=True, timeout=2.0)
         if not any(p.startswith("broker") for p in problems):
             if app is None:
                 from worker.celery_app import create_app

@@ -2,8 +2,10 @@
 `/ready` endpoint report, as short lines naming what is wrong (none: healthy).
 
 Liveness: the database, Redis (when configured) and the broker can be reached.
-Readiness: liveness, plus a cachework worker answers and no worker child's invalidation
-listener has been cut off from the log longer than CACHEWORK_LISTENER_STALE_AFTER. Each
+Readiness: liveness, plus Redis (invalidations, locks, a Redis broker) may not evict
+cachework's keys (`cache/redis_policy.py`), a cachework worker answers and no worker
+child's invalidation listener has been cut off from the log longer than
+CACHEWORK_LISTENER_STALE_AFTER. Each
 node's main process answers the remote-control command `cachework_listeners` with the
 state of its children's listeners, read from the node's metrics folder (every child
 writes its listener's last contact there, see cache/metrics.py).
@@ -17,7 +19,7 @@ import time
 from celery import Celery
 from celery.worker.control import control_command
 
-from cache import health, metrics
+from cache import health, metrics, redis_policy
 from cache.errors import CacheworkError
 from cache.settings import Settings
 from worker.checks import check_broker
@@ -88,4 +90,5 @@ def workers_problems(app: Celery, timeout: float = 3.0) -> list[str]:
 
 def readiness(settings: Settings, app: Celery, timeout: float = 3.0) -> list[str]:
     problems = liveness(settings, timeout)
+    problems = problems or redis_policy.eviction_problems(settings, broker=True, timeout=timeout)
     return problems or workers_problems(app, timeout)
