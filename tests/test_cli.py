@@ -202,3 +202,15 @@ def test_worker_command_consumes_all_queues_and_passes_options_to_celery(
     finally:
         app.close()
         stop_process_group(proc)  # no pool child outlives the test
+
+
+def test_sync_cache_in_process_prints_exactly_its_lines(sqlite_url, tmp_path: Path):
+    """Off a terminal the progress bar is not drawn: it left a blank first line."""
+    env = make_env(tmp_path, database_url=sqlite_url)
+    assert run_cli(env, "initdb").returncode == 0
+    seeded = run_cli(env, "seed", "--projects", "2", "--products", "20")
+    assert seeded.returncode == 0, seeded.stderr
+    done = run_cli(env, "sync-cache")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["updated 4 item(s) in 2 project(s); 0 error(s)"]
+    assert done.stdout == "updated 4 item(s) in 2 project(s); 0 error(s)\n"

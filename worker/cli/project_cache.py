@@ -66,7 +66,9 @@ def sync_cache(
             kwargs = {"project": project, "app_name": app_name, "name": name, "user": user}
             _report(console, _enqueue(console, "cachework.sync_cache", kwargs, timeout))
             return
-        with Progress(*columns, console=console, transient=True) as progress:
+        # Only on a terminal: elsewhere rich's transient bar still ends with an empty line.
+        off = not console.is_terminal
+        with Progress(*columns, console=console, transient=True, disable=off) as progress:
             bar = progress.add_task("syncing")
 
             def on_scope(done: int, total: int, scope: str | None) -> None:
