@@ -173,7 +173,11 @@ def decode_event(raw: object, max_keys: int = 10_000) -> Event:
     if len(raw) > MAX_EVENT_CHARS:
         raise ValidationError(f"event of {len(raw)} characters is over {MAX_EVENT_CHARS}")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        raise ValidationError(
+            f"event {raw[:80]!r} has the key {shown(exc.key)} twice (which one is meant?)"
+        ) from None
     except (ValueError, RecursionError):
         raise ValidationError(f"event {raw[:80]!r} is not JSON") from None
     if not isinstance(body, dict):
@@ -193,25 +197,51 @@ def decode_event(raw: object, max_keys: int = 10_000) -> Event:
     )
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: `json.loads` keeps the last of duplicates, so
+    `{"table": "a", "table": "b"}` would silently name b while a writer may have meant a."""
+    body: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in body:
+            raise _DuplicateKey(key)
+        body[key] = value
+    return body
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, duplicates kept (for `table_of`)."""
+
+
 def table_of(raw: object) -> str | None:
     """The table a stored entry names, for an entry `decode_event` refused: its `table`
-    field if one can be read, else None (the entry may name any table)."""
+    field if exactly one can be read, else None (the entry may name any table; an entry
+    with the key twice may mean either)."""
     if isinstance(raw, bytes | bytearray):
         raw = bytes(raw).decode("utf-8", "replace")
     if not isinstance(raw, str):
         return None
     if len(raw) <= MAX_EVENT_CHARS:
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, object_pairs_hook=_Pairs)
         except (ValueError, RecursionError):
             body = None
         else:
-            if not isinstance(body, dict):
+            if not isinstance(body, _Pairs):
                 return None
-            table = body.get("table")
-            return table if isinstance(table, str) and table else None
-    match = _TABLE_RE.search(raw[:4096])  # an oversize or truncated entry: its start
-    if match is None:
+            tables = [value for key, value in body if key == "table"]
+            if len(tables) != 1:
+                return None
+            return tables[0] if isinstance(tables[0], str) and tables[0] else None
+    # An oversize or truncated entry: its start names the table, unless the key may come
+    # twice (once more later, or spelt with escapes the pattern does not read).
+    match = _TABLE_RE.search(raw[:4096])
+    if match is None or raw.count('"table"') != 1 or "\\u" in raw:
         return None
     try:
         table = json.loads(f'"{match.group(1)}"')
