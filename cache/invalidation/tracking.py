@@ -280,6 +280,9 @@ class Tracking:
                 f"track() needs a Session, sessionmaker, scoped_session or Session class, "
                 f"not {target!r}"
             )
+        bind = _bind_of(target)
+        if bind is not None:
+            check_engine(bind)
         for name, listener in self._session_listeners():
             sa.event.listen(target, name, listener)
         self._targets.append(target)
@@ -304,10 +307,12 @@ class Tracking:
         self._targets = []
 
     def _hook(self, engine: sa.Engine) -> None:
-        """Listen to `engine`'s transactions, once per engine: at first use, as a session
-        factory does not say which engines its sessions will use."""
+        """Listen to `engine`'s transactions, once per engine: at first use (a session's
+        first transaction on it, before any write), as a session factory does not say
+        which engines its sessions will use."""
         if engine in self._engines:
             return
+        check_engine(engine)
         with self._plans_lock:
             if engine in self._engines:
                 return
@@ -440,15 +445,11 @@ class Tracking:
         self.stats["events"] += len(events)
         self.stats["whole_table"] += sum(1 for e in events if e.keys is None)
         datas = [e.to_json() for e in events]
-        if then_commit and conn.dialect.driver == "psycopg":
+        if then_commit and conn.dialect.driver == "psycopg" and not conn.dialect.is_async:
             ids = _insert_then_commit(conn, datas)
-        else:
-            ids = conn.execute(
-                invalidation_outbox.insert().returning(
-                    invalidation_outbox.c.id, sort_by_parameter_order=True
-                ),
-                [{"data": data} for data in datas],
-            ).scalars()
+        else:  # one statement per row: an executemany with RETURNING is not everywhere
+            insert = invalidation_outbox.insert().returning(invalidation_outbox.c.id)
+            ids = [conn.execute(insert, {"data": data}).scalar_one() for data in datas]
         rows = list(zip(ids, datas, strict=True))
         if conn._is_autocommit_isolation():  # committed already: tell the process now
             outbox.committed(conn.engine, rows, self._log())
@@ -585,6 +586,33 @@ class Tracking:
         self._returned(keys, keyed, result)
         if keys.by_table:
             self._keep(conn, keys)
+
+
+SUPPORTED = ("postgresql", "sqlite")  # where cachework's outbox lives
+
+
+def check_engine(engine: Any) -> None:
+    """Refuse an engine tracking cannot serve, before any write: its commit would have to
+    write an outbox row there (and fail, costing the app its write)."""
+    engine = getattr(engine, "sync_engine", engine)  # an AsyncEngine: its sync facade
+    dialect = getattr(engine, "dialect", None)
+    if dialect is None or dialect.name not in SUPPORTED:
+        raise ConfigError(
+            f"track() cannot serve {getattr(dialect, 'name', engine)!r} "
+            f"(driver {getattr(dialect, 'driver', None)!r}): the outbox lives in PostgreSQL "
+            "or SQLite; use publish(..., log=...) after the commit instead"
+        )
+
+
+def _bind_of(target: Any) -> Any:
+    """The engine a session factory or session is bound to, when it says (else None)."""
+    if isinstance(target, orm.scoped_session):
+        target = target.session_factory
+    if isinstance(target, orm.sessionmaker):
+        return target.kw.get("bind")
+    if isinstance(target, orm.Session):
+        return target.bind
+    return None
 
 
 def _insert_then_commit(conn: sa.Connection, rows: list[str]) -> list[int]:
