@@ -214,3 +214,71 @@ def test_sync_cache_in_process_prints_exactly_its_lines(sqlite_url, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["updated 4 item(s) in 2 project(s); 0 error(s)"]
     assert done.stdout == "updated 4 item(s) in 2 project(s); 0 error(s)\n"
+
+
+def test_triggers_status_says_what_replica_mode_does(pg_url, tmp_path: Path):
+    """Ordinary triggers do nothing under session_replication_role = replica (restores,
+    a logical-replication subscriber's apply worker): status says so, fails when new
+    sessions start in that mode, and `install --always` makes them fire there too."""
+    env = make_env(tmp_path, database_url=pg_url, redis_url="off")
+    assert run_cli(env, "initdb").returncode == 0
+    assert run_cli(env, "seed", "--projects", "1", "--products", "5").returncode == 0
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    name = engine.url.database
+
+    def outbox_rows_of(statement: str, replica: bool) -> int:
+        with engine.begin() as conn:
+            before = conn.execute(sa.text("SELECT count(*) FROM invalidation_outbox")).scalar()
+            if replica:
+                conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+            conn.execute(sa.text(statement))
+            after = conn.execute(sa.text("SELECT count(*) FROM invalidation_outbox")).scalar()
+        return after - before
+
+    note = (
+        "note: ordinary triggers do not fire under session_replication_role = replica (a "
+        "logical-replication subscriber's apply worker, restores that set it): announce such "
+        "writes yourself, or `install --always` (see README)"
+    )
+    warning = (
+        "warning: new sessions of this database start with session_replication_role = replica "
+        "(a server, database or role default): their writes fire no trigger"
+    )
+    rename = "UPDATE categories SET name = name || '!' WHERE id = 1"
+    try:
+        assert run_cli(env, "triggers", "install").returncode == 0
+        done = run_cli(env, "triggers", "status")
+        assert (done.returncode, done.stdout.splitlines()) == (
+            0,
+            ["categories -> categories: installed", note],
+        )
+        assert outbox_rows_of(rename, replica=False) == 1
+        assert outbox_rows_of(rename, replica=True) == 0  # nothing announced: stale
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" SET session_replication_role = replica'))
+        done = run_cli(env, "triggers", "status")
+        assert (done.returncode, done.stdout.splitlines()) == (
+            1,
+            ["categories -> categories: installed", note, warning],
+        )
+
+        installed = run_cli(env, "triggers", "install", "--always")
+        assert installed.returncode == 0 and "in replica mode too" in installed.stdout
+        done = run_cli(env, "triggers", "status")
+        assert (done.returncode, done.stdout.splitlines()) == (
+            0,
+            ["categories -> categories: installed, fires in replica mode too"],
+        )
+        assert outbox_rows_of(rename, replica=True) == 1
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE categories DISABLE TRIGGER USER"))
+        done = run_cli(env, "triggers", "status")
+        assert done.returncode == 1 and done.stdout.splitlines()[0] == (
+            "categories -> categories: disabled (ALTER TABLE ... DISABLE TRIGGER): no write "
+            "fires them; run `cachework triggers install`"
+        )
+    finally:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" RESET session_replication_role'))
+        run_cli(env, "triggers", "remove")
+        engine.dispose()

@@ -20,6 +20,14 @@ reads them once to count (stopping at max_keys + 1) and, when small enough, once
 collect distinct keys; then one outbox INSERT. See bench/README.md for measured figures.
 The functions are SECURITY DEFINER (owned by the role that installed them, with a fixed
 search_path), so a writer needs no rights on the outbox.
+
+Replica mode: ordinary triggers do not fire in a session with `session_replication_role =
+replica` (a logical-replication subscriber's apply worker, restores and loaders that set
+it). That stays the default: such writes were announced where they were made, and a
+subscriber's trigger rows would collide with a replicated `invalidation_outbox`'s ids.
+`install(..., always=True)` makes them fire there too (ENABLE ALWAYS), for a subscriber
+that serves cached tables of its own; `status` reports each table's mode and
+`replication_role` what new sessions start with.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ class TableTriggers:
     cached: tuple[str, ...]
     installed: tuple[str, ...]  # the operations whose trigger exists
     current: bool  # installed for exactly the dependencies and max_keys asked about
+    fires: str = ""  # "origin" (ordinary), "always" (replica mode too), "disabled", "mixed"
 
 
 def _require_postgresql(engine: sa.Engine) -> None:
@@ -173,9 +182,12 @@ def _body(
     return "\n".join(lines)
 
 
-def install(engine: sa.Engine, deps: Iterable[Dependency], max_keys: int = 10_000) -> list[str]:
+def install(
+    engine: sa.Engine, deps: Iterable[Dependency], max_keys: int = 10_000, always: bool = False
+) -> list[str]:
     """Create or replace the triggers of every base table in `deps` (one transaction);
-    returns the base tables. Triggers of base tables no longer in `deps` are removed."""
+    returns the base tables. Triggers of base tables no longer in `deps` are removed.
+    `always`: they fire in replica mode too (ENABLE ALWAYS), else only as ordinary ones."""
     _require_postgresql(engine)
     by_base = _by_base(deps)
     with engine.begin() as conn:
@@ -209,15 +221,18 @@ def install(engine: sa.Engine, deps: Iterable[Dependency], max_keys: int = 10_00
                     )
                 )
                 conn.execute(sa.text(f"COMMENT ON TRIGGER {name} ON {table} IS {_literal(spec)}"))
+                if always:
+                    conn.execute(sa.text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {name}"))
     return list(by_base)
 
 
-def _installed(conn: sa.Connection) -> list[tuple[str, str, str, str | None]]:
-    """(qualified table, trigger name, function, comment) of every cachework trigger."""
+def _installed(conn: sa.Connection) -> list[tuple[str, str, str, str | None, str]]:
+    """(qualified table, trigger name, function, comment, tgenabled) of every cachework
+    trigger; tgenabled: O ordinary, A always, R replica only, D disabled."""
     rows = conn.execute(
         sa.text(
             "SELECT t.tgrelid::regclass::text, t.tgname, t.tgfoid::regprocedure::text, "
-            "obj_description(t.oid, 'pg_trigger') FROM pg_trigger t "
+            "obj_description(t.oid, 'pg_trigger'), t.tgenabled::text FROM pg_trigger t "
             "WHERE NOT t.tgisinternal AND t.tgname LIKE :p ORDER BY 1, 2"
         ),
         {"p": f"{PREFIX}_%"},
@@ -228,7 +243,7 @@ def _installed(conn: sa.Connection) -> list[tuple[str, str, str, str | None]]:
 def _drop(conn: sa.Connection, keep: set[str] | None = None) -> list[str]:
     dropped: list[str] = []
     kept = {_base_of(conn, k) for k in keep or ()}
-    for table, name, function, _comment in _installed(conn):
+    for table, name, function, _comment, _enabled in _installed(conn):
         if _base_of(conn, table) in kept:
             continue
         conn.execute(sa.text(f'DROP TRIGGER IF EXISTS "{name}" ON {table}'))
@@ -266,12 +281,33 @@ def status(
             ops = tuple(r[1][len(PREFIX) + 1 :] for r in mine)
             spec = _spec(base_deps, max_keys)
             current = len(mine) == len(OPS) and all(r[3] == spec for r in mine)
-            out.append(TableTriggers(base, tuple(d.cached for d in base_deps), ops, current))
+            cached = tuple(d.cached for d in base_deps)
+            out.append(TableTriggers(base, cached, ops, current, _fires(r[4] for r in mine)))
             seen.add(oids[base])
-        stray: dict[str, list[str]] = {}
-        for table, name, _function, _comment in installed:
-            if _base_of(conn, table) not in seen:
-                stray.setdefault(table, []).append(name[len(PREFIX) + 1 :])
-        for table, ops in stray.items():
-            out.append(TableTriggers(table, (), tuple(ops), False))
+        stray: dict[str, list[tuple]] = {}
+        for row in installed:
+            if _base_of(conn, row[0]) not in seen:
+                stray.setdefault(row[0], []).append(row)
+        for table, rows in stray.items():
+            ops = tuple(r[1][len(PREFIX) + 1 :] for r in rows)
+            out.append(TableTriggers(table, (), ops, False, _fires(r[4] for r in rows)))
     return out
+
+
+FIRES = {"O": "origin", "A": "always", "D": "disabled", "R": "replica"}
+
+
+def _fires(enabled: Iterable[str]) -> str:
+    """One table's triggers' mode: the mode they share, else "mixed" ("" for none)."""
+    modes = {FIRES.get(e, e) for e in enabled}
+    return modes.pop() if len(modes) == 1 else ("mixed" if modes else "")
+
+
+def replication_role(engine: sa.Engine) -> str:
+    """The `session_replication_role` a new session of `engine` starts with (the server's,
+    database's or role's default): under `replica`, ordinary triggers do not fire."""
+    _require_postgresql(engine)
+    with engine.connect() as conn:  # reset_val: what RESET gives, whatever this one SET
+        return conn.execute(
+            sa.text("SELECT reset_val FROM pg_settings WHERE name = 'session_replication_role'")
+        ).scalar_one()

@@ -4,6 +4,10 @@ the outbox rows for writes the ORM never sees (raw SQL, bulk loads, other progra
 The base tables come from the declared cached tables (`CACHEWORK_CACHED_TABLES`, see
 `cache.invalidation.tracking`); `max_keys` is CACHEWORK_INVALIDATION_MAX_KEYS at install
 time (reinstall after changing it or the cached tables: `status` says when).
+
+Ordinary triggers do not fire under `session_replication_role = replica` (a logical-
+replication subscriber's apply worker, restores that set it): `status` says so, and fails
+when new sessions start in that mode; `install --always` makes them fire there too.
 """
 
 from __future__ import annotations
@@ -23,15 +27,22 @@ def triggers() -> None:
 
 
 @triggers.command("install")
-def install() -> None:
+@click.option(
+    "--always",
+    is_flag=True,
+    help="Fire under session_replication_role = replica too (a logical-replication "
+    "subscriber serving cached tables of its own; keep invalidation_outbox unreplicated).",
+)
+def install(always: bool) -> None:
     """Create or replace the triggers on every table a cached table reads."""
     with cli_runtime() as runtime:
         deps = dependencies(runtime)
         max_keys = runtime.settings.invalidation_max_keys
-        tables = db_triggers.install(runtime.database.engine, deps, max_keys)
+        tables = db_triggers.install(runtime.database.engine, deps, max_keys, always=always)
+    mode = "; in replica mode too" if always else ""
     for base in tables:
         cached = ", ".join(d.cached for d in deps if d.base == base)
-        click.echo(f"installed  {base}: invalidates {cached} (one outbox row per statement)")
+        click.echo(f"installed  {base}: invalidates {cached} (one outbox row per statement{mode})")
 
 
 @triggers.command("remove")
@@ -42,26 +53,57 @@ def remove() -> None:
     click.echo(f"removed    triggers on {', '.join(tables)}" if tables else "no triggers to remove")
 
 
+REINSTALL = "run `cachework triggers install`"
+MODES = {  # a table's triggers' mode that is not firing on ordinary writes
+    "disabled": f"disabled (ALTER TABLE ... DISABLE TRIGGER): no write fires them; {REINSTALL}",
+    "replica": f"fire only under session_replication_role = replica; {REINSTALL}",
+    "mixed": f"some disabled or in another mode; {REINSTALL}",
+}
+
+
+def _state(table: db_triggers.TableTriggers) -> tuple[str, bool]:
+    """What `status` says of one table, and whether it is as it should be."""
+    if not table.cached:
+        return f"stray (no cached table reads it: {REINSTALL})", False
+    if table.installed and table.fires in MODES:
+        return MODES[table.fires], False
+    if table.current:
+        return "installed" + (
+            ", fires in replica mode too" if table.fires == "always" else ""
+        ), True
+    if table.installed:
+        return f"outdated ({REINSTALL})", False
+    return "not installed", False
+
+
 @triggers.command("status")
 def status() -> None:
-    """Which tables have the triggers; exit 1 unless all are installed and current."""
+    """Which tables have the triggers; exit 1 unless all are installed, current and
+    firing, and new sessions do not start in replica mode (where ordinary ones do not)."""
     with cli_runtime() as runtime:
         deps = dependencies(runtime)
         max_keys = runtime.settings.invalidation_max_keys
         report = db_triggers.status(runtime.database.engine, deps, max_keys)
+        role = db_triggers.replication_role(runtime.database.engine)
     ok = True
     for table in report:
-        if not table.cached:
-            state = "stray (no cached table reads it: run `cachework triggers install`)"
-        elif table.current:
-            state = "installed"
-        elif table.installed:
-            state = "outdated (run `cachework triggers install`)"
-        else:
-            state = "not installed"
-        ok = ok and table.current
+        state, good = _state(table)
+        ok = ok and good
         cached = f" -> {', '.join(table.cached)}" if table.cached else ""
         click.echo(f"{table.base}{cached}: {state}")
+    ordinary = [t.base for t in report if t.installed and t.fires != "always"]
+    if ordinary:
+        click.echo(
+            "note: ordinary triggers do not fire under session_replication_role = replica "
+            "(a logical-replication subscriber's apply worker, restores that set it): "
+            "announce such writes yourself, or `install --always` (see README)"
+        )
+    if ordinary and role == "replica":
+        click.echo(
+            "warning: new sessions of this database start with session_replication_role = "
+            "replica (a server, database or role default): their writes fire no trigger"
+        )
+        ok = False
     sys.exit(0 if ok else 1)
 
 
