@@ -6,7 +6,8 @@ bootstrap asks of a model module; it maps no classes of its own).
 
 - `recorder`: item `total` = the sum of the project's prices; holds the rebuild for
   HOLD seconds (or the Redis key HOLD_KEY), pushes its pid on `started:<project>` when it
-  starts and its (start, end, pid) on `intervals:<project>` when done. Needs Redis.
+  starts, on `read:<project>` once it has read the prices (half-way) and its (start, end,
+  pid) on `intervals:<project>` when done. Needs Redis.
 - `flaky`: item `value`; raises for a project whose title starts with "FAIL" after
   having set an item, to prove a failed rebuild writes nothing.
 """
@@ -39,6 +40,10 @@ def intervals_key(project: str) -> str:
 
 def started_key(project: str) -> str:
     return f"started:{project}"
+
+
+def read_key(project: str) -> str:
+    return f"read:{project}"
 
 
 @functools.cache
@@ -75,6 +80,7 @@ class RecordingPlugin:
         client.rpush(started_key(project), os.getpid())
         time.sleep(hold / 2)
         total = price_total(session, project)  # read mid-way: a change after it needs a round
+        client.rpush(read_key(project), os.getpid())
         time.sleep(hold / 2)
         store.set_item("total", {"sum": total})
         client.rpush(intervals_key(project), json.dumps([start, time.time(), os.getpid()]))
