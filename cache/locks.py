@@ -96,7 +96,8 @@ class RebuildLock(Protocol):
         ...
 
     def finish(self) -> None:
-        """The taken names are written (or reported): forget them."""
+        """The taken names are written (or reported): forget them, unless another holder
+        has taken the lock since (it took them over with its own: they are its now)."""
         ...
 
     def is_dirty(self) -> bool: ...
