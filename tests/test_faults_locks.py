@@ -85,11 +85,14 @@ def _popped(client: redis.Redis, key: str, timeout: float = 30) -> int:
 
 
 def test_a_paused_rebuild_holder_never_writes_over_newer_data(setting):
+    """After SIGCONT the holder's renewer (which then finds the lock gone: the lost flag)
+    and its write (the fencing token, checked in the write's transaction) race; either
+    stops it, the test prints which did (tests/test_fencing.py forces the write to win)."""
     engine, client, nodes = setting["engine"], setting["redis"], setting["nodes"]
     row = TABLE.row("paused rebuild holder (SIGSTOP past the lock TTL)")
     nodes.start(concurrency=2)
     project = project_uuid(0)
-    for _ in range(3):
+    for _ in range(4):
         row.tries += 1
         client.delete(started_key(project), read_key(project))
         client.set(HOLD_KEY, "3")  # reads at 1.5 s, writes at 3 s
@@ -119,6 +122,11 @@ def test_a_paused_rebuild_holder_never_writes_over_newer_data(setting):
             row.completed += 1
         else:
             row.stale += 1
+    logs = "".join(p.read_text() for p in nodes.folder.glob("worker-*.log"))
+    print(  # which check stopped the resumed holders (run with -s to see)
+        f"fenced: {logs.count('was taken over (fencing token')}, "
+        f"lost flag: {logs.count('expired before commit')}"
+    )
     assert row.lost == 0 and row.stale == 0 and row.partial == 0, row
 
 
