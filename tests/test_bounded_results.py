@@ -189,11 +189,28 @@ def stored_size(env: dict, task_id: str) -> int:
 
 
 def test_the_six_megabyte_summary_call_is_refused_and_stores_little(worker_env):
+    """Every state stored is small, STARTED included (stored before the task runs)."""
     app = worker_env["app"]
     results = [{"updated": 1, "projects": 1, "errors": [SIX_MB]}]
-    sent = app.send_task("cachework.sync_cache_summary", kwargs={"results": results})
-    with pytest.raises(TooLargeError) as caught:
-        sent.get(timeout=60, interval=0.05)
+    task_id = f"six-mb-{time.monotonic_ns()}"
+    states = worker_env["redis"].pubsub()  # the Redis backend publishes each state stored
+    states.subscribe(f"celery-task-meta-{task_id}")
+    try:
+        sent = app.send_task(
+            "cachework.sync_cache_summary", kwargs={"results": results}, task_id=task_id
+        )
+        with pytest.raises(TooLargeError) as caught:
+            sent.get(timeout=60, interval=0.05)
+        if worker_env["kind"] == "redis":
+            published, deadline = [], time.monotonic() + 10
+            while len(published) < 2 and time.monotonic() < deadline:
+                message = states.get_message(timeout=1.0)
+                if message is not None and message["type"] == "message":
+                    published.append(json.loads(message["data"]))
+            assert [m["status"] for m in published] == ["STARTED", "FAILURE"]
+            assert all(json_size(m) < 20_000 for m in published)
+    finally:
+        states.close()
     message = str(caught.value)
     assert message == (
         "cachework.sync_cache_summary: argument results[0] is 6000045 characters of JSON, "

@@ -246,12 +246,13 @@ def test_triggers_status_says_what_replica_mode_does(pg_url, tmp_path: Path):
     )
     rename = "UPDATE categories SET name = name || '!' WHERE id = 1"
     try:
-        assert run_cli(env, "triggers", "install").returncode == 0
+        installed = run_cli(env, "triggers", "install")
+        assert installed.returncode == 0, installed.stderr
         done = run_cli(env, "triggers", "status")
         assert (done.returncode, done.stdout.splitlines()) == (
             0,
             ["categories -> categories: installed", note],
-        )
+        ), done.stderr
         assert outbox_rows_of(rename, replica=False) == 1
         assert outbox_rows_of(rename, replica=True) == 0  # nothing announced: stale
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
