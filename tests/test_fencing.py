@@ -17,7 +17,7 @@ from cache.locks import DatabaseLocks, RedisLocks, Renewer, claim_fence, hold_fe
 from cache.sync import rebuild_scope
 
 PROJECT = "p-1"
-TTL_MS = 300
+TTL_MS = 1000  # short, with room for a loaded machine (the renewer ticks every third)
 
 
 @pytest.fixture
@@ -164,12 +164,12 @@ def test_a_worker_clock_120_s_ahead_cannot_take_a_held_database_lock(database, m
 def test_a_lock_taken_by_a_worker_clock_ahead_still_runs_out_on_time(database, monkeypatch):
     """A holder whose clock runs 120 s ahead takes and renews the lock; when it dies the
     lock runs out after its TTL by the database's clock, not 120 s later."""
-    locks = DatabaseLocks(database.engine, ttl_ms=200)
+    locks = DatabaseLocks(database.engine, ttl_ms=TTL_MS)
     skewed, other = locks.lock("app:p"), locks.lock("app:p")
     _clock_ahead(monkeypatch, 120)
     assert skewed.acquire() and skewed.renew()
     monkeypatch.undo()
-    assert 0 < other.remaining_ms() <= 200
+    assert 0 < other.remaining_ms() <= TTL_MS
     deadline = time.monotonic() + 5
     while not other.acquire():
         assert time.monotonic() < deadline, "the skewed holder's lock never ran out"
@@ -181,7 +181,8 @@ def test_a_finished_holder_keeps_the_names_a_newer_holder_took(database, request
     """A holder paused after its commit and before `finish()` must not forget the names
     the holder that took over has taken (with its own): should that one die, they would
     be lost."""
-    for locks in (DatabaseLocks(database.engine, ttl_ms=100), _locks("redis", database, request)):
+    backends = (DatabaseLocks(database.engine, ttl_ms=500), _locks("redis", database, request, 500))
+    for locks in backends:
         old, new = locks.lock("app:f"), locks.lock("app:f")
         old.mark_dirty(["a"])
         assert old.acquire() and old.take_dirty() == {"a"}
