@@ -22,6 +22,7 @@ RETRY = {
     "max_retries": 5,
     "throws": EXPECTED_ERRORS,
 }
+ERRORS = ("errors",)  # a result too large to store keeps its first errors (worker/task_base)
 ABORT_ON = (SoftTimeLimitExceeded,)
 
 
@@ -31,7 +32,7 @@ def delivered_again(request) -> bool:
     return bool((request.delivery_info or {}).get("redelivered"))
 
 
-@shared_task(name="cachework.sync_project_cache", bind=True, **RETRY)
+@shared_task(name="cachework.sync_project_cache", bind=True, cut_lists=ERRORS, **RETRY)
 def sync_project_cache(
     self,
     project: str | None = None,
@@ -55,7 +56,7 @@ def sync_project_cache(
     )
 
 
-@shared_task(name="cachework.sync_cache_summary", item_arguments=("results",))
+@shared_task(name="cachework.sync_cache_summary", item_arguments=("results",), cut_lists=ERRORS)
 def sync_cache_summary(results: list[dict]) -> dict:
     """Combine the per-scope results of a fanned-out sync. Each result is at most what a
     task stores (worker/task_base.py: RESULT_MAX), so a larger one is refused."""
@@ -84,7 +85,7 @@ def check_summaries(results: object) -> None:
             )
 
 
-@shared_task(name="cachework.sync_cache", bind=True, **RETRY)
+@shared_task(name="cachework.sync_cache", bind=True, cut_lists=ERRORS, **RETRY)
 def sync_cache(
     self,
     project: str | None = None,

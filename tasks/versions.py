@@ -32,6 +32,7 @@ def _results_share_sqlite(settings: Settings, database_url: str) -> bool:
     retry_jitter=True,
     max_retries=5,
     throws=EXPECTED_ERRORS,
+    cut_lists=("warnings",),  # a result too large to store keeps its first warnings
 )
 def import_versions(
     self,

@@ -46,7 +46,8 @@ def test_a_result_within_the_bound_is_unchanged():
 
 def test_a_result_over_the_bound_keeps_its_shape():
     errors = [f"project {i}: " + "e" * 2000 for i in range(1000)]
-    out = bounded_result("cachework.sync_cache", {"updated": 7, "projects": 9, "errors": errors})
+    result = {"updated": 7, "projects": 9, "errors": errors}
+    out = bounded_result("cachework.sync_cache", result, ("errors",))
     assert json_size(out) <= RESULT_MAX
     assert out["updated"] == 7 and out["projects"] == 9
     kept, note = out["errors"][:-1], out["errors"][-1]
@@ -56,12 +57,19 @@ def test_a_result_over_the_bound_keeps_its_shape():
 
     warnings = ["w" * 700] * 2000
     imported = {"transaction_id": 4, "dry_run": False, "models": {}, "warnings": warnings}
-    out = bounded_result("cachework.import_versions", imported)
+    out = bounded_result("cachework.import_versions", imported, ("warnings",))
     assert json_size(out) <= RESULT_MAX and out["warnings"][-1].endswith("more warnings left out")
     assert set(out) == set(imported) and out["transaction_id"] == 4
 
 
 def test_a_result_that_cannot_be_cut_is_an_error_naming_the_task_and_size():
+    record = {"id": 1, "tags": ["t"] * (RESULT_MAX // 5)}  # a record's list: never cut
+    with pytest.raises(TooLargeError):
+        bounded_result("cachework.lookup", record)
+    with pytest.raises(TooLargeError):
+        bounded_result(
+            "cachework.sync_cache", {"errors": [], "other": "x" * RESULT_MAX}, ("errors",)
+        )
     with pytest.raises(TooLargeError) as caught:
         bounded_result("cachework.lookup", {"id": 1, "name": "x" * (RESULT_MAX + 1)})
     message = str(caught.value)

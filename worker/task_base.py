@@ -16,8 +16,8 @@ It adds to Celery's `Task` what keeps bad or huge input and output in bounds:
   FAILURE), so a call whose arguments' JSON is over STORED_ARGUMENTS_MAX has them stored
   cut (each argument to its start and end); the task itself and `retry` (which re-sends
   them) get them whole. A result over RESULT_MAX keeps its shape: its lists of messages
-  (`errors`, `warnings`) keep their first entries and end with "... N more errors left
-  out"; a result that cannot be cut so (a huge record) is a TooLargeError instead.
+  (`cut_lists`: `errors`, `warnings`) keep their first entries and end with "... N more
+  errors left out"; a result that cannot be cut so (a huge record) is a TooLargeError.
   Together an entry stays under STORED_MAX bytes.
 """
 
@@ -95,19 +95,20 @@ def _left_out(count: int, what: str) -> str:
     return f"... {count} more {what} left out"
 
 
-def bounded_result(task_name: str, result: Any) -> Any:
+def bounded_result(task_name: str, result: Any, cut_lists: tuple[str, ...] = ()) -> Any:
     """`result` if its JSON is at most RESULT_MAX characters; else the same shape with its
-    lists of messages (a dict's lists of strings: `errors`, `warnings`) cut to their
-    first entries and a last "... N more errors left out"; a TooLargeError naming the
-    task and the size when that is not enough (or the result has no such list)."""
+    lists of messages named in `cut_lists` (`errors`, `warnings`) cut to their first
+    entries and a last "... N more errors left out"; a TooLargeError naming the task and
+    the size when that is not enough (or the task has no such list: a record is never
+    cut)."""
     size = json_size(result)
     if size <= RESULT_MAX:
         return result
     if isinstance(result, dict):
         lists = [
             key
-            for key, value in result.items()
-            if isinstance(value, list) and value and all(isinstance(e, str) for e in value)
+            for key in cut_lists
+            if isinstance(result.get(key), list) and all(isinstance(e, str) for e in result[key])
         ]
         out = {key: [] if key in lists else value for key, value in result.items()}
         notes = sum(len(_json(_left_out(10**12, str(key)))) + 2 for key in lists)
@@ -208,12 +209,14 @@ class CacheworkTask(Task):
     the result backend stores of its request and of its result. `throws`: expected
     errors are one WARNING line (tasks that name their own `throws` keep them).
 
-    A task option (`@shared_task(argument_limit=..., item_arguments=(...))`) changes the
-    size check: None for a task whose arguments are bounded by its own checks."""
+    Task options (`@shared_task(argument_limit=..., item_arguments=(...), cut_lists=(...))`)
+    change the size check (None: a task whose arguments its own checks bound) and name the
+    result's lists of messages that a too large result cuts."""
 
     throws = EXPECTED_ERRORS
     argument_limit: int | None = ARGUMENT_LIMIT
     item_arguments: tuple[str, ...] = ()  # lists of other tasks' results: each RESULT_MAX
+    cut_lists: tuple[str, ...] = ()  # the result's lists of messages a too large one cuts
     _signature: inspect.Signature | None = None
 
     @classmethod
@@ -232,7 +235,7 @@ class CacheworkTask(Task):
                 problem = size_problem(self.name, named, self.argument_limit, self.item_arguments)
             if problem is not None:
                 raise problem
-        return bounded_result(self.name, super().__call__(*args, **kwargs))
+        return bounded_result(self.name, super().__call__(*args, **kwargs), self.cut_lists)
 
     def retry(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         """Celery's retry, re-sending the whole arguments (the request's are cut)."""
