@@ -84,6 +84,40 @@ def test_stored_arguments_are_as_sent_when_small_else_cut():
     assert json_size([args, kwargs]) < STORED_ARGUMENTS_MAX
 
 
+PUBLIC = {  # the README's task table
+    "cachework.import_versions",
+    "cachework.sync_cache",
+    "cachework.delete_cache",
+    "cachework.process_invalidation",
+    "cachework.cache_status",
+    "cachework.lookup",
+}
+
+
+def test_every_internal_task_bounds_its_arguments(tmp_path):
+    """Tasks outside the public contract are sent by our own code, and by anyone who can
+    reach the broker: each refuses an oversized argument too."""
+    import tasks  # noqa: F401 - registers the shared tasks
+    from worker import create_app
+
+    app = create_app(load_settings(make_env(tmp_path)))
+    try:
+        ours = {name: t for name, t in app.tasks.items() if name.startswith("cachework.")}
+        internal = set(ours) - PUBLIC
+        assert internal == {
+            "cachework.sync_project_cache",
+            "cachework.sync_cache_summary",
+            "cachework.invalidation_probe",
+            "cachework.ping",
+        }
+        unbounded = {name for name, task in ours.items() if task.argument_limit is None}
+        assert unbounded == {"cachework.process_invalidation"}  # keys: its own max keys
+        assert ours["cachework.sync_cache_summary"].item_arguments == ("results",)
+    finally:
+        app.runtime.close()
+        app.close()
+
+
 # --- the base class, eagerly --------------------------------------------------------------
 
 
