@@ -3,8 +3,10 @@ prefork workers (2 children a node) on a Redis of the module's own (broker, resu
 the stream where one is used):
 
 - a row with a forged id in the database log table (PostgreSQL: `INSERT ... OVERRIDING
-  SYSTEM VALUE`; SQLite: a row's id moved above its AUTOINCREMENT counter), put before
-  the workers start, after they start but before their first read, and after it;
+  SYSTEM VALUE`; SQLite: a row's id moved above its AUTOINCREMENT counter), refused by
+  the database, then written past the refusal (triggers off, as in a restore or on a
+  replica), before the workers start, after they start but before their first read, and
+  after it;
 - an event with a key twice (`"table"` or `"keys"`) in the Redis stream and in the
   database log table.
 
@@ -23,6 +25,7 @@ import redis
 import sqlalchemy as sa
 
 from cache.invalidation import DatabaseLog, RedisLog
+from cache.invalidation.tables import SQLITE_FIXED_IDS, SQLITE_TRIGGERS, ddl
 from cache.settings import load_settings
 from demo.seed import seed
 from tests.conftest import MODELS, make_env
@@ -129,24 +132,44 @@ def _rename(engine: sa.Engine, key: int, name: str) -> None:
 
 
 def forge(engine: sa.Engine, data: str) -> None:
-    """A row whose id the log's sequence never handed out, far above every id."""
-    with engine.begin() as conn:
-        top = conn.execute(sa.text("SELECT coalesce(max(id), 0) FROM invalidation_log")).scalar()
-        if engine.dialect.name == "postgresql":
-            conn.execute(
-                sa.text(
-                    "INSERT INTO invalidation_log (id, data) OVERRIDING SYSTEM VALUE "
-                    "VALUES (:id, :data)"
-                ),
-                {"id": max(9_000_000_000_000, top + 1), "data": data},
-            )
-            return
-        # SQLite refuses explicit ids (triggers); an UPDATE can still move one past the counter
-        seq = "SELECT seq FROM sqlite_sequence WHERE name = 'invalidation_log'"
-        conn.execute(sa.text("INSERT INTO invalidation_log (data) VALUES (:d)"), {"d": data})
+    """A row whose id the log's sequence never handed out, far above every id: the
+    database refuses it (asserted), so it is written past the refusal as a restore or a
+    logical-replication subscriber would (PostgreSQL's triggers off; SQLite's dropped)."""
+    for bypass in (False, True):
+        try:
+            with engine.begin() as conn:
+                _forge_in(conn, data, bypass)
+        except sa.exc.DBAPIError as exc:
+            assert not bypass and "sequence" in str(exc), exc
+        else:
+            assert bypass, "the database took a forged id"
+
+
+def _forge_in(conn: sa.Connection, data: str, bypass: bool) -> None:
+    top = conn.execute(sa.text("SELECT coalesce(max(id), 0) FROM invalidation_log")).scalar()
+    if conn.dialect.name == "postgresql":
+        if bypass:
+            conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
         conn.execute(
-            sa.text(f"UPDATE invalidation_log SET id = ({seq}) + 1000000000000 WHERE id = ({seq})")
+            sa.text(
+                "INSERT INTO invalidation_log (id, data) OVERRIDING SYSTEM VALUE "
+                "VALUES (:id, :data)"
+            ),
+            {"id": max(9_000_000_000_000, top + 1), "data": data},
         )
+        return
+    # SQLite refuses explicit ids and moved ids (triggers); an UPDATE past the counter
+    if bypass:
+        for name in (*SQLITE_TRIGGERS, *SQLITE_FIXED_IDS):
+            conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}"))
+    seq = "SELECT seq FROM sqlite_sequence WHERE name = 'invalidation_log'"
+    conn.execute(sa.text("INSERT INTO invalidation_log (data) VALUES (:d)"), {"d": data})
+    conn.execute(
+        sa.text(f"UPDATE invalidation_log SET id = ({seq}) + 1000000000000 WHERE id = ({seq})")
+    )
+    if bypass:  # and back, for the next attempt
+        for statement in (*SQLITE_TRIGGERS.values(), *SQLITE_FIXED_IDS.values()):
+            conn.execute(ddl(statement))
 
 
 def _count(row, names: list[str], fresh: str) -> None:

@@ -1,20 +1,25 @@
 """A row with an id the database log never handed out (issue 18, item 6).
 
-PostgreSQL refuses explicit ids (GENERATED ALWAYS) unless `OVERRIDING SYSTEM VALUE` or
-`COPY`; SQLite's triggers refuse them, but an UPDATE can move a row's id above the
-AUTOINCREMENT counter, and a table whose triggers were dropped takes any id (which moves
-the counter). Whatever the order (forged before the reader starts, before or after its
-first read, under a running listener), an event published after the forged row reaches
-the reader, whose cursor and head never take the forged id; the forged row itself is
-applied once, as an entry that cannot be trusted (its table whole)."""
+GENERATED ALWAYS let `OVERRIDING SYSTEM VALUE` and `COPY` through on PostgreSQL, and an
+UPDATE could move a SQLite row's id above its AUTOINCREMENT counter: the database now
+refuses both (migration 0005). Where its triggers do not run (PostgreSQL with
+`session_replication_role = replica`: a restore, a logical-replication subscriber; a
+SQLite log whose triggers were dropped), readers still never follow such an id. Whatever
+the order (forged before the reader starts, before or after its first read, under a
+running listener), an event published after the forged row reaches the reader, whose
+cursor and head never take the forged id; the forged row itself is applied once, as an
+entry that cannot be trusted (its table whole)."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from cache.invalidation import DatabaseLog, Listener, Tracker, publish
+from cache.invalidation.db_log import _PG_STATE
 from cache.invalidation.events import id_key
+from cache.invalidation.tables import SQLITE_FIXED_IDS, SQLITE_TRIGGERS
 from tests.invalidation_helpers import FakeTarget, LoadedTarget, wait_until
 
 FORGED = '{"v":1,"table":"categories","keys":[7]}'
@@ -30,10 +35,17 @@ def _seq(conn: sa.Connection) -> int:
 def forge(engine: sa.Engine, method: str, data: str = FORGED) -> int | None:
     """Put a row with an id of its own, far above every id handed out; returns that id,
     or None where the database made it an id of its own (SQLite's counter moved past
-    it: later ids come after it, so following it skips nothing)."""
+    it: later ids come after it, so following it skips nothing). The database's refusal
+    is bypassed as a restore or a replica would (PostgreSQL's triggers off; SQLite's
+    dropped)."""
     with engine.begin() as conn:
         top = conn.execute(sa.text("SELECT coalesce(max(id), 0) FROM invalidation_log")).scalar()
         forged = max(9_000_000_000_000, top + 1)
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        else:
+            for name in (*SQLITE_TRIGGERS, *SQLITE_FIXED_IDS):
+                conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}"))
         if method == "overriding":
             conn.execute(
                 sa.text(
@@ -54,10 +66,8 @@ def forge(engine: sa.Engine, method: str, data: str = FORGED) -> int | None:
                 sa.text("UPDATE invalidation_log SET id = :id WHERE id = :seq"),
                 {"id": forged, "seq": _seq(conn)},
             )
-        else:  # untriggered: the table's triggers dropped (or never made)
+        else:  # an explicit id
             forged = _seq(conn) + 10**12
-            for name in ("invalidation_log_own_ids", "invalidation_log_positive_ids"):
-                conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}"))
             conn.execute(
                 sa.text("INSERT INTO invalidation_log (id, data) VALUES (:id, :data)"),
                 {"id": forged, "data": data},
@@ -225,3 +235,124 @@ def seeded_runtime(database, runtime):
 def _rename(engine: sa.Engine, name: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE categories SET name = :n WHERE id = 1"), {"n": name})
+
+
+# --- the database refuses them ------------------------------------------------------------
+
+REFUSED = "invalidation_log id=|ids come from its own sequence only"
+# COPY runs on the driver's own cursor: its error is the driver's
+REFUSALS = (sa.exc.DBAPIError, psycopg.Error)
+
+
+def _attempt(engine: sa.Engine, method: str, offset: int = 0) -> None:
+    """`method`'s forged write (id 9e12 + `offset`) without any bypass."""
+    forged = 9_000_000_000_000 + offset
+    with engine.begin() as conn:
+        if method == "overriding":
+            conn.execute(
+                sa.text(
+                    "INSERT INTO invalidation_log (id, data) OVERRIDING SYSTEM VALUE "
+                    "VALUES (:id, :d)"
+                ),
+                {"id": forged, "d": FORGED},
+            )
+        elif method == "copy":
+            raw = conn.connection.driver_connection
+            sql = "COPY invalidation_log (id, data) FROM STDIN"
+            with raw.cursor() as cursor, cursor.copy(sql) as copy:
+                copy.write_row((forged, FORGED))
+        elif method == "update":
+            conn.execute(
+                sa.text(
+                    "UPDATE invalidation_log SET id = id + 1000000000000 "
+                    "WHERE id = (SELECT max(id) FROM invalidation_log)"
+                )
+            )
+        else:
+            conn.execute(
+                sa.text("INSERT INTO invalidation_log (id, data) VALUES (:id, :d)"),
+                {"id": forged * 1000, "d": FORGED},
+            )
+
+
+def test_the_database_refuses_an_id_its_sequence_did_not_hand_out(log, database, method):
+    ids = [publish("categories", [k], log=log) for k in range(3)]
+    with pytest.raises(REFUSALS, match=REFUSED) as caught:
+        _attempt(database.engine, method)
+    if database.engine.dialect.name == "postgresql":
+        assert "id=9000000000000 was not handed out by its sequence" in str(caught.value)
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id FROM invalidation_log ORDER BY id")).scalars()
+        assert [str(i) for i in rows] == ids  # nothing changed
+    assert int(publish("categories", [4], log=log)) == int(ids[-1]) + 1
+
+
+def test_the_database_refuses_them_for_a_role_that_may_only_insert(pg_url):
+    """The check reads the sequence as the function's owner: a role granted the log's
+    table alone (no right to read its sequence) appends and reads, and is refused a
+    forged id."""
+    import uuid
+
+    from tests.conftest import _database
+
+    role = f"cw_forge_{uuid.uuid4().hex[:8]}"
+    gen = _database(pg_url)
+    admin = next(gen).engine
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE ROLE {role}"))
+            conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+            conn.execute(sa.text(f"GRANT SELECT, INSERT ON invalidation_log TO {role}"))
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"SET LOCAL ROLE {role}"))
+            conn.execute(sa.text("INSERT INTO invalidation_log (data) VALUES ('{}')"))
+            assert conn.execute(sa.text(_HEAD_AS_READER)).scalar() == 1
+        with pytest.raises(sa.exc.DBAPIError, match="was not handed out"), admin.begin() as conn:
+            conn.execute(sa.text(f"SET LOCAL ROLE {role}"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO invalidation_log (id, data) OVERRIDING SYSTEM VALUE "
+                    "VALUES (9000000000000, '{}')"
+                )
+            )
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+        gen.close()
+
+
+# What DatabaseLog.state() asks, as that role: no right to the sequence, ids trusted.
+_HEAD_AS_READER = str(_PG_STATE.compile(compile_kwargs={"literal_binds": True})).replace(
+    "SELECT 'invalidation_log'::regclass::oid AS oid, b.bound, ", "SELECT "
+)
+
+
+def test_0005_adds_the_refusal_to_an_older_log_and_takes_it_back(any_db_url):
+    from alembic import command
+
+    from cache import migrate
+
+    engine = sa.create_engine(any_db_url, poolclass=sa.pool.NullPool)
+    method = METHODS[engine.dialect.name][0]
+    log = DatabaseLog(engine)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrate.config(conn), "0004")
+        for k in range(3):
+            publish("categories", [k], log=log)
+        _attempt(engine, method)  # taken at 0004
+        migrate.upgrade(engine)
+        assert migrate.state(engine).current and migrate.differences(engine) == []
+        with pytest.raises(REFUSALS, match=REFUSED):
+            _attempt(engine, method)
+        tracker = Tracker(FakeTarget(), log)
+        tracker.sync()  # the row forged at 0004 stays; readers do not follow it
+        event_id = publish("categories", [1], log=log)
+        tracker.sync()
+        assert tracker.cursor == event_id
+        with engine.begin() as conn:
+            command.downgrade(migrate.config(conn), "0004")
+        _attempt(engine, method, offset=1)
+    finally:
+        engine.dispose()

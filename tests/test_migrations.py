@@ -125,7 +125,7 @@ def test_initdb_upgrades_a_pre_migrations_database_and_loses_nothing(
 
         done = _cli(monkeypatch, tmp_path, any_db_url, "initdb")
         assert done.exit_code == 0, done.output
-        assert "cachework schema at 0004 (head)" in done.output
+        assert "cachework schema at 0005 (head)" in done.output
 
         assert _snapshot(engine) == before
         assert migrate.state(engine).current
@@ -136,7 +136,7 @@ def test_initdb_upgrades_a_pre_migrations_database_and_loses_nothing(
         assert _diffs(engine) == []
         assert _refuses_explicit_ids(engine)
         again = _cli(monkeypatch, tmp_path, any_db_url, "db", "upgrade")
-        assert again.exit_code == 0 and "already at head 0004" in again.output
+        assert again.exit_code == 0 and "already at head 0005" in again.output
         assert _snapshot(engine) == before
     finally:
         engine.dispose()
@@ -165,9 +165,9 @@ def test_db_commands(sqlite_url, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "run `cachework initdb`" in result.output
     assert _cli(monkeypatch, tmp_path, sqlite_url, "db", "upgrade").exit_code == 0
     result = _cli(monkeypatch, tmp_path, sqlite_url, "db", "current")
-    assert result.exit_code == 0 and result.output.strip() == "0004 (head)"
+    assert result.exit_code == 0 and result.output.strip() == "0005 (head)"
     history = _cli(monkeypatch, tmp_path, sqlite_url, "db", "history").output.splitlines()
-    assert [line.split()[0] for line in history] == ["0004", "0003", "0002", "0001"]
+    assert [line.split()[0] for line in history] == ["0005", "0004", "0003", "0002", "0001"]
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def test_behind_schema_stops_the_cli_with_the_command_to_run(behind_url, tmp_pat
         assert "run `cachework db upgrade`" in result.output, (args, result.output)
     result = _cli(monkeypatch, tmp_path, behind_url, "sync-cache")
     assert result.output.strip().splitlines() == [
-        "error: the database's cachework schema is behind (at 0001, head 0004): "
+        "error: the database's cachework schema is behind (at 0001, head 0005): "
         "run `cachework db upgrade`"
     ]
 
@@ -205,7 +205,7 @@ def test_behind_schema_stops_a_real_worker_with_one_line(behind_url, tmp_path):
     )
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: the database's cachework schema is behind (at 0001, head 0004): "
+        "error: the database's cachework schema is behind (at 0001, head 0005): "
         "run `cachework db upgrade`"
     )
 
@@ -219,12 +219,12 @@ def test_initdb_does_not_call_tables_with_a_dropped_column_ready(any_db_url, tmp
     result = _cli(monkeypatch, tmp_path, any_db_url, "initdb")
     assert result.exit_code == 2 and "database ready" not in result.output
     assert result.output.strip().splitlines() == [
-        "error: cachework's tables in the database differ from revision 0004: column "
+        "error: cachework's tables in the database differ from revision 0005: column "
         "cache_items.user missing (restore them from a backup, or repair them by hand)"
     ]
     current = _cli(monkeypatch, tmp_path, any_db_url, "db", "current")
     assert current.exit_code == 1
-    assert "0004 (head), but the tables differ: column cache_items.user missing" in current.output
+    assert "0005 (head), but the tables differ: column cache_items.user missing" in current.output
 
 
 # --- 0003: the invalidation log takes ids from its own sequence only ----------------------
@@ -313,7 +313,7 @@ def test_0003_makes_an_old_log_refuse_explicit_ids_and_keeps_its_readers(any_db_
         epoch = log.state().epoch
 
         before, after = migrate.upgrade(engine)
-        assert (before, after) == (None if made == "before migrations" else "0002", "0004")
+        assert (before, after) == (None if made == "before migrations" else "0002", "0005")
         assert migrate.state(engine).current and migrate.differences(engine) == []
 
         assert _refuses_explicit_ids(engine)
@@ -390,7 +390,7 @@ def test_0003_down_and_up_again_from_a_database_made_at_head(any_db_url):
     table stays the same throughout."""
     engine = sa.create_engine(any_db_url, poolclass=sa.pool.NullPool)
     try:
-        assert migrate.upgrade(engine) == (None, "0004")
+        assert migrate.upgrade(engine) == (None, "0005")
         assert _refuses_explicit_ids(engine)
         log = DatabaseLog(engine)
         ids = [int(log.append(_event(k))) for k in range(3)]

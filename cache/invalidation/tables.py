@@ -47,6 +47,51 @@ for _trigger in SQLITE_TRIGGERS.values():
     sa.event.listen(invalidation_log, "after_create", sa.DDL(_trigger).execute_if(dialect="sqlite"))
 
 
+# An id its sequence did not hand out is refused (issue 18, item 6): on PostgreSQL an INSERT
+# with OVERRIDING SYSTEM VALUE, and COPY, take explicit ids past GENERATED ALWAYS; on
+# SQLite an UPDATE could move an id. By name: made with the table, added to an older log
+# by migration 0005. The PostgreSQL function runs as its owner (who owns the sequence), so
+# any role that may insert is checked; a role's triggers off (session_replication_role =
+# replica) skip it, and readers then still never follow such an id (`db_log`).
+PG_HANDED_OUT: dict[str, str] = {
+    "invalidation_log_handed_out": (
+        "CREATE OR REPLACE FUNCTION invalidation_log_handed_out() RETURNS trigger "
+        "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ "
+        "DECLARE seq regclass := pg_get_serial_sequence("
+        "format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'id')::regclass; bound bigint; "
+        "BEGIN IF seq IS NOT NULL THEN "
+        "bound := coalesce(pg_sequence_last_value(seq), "
+        "(SELECT seqstart - seqincrement FROM pg_sequence WHERE seqrelid = seq)); "
+        "IF NEW.id > bound THEN RAISE EXCEPTION "
+        "'invalidation_log id=% was not handed out by its sequence (at %): ids come from "
+        "it only', NEW.id, bound USING ERRCODE = 'check_violation'; END IF; END IF; "
+        "RETURN NEW; END $$"
+    ),
+    "invalidation_log_handed_out_ids": (
+        "CREATE TRIGGER invalidation_log_handed_out_ids BEFORE INSERT ON invalidation_log "
+        "FOR EACH ROW EXECUTE FUNCTION invalidation_log_handed_out()"
+    ),
+}
+SQLITE_FIXED_IDS: dict[str, str] = {
+    "invalidation_log_fixed_ids": (
+        "CREATE TRIGGER invalidation_log_fixed_ids BEFORE UPDATE ON invalidation_log "
+        "WHEN NEW.id IS NOT OLD.id BEGIN "
+        "SELECT RAISE(ABORT, 'invalidation_log ids come from its own sequence only'); END"
+    ),
+}
+
+
+def ddl(statement: str) -> sa.DDL:
+    """`statement` as DDL to execute (DDL formats `%`: the function's text has some)."""
+    return sa.DDL(statement.replace("%", "%%"))
+
+
+for _ddl in PG_HANDED_OUT.values():
+    sa.event.listen(invalidation_log, "after_create", ddl(_ddl).execute_if(dialect="postgresql"))
+for _ddl in SQLITE_FIXED_IDS.values():
+    sa.event.listen(invalidation_log, "after_create", ddl(_ddl).execute_if(dialect="sqlite"))
+
+
 @sa.event.listens_for(invalidation_log, "after_create")
 def _sqlite_random_base(_table, connection: sa.Connection, **_kw) -> None:
     """SQLite: start the ids at a random multiple of 2**32, so a log recreated under a
