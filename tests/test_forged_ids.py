@@ -133,7 +133,8 @@ def test_forged_after_the_first_read_then_events_keep_coming(log, database, meth
         _assert_follows(tracker, event_id, forged)
     stats = tracker.stats
     foreign = 0 if method == "untriggered" else 1  # SQLite moved its counter: a normal id
-    assert stats["foreign"] == foreign and stats["drops"] == 0 and stats["gaps"] == 0
+    assert stats["foreign"] == stats["malformed"] == foreign
+    assert stats["drops"] == 0 and stats["gaps"] == 0
 
 
 def test_forged_under_a_running_listener(log, database, method):

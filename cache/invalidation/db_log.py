@@ -9,9 +9,10 @@ Ids come from the table's own sequence only (the table refuses others), and a re
 notices a log recreated under it: on PostgreSQL the epoch carries the table's oid; on
 SQLite a cursor beyond the table's AUTOINCREMENT counter (which never goes back) is a gap.
 
-The refusal can be bypassed on PostgreSQL (`INSERT ... OVERRIDING SYSTEM VALUE`, `COPY`,
-triggers off), and a row with a high id of its own choosing would put every reader's
-cursor past all later events. So a reader trusts no id its sequence has not handed out:
+The refusal is the table's triggers (`cache.invalidation.tables`), which do not run in
+replica mode (restores, logical-replication subscribers), and a row with a high id of its
+own choosing would put every reader's cursor past all later events (issue 18, item 6).
+So a reader trusts no id its sequence has not handed out, where it may read the sequence:
 it reads the sequence's highest value after the rows (so that value covers every row the
 read saw) and hands the rows above it back as `Batch.foreign`, which the tracker applies
 once as unknown entries and never follows; the head is the highest id at or below it.

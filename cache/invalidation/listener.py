@@ -304,6 +304,7 @@ class Tracker:
             while len(self._foreign_seen) > self._foreign_max:
                 del self._foreign_seen[next(iter(self._foreign_seen))]
             self.stats["foreign"] += 1
+            self.stats["malformed"] += 1  # one that cannot be applied exactly (metrics)
             what = f"invalidation {event_id[:30]} with an id its log never handed out"
             event = self._unknown(raw, what, None)
             if event is None:
