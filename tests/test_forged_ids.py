@@ -166,12 +166,10 @@ def test_forged_row_is_applied_once_as_its_table_whole(log, database, method):
 
 
 def test_forged_row_naming_no_table_drops_every_cached_table_once(log, database):
-    if database.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite's forged ids are covered by the update method above")
     tracker = Tracker(FakeTarget(), log)
     tracker.sync()
     publish("categories", [2], log=log)
-    forge(database.engine, "overriding", data="{not json")
+    forge(database.engine, METHODS[database.engine.dialect.name][0], data="{not json")
     tracker.poll()
     tracker.poll()
     assert len(tracker.target.dropped) == 1
