@@ -259,7 +259,8 @@ class Tracker:
             if batch.epoch != self.stats["epoch"] or batch.gap:
                 self._lost(source, batch, before)
                 return applied
-            applied += self._apply(batch)
+            if batch.entries or batch.foreign:
+                applied += self._apply(batch)
             if len(batch.entries) < self.batch:
                 return applied
 
