@@ -8,12 +8,20 @@ cachework's outbox, and compares:
 
 - an ORM write-heavy loop: `--flushes` transactions, each one flush of 10 rows (updates of
   loaded objects; then inserts of new ones), with a session factory tracked by
-  `cache.invalidation.track` against an untracked one, and tracking with the outbox
-  INSERT in a round trip of its own (as on drivers other than psycopg), interleaved;
+  `cache.invalidation.track` against an untracked one: tracking with no runtime started
+  (the outbox row only), with a started runtime (read-your-writes: the commit applies its
+  row in the process and relays it to a Redis Stream before it returns), and with the
+  outbox INSERT in a round trip of its own (as on drivers other than psycopg), interleaved;
+- commit-to-visible latency in another process (p50/p99/max): from a tracked commit's
+  start to the event's arrival in a process tailing the stream (XREAD BLOCK), with the
+  commit's own relay against the workers' relay alone (a pass every 0.2 s), with and
+  without a `--backlog`-row outbox backlog;
 - a `--rows`-row UPDATE (and a 1,000-row one, whose keys the event names) with the
   PostgreSQL invalidation triggers installed against without, counting outbox rows.
 
-Targets: tracking <= 1.3x on the ORM loop; the trigger writes one outbox row per statement.
+Targets: tracking <= 1.3x on the ORM loop, read-your-writes included; a backlog does not
+delay a fresh commit's visibility; the trigger writes one outbox row per statement.
+A private redis-server on a free loopback port is started for the stream (and stopped).
 """
 
 from __future__ import annotations
@@ -21,8 +29,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,11 +45,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache.invalidation import track
+import redis
+
+from cache.invalidation import RedisLog, Relay, RelayLoop, outbox, track
 from cache.invalidation import tracking as tracking_module
 from cache.invalidation import triggers as db_triggers
 from cache.invalidation.tables import invalidation_outbox
 from cache.invalidation.tracking import dependencies
+from tests.invalidation_helpers import OwnRedis
 
 DEPS = {"bench_items": {"bench_items": "id"}}
 
@@ -100,8 +115,9 @@ def separate_insert(on: bool) -> Iterator[None]:
         return
     piggyback = tracking_module._insert_then_commit
 
-    def plain(conn: sa.Connection, rows: list[str]) -> None:
-        conn.execute(invalidation_outbox.insert(), [{"data": row} for row in rows])
+    def plain(conn: sa.Connection, rows: list[str]) -> list[int]:
+        insert = invalidation_outbox.insert().returning(invalidation_outbox.c.id)
+        return [conn.execute(insert, {"data": row}).scalar_one() for row in rows]
 
     tracking_module._insert_then_commit = plain
     try:
@@ -110,7 +126,34 @@ def separate_insert(on: bool) -> Iterator[None]:
         tracking_module._insert_then_commit = piggyback
 
 
-def orm_loop(engine: sa.Engine, flushes: int, rounds: int) -> None:
+class Sink:
+    """A started runtime as `outbox.committed` sees it: no cached tables here (nothing
+    to apply), its log a Redis Stream the commit's rows are relayed to."""
+
+    def __init__(self, log: RedisLog) -> None:
+        self.log = log
+        self.sweeper = outbox.Sweeper().start()  # deletes relayed rows off the commit's path
+
+    def apply_committed(self, datas: list[str]) -> None:
+        pass
+
+    def invalidation_log(self) -> RedisLog:
+        return self.log
+
+
+@contextlib.contextmanager
+def started_runtime(sink: Sink | None) -> Iterator[None]:
+    if sink is None:
+        yield
+        return
+    outbox.add_sink(sink)
+    try:
+        yield
+    finally:
+        outbox.remove_sink(sink)
+
+
+def orm_loop(engine: sa.Engine, flushes: int, rounds: int, sink: Sink) -> None:
     plain = sessionmaker(engine, expire_on_commit=False)
     tracked = sessionmaker(engine, expire_on_commit=False)
     tracking = track(tracked, DEPS)
@@ -147,27 +190,37 @@ def orm_loop(engine: sa.Engine, flushes: int, rounds: int) -> None:
         return run
 
     cases = [
-        ("update 10 loaded rows", updates(plain), updates(tracked), updates(tracked)),
+        (
+            "update 10 loaded rows",
+            updates(plain),
+            updates(tracked),
+            updates(tracked),
+            updates(tracked),
+        ),
         (
             "insert 10 new rows",
             inserts(plain, 10_000_000),
             inserts(tracked, 50_000_000),
+            inserts(tracked, 70_000_000),
             inserts(tracked, 90_000_000),
         ),
     ]
     print(
         f"\nORM write-heavy loop: {flushes:,} transactions of one flush of 10 rows "
         f"({rounds} interleaved rounds; x/off: best against best, and the median of the "
-        "rounds' ratios)\n  on: the outbox row goes with the COMMIT; 2 trips: as its own "
-        "INSERT before the COMMIT (other drivers; before 2026-11-27 on psycopg too)"
+        "rounds' ratios)\n  on: the outbox row goes with the COMMIT (no runtime started); "
+        "on+relay: a started runtime, so the commit also relays its row to the stream before "
+        "it returns (read-your-writes); 2 trips: the outbox INSERT as its own statement "
+        "before the COMMIT (other drivers)"
     )
     for label, *runs in cases:
-        modes = dict(zip(("off", "on", "2 trips"), runs, strict=True))
+        modes = dict(zip(("off", "on", "on+relay", "2 trips"), runs, strict=True))
         times: dict[str, list[float]] = {mode: [] for mode in modes}
         written: dict[str, int] = {}
         for _round in range(rounds):  # interleaved: all see the same machine state
             for mode, run in modes.items():
-                with separate_insert(mode == "2 trips"):
+                relay = sink if mode == "on+relay" else None
+                with separate_insert(mode == "2 trips"), started_runtime(relay):
                     times[mode].append(best(run, 1))
                 written[mode] = outbox_rows(engine)
         rows = written["on"]
@@ -191,6 +244,84 @@ def orm_loop(engine: sa.Engine, flushes: int, rounds: int) -> None:
                 session.close()
     print(f"  tracking stats: {tracking.stats}")
     tracking.stop()
+
+
+READER = r"""
+import sys, time, redis
+client = redis.Redis.from_url(sys.argv[1])
+last = "$"
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    for _key, entries in client.xread({"cachework:invalidations": last}, block=200) or []:
+        for entry_id, fields in entries:
+            last = entry_id
+            print(time.time(), fields[b"e"].decode(), flush=True)
+"""
+
+
+def latency(engine: sa.Engine, redis_url: str, sink: Sink, commits: int, backlog: int) -> None:
+    """Commit start -> arrival in another process tailing the stream, per mode."""
+    tracked = sessionmaker(engine, expire_on_commit=False)
+    tracking = track(tracked, DEPS)
+    print(
+        f"\ncommit-to-visible in another process ({commits} tracked commits of one row, "
+        "10 ms apart; the reader is a separate process on XREAD BLOCK)"
+    )
+    try:
+        for backlog_rows in (0, backlog):
+            for mode in ("workers' relay only", "the commit's own relay"):
+                with engine.begin() as conn:
+                    conn.execute(invalidation_outbox.delete())
+                    if backlog_rows:
+                        conn.execute(
+                            invalidation_outbox.insert(),
+                            [{"data": '{"v":1,"table":"other"}'} for _ in range(backlog_rows)],
+                        )
+                reader = subprocess.Popen(
+                    [sys.executable, "-c", READER, redis_url, str(commits * 0.01 + 60)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert reader.stdout.readline().strip() == "ready"
+                arrived: dict[str, float] = {}
+
+                def collect(stream=reader.stdout, arrived=arrived) -> None:
+                    for line in stream:
+                        at, _, data = line.strip().partition(" ")
+                        arrived.setdefault(data, float(at))
+
+                collector = threading.Thread(target=collect, daemon=True)
+                collector.start()
+                relay_loop = RelayLoop(Relay(engine, sink.log), interval=0.2).start()
+                started: dict[str, float] = {}
+                try:
+                    with started_runtime(sink if mode.startswith("the commit") else None):
+                        for i in range(1, commits + 1):
+                            started[f'{{"v":1,"table":"bench_items","keys":[{i}]}}'] = time.time()
+                            with tracked.begin() as session:
+                                session.get(Item, i).name = f"lat{time.monotonic_ns()}"
+                            time.sleep(0.01)
+                    deadline = time.monotonic() + 120
+                    while len(arrived.keys() & started.keys()) < commits:
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.05)
+                finally:
+                    relay_loop.stop()
+                    reader.terminate()
+                    reader.wait(10)
+                lags = sorted(arrived[k] - t for k, t in started.items() if k in arrived)
+                missing = commits - len(lags)
+                p50 = statistics.median(lags) * 1e3
+                p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1e3
+                print(
+                    f"  backlog {backlog_rows:>6,}  {mode:24s} p50 {p50:8.1f} ms  "
+                    f"p99 {p99:8.1f} ms  max {lags[-1] * 1e3:8.1f} ms"
+                    + (f"  ({missing} never arrived)" if missing else "")
+                )
+    finally:
+        tracking.stop()
 
 
 def trigger_cost(engine: sa.Engine, rows: int) -> None:
@@ -227,6 +358,8 @@ def main() -> int:
     parser.add_argument("--flushes", type=int, default=1_000)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds, ORM loop")
+    parser.add_argument("--commits", type=int, default=300, help="latency: tracked commits")
+    parser.add_argument("--backlog", type=int, default=20_000, help="latency: outbox rows")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     name = f"cachework_bench_{os.getpid()}"
@@ -234,13 +367,24 @@ def main() -> int:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = args.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     engine = sa.create_engine(f"{base}/{name}")
+    folder = Path(tempfile.mkdtemp(prefix="cachework-bench-redis-"))
+    server = OwnRedis(folder).start()
+    client = redis.Redis.from_url(server.url)
+    sink = None
     try:
         print(f"tracking benchmark: PostgreSQL, Python {sys.version.split()[0]}")
         fill(engine, args.rows)
-        orm_loop(engine, args.flushes, args.rounds)
+        sink = Sink(RedisLog(client))
+        orm_loop(engine, args.flushes, args.rounds, sink)
+        latency(engine, server.url, sink, args.commits, args.backlog)
         trigger_cost(engine, args.rows)
         return 0
     finally:
+        if sink is not None:
+            sink.sweeper.stop()
+        client.close()
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
         engine.dispose()
         with psycopg.connect(args.pg_admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -49,6 +49,7 @@ from cache.invalidation.outbox import PENDING_MAX, pending_rows
 from cache.locks import LockBackend, lock_backend
 from cache.projects import ProjectSource
 from cache.records import coerce
+from cache.redis_policy import refuse_evicting
 from cache.registry import Registry, load_declarations
 from cache.settings import Settings, load_settings
 
@@ -83,6 +84,7 @@ class Runtime:
         self._relay: RelayLoop | None = None
         self._sampler: metrics.Sampler | None = None
         self._outbox_seen: set[int] = set()  # pending outbox rows a catch-up applied
+        self._sweeper: outbox.Sweeper | None = None
 
     # --- resources --------------------------------------------------------------------
 
@@ -269,8 +271,15 @@ class Runtime:
                 self._relay = RelayLoop(relay_pass).start()
             if metrics.active():
                 self.sampler.start()
+            if self._sweeper is None:
+                self._sweeper = outbox.Sweeper().start()
         outbox.add_sink(self)  # this process's commits invalidate its tables at once
         return self
+
+    @property
+    def sweeper(self) -> outbox.Sweeper | None:
+        """Finishes this process's commits' relays off their path (None: not started)."""
+        return self._sweeper
 
     @property
     def listening(self) -> bool:
@@ -283,11 +292,14 @@ class Runtime:
         with self._lock:
             listener, self._listener = self._listener, None
             relay, self._relay = self._relay, None
+            sweeper, self._sweeper = self._sweeper, None
             sampler = self._sampler
         if listener is not None:
             listener.stop(timeout)
         if relay is not None:
             relay.stop(timeout)
+        if sweeper is not None:
+            sweeper.stop(timeout)
         if sampler is not None:
             sampler.stop(timeout)
 
@@ -330,7 +342,9 @@ def _coerce_to(key: object, *, kind: type, what: str) -> object:
 def start_runtime(settings: Settings | None = None, *, relay: bool = False) -> Runtime:
     """One call for a web app: a runtime for `settings` (default: the environment),
     caught up and listening. Keep the returned runtime; `stop()` it at shutdown."""
-    return Runtime(settings or load_settings()).start(relay=relay)
+    settings = settings or load_settings()
+    refuse_evicting(settings)  # one line when Redis may evict what must not be lost
+    return Runtime(settings).start(relay=relay)
 
 
 def _renew_after_fork() -> None:

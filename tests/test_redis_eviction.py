@@ -289,3 +289,13 @@ def test_no_key_that_must_not_be_lost_carries_a_ttl(redis_url):
     } <= set(keys), keys
     with_ttl = {k for k, ttl in keys.items() if ttl >= 0}
     assert with_ttl == {"cachework:cache:lock:inventory:p1", "cachework:beat:lock"}, keys
+
+
+def test_start_runtime_refuses_an_evicting_redis(own_redis, tmp_path):
+    """A web process's `start_runtime()` checks CACHEWORK_REDIS_URL as a worker does."""
+    from cache.runtime import start_runtime
+
+    set_policy(own_redis, "allkeys-lru")
+    settings = settings_of(env_for(tmp_path, redis_url=own_redis.url))
+    with pytest.raises(ConfigError, match=r"CACHEWORK_REDIS_URL=.*maxmemory-policy is allkeys-lru"):
+        start_runtime(settings)

@@ -20,6 +20,8 @@ committed row whose relay failed is applied there too, never passed.
 from __future__ import annotations
 
 import logging
+import queue
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Protocol
@@ -48,6 +50,11 @@ class CommitSink(Protocol):
 
     def invalidation_log(self) -> InvalidationLog: ...
 
+    @property
+    def sweeper(self) -> Sweeper | None:
+        """Where the rest of a commit's relay runs, off its path (None: on it)."""
+        ...
+
 
 _sinks: weakref.WeakSet = weakref.WeakSet()
 
@@ -66,6 +73,9 @@ def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None =
     every started runtime of this process invalidates them locally, then they are relayed
     to `relay_log` (default: a started runtime's log; none: the worker relay does it).
 
+    On the commit's path only what read-your-writes needs: the local invalidation and, for
+    a Redis log, the append (one round trip). The rest (deleting the relayed rows; the
+    whole move into a database log) is a started runtime's `Sweeper`'s, off that path.
     Never raises: the commit is done, and the rows stay in the outbox for the worker's
     relay (and the task-start catch-up) if anything here fails."""
     if not rows:
@@ -77,29 +87,37 @@ def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None =
             sink.apply_committed(datas)
         except Exception:
             log.exception("applying a committed invalidation in this process failed")
-    if relay_log is None and sinks:
-        try:
-            relay_log = sinks[0].invalidation_log()
-        except Exception:
-            log.exception("no invalidation log to relay a committed outbox row to")
+    sweeper = None
+    try:
+        if sinks:
+            sweeper = sinks[0].sweeper
+            relay_log = relay_log or sinks[0].invalidation_log()
+    except Exception:
+        log.exception("no invalidation log to relay a committed outbox row to")
     if relay_log is None:
         return
     try:
-        relay_rows(engine, relay_log, rows)
+        if sweeper is None:
+            relay_rows(engine, relay_log, rows)
+        else:
+            sweeper.submit(engine, relay_log, rows, appended=False)
     except Exception as exc:  # best effort: the worker's relay delivers them later
         log.warning("relaying a commit's outbox rows failed (the worker relay will): %s", exc)
 
 
-def relay_rows(engine: sa.Engine, target: InvalidationLog, rows: Rows) -> int:
+def relay_rows(
+    engine: sa.Engine, target: InvalidationLog, rows: Rows, *, appended: bool = False
+) -> int:
     """Move these outbox rows, and only these, to `target`; returns how many were sent.
 
-    The database log shares the transaction (exactly once: rows another relay took first
-    are its to send). A Redis log gets the events first, then the rows are deleted: a
-    crash in between sends them again through the worker's relay, harmlessly."""
+    A database log in the same database shares the transaction (exactly once: rows another
+    relay took first are its to send). Another log gets the events first (unless already
+    `appended`), then the rows are deleted: a crash in between sends them again through
+    the worker's relay, harmlessly."""
     ids = [row_id for row_id, _data in rows]
     outbox = invalidation_outbox
     try:
-        if isinstance(target, DatabaseLog) and target.engine is engine:
+        if isinstance(target, DatabaseLog) and target.engine.url == engine.url:
             with engine.begin() as conn:
                 gone = conn.execute(
                     outbox.delete().where(outbox.c.id.in_(ids)).returning(outbox.c.data)
@@ -108,13 +126,73 @@ def relay_rows(engine: sa.Engine, target: InvalidationLog, rows: Rows) -> int:
                 if datas:
                     target.append_in(conn, datas)
                 return len(datas)
-        for _row_id, data in rows:
-            target.append(data)
+        if not appended:
+            datas = [data for _row_id, data in rows]
+            append_many = getattr(target, "append_many", None)
+            if append_many is not None:
+                append_many(datas)
+            else:
+                for data in datas:
+                    target.append(data)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
         return len(rows)
     except sa.exc.SQLAlchemyError as exc:
         raise log_failure(exc, "outbox") from exc
+
+
+class Sweeper(ReconnectingLoop):
+    """Finishes a commit's relay off the commit's path, in a daemon thread of a started
+    runtime: deletes rows already appended to a Redis log, or moves rows into a database
+    log. What it cannot do (killed, database down) the worker's relay does later: the
+    rows stay in the outbox until then, so nothing is lost, at most sent twice."""
+
+    name = "cachework-outbox-sweeper"
+    gather = 0.005  # seconds a pass waits for more commits to send with the first
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(
+        self, engine: sa.Engine, target: InvalidationLog, rows: Rows, *, appended: bool
+    ) -> None:
+        if self.alive and not self.stopping:
+            self._jobs.put((engine, target, list(rows), appended))
+        else:  # not running (stopped, or in a forked child before its start): here
+            self._finish(engine, target, list(rows), appended)
+
+    def on_iteration(self) -> None:
+        try:
+            job = self._jobs.get(timeout=0.2)
+        except queue.Empty:
+            return
+        engine, target, rows, appended = job
+        jobs = [job]
+        while len(jobs) < 200:  # a burst of commits: one round trip each way for the lot
+            try:
+                more = self._jobs.get(timeout=self.gather)
+            except queue.Empty:
+                break
+            if more[:2] == (engine, target) and more[3] == appended:
+                rows.extend(more[2])
+            else:
+                self._finish(*more)
+            jobs.append(more)
+        self._finish(engine, target, rows, appended)
+
+    def _finish(self, engine, target, rows, appended) -> None:
+        try:
+            relay_rows(engine, target, rows, appended=appended)
+        except Exception as exc:  # the worker's relay delivers (or deletes) them later
+            log.warning("finishing a commit's relay failed (the worker relay will): %s", exc)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Finish what was submitted (within `timeout`), then end the thread."""
+        deadline = time.monotonic() + timeout
+        while self.alive and not self._jobs.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return super().stop(max(0.0, deadline - time.monotonic()))
 
 
 def pending_rows(engine: sa.Engine, limit: int = PENDING_MAX) -> list[tuple[int, str]]:
@@ -128,7 +206,15 @@ def pending_rows(engine: sa.Engine, limit: int = PENDING_MAX) -> list[tuple[int,
         with engine.connect() as conn:
             return [(row.id, row.data) for row in conn.execute(query)]
     except sa.exc.SQLAlchemyError as exc:
+        if _no_table(exc):  # cachework's tables not made yet: nothing can be waiting
+            return []
         raise log_failure(exc, "outbox") from exc
+
+
+def _no_table(exc: sa.exc.SQLAlchemyError) -> bool:
+    """PostgreSQL's undefined_table, SQLite's 'no such table'."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == "42P01" or "no such table" in str(orig)
 
 
 def write_outbox(session: Session, event: Event, relay_log: InvalidationLog | None = None) -> int:

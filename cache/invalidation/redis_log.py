@@ -129,6 +129,18 @@ class RedisLog:
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
 
+    def append_many(self, datas: list[str]) -> list[str]:
+        """Store several events in one round trip (a pipeline); returns their ids."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for data in datas:
+                self._append(
+                    [self.key, self.epoch_key], [uuid.uuid4().hex, self.maxlen, data], pipe
+                )
+            return [_text(entry_id) for entry_id in pipe.execute()]
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+
     def state(self) -> LogState:
         try:
             epoch, head = self._state([self.key, self.epoch_key], [uuid.uuid4().hex])
