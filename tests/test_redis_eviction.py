@@ -299,3 +299,22 @@ def test_start_runtime_refuses_an_evicting_redis(own_redis, tmp_path):
     settings = settings_of(env_for(tmp_path, redis_url=own_redis.url))
     with pytest.raises(ConfigError, match=r"CACHEWORK_REDIS_URL=.*maxmemory-policy is allkeys-lru"):
         start_runtime(settings)
+
+
+def test_a_write_refused_by_a_full_noeviction_redis_is_retried_not_failed(own_redis):
+    """Under `noeviction` a full Redis refuses writes (OOM) and evicts nothing: transient,
+    so the task retries with backoff once memory frees up."""
+    from cache.errors import TransientError, is_transient, transient_errors
+
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1")  # below what is used: every write refused
+        with pytest.raises(redis.OutOfMemoryError) as refused:
+            client.sadd("cachework:cache:dirty:app:-", "*")
+        assert is_transient(refused.value)
+        with pytest.raises(TransientError, match="OutOfMemoryError"), transient_errors("Redis"):
+            client.sadd("cachework:cache:dirty:app:-", "*")
+    finally:
+        client.config_set("maxmemory", "0")
+        client.close()
