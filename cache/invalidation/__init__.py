@@ -74,9 +74,10 @@ def publish(
     """Validate an invalidation and put it in the log; returns its event id.
 
     With `session`, the event goes into the outbox in that session's transaction instead
-    (it exists only if the caller commits; the worker's relay moves it to the log, and
-    with `log` also given a relay pass runs right after the commit); returns None, as the
-    id is only known once relayed. `known_tables` (names, or names -> key coercer) makes
+    (it exists only if the caller commits). Once it commits, this process's started
+    runtime invalidates it in its own cached tables before the commit returns, and the
+    row is relayed by id to `log` (default: that runtime's log); the workers' relay is
+    what guarantees delivery. Returns None, as the id is only known once relayed. `known_tables` (names, or names -> key coercer) makes
     an unknown table an error and coerces keys to each table's primary-key type.
     """
     event = validate_event(
