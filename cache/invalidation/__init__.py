@@ -77,8 +77,9 @@ def publish(
     (it exists only if the caller commits). Once it commits, this process's started
     runtime invalidates it in its own cached tables before the commit returns, and the
     row is relayed by id to `log` (default: that runtime's log); the workers' relay is
-    what guarantees delivery. Returns None, as the id is only known once relayed. `known_tables` (names, or names -> key coercer) makes
-    an unknown table an error and coerces keys to each table's primary-key type.
+    what guarantees delivery. Returns None, as the id is only known once relayed.
+    `known_tables` (names, or names -> key coercer) makes an unknown table an error and
+    coerces keys to each table's primary-key type.
     """
     event = validate_event(
         table, keys, project, app_name, names, known_tables=known_tables, max_keys=max_keys

@@ -11,10 +11,10 @@ database-backed log the append and the delete share the transaction: exactly onc
 Read-your-writes: a committed outbox row must not wait for the relay's next pass. Right
 after a commit that wrote outbox rows (a tracked session's or `publish(..., session=s)`),
 before `commit()` returns, `committed()` has every started runtime of this process
-invalidate what the rows name in its own cached tables, and relays those rows, and only
-those (by id, so a backlog of older rows never delays a fresh commit), to the log. A
-task's start-of-run catch-up reads the outbox before the log (`pending_rows`), so a
-committed row whose relay failed is applied there too, never passed.
+invalidate what the rows name in its own cached tables; its `Sweeper` thread then
+relays those rows, and only those (by id, so a backlog of older rows never delays a
+fresh commit), to the log. A task's start-of-run catch-up reads the outbox before the
+log (`pending_rows`), so a committed row not relayed yet is applied there, never passed.
 """
 
 from __future__ import annotations
@@ -73,11 +73,10 @@ def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None =
     every started runtime of this process invalidates them locally, then they are relayed
     to `relay_log` (default: a started runtime's log; none: the worker relay does it).
 
-    On the commit's path only what read-your-writes needs: the local invalidation and, for
-    a Redis log, the append (one round trip). The rest (deleting the relayed rows; the
-    whole move into a database log) is a started runtime's `Sweeper`'s, off that path.
-    Never raises: the commit is done, and the rows stay in the outbox for the worker's
-    relay (and the task-start catch-up) if anything here fails."""
+    On the commit's path only the local invalidation: the relay is a started runtime's
+    `Sweeper`'s, off that path (a task start reads the outbox meanwhile), or done here
+    when no runtime is started. Never raises: the commit is done, and the rows stay in
+    the outbox for the worker's relay (and the task-start catch-up) if anything fails."""
     if not rows:
         return
     sinks = list(_sinks)
@@ -100,19 +99,17 @@ def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None =
         if sweeper is None:
             relay_rows(engine, relay_log, rows)
         else:
-            sweeper.submit(engine, relay_log, rows, appended=False)
+            sweeper.submit(engine, relay_log, rows)
     except Exception as exc:  # best effort: the worker's relay delivers them later
         log.warning("relaying a commit's outbox rows failed (the worker relay will): %s", exc)
 
 
-def relay_rows(
-    engine: sa.Engine, target: InvalidationLog, rows: Rows, *, appended: bool = False
-) -> int:
+def relay_rows(engine: sa.Engine, target: InvalidationLog, rows: Rows) -> int:
     """Move these outbox rows, and only these, to `target`; returns how many were sent.
 
     A database log in the same database shares the transaction (exactly once: rows another
-    relay took first are its to send). Another log gets the events first (unless already
-    `appended`), then the rows are deleted: a crash in between sends them again through
+    relay took first are its to send). Another log gets the events first (one pipelined
+    round trip on Redis), then the rows are deleted: a crash in between sends them again through
     the worker's relay, harmlessly."""
     ids = [row_id for row_id, _data in rows]
     outbox = invalidation_outbox
@@ -126,14 +123,13 @@ def relay_rows(
                 if datas:
                     target.append_in(conn, datas)
                 return len(datas)
-        if not appended:
-            datas = [data for _row_id, data in rows]
-            append_many = getattr(target, "append_many", None)
-            if append_many is not None:
-                append_many(datas)
-            else:
-                for data in datas:
-                    target.append(data)
+        datas = [data for _row_id, data in rows]
+        append_many = getattr(target, "append_many", None)
+        if append_many is not None:
+            append_many(datas)
+        else:
+            for data in datas:
+                target.append(data)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
         return len(rows)
@@ -142,10 +138,10 @@ def relay_rows(
 
 
 class Sweeper(ReconnectingLoop):
-    """Finishes a commit's relay off the commit's path, in a daemon thread of a started
-    runtime: deletes rows already appended to a Redis log, or moves rows into a database
-    log. What it cannot do (killed, database down) the worker's relay does later: the
-    rows stay in the outbox until then, so nothing is lost, at most sent twice."""
+    """Relays a started runtime's own commits' outbox rows, off the commits' path, in a
+    daemon thread: a burst of commits goes in one round trip each way. What it cannot do
+    (killed, log or database down) the worker's relay does later: the rows stay in the
+    outbox until then, so nothing is lost, at most sent twice."""
 
     name = "cachework-outbox-sweeper"
     gather = 0.005  # seconds a pass waits for more commits to send with the first
@@ -154,41 +150,36 @@ class Sweeper(ReconnectingLoop):
         super().__init__()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
 
-    def submit(
-        self, engine: sa.Engine, target: InvalidationLog, rows: Rows, *, appended: bool
-    ) -> None:
+    def submit(self, engine: sa.Engine, target: InvalidationLog, rows: Rows) -> None:
         if self.alive and not self.stopping:
-            self._jobs.put((engine, target, list(rows), appended))
+            self._jobs.put((engine, target, list(rows)))
         else:  # not running (stopped, or in a forked child before its start): here
-            self._finish(engine, target, list(rows), appended)
+            self._finish(engine, target, list(rows))
 
     def on_iteration(self) -> None:
         try:
-            job = self._jobs.get(timeout=0.2)
+            engine, target, rows = self._jobs.get(timeout=0.2)
         except queue.Empty:
             return
-        engine, target, rows, appended = job
-        jobs = [job]
-        while len(jobs) < 200:  # a burst of commits: one round trip each way for the lot
+        for _ in range(200):  # a burst of commits: sent together
             try:
                 more = self._jobs.get(timeout=self.gather)
             except queue.Empty:
                 break
-            if more[:2] == (engine, target) and more[3] == appended:
+            if more[:2] == (engine, target):
                 rows.extend(more[2])
             else:
                 self._finish(*more)
-            jobs.append(more)
-        self._finish(engine, target, rows, appended)
+        self._finish(engine, target, rows)
 
-    def _finish(self, engine, target, rows, appended) -> None:
+    def _finish(self, engine: sa.Engine, target: InvalidationLog, rows: Rows) -> None:
         try:
-            relay_rows(engine, target, rows, appended=appended)
-        except Exception as exc:  # the worker's relay delivers (or deletes) them later
-            log.warning("finishing a commit's relay failed (the worker relay will): %s", exc)
+            relay_rows(engine, target, rows)
+        except Exception as exc:  # the worker's relay delivers them later
+            log.warning("relaying a commit's outbox rows failed (the worker relay will): %s", exc)
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Finish what was submitted (within `timeout`), then end the thread."""
+        """Send what was submitted (within `timeout`), then end the thread."""
         deadline = time.monotonic() + timeout
         while self.alive and not self._jobs.empty() and time.monotonic() < deadline:
             time.sleep(0.01)
