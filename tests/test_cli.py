@@ -127,6 +127,17 @@ def test_a_usage_error_is_one_line_naming_option_and_value(args, words, tmp_path
     assert not (tmp_path / "cachework").exists() or not any((tmp_path / "cachework").iterdir())
 
 
+def test_a_long_usage_error_keeps_its_help_pointer_within_the_limit(tmp_path: Path):
+    """The pointer to --help is part of the 600 characters (it was added after the cut)."""
+    from cache.errors import MESSAGE_MAX
+
+    done = run_cli(make_env(tmp_path), "import-versions", "--max-changes", "x" * 5000, timeout=30)
+    line = done.stderr.strip()
+    assert done.returncode == 2 and line.startswith("error: "), done.stderr
+    assert len(line) - len("error: ") <= MESSAGE_MAX, len(line)
+    assert line.endswith("(see cachework import-versions --help)") and "characters cut" in line
+
+
 @pytest.mark.parametrize("args", [["--help"], ["status", "--help"], [], ["db"]])
 def test_help_is_unchanged(args, tmp_path: Path):
     """--help (and a group without its command: on stderr, exit 2) still prints click's

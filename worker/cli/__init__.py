@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from cache.errors import CacheworkError, PermanentError, cut, is_transient
+from cache.errors import MESSAGE_MAX, CacheworkError, PermanentError, cut, is_transient
 from cache.settings import mask_url
 
 # click 8.2+: a group called without a command raises this to print its help; it stays so.
@@ -66,19 +66,20 @@ def describe_failure(exc: BaseException) -> str | None:
     return None
 
 
-def one_line(text: str) -> str:
-    """`text` on one line, cut to MESSAGE_MAX characters (a 1 MB bad value is not echoed)."""
-    return cut(" ".join(part.strip() for part in text.splitlines() if part.strip()))
+def one_line(text: str, limit: int = MESSAGE_MAX) -> str:
+    """`text` on one line, cut to `limit` characters (a 1 MB bad value is not echoed)."""
+    return cut(" ".join(part.strip() for part in text.splitlines() if part.strip()), limit)
 
 
 def _exit_with_click_error(exc: click.ClickException) -> NoReturn:
     """One line `error: ...` on stderr and the error's exit status (2 for a usage error),
     instead of click's Usage/Try/Error block: the message names the option and the bad
     value, and the pointer to the command's help replaces its usage lines."""
-    message = one_line(exc.format_message())
+    pointer = ""
     if isinstance(exc, click.UsageError):
         path = exc.ctx.command_path if exc.ctx is not None else "cachework"
-        message += f" (see {path} --help)"
+        pointer = f" (see {path} --help)"
+    message = one_line(exc.format_message(), MESSAGE_MAX - len(pointer)) + pointer  # cut whole
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(exc.exit_code)
 
