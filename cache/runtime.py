@@ -223,15 +223,20 @@ class Runtime:
 
     def _catch_up_outbox(self, tracker: Tracker) -> int:
         """Committed outbox rows not relayed yet: applied here once each (the log brings
-        them again later); more than `PENDING_MAX` (a relay far behind): drop instead."""
+        them again later); more than `PENDING_MAX` (a relay far behind): drop instead.
+
+        A database that cannot be reached takes no commits meanwhile: the tables are kept
+        (served from memory through the outage) when the last read found the outbox
+        empty, and dropped when rows were waiting then."""
         try:
             rows = pending_rows(self.database.engine)
         except (LogUnavailable, LogError) as exc:
-            tracker.drop(f"the outbox cannot be read at task start ({exc})")
+            if self._outbox_seen:
+                tracker.drop(f"the outbox cannot be read at task start ({exc})")
             return 0
         if len(rows) > PENDING_MAX:
             tracker.drop(f"over {PENDING_MAX} committed invalidations wait in the outbox")
-            self._outbox_seen = set()
+            self._outbox_seen = {row_id for row_id, _data in rows}
             return 0
         seen, self._outbox_seen = self._outbox_seen, {row_id for row_id, _data in rows}
         fresh = [data for row_id, data in rows if row_id not in seen]

@@ -243,3 +243,28 @@ def test_an_async_sessions_tracked_commit_keeps_the_write_and_its_event(pg_datab
         assert conn.execute(sa.text("SELECT name FROM categories WHERE id = 5")).scalar() == "async"
         rows = conn.execute(sa.select(invalidation_outbox.c.data)).scalars().all()
     assert rows == ['{"v":1,"table":"categories","keys":[5]}']
+
+
+def test_an_unreachable_outbox_drops_the_tables_only_if_rows_were_waiting(writer, monkeypatch):
+    """A database that is down takes no commits: a task start keeps serving from memory
+    when the outbox was empty at its last read, and drops when rows were waiting then."""
+    from cache import runtime as runtime_module
+    from cache.invalidation import LogUnavailable
+
+    other = writer["other"]
+    assert _read_after_catch_up(other) == "n1"
+    drops = other.tracker.stats["drops"]
+
+    def down(_engine):
+        raise LogUnavailable("outbox unreachable (test)")
+
+    monkeypatch.setattr(runtime_module, "pending_rows", down)
+    other.catch_up()
+    assert other.tracker.stats["drops"] == drops  # empty at the last read: kept
+    monkeypatch.undo()
+    with other.database.engine.begin() as conn:  # a row waits (its relay not done yet)
+        conn.execute(invalidation_outbox.insert(), [{"data": '{"v":1,"table":"products"}'}])
+    other.catch_up()
+    monkeypatch.setattr(runtime_module, "pending_rows", down)
+    other.catch_up()
+    assert other.tracker.stats["drops"] == drops + 1
