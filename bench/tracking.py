@@ -10,7 +10,8 @@ cachework's outbox, and compares:
   loaded objects; then inserts of new ones), with a session factory tracked by
   `cache.invalidation.track` against an untracked one: tracking with no runtime started
   (the outbox row only), with a started runtime (read-your-writes: the commit applies its
-  row in the process and relays it to a Redis Stream before it returns), and with the
+  row in the process before it returns, and the runtime's sweeper thread relays it to a
+  Redis Stream, off the commit's path), and with the
   outbox INSERT in a round trip of its own (as on drivers other than psycopg), interleaved;
 - commit-to-visible latency in another process (p50/p99/max): from a tracked commit's
   start to the event's arrival in a process tailing the stream (XREAD BLOCK), with the
@@ -209,9 +210,9 @@ def orm_loop(engine: sa.Engine, flushes: int, rounds: int, sink: Sink) -> None:
         f"\nORM write-heavy loop: {flushes:,} transactions of one flush of 10 rows "
         f"({rounds} interleaved rounds; x/off: best against best, and the median of the "
         "rounds' ratios)\n  on: the outbox row goes with the COMMIT (no runtime started); "
-        "on+relay: a started runtime, so the commit also relays its row to the stream before "
-        "it returns (read-your-writes); 2 trips: the outbox INSERT as its own statement "
-        "before the COMMIT (other drivers)"
+        "on+relay: a started runtime (read-your-writes: the commit invalidates in the "
+        "process before it returns, its sweeper thread relays the row); 2 trips: the "
+        "outbox INSERT as its own statement before the COMMIT (other drivers)"
     )
     for label, *runs in cases:
         modes = dict(zip(("off", "on", "on+relay", "2 trips"), runs, strict=True))
@@ -322,6 +323,7 @@ def latency(engine: sa.Engine, redis_url: str, sink: Sink, commits: int, backlog
                 )
     finally:
         tracking.stop()
+        outbox_rows(engine)  # the backlog's leftovers out of the trigger rows' counts
 
 
 def trigger_cost(engine: sa.Engine, rows: int) -> None:

@@ -329,7 +329,10 @@ class Tracking:
     def _after_begin(self, session: orm.Session, _transaction: Any, conn: sa.Connection) -> None:
         """Mark `conn` as a tracked session's, so Core statements run on it are tracked too."""
         self._hook(conn.engine)
-        conn.info.setdefault(self._session_of, weakref.WeakSet()).add(session)
+        sessions = conn.info.get(self._session_of)
+        if sessions is None:
+            sessions = conn.info[self._session_of] = weakref.WeakSet()
+        sessions.add(session)
 
     def _after_commit(self, _session: orm.Session) -> None:
         done, self._local.done = getattr(self._local, "done", None), None
