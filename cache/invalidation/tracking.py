@@ -12,8 +12,11 @@ statements run through the session (`session.execute(update(Model).where(...))`,
 `delete(...)`, `insert(Model)` with parameter lists) are caught by `do_orm_execute`: keys
 come from `RETURNING` (added as `return_defaults`, so the caller's result and `rowcount`
 are unchanged) where the database has it, else the whole cached table is invalidated.
-Writes this cannot see (raw SQL, other programs, legacy `bulk_*_mappings`) need the
-PostgreSQL triggers (`cache.invalidation.triggers`, `cachework triggers install`).
+Core INSERT/UPDATE/DELETE statements run on a tracked session's own connection
+(`session.connection().execute(update(table)...)`) are caught the same way, by the
+engine's `before_execute`/`after_execute`. Writes this cannot see (raw SQL, other
+programs, legacy `bulk_*_mappings`) need the PostgreSQL triggers
+(`cache.invalidation.triggers`, `cachework triggers install`).
 
 What a cached table depends on (`Dependency`): by default it is derived from the cached
 table's source select. The table its primary-key column is selected from is a keyed
@@ -245,7 +248,7 @@ class Tracking:
 
     Once the rows are committed, before the session's `commit()` returns, they go to
     `outbox.committed`: this process's started runtimes invalidate them in their own
-    cached tables and the rows are relayed to the log at once (read-your-writes).
+    cached tables (read-your-writes), and the rows are relayed to the log by id.
     """
 
     deps: tuple[Dependency, ...]
