@@ -1,7 +1,8 @@
 """Demo step: automatic invalidation. The app's session factory is tracked with one call;
 an ORM write and a bulk ORM update then reach both worker children with no publish()
-call. Raw SQL needs the PostgreSQL triggers (`cachework triggers install`); the demo runs
-on SQLite, so that part is shown only where PostgreSQL is configured."""
+call, and the writing process reads its own write at once. Raw SQL needs the PostgreSQL
+triggers (`cachework triggers install`); the demo runs on SQLite, so that part is shown
+only where PostgreSQL is configured."""
 
 from __future__ import annotations
 
@@ -39,16 +40,19 @@ def run(ctx) -> None:
     ctx.console.rule("automatic invalidation: the app's own writes, no publish()")
     from demo.models import Category
 
-    runtime = Runtime(ctx.settings, database=ctx.database)
+    runtime = Runtime(ctx.settings, database=ctx.database).start()  # as a web app does
     tracking = track(ctx.database.sessionmaker, runtime)  # the one call, at start-up
     try:
         ctx.console.print("  track(sessionmaker, runtime): a commit writes its flushes' outbox row")
         _every_child_reads(ctx, _name(ctx, Category))
+        own = runtime.registry.table("categories")
+        own.get(KEY)  # this process caches the record too
         with ctx.database.session() as session:
             row = session.get(Category, KEY)
             row.name = f"{row.name.split(' (')[0]} (ORM write)"
             name = row.name
         ctx.console.print(f"  ORM write:  categories {KEY}.name = {name!r}; commit")
+        ctx.console.print(f"    this process, right after commit(): {own.get(KEY)['name']!r}")
         pids = _every_child_reads(ctx, name)
         ctx.console.print(f"    cachework.lookup in children {sorted(pids)} -> {name!r}")
 
