@@ -65,37 +65,54 @@ def web(pg_server_url, redis_server_url, tmp_path_factory) -> Iterator[dict]:
         engine.dispose()
 
 
+def _rename(Session, name: str, i: int) -> None:
+    """A tracked rename: an ORM write, or (every fourth) a Core UPDATE on the session's
+    own connection."""
+    with Session.begin() as session:
+        if i % 4 == 3:
+            table = Category.__table__
+            session.connection().execute(sa.update(table).where(table.c.id == 1).values(name=name))
+        else:
+            session.get(Category, 1).name = name
+
+
+def _check(web: dict, row, name: str, i: int) -> None:
+    """Read at once in this process and through a lookup task sent now."""
+    app = web["nodes"].app
+    row.tries += 1
+    here = web["runtime"].registry.table("categories").get(1)["name"]
+    there = app.send_task("cachework.lookup", kwargs={"table": "categories", "key": 1})
+    try:
+        there = there.get(timeout=60, interval=0.005)["name"]
+    except Exception as exc:
+        row.lost += 1
+        row.notes.append(f"lookup {i}: {type(exc).__name__}")
+        return
+    if here != name or there != name:
+        row.stale += 1
+        row.notes.append(f"commit {name}: writer read {here!r}, lookup read {there!r}")
+    else:
+        row.completed += 1
+
+
 def _commits(web: dict, row, count: int, prefix: str) -> list[float]:
     """`count` tracked renames, each read at once here and through a lookup task; returns
     each commit's duration (seconds)."""
-    runtime, Session, app = web["runtime"], web["Session"], web["nodes"].app
-    table = runtime.registry.table("categories")
     durations = []
     for i in range(count):
         name = f"{prefix}{i}"
         started = time.perf_counter()
-        with Session.begin() as session:
-            session.get(Category, 1).name = name
+        _rename(web["Session"], name, i)
         durations.append(time.perf_counter() - started)
-        row.tries += 1
-        here = table.get(1)["name"]
-        there = app.send_task("cachework.lookup", kwargs={"table": "categories", "key": 1})
-        try:
-            there = there.get(timeout=60, interval=0.005)["name"]
-        except Exception as exc:
-            row.lost += 1
-            row.notes.append(f"lookup {i}: {type(exc).__name__}")
-            continue
-        if here != name or there != name:
-            row.stale += 1
-            row.notes.append(f"commit {name}: writer read {here!r}, lookup read {there!r}")
-        else:
-            row.completed += 1
+        _check(web, row, name, i)
     return durations
 
 
 def test_read_your_writes_under_load(web):
-    row = TABLE.row(f"read-your-writes: {COMMITS} tracked commits, 2 nodes x 2 children")
+    row = TABLE.row(
+        f"read-your-writes: {COMMITS} tracked commits (1 in 4 a Core UPDATE on the session's "
+        "connection), 2 nodes x 2 children"
+    )
     _commits(web, row, COMMITS, "load")
     assert row.lost == 0 and row.stale == 0, row
 
@@ -120,4 +137,39 @@ def test_read_your_writes_behind_an_outbox_backlog(web):
     )
     print(row.notes[-1])  # the figures (bench/tracking.py measures them properly)
     assert left >= 1000  # the workers' relay had not caught up when it committed
+    assert row.lost == 0 and row.stale == 0, row
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_read_your_writes_from_an_async_session(web, driver):
+    """An asyncio app's tracked `AsyncSession` (asyncpg, psycopg's async driver): each
+    commit read at once in the process and by a lookup."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+    row = TABLE.row(f"read-your-writes from an AsyncSession ({driver}), 50 commits")
+
+    class Tracked(AsyncSession):
+        sync_session_class = type("TrackedSync", (sa.orm.Session,), {})
+
+    tracking = track(Tracked.sync_session_class, web["runtime"])
+    url = web["engine"].url.set(drivername=f"postgresql+{driver}")
+
+    async def run() -> None:
+        engine = create_async_engine(url)
+        Session = async_sessionmaker(engine, class_=Tracked)
+        try:
+            for i in range(50):
+                name = f"async-{driver}-{i}"
+                async with Session.begin() as session:
+                    (await session.get(Category, 1)).name = name
+                _check(web, row, name, i)  # blocking reads: this test's loop does nothing else
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        tracking.stop()
     assert row.lost == 0 and row.stale == 0, row

@@ -268,3 +268,47 @@ def test_an_unreachable_outbox_drops_the_tables_only_if_rows_were_waiting(writer
     monkeypatch.setattr(runtime_module, "pending_rows", down)
     other.catch_up()
     assert other.tracker.stats["drops"] == drops + 1
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_an_async_sessions_commit_is_read_at_once_and_relayed(
+    pg_database, redis_url, tmp_path, driver
+):
+    """With a started runtime: the async commit invalidates in the process at once, and
+    the runtime's sweeper thread relays the row through the runtime's own engine (an
+    AsyncEngine's sync facade cannot be used outside its event loop)."""
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+    with pg_database.session() as session:
+        session.add(Category(id=1, code="c1", name="n1"))
+    env = make_env(tmp_path, database_url=pg_database.url, redis_url=redis_url)
+    runtime = Runtime(settings_of(env), database=pg_database).start()
+    log = runtime.invalidation_log()
+
+    class Tracked(AsyncSession):
+        sync_session_class = type("TrackedSync", (sa.orm.Session,), {})
+
+    tracking = track(Tracked.sync_session_class, runtime)
+    seen: list[str] = []
+
+    async def run() -> None:
+        engine = create_async_engine(pg_database.engine.url.set(drivername=f"postgresql+{driver}"))
+        Session = async_sessionmaker(engine, class_=Tracked)
+        try:
+            for i in range(5):
+                async with Session.begin() as session:
+                    (await session.get(Category, 1)).name = f"async{i}"
+                seen.append(_reads(runtime))
+        finally:
+            await engine.dispose()
+
+    try:
+        assert _reads(runtime) == "n1"
+        head = log.state().head
+        asyncio.run(run())
+        assert seen == [f"async{i}" for i in range(5)]
+        assert wait_until(lambda: _outbox(pg_database.engine) == 0, timeout=5)
+        assert len(log.read(head).entries) == 5  # relayed by this process, not the workers
+    finally:
+        tracking.stop()
+        runtime.stop()

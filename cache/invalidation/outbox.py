@@ -97,11 +97,37 @@ def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None =
         return
     try:
         if sweeper is None:
-            relay_rows(engine, relay_log, rows)
+            relay_rows(engine, relay_log, rows)  # here, in the committing greenlet too
         else:
-            sweeper.submit(engine, relay_log, rows)
+            thread_engine = _thread_safe(engine, sinks)
+            if thread_engine is not None:
+                sweeper.submit(thread_engine, relay_log, rows)
     except Exception as exc:  # best effort: the worker's relay delivers them later
         log.warning("relaying a commit's outbox rows failed (the worker relay will): %s", exc)
+
+
+def _thread_safe(engine: sa.Engine, sinks: list) -> sa.Engine | None:
+    """An engine the sweeper's thread can use for `engine`'s outbox: an AsyncEngine's sync
+    facade works only inside its event loop's greenlet, so a started runtime's own engine
+    on the same database instead (None: none is; the workers' relay sends the rows)."""
+    if not engine.dialect.is_async:
+        return engine
+    url = engine.url
+    for sink in sinks:
+        own = getattr(getattr(sink, "database", None), "engine", None)
+        if own is not None and not own.dialect.is_async and _same_database(own.url, url):
+            return own
+    return None
+
+
+def _same_database(a: sa.URL, b: sa.URL) -> bool:
+    return (a.get_backend_name(), a.host, a.port, a.database, a.username) == (
+        b.get_backend_name(),
+        b.host,
+        b.port,
+        b.database,
+        b.username,
+    )
 
 
 def relay_rows(engine: sa.Engine, target: InvalidationLog, rows: Rows) -> int:
