@@ -86,11 +86,12 @@ def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None =
             sink.apply_committed(datas)
         except Exception:
             log.exception("applying a committed invalidation in this process failed")
+    started = [sink for sink in sinks if sink.sweeper is not None] or sinks
     sweeper = None
     try:
-        if sinks:
-            sweeper = sinks[0].sweeper
-            relay_log = relay_log or sinks[0].invalidation_log()
+        if started:
+            sweeper = started[0].sweeper
+            relay_log = relay_log or started[0].invalidation_log()
     except Exception:
         log.exception("no invalidation log to relay a committed outbox row to")
     if relay_log is None:
