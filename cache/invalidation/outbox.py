@@ -141,7 +141,7 @@ def relay_rows(engine: sa.Engine, target: InvalidationLog, rows: Rows) -> int:
     ids = [row_id for row_id, _data in rows]
     outbox = invalidation_outbox
     try:
-        if isinstance(target, DatabaseLog) and target.engine.url == engine.url:
+        if _in_database(target, engine):
             with engine.begin() as conn:
                 gone = conn.execute(
                     outbox.delete().where(outbox.c.id.in_(ids)).returning(outbox.c.data)
@@ -150,18 +150,28 @@ def relay_rows(engine: sa.Engine, target: InvalidationLog, rows: Rows) -> int:
                 if datas:
                     target.append_in(conn, datas)
                 return len(datas)
-        datas = [data for _row_id, data in rows]
-        append_many = getattr(target, "append_many", None)
-        if append_many is not None:
-            append_many(datas)
-        else:
-            for data in datas:
-                target.append(data)
+        _send(target, [data for _row_id, data in rows])
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
         return len(rows)
     except sa.exc.SQLAlchemyError as exc:
         raise log_failure(exc, "outbox") from exc
+
+
+def _in_database(target: InvalidationLog, engine: sa.Engine) -> bool:
+    """Whether `target` is the database log of `engine`'s database (one transaction can
+    move rows from the outbox into it)."""
+    return isinstance(target, DatabaseLog) and target.engine.url == engine.url
+
+
+def _send(target: InvalidationLog, datas: list[str]) -> None:
+    """Append `datas` to `target`, in one round trip where it can (a Redis pipeline)."""
+    append_many = getattr(target, "append_many", None)
+    if append_many is not None:
+        append_many(datas)
+        return
+    for data in datas:
+        target.append(data)
 
 
 class Sweeper(ReconnectingLoop):
@@ -294,7 +304,7 @@ class Relay:
                     tx.rollback()
                     return 0
                 datas = [row.data for row in rows]
-                if isinstance(self.target, DatabaseLog) and self.target.engine is self.engine:
+                if _in_database(self.target, self.engine):
                     self.target.append_in(conn, datas)  # same transaction: exactly once
                 else:
                     for data in datas:  # a crash before the commit below re-sends them

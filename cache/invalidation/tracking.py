@@ -253,7 +253,6 @@ class Tracking:
 
     deps: tuple[Dependency, ...]
     max_keys: int = 10_000
-    relay_log: Any = None  # a callable returning the log to relay a commit's rows to
     stats: dict[str, int] = field(
         default_factory=lambda: {"flushes": 0, "statements": 0, "events": 0, "whole_table": 0}
     )
@@ -340,18 +339,11 @@ class Tracking:
     def _after_commit(self, _session: orm.Session) -> None:
         done, self._local.done = getattr(self._local, "done", None), None
         for engine, rows in done or ():
-            outbox.committed(engine, rows, self._log())
+            outbox.committed(engine, rows)
 
     def _after_transaction_end(self, _session: orm.Session, transaction: Any) -> None:
         if transaction.parent is None:  # rolled back (a commit took its rows already)
             self._local.done = None
-
-    def _log(self) -> Any:
-        try:
-            return self.relay_log() if self.relay_log is not None else None
-        except Exception:
-            log.exception("no invalidation log to relay a tracked commit to")
-            return None
 
     # --- flushes ----------------------------------------------------------------------------
 
@@ -458,7 +450,7 @@ class Tracking:
             ids = [conn.execute(insert, {"data": data}).scalar_one() for data in datas]
         rows = list(zip(ids, datas, strict=True))
         if conn._is_autocommit_isolation():  # committed already: tell the process now
-            outbox.committed(conn.engine, rows, self._log())
+            outbox.committed(conn.engine, rows)
             return
         done = getattr(self._local, "done", None)
         if done is None:
@@ -714,9 +706,6 @@ def track(target: Any, tables: Any, *, max_keys: int | None = None) -> Tracking:
     if max_keys is None:
         settings = getattr(tables, "settings", None)
         max_keys = getattr(settings, "invalidation_max_keys", 10_000)
-    relay_log = None
     if callable(getattr(tables, "apply_committed", None)):  # a runtime: read-your-writes
-        outbox.add_sink(tables)
-        relay_log = tables.invalidation_log
-    tracking = Tracking(dependencies(tables), max_keys=max_keys, relay_log=relay_log)
-    return tracking.attach(target)
+        outbox.add_sink(tables)  # its log is where `outbox.committed` relays to
+    return Tracking(dependencies(tables), max_keys=max_keys).attach(target)
