@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak faults bench lint install clean
+.PHONY: demo test soak faults topology bench lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ soak: $(STAMP)
 
 faults: $(STAMP)
 	$(PY) -m pytest -m faults
+
+# Production shapes (README "Production topology"): PgBouncer, Redis Sentinel and Cluster,
+# RabbitMQ quorum queues and every Celery pool, each a private server on a loopback port.
+topology: $(STAMP)
+	$(PY) -m pytest -m topology
 
 bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
