@@ -12,6 +12,7 @@ from __future__ import annotations
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
+from cache.pooler import result_engine_options
 from cache.settings import Settings
 from worker.routing import QUEUES, queues  # noqa: F401 - QUEUES: bench/ imports it from here
 
@@ -76,6 +77,8 @@ def build(s: Settings) -> dict:
         "broker_transport_options": _transport_options(s),
         "broker_connection_retry_on_startup": True,
         "result_backend": s.result_backend,
+        # Its engines get our psycopg connect arguments (a pooler: no prepared statements).
+        "database_engine_options": result_engine_options(s.result_backend, s.database_pooler),
         "result_expires": 24 * 3600,
         "result_extended": True,
         "task_serializer": "json",

@@ -17,15 +17,17 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from cache import pooler as poolers
+
 _live: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 class Database:
     """One engine plus its session factory, with a count of sessions still open."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pooler: str = poolers.NONE) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pooler)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self._open = 0
         self._count_lock = threading.Lock()
@@ -66,9 +68,11 @@ def live_databases() -> list[Database]:
     return list(_live)
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str, pooler: str = poolers.NONE) -> sa.Engine:
     """An engine with settings that suit a worker: pre-ping, and WAL plus a busy timeout
-    on SQLite so several processes can share the embedded file."""
+    on SQLite so several processes can share the embedded file. On PostgreSQL, `pooler`
+    (CACHEWORK_DATABASE_POOLER) and the URL's `prepare_threshold` decide psycopg's
+    prepared statements (cache/pooler.py)."""
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
@@ -84,5 +88,9 @@ def make_engine(url: str) -> sa.Engine:
 
         return engine
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 5}
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args={"connect_timeout": 5, **poolers.connect_args(url, pooler)},
     )

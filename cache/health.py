@@ -19,6 +19,7 @@ import redis as redis_lib
 import sqlalchemy as sa
 
 from cache import redis_policy
+from cache.pooler import connect_args
 from cache.settings import mask_url
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def check_database(url: str, timeout: float = 3.0) -> str | None:
     """None when `SELECT 1` runs on a fresh connection, else why not (one line)."""
     args: dict[str, Any] = {}
     if url.startswith("postgresql"):
-        args = {"connect_timeout": max(1, round(timeout))}
+        args = {"connect_timeout": max(1, round(timeout)), **connect_args(url)}
     elif url.startswith("sqlite"):
         args = {"timeout": timeout}
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=args)

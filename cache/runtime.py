@@ -92,7 +92,7 @@ class Runtime:
     def database(self) -> Database:
         with self._lock:
             if self._database is None:
-                self._database = Database(self.settings.database_url)
+                self._database = Database(self.settings.database_url, self.settings.database_pooler)
             return self._database
 
     @property

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cache.errors import ConfigError
+from cache.pooler import parse_pooler, prepare_threshold
 
 DATABASE_SCHEMES = {
     "sqlite": "sqlite",
@@ -172,6 +173,9 @@ class Settings:
     # bound to `metrics_bind` (loopback by default). See cache/metrics.py.
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
+    # How a pooler in front of the database shares server connections: none, session or
+    # transaction (no server-side prepared statements). See cache/pooler.py.
+    database_pooler: str = "none"
 
     @property
     def broker_transport(self) -> str | None:
@@ -372,6 +376,15 @@ def _log_format(env: Mapping[str, str]) -> str:
     return value
 
 
+def _database_pooler(env: Mapping[str, str], database_url: str) -> str:
+    """CACHEWORK_DATABASE_POOLER, and the URL's own `prepare_threshold` checked at load."""
+    prepare_threshold(database_url)
+    result_backend = env.get("CACHEWORK_RESULT_BACKEND", "").strip()
+    if result_backend.startswith("db+postgresql+psycopg"):
+        prepare_threshold(result_backend[3:], "CACHEWORK_RESULT_BACKEND")
+    return parse_pooler(env.get("CACHEWORK_DATABASE_POOLER"), database_url)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check the `CACHEWORK_*` environment (or `env`)."""
     env = os.environ if env is None else env
@@ -422,4 +435,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shared_broker=_bool(env, "CACHEWORK_SHARED_BROKER", False),
         metrics_port=_metrics_port(env),
         metrics_bind=_metrics_bind(env),
+        database_pooler=_database_pooler(env, database_url),
     )

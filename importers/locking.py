@@ -1,11 +1,15 @@
 """One import at a time per database, and one snapshot per import.
 
-PostgreSQL: a session-level advisory lock taken on a side connection BEFORE the import's
-own transaction takes its snapshot, and released only after that transaction ends, so the
-next import always sees everything the previous one committed. The import's transaction
-runs at REPEATABLE READ, so every statement of the run sees the same snapshot. Taking the
-lock inside the import's transaction instead would leave a window where the snapshot is
-older than the lock.
+PostgreSQL: a transaction-level advisory lock taken in a side transaction BEFORE the
+import's own transaction takes its snapshot; the side transaction stays open (idle, no
+snapshot held) until the import's transaction has ended, and its end releases the lock, so
+the next import always sees everything the previous one committed. The import's
+transaction runs at REPEATABLE READ, so every statement of the run sees the same snapshot.
+Taking the lock inside the import's transaction instead would leave a window where the
+snapshot is older than the lock. A session-level lock would outlive its transaction on a
+pooled server connection (PgBouncer in transaction mode hands that connection to another
+client, who would then hold the lock too, while the unlock runs elsewhere): the side
+transaction keeps its server connection until it ends, in every pooling mode.
 
 SQLite: `BEGIN IMMEDIATE` takes the database's write lock before the first read, which
 both serialises imports (a second one waits for the busy timeout, then gets `LockedError`)
@@ -24,8 +28,12 @@ from sqlalchemy.orm import Session, SessionTransaction
 from cache.errors import LockedError, ValidationError
 
 LOCK_NAME = "cachework.import_versions"
-# A stable signed 64-bit key for pg_try_advisory_lock, derived from the lock's name.
+# A stable signed 64-bit key for pg_try_advisory_xact_lock, derived from the lock's name.
 LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)
+_TRY_LOCK = sa.text(
+    "SELECT pg_try_advisory_xact_lock(:k) "
+    "FROM (SELECT set_config('idle_in_transaction_session_timeout', '0', true)) AS s"
+)
 
 
 def begin_import(session: Session, mapper: type | None = None, lock_key: int = LOCK_KEY) -> None:
@@ -70,9 +78,12 @@ def _engine_of(bind: sa.Engine | sa.Connection) -> sa.Engine:
 
 
 def _lock_postgresql(session: Session, bind: sa.Engine | sa.Connection, key: int) -> None:
-    side = _engine_of(bind).connect().execution_options(isolation_level="AUTOCOMMIT")
+    # Its transaction holds the lock; READ COMMITTED keeps no snapshot while it waits, and
+    # a server's idle_in_transaction_session_timeout must not end it (and the lock) early:
+    # set_config(..., true) is SET LOCAL, gone with the transaction.
+    side = _engine_of(bind).connect().execution_options(isolation_level="READ COMMITTED")
     try:
-        got = side.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
+        got = side.execute(_TRY_LOCK, {"k": key}).scalar_one()
     except BaseException:
         side.close()
         raise
@@ -92,7 +103,7 @@ def _lock_postgresql(session: Session, bind: sa.Engine | sa.Connection, key: int
             return
         held[0] = False
         try:
-            side.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            side.rollback()  # the side transaction's end releases the lock
         except sa.exc.DBAPIError:
             side.invalidate()  # a broken connection never goes back to the pool locked
         finally:

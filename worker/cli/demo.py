@@ -123,7 +123,7 @@ def demo(projects: int, products: int, folder: Path, force: bool) -> None:
     (folder / DEMO_MARKER).write_text("made by `cachework demo`; replaced by the next one\n")
     env = demo_env(folder)
     settings = load_settings(env)
-    database = db.Database(settings.database_url)
+    database = db.Database(settings.database_url, settings.database_pooler)
     worker = WorkerProcess(env, concurrency=2, name="demo@127.0.0.1", logfile=folder / "worker.log")
     try:
         models = bootstrap(settings.models)
