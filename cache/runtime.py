@@ -45,13 +45,14 @@ from cache.invalidation import (
     outbox,
 )
 from cache.invalidation.events import KeyCoercer
+from cache.invalidation.node_lock import NodeLock
 from cache.invalidation.outbox import PENDING_MAX, pending_rows
 from cache.locks import LockBackend, lock_backend
 from cache.projects import ProjectSource
 from cache.records import coerce
 from cache.redis_policy import refuse_evicting
 from cache.registry import Registry, load_declarations
-from cache.settings import Settings, load_settings
+from cache.settings import Settings, load_settings, mask_url
 
 if TYPE_CHECKING:
     from importers.bootstrap import Models
@@ -273,13 +274,19 @@ class Runtime:
                 self._listener.start()
             if relay and self._relay is None:
                 relay_pass = Relay(self.database.engine, self.invalidation_log())
-                self._relay = RelayLoop(relay_pass).start()
+                self._relay = RelayLoop(relay_pass, elector=self._relay_lock()).start()
             if metrics.active():
                 self.sampler.start()
             if self._sweeper is None:
                 self._sweeper = outbox.Sweeper().start()
         outbox.add_sink(self)  # this process's commits invalidate its tables at once
         return self
+
+    def _relay_lock(self) -> NodeLock:
+        """The node's outbox relay election for this database and log (no secrets in the
+        lock file's name: a hash of the URLs with their passwords masked)."""
+        s = self.settings
+        return NodeLock.for_relay(mask_url(s.database_url), mask_url(s.redis_url or "db-log"))
 
     @property
     def sweeper(self) -> outbox.Sweeper | None:

@@ -415,6 +415,9 @@ def test_listener_that_keeps_failing_unexpectedly_drops_its_tables(log):
         def read(self, after, count=500):
             raise ValueError("odd answer")
 
+        def follow(self, after, count, timeout):  # the blocking read, where the log has one
+            raise ValueError("odd answer")
+
     target = FakeTarget()
     listener = Listener(Tracker(target, log), Garbled(), stale_after=0.3, block=0.05)
     listener.backoff_start = 0.01

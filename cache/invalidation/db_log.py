@@ -3,7 +3,8 @@
 Ids come from the table's sequence, but a sequence hands out ids at insert time, not at
 commit: two concurrent writers could commit 6 before 5, and a reader that saw 6 would skip
 5 for ever. So every append takes one transaction-scoped advisory lock on PostgreSQL
-(SQLite serialises writers itself): ids then become visible in order. Readers poll.
+(SQLite serialises writers itself): ids then become visible in order. Readers poll:
+every 50 ms while rows arrive, every second when idle (`DatabaseLog.wait`).
 
 Ids come from the table's own sequence only (the table refuses others), and a reader
 notices a log recreated under it: on PostgreSQL the epoch carries the table's oid; on
@@ -21,6 +22,7 @@ once as unknown entries and never follows; the head is the highest id at or belo
 from __future__ import annotations
 
 import threading
+import time
 
 import sqlalchemy as sa
 
@@ -93,10 +95,23 @@ def _unavailable(exc: sa.exc.SQLAlchemyError) -> CacheworkError:
 class DatabaseLog:
     """`invalidation_log` on `engine`, trimmed to about `maxlen` rows, polled by readers."""
 
-    def __init__(self, engine: sa.Engine, maxlen: int = 100_000, poll_interval: float = 0.05):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        maxlen: int = 100_000,
+        poll_interval: float = 0.05,
+        idle_interval: float = 1.0,
+        busy_for: float = 2.0,
+    ):
         self.engine = engine
         self.maxlen = maxlen
         self.poll_interval = poll_interval
+        # A listener polls every `poll_interval` for `busy_for` seconds after a read that
+        # found rows, then every `idle_interval`: an idle process costs one read a second,
+        # not 20 (a task start still reads the log itself; a commit applies its own rows).
+        self.idle_interval = max(idle_interval, poll_interval)
+        self.busy_for = busy_for
+        self._rows_at = time.monotonic()  # when a read last found rows (start: busy)
 
     def append(self, data: str) -> str:
         try:
@@ -145,6 +160,8 @@ class DatabaseLog:
                 epoch, bound = _after_rows(conn)  # after the rows: it covers all they hold
         except sa.exc.SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
+        if len(rows) > (1 if cursor else 0):
+            self._rows_at = time.monotonic()
         dialect = self.engine.dialect.name
         gap = _beyond_sequence(dialect, cursor, bound)
         foreign = [] if bound is None else [row for row in rows if row.id > bound]
@@ -163,7 +180,8 @@ class DatabaseLog:
         )
 
     def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
-        stop.wait(min(timeout, self.poll_interval))
+        busy = time.monotonic() - self._rows_at < self.busy_for
+        stop.wait(min(timeout, self.poll_interval if busy else self.idle_interval))
 
     def close(self) -> None:
         """Nothing to release: the engine belongs to the caller."""

@@ -27,6 +27,7 @@ from cache.invalidation.events import (
     table_of,
 )
 from cache.invalidation.log import (
+    LISTEN_BLOCK,
     NOTHING,
     Batch,
     InvalidationLog,
@@ -158,6 +159,37 @@ class Tracker:
                 self._adopt(source.state())
                 return 0
             return self._drain(source)
+
+    def listen(self, source: InvalidationLog, timeout: float, stop: threading.Event) -> int:
+        """The listener's step: wait up to `timeout` for entries after the cursor and apply
+        them; returns how many were applied.
+
+        A log with `follow` (Redis) is read in one blocking call, outside the lock (a task
+        start's `sync()` never waits for it), and its entries are applied as read when the
+        log confirms the cursor's entry was still there after the read: entries are trimmed
+        oldest first, so none between the cursor and the first one read was lost. Anything
+        else (no confirmation, a cursor that moved meanwhile, no cursor yet) goes through
+        `poll()`, the full read with the epoch and gap checks. A restart or failover breaks
+        the connection, and the listener's reconnect runs that full read first."""
+        follow = getattr(source, "follow", None)
+        with self._lock:
+            cursor, epoch = self.cursor, self.stats["epoch"]
+        if follow is None or epoch is None or cursor == NOTHING:
+            applied = self.poll(source)
+            if applied == 0:
+                source.wait(self.cursor, timeout, stop)
+            return applied
+        if stop.is_set():
+            return 0
+        entries, confirmed = follow(cursor, self.batch, timeout)
+        if not entries:
+            return 0
+        with self._lock:
+            if self.cursor != cursor or self.stats["epoch"] != epoch:
+                return 0  # a catch-up or a drop moved the cursor meanwhile: read again
+            if not confirmed:  # the cursor's entry is gone: the checked read decides
+                return self._drain(source)
+            return self._apply(Batch(epoch, False, entries))
 
     def catch_up(self) -> int:
         """`sync()` for the start of a task: never raises; if the log cannot be reached,
@@ -443,7 +475,12 @@ class Listener(ReconnectingLoop):
     name = "cachework-invalidation-listener"
 
     def __init__(
-        self, tracker: Tracker, log: InvalidationLog, *, stale_after: float = 30.0, block=0.5
+        self,
+        tracker: Tracker,
+        log: InvalidationLog,
+        *,
+        stale_after: float = 30.0,
+        block: float = LISTEN_BLOCK,
     ) -> None:
         super().__init__()
         self.tracker = tracker
@@ -452,6 +489,7 @@ class Listener(ReconnectingLoop):
         self.block = block
         self._down_since: float | None = None
         self._last_drop: float | None = None
+        self._last_ok: float | None = None  # when the log last answered
 
     def on_connect(self) -> None:
         if self._down_since is not None:
@@ -466,16 +504,21 @@ class Listener(ReconnectingLoop):
                 time.monotonic() - self._down_since,
             )
         self._down_since = self._last_drop = None
+        self._last_ok = time.monotonic()
 
     def on_iteration(self) -> None:
-        if self.tracker.poll(self.log) == 0:
-            self.log.wait(self.tracker.cursor, self.block, self._stop)
+        self.tracker.listen(self.log, self.block, self._stop)
+        self._last_ok = time.monotonic()
 
     def on_connection_error(self, exc: BaseException, delay: float) -> float:
         now = time.monotonic()
         self.tracker.stats["connected"] = False
+        if self.stopping:  # stop() broke the connection to end a blocking read
+            return 0.0
         if self._down_since is None:
-            self._down_since = now
+            # Down since the log last answered: a read that blocks for `block` seconds
+            # notices a lost server up to its read timeout later.
+            self._down_since = min(now, self._last_ok) if self._last_ok is not None else now
             log.warning("invalidation listener lost the log, reconnecting: %s", exc)
         since = self._last_drop if self._last_drop is not None else self._down_since
         if now - since >= self.stale_after:
@@ -486,8 +529,26 @@ class Listener(ReconnectingLoop):
     def on_unexpected_error(self, exc: BaseException) -> None:
         """A bug or an odd answer: log it and count it as an outage (drop after the bound),
         since events are not being applied meanwhile."""
+        if self.stopping:
+            return
         super().on_unexpected_error(exc)
         self.on_connection_error(exc, 0.0)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """End the loop promptly: a read blocked on the log is broken off by closing the
+        log's connections (`interrupt`), again until the thread is gone or `timeout`."""
+        self._stop.set()
+        interrupt = getattr(self.log, "interrupt", None)
+        deadline = time.monotonic() + timeout
+        if interrupt is not None and self._thread is not threading.current_thread():
+            while self.alive and time.monotonic() < deadline:
+                try:
+                    interrupt()
+                except Exception:  # a broken connection must not mask the shutdown
+                    log.debug("interrupting the invalidation listener failed", exc_info=True)
+                if self._thread is not None:
+                    self._thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+        return super().stop(max(0.0, deadline - time.monotonic()))
 
     def on_stop(self) -> None:
         self.tracker.stats["connected"] = False

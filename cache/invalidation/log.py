@@ -21,6 +21,10 @@ from typing import Protocol
 from cache.errors import CacheworkError, TransientError, is_transient
 
 NOTHING = "0"  # the cursor of a reader that has seen nothing yet / head of an empty log
+# Seconds a listener blocks on one read of a log that can block (Redis: XREAD BLOCK): an
+# idle process costs one cheap call per LISTEN_BLOCK; a connection's read timeout must
+# exceed it (see RedisLog.for_listener).
+LISTEN_BLOCK = 5.0
 
 
 class LogUnavailable(TransientError):

@@ -33,6 +33,7 @@ from cache.invalidation.db_log import DatabaseLog
 from cache.invalidation.events import Event
 from cache.invalidation.listener import ReconnectingLoop
 from cache.invalidation.log import InvalidationLog, log_failure
+from cache.invalidation.node_lock import NodeLock
 from cache.invalidation.tables import invalidation_outbox
 
 log = logging.getLogger(__name__)
@@ -321,18 +322,42 @@ class Relay:
 
 
 class RelayLoop(ReconnectingLoop):
-    """Runs `relay` in a daemon thread: a pass every `interval` seconds while idle."""
+    """Runs `relay` in a daemon thread: a pass every `interval` seconds while idle.
+
+    With `elector` (a `NodeLock`), only the process holding it polls the outbox: one
+    relay per node and database, not one per child. The others try to take it over every
+    `retry_every` seconds (a local `flock`, no database call), so a holder that dies is
+    replaced within about that long; meanwhile commits still relay their own rows."""
 
     name = "cachework-outbox-relay"
 
-    def __init__(self, relay: Relay, interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        interval: float = 0.2,
+        *,
+        elector: NodeLock | None = None,
+        retry_every: float = 1.0,
+    ) -> None:
         super().__init__()
         self.relay = relay
         self.interval = interval
+        self.elector = elector
+        self.retry_every = retry_every
         self.moved = 0
+        self.passes = 0  # outbox reads made (the cost an idle node pays)
         self._failing = False
 
+    @property
+    def elected(self) -> bool:
+        """Whether this process polls the outbox (holds the node's relay lock)."""
+        return self.elector is None or self.elector.held
+
     def on_iteration(self) -> None:
+        if self.elector is not None and not self.elector.acquire():
+            self._stop.wait(self.retry_every)
+            return
+        self.passes += 1
         moved = self.relay.run_once()
         self.moved += moved
         if self._failing:
@@ -346,3 +371,7 @@ class RelayLoop(ReconnectingLoop):
             log.warning("outbox relay failed, retrying: %s", exc)
             self._failing = True
         return delay
+
+    def on_stop(self) -> None:
+        if self.elector is not None:
+            self.elector.release()  # another process of the node takes over

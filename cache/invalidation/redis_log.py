@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cache.errors import CacheworkError
-from cache.invalidation.log import NOTHING, Batch, LogState, log_failure
+from cache.invalidation.log import LISTEN_BLOCK, NOTHING, Batch, LogState, log_failure
 
 STREAM_KEY = "cachework:invalidations"
 FIELD = b"e"
@@ -116,7 +116,7 @@ class RedisLog:
         client = redis.Redis.from_url(
             url,
             socket_connect_timeout=2,
-            socket_timeout=5,
+            socket_timeout=LISTEN_BLOCK + 5,  # longer than a blocking read (`follow`)
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
@@ -159,6 +159,37 @@ class RedisLog:
             pairs = dict(zip(fields[::2], fields[1::2], strict=False))
             entries.append((_text(entry_id), pairs.get(FIELD, pairs.get("e", pairs))))
         return Batch(_text(epoch), bool(gap), entries)
+
+    def follow(self, after: str, count: int, timeout: float) -> tuple[list, bool]:
+        """Block up to `timeout` seconds for entries after the entry `after`; returns them
+        (oldest first, at most `count`) and whether that entry was still in the stream
+        after the read (then no entry between it and those read was trimmed unread).
+
+        The listener's idle read: `XREAD BLOCK` with `XRANGE after after` pipelined behind
+        it (served once the read returns), two plain commands and no script, so an idle
+        process costs one call per `timeout` and an event about two XREADs. No epoch
+        check: a restart or failover breaks the connection, and the reconnect reads the
+        epoch (`read`/`state`)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xread({self.key: after}, count=count, block=max(1, int(timeout * 1000)))
+        pipe.xrange(self.key, after, after, count=1)
+        try:
+            reply, mine = pipe.execute()
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])
+        entries: list[tuple[str, object]] = []
+        for _key, rows in streams:
+            for entry_id, fields in rows:
+                if not isinstance(fields, dict):
+                    fields = dict(zip(fields[::2], fields[1::2], strict=False))
+                entries.append((_text(entry_id), fields.get(FIELD, fields.get("e", fields))))
+        return entries, bool(mine)
+
+    def interrupt(self) -> None:
+        """Break off a read blocked in another thread (its connection is shut down; the
+        reader sees a lost connection). The listener's `stop()` calls this."""
+        self.client.connection_pool.disconnect()
 
     def wait(self, after: str, timeout: float, stop: threading.Event) -> None:
         if stop.is_set():
