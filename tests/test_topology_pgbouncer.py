@@ -286,13 +286,16 @@ def test_project_cache_rebuilds_with_the_database_lock_through_pgbouncer(bouncer
         runtime.close()
 
 
+@pytest.mark.parametrize("log", ["redis", "database"])
 def test_a_worker_serves_lookups_while_tracked_writes_invalidate_them(
-    bouncer, redis_url, worker_process, tmp_path
+    bouncer, redis_url, worker_process, tmp_path, log
 ):
     """Lookups through a real prefork worker (its tables refreshed, its Celery results
     stored, its outbox relayed, all through the bouncer) while a web process's tracked
     sessions rename categories: every lookup answers, none reads a name older than the
-    last commit before it was sent."""
+    last commit before it was sent. The invalidation log is a Redis stream, or the
+    database's own table (CACHEWORK_REDIS_URL=off: polled, appended under a
+    transaction-level advisory lock, also through the bouncer)."""
     database = db.Database(bouncer.url, "transaction")
     create_tables(database.engine, MODELS)
     with database.session() as session:
@@ -304,7 +307,7 @@ def test_a_worker_serves_lookups_while_tracked_writes_invalidate_them(
         database_url=bouncer.url,
         database_pooler="transaction",
         broker_url=redis_url,
-        redis_url=redis_url,
+        redis_url=redis_url if log == "redis" else "off",
         listener_stale_after="2",
     )  # results in the database (Celery's SQLAlchemy backend), through the bouncer too
     _node, app = worker_process(env, concurrency=2)
