@@ -93,7 +93,13 @@ class RunProgress:
     @classmethod
     def from_snapshot(cls, meta: dict[str, Any]) -> RunProgress:
         run = cls()
-        run.models = {name: dict(m) for name, m in (meta.get("models") or {}).items()}
+        # Every model has a stage and rows done, even in a meta that is not a snapshot
+        # (a final result's per-model counts): nothing reading `models` can miss them.
+        run.models = {
+            name: {"stage": "waiting", "done": 0, "rows": None, **m}
+            for name, m in (meta.get("models") or {}).items()
+            if isinstance(m, dict)
+        }
         run.last = {k: v for k, v in meta.items() if k not in ("models", "rows", "done")}
         run._elapsed = float(meta.get("elapsed") or 0.0)
         return run

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from celery.states import READY_STATES
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
@@ -19,6 +20,7 @@ from worker.cli.params import timeout_option
 COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
 SHORT = {"created": "c", "updated": "u", "deleted": "d", "unchanged": "same"}
 PROGRESS_LINE_EVERY = 2.0  # seconds between progress lines off a terminal (at most)
+POLL_EVERY = 0.2  # seconds between reads of an enqueued import's state
 
 
 class ModelProgress:
@@ -66,7 +68,7 @@ class ModelProgress:
         PROGRESS state was seen)."""
         for name, counts in result.get("models", {}).items():
             model = self.run.models.get(name)
-            if model is None or model["stage"] != "done":
+            if model is None or model.get("stage") != "done":
                 self.run({"model": name, "stage": "done", **counts})
         self._render()
 
@@ -129,16 +131,27 @@ def _enqueue(
     async_result = app.send_task("cachework.import_versions", kwargs=kwargs)
     sent.append(async_result.id)
     deadline = time.monotonic() + timeout
-    while not async_result.ready():
+    while True:
+        state, info = _state_and_info(async_result)
+        if state in READY_STATES:
+            break
         if time.monotonic() > deadline:
             raise click.ClickException(
                 f"no result from task {async_result.id} after {timeout:.0f}s (still queued or "
                 "running; is a worker consuming the 'versions' queue?)"
             )
-        if async_result.state == "PROGRESS" and isinstance(async_result.info, dict):
-            on_event(async_result.info)  # the whole run so far
-        time.sleep(0.2)
+        if state == "PROGRESS" and isinstance(info, dict):
+            on_event(info)  # the whole run so far
+        time.sleep(POLL_EVERY)
     return async_result.get(propagate=True, timeout=5)
+
+
+def _state_and_info(async_result: Any) -> tuple[str | None, Any]:
+    """The task's state and its meta from ONE read of the result backend. Read apart
+    (`.state`, then `.info`), the task can finish in between: a PROGRESS state paired
+    with the final result, which is no progress snapshot (KeyError: 'stage')."""
+    meta = async_result.backend.get_task_meta(async_result.id)
+    return meta.get("status"), meta.get("result")
 
 
 @click.command("import-versions")
