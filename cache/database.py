@@ -87,10 +87,11 @@ def make_engine(url: str, pooler: str = poolers.NONE) -> sa.Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=5,
         connect_args={"connect_timeout": 5, **poolers.connect_args(url, pooler)},
     )
+    return poolers.hint_pooler(engine, pooler)

@@ -26,10 +26,16 @@ ConfigError naming the bad value), `cache.database` and `celeryconfig` apply the
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from cache.errors import ConfigError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
 
 NONE, SESSION, TRANSACTION, STATEMENT = "none", "session", "transaction", "statement"
 POOLERS = (NONE, SESSION, TRANSACTION)
@@ -108,3 +114,36 @@ def result_engine_options(result_backend: str, pooler: str = NONE) -> dict[str, 
         return {}
     args = connect_args(result_backend[3:], pooler)
     return {"connect_args": args} if args else {}
+
+
+# SQLSTATEs of a prepared statement missing (26000) or already there (42P05): what psycopg's
+# automatic prepared statements meet when a transaction pooler shares server connections.
+_PREPARED_STATE = ("26000", "42P05")
+
+
+def hint_pooler(engine: sa.Engine, pooler: str = NONE) -> sa.Engine:
+    """Log once per engine, at the first such error, what to set: a transaction pooler in
+    front of an engine that still prepares statements shows only as psycopg errors."""
+    import sqlalchemy as sa
+
+    hinted: list[bool] = []
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _hint(context: sa.engine.ExceptionContext) -> None:
+        orig = context.original_exception
+        state = getattr(getattr(orig, "diag", None), "sqlstate", None)
+        if hinted or state not in _PREPARED_STATE or '"_pg3_' not in str(orig):
+            return
+        hinted.append(True)
+        from cache.settings import mask_url  # settings imports this module
+
+        log.error(
+            "prepared statement errors from %s (%s): a pooler in transaction mode "
+            "(PgBouncer pool_mode=transaction) seems to share server connections; set "
+            "CACHEWORK_DATABASE_POOLER=transaction (now %s)",
+            mask_url(engine.url.render_as_string(hide_password=True)),
+            str(orig).strip().splitlines()[0][:200],
+            pooler,
+        )
+
+    return engine

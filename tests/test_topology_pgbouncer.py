@@ -11,6 +11,7 @@ prefork worker serving lookups while tracked writes invalidate them (0 errors, 0
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import subprocess
 import sys
@@ -93,14 +94,18 @@ def _statements(database: db.Database, rounds: int = 3) -> list[str]:
 
 
 def test_prepared_statements_break_through_transaction_pooling_unless_the_setting_is_on(
-    bouncer,
+    bouncer, caplog
 ):
     plain = db.Database(bouncer.url)  # what a new user had: psycopg prepares after 5 runs
     try:
-        errors = _statements(plain)
+        with caplog.at_level(logging.ERROR, logger="cache.pooler"):
+            errors = _statements(plain)
     finally:
         plain.dispose()
     assert errors and all("prepared statement" in e for e in errors), errors
+    hints = [r.getMessage() for r in caplog.records if r.name == "cache.pooler"]
+    assert len(hints) == 1 and "set CACHEWORK_DATABASE_POOLER=transaction" in hints[0], hints
+    caplog.clear()
     for database in (
         db.Database(bouncer.url, "transaction"),
         db.Database(bouncer.url + "?prepare_threshold=none"),  # was a TypeError
@@ -109,6 +114,7 @@ def test_prepared_statements_break_through_transaction_pooling_unless_the_settin
             assert _statements(database) == []
         finally:
             database.dispose()
+    assert not [r for r in caplog.records if r.name == "cache.pooler"]
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
