@@ -26,6 +26,7 @@ from cache.runtime import Runtime
 from cache.settings import Settings, load_settings
 from worker import health as _health  # noqa: F401 - registers the cachework_listeners command
 from worker import node_metrics as _node_metrics  # noqa: F401 - connects the metrics signals
+from worker import prefork as _prefork  # noqa: F401 - a prefork shutdown that cannot hang
 from worker import unknown_tasks as _unknown_tasks  # noqa: F401 - connects task_unknown
 from worker.checks import check_database
 from worker.logsetup import configure_logging, expected_errors_at_warning, most_verbose
