@@ -462,7 +462,9 @@ class MetricsServer:
     ) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        routes = {"/metrics": None, "/ready": ready, "/live": live}
+        from cache.probes import LIVE_PATH, METRICS_PATH, READY_PATH
+
+        routes = {METRICS_PATH: None, READY_PATH: ready, LIVE_PATH: live}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -521,10 +523,11 @@ def start_http_server(
 ) -> MetricsServer:
     """Serve this process's metrics and readiness (a web process that started its runtime):
     `/metrics`, `/ready` (database, Redis and its eviction policy, this process's
-    listener) and `/live`. Port and address default to CACHEWORK_METRICS_PORT and
-    CACHEWORK_METRICS_BIND; port 0 picks a free one (`server.port`). `server.stop()` at
-    shutdown."""
-    from cache import health
+    listener; in parallel, within `cache.probes.READY_TIMEOUT`) and `/live` (the process
+    alone). Port and address default to CACHEWORK_METRICS_PORT and CACHEWORK_METRICS_BIND;
+    port 0 picks a free one (`server.port`). `server.stop()` at shutdown."""
+    from cache import health, redis_policy
+    from cache.probes import READY_TIMEOUT, Checks
 
     settings = runtime.settings
     port = settings.metrics_port if port is None else port
@@ -539,10 +542,24 @@ def start_http_server(
             return exposition(multiprocess_registry(folder))
         return exposition(metrics().registry)
 
+    checks = Checks(READY_TIMEOUT)
+
     def live() -> list[str]:
-        return health.liveness(runtime)
+        # This server's thread answering is the whole of it: a liveness that followed the
+        # database or Redis would restart every web pod during their outage.
+        return []
+
+    def redis() -> list[str]:
+        down = health.check_redis(settings.redis_url, READY_TIMEOUT)
+        return [down] if down else redis_policy.eviction_problems(settings, timeout=READY_TIMEOUT)
 
     def ready() -> list[str]:
-        return health.readiness(runtime)
+        return checks.run(
+            {
+                "database": lambda: health.check_database(settings.database_url, READY_TIMEOUT),
+                "Redis": redis,
+                "listener": lambda: health.runtime_listener(runtime),
+            }
+        )
 
     return MetricsServer(port, addr or settings.metrics_bind, render, ready, live).start()

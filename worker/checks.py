@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+from typing import TYPE_CHECKING
+
 from kombu import Connection
 
 from cache.errors import ConfigError
 from cache.settings import Settings, mask_url
+
+if TYPE_CHECKING:  # imported when used: `cachework health` checks the broker without it
+    import sqlalchemy as sa
 
 
 def check_broker(settings: Settings, timeout: float = 3.0) -> None:
@@ -41,6 +45,8 @@ def check_broker(settings: Settings, timeout: float = 3.0) -> None:
 
 def check_database(engine: sa.Engine) -> None:
     """Run `SELECT 1`; ConfigError naming CACHEWORK_DATABASE_URL if it fails."""
+    import sqlalchemy as sa
+
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

@@ -5,10 +5,14 @@ is set, so that process (which forks the pool) runs no server thread. It serves 
 CACHEWORK_METRICS_BIND:CACHEWORK_METRICS_PORT
 
 - `/metrics`: the sum over the node's processes of what they wrote to FOLDER;
-- `/live`: the database, Redis and the broker answer, and the node's main process runs;
-- `/ready`: live, plus Redis may not evict cachework's keys (its policy can change at run
-  time), the node answers ping and none of its children's invalidation listeners has
-  been cut off longer than CACHEWORK_LISTENER_STALE_AFTER.
+- `/live`: the node's main process runs (and this server answers). Nothing else: a
+  liveness probe that failed when Redis or PostgreSQL did would restart every pod of an
+  outage at once (README "Kubernetes");
+- `/ready`: the database, Redis (and that it may not evict cachework's keys: its policy
+  can change at run time) and the broker answer, the node answers ping and none of its
+  children's invalidation listeners has been cut off longer than
+  CACHEWORK_LISTENER_STALE_AFTER. The checks run in parallel and the answer comes within
+  `cache.probes.READY_TIMEOUT` (0.8 s), a check still hanging (a frozen Redis) named.
 
 It prints one line, `listening on ...` or why it cannot, and ends when its parent does.
 """
@@ -19,9 +23,11 @@ import os
 import sys
 import time
 
-from cache import health, metrics, redis_policy
+from cache import health, metrics
 from cache.errors import CacheworkError
+from cache.probes import READY_TIMEOUT, Checks
 from cache.settings import load_settings
+from worker.health import broker_problem, control_app, database_problem, redis_problems
 
 
 def main(argv: list[str]) -> int:
@@ -32,31 +38,42 @@ def main(argv: list[str]) -> int:
         print(f"metrics exporter: {exc}", flush=True)
         return 2
     app = None
+    checks = Checks(READY_TIMEOUT)
+    wait = READY_TIMEOUT
 
     def live() -> list[str]:
-        from worker.health import liveness
+        return [] if health.alive(parent) else [f"worker {node}: main process {parent} is gone"]
 
-        problems = [] if health.alive(parent) else [f"worker {node}: main process {parent} is gone"]
-        return problems + liveness(settings, timeout=2.0)
-
-    def ready() -> list[str]:
+    def ping() -> list[str]:
         nonlocal app
-        problems = live()
-        if not problems:
-            problems = redis_policy.eviction_problems(settings, broker=True, timeout=2.0)
-        if not any(p.startswith("broker") for p in problems):
-            if app is None:
-                from worker.celery_app import create_app
+        if app is None:
+            app = control_app(settings)
+        # limit=1: back as soon as the node answers, not after the whole wait.
+        replies = app.control.ping(destination=[node], timeout=wait, limit=1) or []
+        if any(node in reply for reply in replies):
+            return []
+        return [f"worker {node} did not answer ping within {wait:g}s"]
 
-                app = create_app(settings)
-            replies = app.control.ping(destination=[node], timeout=2.0) or []
-            if not any(node in reply for reply in replies):
-                problems.append(f"worker {node} did not answer ping within 2s")
+    def broker() -> list[str]:
+        down = broker_problem(settings, wait)
+        return [down] if down else ping()
+
+    def listeners() -> list[str]:
         states = health.listeners(folder)
-        return problems + [
+        return [
             f"worker {node} {line}"
             for line in health.listener_problems(states, settings.listener_stale_after)
         ]
+
+    def ready() -> list[str]:
+        return live() + checks.run(
+            {
+                "database": lambda: database_problem(settings, wait),
+                "Redis": lambda: redis_problems(settings, wait),
+                "broker": broker,
+                "listeners": listeners,
+            }
+        )
 
     def render() -> bytes:
         return metrics.exposition(metrics.multiprocess_registry(folder))
