@@ -167,3 +167,57 @@ def test_health_command_answers_fast(node):
         assert seconds < 2 * HEALTHY_BOUND + 0.5, seconds
     finally:
         os.kill(redis_server.proc.pid, signal.SIGCONT)
+
+
+# --- SIGTERM with REMAP_SIGTERM=SIGQUIT: Celery's soft shutdown (deploy/kubernetes) -------
+
+
+def _sigterm(worker, timeout: float = 60.0) -> float:
+    """SIGTERM the node's main process, as the kubelet does: seconds until it exited."""
+    started = time.monotonic()
+    os.kill(worker.proc.pid, signal.SIGTERM)
+    worker.proc.wait(timeout)
+    return time.monotonic() - started
+
+
+def test_sigterm_gives_running_tasks_the_soft_shutdown_then_requeues_them(
+    tmp_path, pg_url, worker_process
+):
+    """CACHEWORK_SOFT_SHUTDOWN_TIMEOUT reaches Celery: a task shorter than it finishes on
+    the node being stopped; a longer one is cancelled when it ends and runs again on
+    another node (acks late), instead of holding the pod until its time limit."""
+    from worker.schema import create_tables
+
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    create_tables(engine, MODELS)
+    engine.dispose()
+    server = OwnRedis(tmp_path / "redis").start()
+    try:
+        env = make_env(
+            tmp_path,
+            database_url=pg_url,
+            broker_url=server.url,
+            result_backend=server.url,
+            redis_url=server.url,
+            soft_shutdown_timeout="3",
+        )
+        env["REMAP_SIGTERM"] = "SIGQUIT"
+        first, app = worker_process(env, concurrency=1)
+        short = app.send_task("cachework.ping", kwargs={"hold": 1.0})
+        wait_until(lambda: short.state == "STARTED", timeout=30, every=0.05)
+        took = _sigterm(first)
+        print(f"SIGTERM with a 1 s task, soft shutdown 3 s: exit after {took:.2f}s")
+        assert short.ready() and short.successful(), short.state  # finished there
+        assert 3.0 <= took < 3.0 + 10, took  # the soft shutdown's wait, then the exit
+
+        second, _ = worker_process(dict(env, CACHEWORK_SOFT_SHUTDOWN_TIMEOUT="1"), concurrency=1)
+        long = app.send_task("cachework.ping", kwargs={"hold": 5.0})
+        wait_until(lambda: long.state == "STARTED", timeout=30, every=0.05)
+        took = _sigterm(second)
+        print(f"SIGTERM with a 5 s task, soft shutdown 1 s: exit after {took:.2f}s")
+        assert took < 4.5, took  # did not wait for the task
+        assert not long.successful()
+        worker_process(dict(env, REMAP_SIGTERM=""), concurrency=1)  # another node
+        assert long.get(timeout=60)["dialect"] == "postgresql"  # requeued and run again
+    finally:
+        server.stop()
