@@ -31,6 +31,7 @@ class Database:
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self._open = 0
         self._count_lock = threading.Lock()
+        self._here = threading.local()  # per thread (per greenlet once gevent/eventlet patch)
         _live.add(self)
 
     @contextmanager
@@ -39,6 +40,7 @@ class Database:
         session = self.sessionmaker()
         with self._count_lock:
             self._open += 1
+        self._here.open = getattr(self._here, "open", 0) + 1
         try:
             yield session
             session.commit()
@@ -49,10 +51,19 @@ class Database:
             session.close()
             with self._count_lock:
                 self._open -= 1
+            self._here.open -= 1
 
     @property
     def open_sessions(self) -> int:
+        """Sessions open in the whole process (every thread): a leak check once all
+        work is done."""
         return self._open
+
+    @property
+    def open_sessions_here(self) -> int:
+        """Sessions the current thread (greenlet, under gevent or eventlet) opened and
+        has not closed: what a task leaves open, while other tasks run beside it."""
+        return getattr(self._here, "open", 0)
 
     def checked_out(self) -> int:
         """Connections currently checked out of the pool (0 when nothing leaked)."""
