@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 from rich.console import Console
 from rich.table import Table
 
 from cache import migrate
 from cache.settings import mask_url
-from worker import routing
+from worker import pools, routing
 from worker.checks import check_broker, check_database
 from worker.cli.context import cli_runtime
 from worker.cli.params import timeout_option
@@ -44,6 +47,11 @@ def worker(ctx: click.Context) -> None:
     args = list(ctx.args)
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
         args = ["-Q", ",".join(routing.queues(settings.shared_broker)), *args]
+    if pools.pool_option(args) in pools.GREEN:
+        # gevent and eventlet must patch the process before anything is imported, which
+        # only a fresh `celery` command does (this one has imported much already).
+        command = [sys.executable, "-m", "celery", "-A", "worker", "worker", *args]
+        os.execv(sys.executable, command)
     app.worker_main(["worker", *args])
 
 
