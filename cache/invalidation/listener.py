@@ -470,7 +470,11 @@ class ReconnectingLoop:
 class Listener(ReconnectingLoop):
     """Tails `log` for `tracker` in a daemon thread. If the log stays unreachable for
     `stale_after` seconds it drops the cached tables (and again every `stale_after` seconds
-    while the outage lasts), since invalidations may be passing it by."""
+    while the outage lasts), since invalidations may be passing it by.
+
+    Idle, it makes one blocking read per `block` seconds (`Tracker.listen`); each connect
+    and reconnect starts with the checked read (epoch and gap), and `stop()` breaks off a
+    blocked read at once."""
 
     name = "cachework-invalidation-listener"
 

@@ -177,7 +177,10 @@ class RedisLog:
             reply, mine = pipe.execute()
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
-        streams = reply.items() if isinstance(reply, dict) else (reply or [])
+        if isinstance(reply, dict):  # a RESP3 client's shape: {key: [entries]}
+            streams = [(key, value[0] if value else []) for key, value in reply.items()]
+        else:  # [[key, entries]] (redis-py's default on either protocol)
+            streams = reply or []
         entries: list[tuple[str, object]] = []
         for _key, rows in streams:
             for entry_id, fields in rows:
