@@ -25,9 +25,9 @@ _live: weakref.WeakSet[Database] = weakref.WeakSet()
 class Database:
     """One engine plus its session factory, with a count of sessions still open."""
 
-    def __init__(self, url: str, pooler: str = poolers.NONE) -> None:
+    def __init__(self, url: str, pooler: str = poolers.NONE, pool_size: int = 5) -> None:
         self.url = url
-        self.engine = make_engine(url, pooler)
+        self.engine = make_engine(url, pooler, pool_size)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self._open = 0
         self._count_lock = threading.Lock()
@@ -79,7 +79,7 @@ def live_databases() -> list[Database]:
     return list(_live)
 
 
-def make_engine(url: str, pooler: str = poolers.NONE) -> sa.Engine:
+def make_engine(url: str, pooler: str = poolers.NONE, pool_size: int = 5) -> sa.Engine:
     """An engine with settings that suit a worker: pre-ping, and WAL plus a busy timeout
     on SQLite so several processes can share the embedded file. On PostgreSQL, `pooler`
     (CACHEWORK_DATABASE_POOLER) and the URL's `prepare_threshold` decide psycopg's
@@ -101,7 +101,7 @@ def make_engine(url: str, pooler: str = poolers.NONE) -> sa.Engine:
     engine = sa.create_engine(
         url,
         pool_pre_ping=True,
-        pool_size=5,
+        pool_size=pool_size,  # connections kept; 5 more at a peak (a worker: see pools.py)
         max_overflow=5,
         connect_args={"connect_timeout": 5, **poolers.connect_args(url, pooler)},
     )

@@ -7,9 +7,10 @@ the tasks:
 - `prefork` (the default): every child starts its own runtime after the fork
   (`worker_process_init`). The parent never starts threads: it forks.
 - `solo`, `threads`, `gevent`, `eventlet`: the tasks run in the worker's own process, so
-  that process starts the runtime once the node is ready (`worker_ready`). With `threads`
-  the tasks share it (its cached tables are thread-safe); with gevent and eventlet its
-  threads are greenlets, and every socket wait must be cooperative:
+  that process starts the runtime once the node is ready (`worker_ready`). The tasks share
+  it (its cached tables are thread-safe), and its database pool keeps a connection per
+  task running at once (`size_database_pool`). With gevent and eventlet its threads are
+  greenlets, and every socket wait must be cooperative:
 
   - the process must be monkey-patched before anything else is imported, which the
     `celery` command does when the pool is named on its command line (`-P gevent`);
@@ -49,6 +50,9 @@ FORKING = ("prefork",)
 IN_PROCESS = ("solo", "threads", "gevent", "eventlet")
 GREEN = ("gevent", "eventlet")
 SUPPORTED = FORKING + IN_PROCESS
+# Database connections a worker process needs besides its tasks': the outbox relay, the
+# sweeper of its commits' relays, a task start's outbox read.
+SPARE_CONNECTIONS = 3
 
 
 def pool_name(pool_cls: object) -> str:
@@ -103,6 +107,27 @@ def check_pool(name: str) -> None:
             f"imported, which the celery command does only when the pool is on its command "
             f"line: run `celery -A worker worker -P {name}` (not worker_pool={name!r} alone)"
         )
+
+
+def size_database_pool(runtime: Runtime, name: str, concurrency: object) -> None:
+    """A pool running its tasks in this one process runs `concurrency` of them at once,
+    each with a connection of its own while it uses the database: keep that many pooled
+    (and SPARE_CONNECTIONS) instead of a process's usual 5, or tasks beyond 10 (5 more at
+    a peak) wait for a connection, and fail after 30 s. Connections are opened as tasks
+    need them. Only before the runtime's database is made (a database handed in stays)."""
+    if name not in IN_PROCESS or not isinstance(concurrency, int):
+        return
+    size = concurrency + SPARE_CONNECTIONS
+    if size <= 5:
+        return
+    from cache.database import Database
+
+    settings = runtime.settings
+    with runtime._lock:
+        if runtime._database is None:  # as if handed in: Runtime(settings, database=...)
+            runtime._database = Database(
+                settings.database_url, settings.database_pooler, pool_size=size
+            )
 
 
 def monkey_patched(name: str) -> bool:
