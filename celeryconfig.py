@@ -10,10 +10,11 @@ folder of its schedule file when it opens it (`worker.beat`).
 from __future__ import annotations
 
 from celery.schedules import crontab
-from kombu import Exchange, Queue
 
 from cache.pooler import result_engine_options
 from cache.settings import Settings
+from worker.queue_types import celery_settings as queue_type_settings
+from worker.queue_types import declared_queues
 from worker.routing import QUEUES, queues  # noqa: F401 - QUEUES: bench/ imports it from here
 
 
@@ -85,9 +86,10 @@ def build(s: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        # Every queue as Celery declares it by default (a direct exchange and a routing key
-        # of its name), so a plain client's `celery` queue matches ours exactly.
-        "task_queues": tuple(Queue(q, Exchange(q), routing_key=q) for q in queues(s.shared_broker)),
+        # Classic: every queue as Celery declares it by default (a direct exchange and a
+        # routing key of its name), so a plain client's `celery` queue matches ours exactly.
+        # Quorum (CACHEWORK_QUEUE_TYPE): see worker/queue_types.py.
+        "task_queues": declared_queues(s),
         "task_default_queue": "cache",
         "task_default_exchange": "cache",
         "task_default_routing_key": "cache",
@@ -108,4 +110,5 @@ def build(s: Settings) -> dict:
         "beat_schedule": _beat_schedule(s),
         "beat_schedule_filename": str(s.data_dir / "celerybeat-schedule"),
         "beat_scheduler": "worker.beat:PersistentScheduler",
+        **queue_type_settings(s),
     }

@@ -176,6 +176,9 @@ class Settings:
     # How a pooler in front of the database shares server connections: none, session or
     # transaction (no server-side prepared statements). See cache/pooler.py.
     database_pooler: str = "none"
+    # RabbitMQ: the type of every queue cachework declares, classic or quorum (replicated;
+    # retries' countdowns through RabbitMQ's native delayed delivery). See celeryconfig.
+    queue_type: str = "classic"
 
     @property
     def broker_transport(self) -> str | None:
@@ -385,6 +388,26 @@ def _database_pooler(env: Mapping[str, str], database_url: str) -> str:
     return parse_pooler(env.get("CACHEWORK_DATABASE_POOLER"), database_url)
 
 
+QUEUE_TYPES = ("classic", "quorum")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def _queue_type(env: Mapping[str, str], broker_url: str) -> str:
+    """CACHEWORK_QUEUE_TYPE: classic (the default) or quorum, which only RabbitMQ has: a
+    ConfigError on another broker rather than a setting silently ignored."""
+    raw = env.get("CACHEWORK_QUEUE_TYPE", "")
+    value = raw.strip().lower() or "classic"
+    if value not in QUEUE_TYPES:
+        raise ConfigError(f"CACHEWORK_QUEUE_TYPE={raw!r} is not one of classic, quorum")
+    if value == "quorum" and _scheme(broker_url) not in AMQP_SCHEMES:
+        raise ConfigError(
+            f"CACHEWORK_QUEUE_TYPE={raw!r} needs a RabbitMQ broker (amqp://, amqps://); "
+            f"CACHEWORK_BROKER_URL is {mask_url(broker_url)!r}: unset CACHEWORK_QUEUE_TYPE "
+            "or use RabbitMQ"
+        )
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check the `CACHEWORK_*` environment (or `env`)."""
     env = os.environ if env is None else env
@@ -436,4 +459,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_metrics_port(env),
         metrics_bind=_metrics_bind(env),
         database_pooler=_database_pooler(env, database_url),
+        queue_type=_queue_type(env, broker_url),
     )

@@ -43,7 +43,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     # Every task of ours (shared_task included) gets the base class that checks a call's
     # arguments and bounds a failed request's stored ones (worker/task_base.py).
-    app = Celery("cachework", include=TASK_MODULES, task_cls=CacheworkTask)
+    # amqp: a RabbitMQ queue of another type is one line, not a traceback (queue_types).
+    app = Celery(
+        "cachework", include=TASK_MODULES, task_cls=CacheworkTask, amqp="worker.queue_types:AMQP"
+    )
     app.conf.update(celeryconfig.build(settings))
     app.runtime = Runtime(settings)
     expected_errors_at_warning()  # a task's `throws`: one WARNING line, no traceback
