@@ -78,6 +78,8 @@ def build(s: Settings) -> dict:
         "broker_transport_options": _transport_options(s),
         "broker_connection_retry_on_startup": True,
         "result_backend": s.result_backend,
+        # A sentinel:// result backend: the master's name and the sentinels' credentials.
+        "result_backend_transport_options": s.result_backend_transport_options,
         # Its engines get our psycopg connect arguments (a pooler: no prepared statements).
         "database_engine_options": result_engine_options(s.result_backend, s.database_pooler),
         "result_expires": 24 * 3600,

@@ -96,8 +96,10 @@ def is_transient(exc: BaseException) -> bool:
     connections, timeouts, deadlocks, serialization failures, "database is locked".
 
     They reach SQLAlchemy as `OperationalError` (or a DBAPIError whose connection was
-    invalidated) and redis-py as `ConnectionError`/`TimeoutError`, or `OutOfMemoryError`
-    from a Redis full under `noeviction` (refused, not evicted); constraint violations,
+    invalidated) and redis-py as `ConnectionError`/`TimeoutError`, `OutOfMemoryError`
+    from a Redis full under `noeviction` (refused, not evicted), or `ReadOnlyError` from a
+    master demoted to a replica by a failover (a proxy in front of Redis still sends
+    there until it switches; a sentinel:// client reconnects); constraint violations,
     SQL errors and Redis command errors are not transient: retrying cannot fix them.
     SQLite raises OperationalError for both kinds; only its locked, busy and I/O errors
     are transient ("no such table" is not)."""
@@ -106,8 +108,15 @@ def is_transient(exc: BaseException) -> bool:
     import redis
     import sqlalchemy as sa
 
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.OutOfMemoryError):
-        return True  # OOM under `noeviction`: memory frees up, and nothing was written
+    if isinstance(
+        exc,
+        redis.ConnectionError
+        | redis.TimeoutError
+        | redis.OutOfMemoryError
+        | redis.exceptions.ReadOnlyError,
+    ):
+        # Neither OOM (memory frees up) nor READONLY (a failover ends) wrote anything.
+        return True
     if isinstance(exc, sa.exc.OperationalError):
         if isinstance(exc.orig, sqlite3.OperationalError):
             return any(word in str(exc.orig).lower() for word in SQLITE_TRANSIENT)

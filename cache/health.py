@@ -15,11 +15,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import redis as redis_lib
 import sqlalchemy as sa
 
 from cache import redis_policy
 from cache.pooler import connect_args
+from cache.redis_client import client_from_url
 from cache.settings import mask_url
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def check_redis(url: str | None, timeout: float = 3.0) -> str | None:
     """None when Redis answers PING (or is not configured), else why not."""
     if url is None:
         return None
-    client = redis_lib.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = client_from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
     except Exception as exc:

@@ -16,18 +16,22 @@ messages carry no TTL and are lost silently if Redis evicts them. Redis evicts o
 Where CONFIG GET is refused (a managed Redis that disables it, an ACL user without
 +config) the policy cannot be read: a warning at start-up, not a refusal. An unreachable
 server is not this check's to report (liveness does).
+
+The same check refuses a Redis Cluster node (`cluster_enabled:1`), at start-up and in
+readiness: one script's keys would land on different slots. A Sentinel-managed master
+(sentinel://) is checked like any server, through the client that follows failovers.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import redis
 
 from cache.errors import ConfigError
-from cache.settings import REDIS_SCHEMES, Settings, mask_url
+from cache.redis_client import client_from_url, server_identity
+from cache.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +65,44 @@ def servers(settings: Settings, *, broker: bool = False) -> list[tuple[str, str,
     found: list[tuple[str, str, str]] = []
     if settings.redis_url:
         found.append(("CACHEWORK_REDIS_URL", settings.redis_url, OURS))
-    url = settings.broker_url
-    if broker and url.split("://", 1)[0] in REDIS_SCHEMES:
-        if found and _server(url) == _server(found[0][1]):
+    url = settings.broker_redis_url
+    if broker and url is not None:
+        if found and server_identity(url) == server_identity(found[0][1]):
             found[0] = (*found[0][:2], f"{OURS} and {TASKS}")
         else:
             found.append(("CACHEWORK_BROKER_URL", url, TASKS))
     return found
 
 
-def _server(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port or 6379
+def cluster_problem(shown: str, client: redis.Redis) -> str | None:
+    """A line when the server is a Redis Cluster node (`cluster_enabled:1` in INFO
+    cluster): cachework's Lua scripts and locks use several keys that a cluster spreads
+    over different slots (CROSSSLOT, MOVED), so it refuses a cluster instead of failing
+    in every task. None when INFO is refused (an ACL user without it): not a cluster
+    client's answer either, the first command would say."""
+    try:
+        info = client.info("cluster")
+    except redis.ResponseError:
+        return None
+    if not int(info.get("cluster_enabled", 0) or 0):
+        return None
+    return (
+        f"{shown}: this Redis is a Redis Cluster node (cluster_enabled:1), which cachework "
+        "does not support (the keys of one script land on different slots); use a "
+        "standalone Redis, or Redis Sentinel for high availability (sentinel://)"
+    )
 
 
 def check(name: str, url: str, timeout: float = 3.0, holds: str = OURS) -> Verdict:
     """Read `maxmemory` and `maxmemory-policy` of the server at `url` (one CONFIG GET);
-    `holds` names what it may lose in the line."""
+    `holds` names what it may lose in the line. A Redis Cluster node is a problem too
+    (`cluster_problem`)."""
     shown = f"{name}={mask_url(url)!r}"
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = client_from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
+        cluster = cluster_problem(shown, client)
+        if cluster:
+            return Verdict(problem=cluster)
         config = client.config_get("maxmemory*")
     except redis.ResponseError as exc:  # NOPERM, or CONFIG disabled or renamed
         why = f"CONFIG GET refused: {_first_line(exc)}"

@@ -50,6 +50,7 @@ from cache.invalidation.outbox import PENDING_MAX, pending_rows
 from cache.locks import LockBackend, lock_backend
 from cache.projects import ProjectSource
 from cache.records import coerce
+from cache.redis_client import client_from_url
 from cache.redis_policy import refuse_evicting
 from cache.registry import Registry, load_declarations
 from cache.settings import Settings, load_settings, mask_url
@@ -104,7 +105,7 @@ class Runtime:
             return None
         with self._lock:
             if self._redis is None:
-                self._redis = redis.Redis.from_url(
+                self._redis = client_from_url(
                     url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
                 )
             return self._redis

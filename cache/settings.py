@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from cache.errors import ConfigError
 from cache.pooler import parse_pooler, prepare_threshold
@@ -34,14 +34,18 @@ RESULT_BACKENDS = frozenset(
         "file", "gs", "mongodb", "redis", "rediss", "riak", "rpc", "s3", "sentinel",
     }
 )  # fmt: skip
-BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory")
-REDIS_SCHEMES = ("redis", "rediss")
+BROKER_SCHEMES = (
+    "filesystem", "redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory",
+)  # fmt: skip
+# A Redis server, or the master of a Sentinel group (cache/redis_client.py).
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 EXAMPLE_MODELS = "demo.models"
 OFF = ("", "off", "none", "false", "0", "no")
 
 
 _SECRET_PARAMS = re.compile(
     r"(?i)([?&;](?:password|passwd|pass|pwd|secret|token|sslpassword|sslkey|api_key"
+    r"|sentinel_password"
     r"|accountkey|sharedaccesskey|sig)=)[^&;#]*"
 )
 QUOTING_HINT = (
@@ -173,6 +177,13 @@ class Settings:
     # bound to `metrics_bind` (loopback by default). See cache/metrics.py.
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
+    # Redis Sentinel (every sentinel:// URL: broker, result backend, CACHEWORK_REDIS_URL):
+    # the group's master name and the sentinels' own credentials (cache/redis_client.py).
+    redis_master_name: str | None = None
+    redis_sentinel_username: str | None = field(default=None, repr=False)
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    # Celery's result_backend_transport_options (a sentinel:// result backend's master).
+    result_backend_transport_options: dict = field(default_factory=dict)
     # How a pooler in front of the database shares server connections: none, session or
     # transaction (no server-side prepared statements). See cache/pooler.py.
     database_pooler: str = "none"
@@ -185,6 +196,11 @@ class Settings:
         """kombu transport class for the broker (None: chosen by the URL's scheme)."""
         if self.broker_url.startswith("filesystem"):
             return "worker.fs_transport:Transport"
+        if _scheme(self.broker_url) in ("redis", "rediss"):
+            # A master demoted by a failover is a lost connection, not a fatal error.
+            return "worker.redis_transport:Transport"
+        if _scheme(self.broker_url) == "sentinel":
+            return "worker.redis_transport:SentinelTransport"
         return None
 
     @property
@@ -203,6 +219,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+    @property
+    def broker_redis_url(self) -> str | None:
+        """The Redis broker as a URL for cachework's own client (a sentinel:// broker
+        with the master name and sentinel credentials in its query); None: not Redis."""
+        if _scheme(self.broker_url) not in REDIS_SCHEMES:
+            return None
+        return sentinel_client_url(
+            self.broker_url,
+            self.redis_master_name,
+            self.redis_sentinel_username,
+            self.redis_sentinel_password,
+        )
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
@@ -276,18 +305,94 @@ def _result_backend(env: Mapping[str, str], database_url: str) -> str:
     return raw
 
 
-def _redis_url(env: Mapping[str, str], broker_url: str) -> str | None:
+def sentinel_client_url(
+    url: str, master_name: str | None, username: str | None, password: str | None
+) -> str:
+    """`url` as cache/redis_client.py reads it: a sentinel:// URL gets the master name and
+    the sentinels' credentials in its query unless it names them itself; others as is."""
+    if _scheme(url) != "sentinel":
+        return url
+    extra = {
+        "master_name": master_name,
+        "sentinel_username": username,
+        "sentinel_password": password,
+    }
+    given = {k for part in url.split(";") for k, _v in parse_qsl(urlsplit(part).query)}
+    pairs = [(k, v) for k, v in extra.items() if v and k not in given]
+    if not pairs:
+        return url
+    return f"{url}{'&' if '?' in url.rsplit(';', 1)[-1] else '?'}{urlencode(pairs)}"
+
+
+def _sentinel(name: str, raw: str, master: str | None, *, in_query: bool = False) -> None:
+    """ConfigError naming `name` when its sentinel:// list is malformed or no master name
+    is known (CACHEWORK_REDIS_MASTER_NAME; for CACHEWORK_REDIS_URL, `in_query`, also
+    ?master_name=; kombu and Celery read it only from their transport options)."""
+    named = False
+    for part in (p.strip() for p in raw.split(";")):
+        try:
+            parts = urlsplit(part)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or _scheme(part) != "sentinel" or not parts.hostname:
+            raise ConfigError(
+                f"{name}={mask_url(raw)!r} is not a list of sentinel://host:port URLs "
+                "separated by ';' (e.g. sentinel://h1:26379;sentinel://h2:26379/0)"
+            )
+        named = named or (in_query and "master_name" in dict(parse_qsl(parts.query)))
+    if not master and not named:
+        raise ConfigError(
+            f"{name}={mask_url(raw)!r} is a Redis Sentinel URL but no master name is set: "
+            "set CACHEWORK_REDIS_MASTER_NAME to the name in `sentinel monitor <name> ...`"
+        )
+
+
+def _master_name(env: Mapping[str, str]) -> str | None:
+    raw = env.get("CACHEWORK_REDIS_MASTER_NAME", "").strip()
+    if raw and not all(c.isalnum() or c in "-_.:" for c in raw):
+        raise ConfigError(
+            f"CACHEWORK_REDIS_MASTER_NAME={raw!r} is not a Sentinel master name "
+            "(letters, digits, '-', '_', '.', ':')"
+        )
+    return raw or None
+
+
+def _redis_url(
+    env: Mapping[str, str],
+    broker_url: str,
+    master: str | None = None,
+    sentinel_auth: tuple[str | None, str | None] = (None, None),
+) -> str | None:
     raw = env.get("CACHEWORK_REDIS_URL", "").strip()
     if raw.lower() in ("off", "none"):
         return None
     if raw:
         if _scheme(raw) not in REDIS_SCHEMES:
             raise ConfigError(
-                f"CACHEWORK_REDIS_URL={mask_url(raw)!r} is not a redis:// or rediss:// URL"
+                f"CACHEWORK_REDIS_URL={mask_url(raw)!r} is not a redis://, rediss:// or "
+                "sentinel:// URL"
             )
         check_url("CACHEWORK_REDIS_URL", raw)
-        return raw
-    return broker_url if _scheme(broker_url) in REDIS_SCHEMES else None
+        if _scheme(raw) == "sentinel":
+            _sentinel("CACHEWORK_REDIS_URL", raw, master, in_query=True)
+        return sentinel_client_url(raw, master, *sentinel_auth)
+    if _scheme(broker_url) not in REDIS_SCHEMES:
+        return None
+    return sentinel_client_url(broker_url, master, *sentinel_auth)
+
+
+def _sentinel_options(
+    master: str | None, username: str | None, password: str | None, timeout: float = 5.0
+) -> dict:
+    """kombu's and Celery's transport options for a sentinel:// broker or result backend:
+    the master's name and how to reach the sentinels (bounded, with their credentials)."""
+    kwargs: dict = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if username:
+        kwargs["username"] = username
+    if password:
+        kwargs["password"] = password
+    return {"master_name": master, "sentinel_kwargs": kwargs}
 
 
 def _import_schedule(env: Mapping[str, str]) -> str | None:
@@ -430,11 +535,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     # The example app's cached tables and projects are defaults for the example app only:
     # loading them beside another app's models would map the demo's classes into it.
     example = EXAMPLE_MODELS in models
+    master = _master_name(env)
+    sentinel_auth = (
+        env.get("CACHEWORK_REDIS_SENTINEL_USERNAME", "").strip() or None,
+        env.get("CACHEWORK_REDIS_SENTINEL_PASSWORD", "") or None,
+    )
+    result_backend = _result_backend(env, database_url)
+    sentinel_options = _sentinel_options(master, *sentinel_auth)
+    if _scheme(broker_url) == "sentinel":
+        _sentinel("CACHEWORK_BROKER_URL", broker_url, master)
+    if _scheme(result_backend) == "sentinel":
+        _sentinel("CACHEWORK_RESULT_BACKEND", result_backend, master)
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
-        result_backend=_result_backend(env, database_url),
-        redis_url=_redis_url(env, broker_url),
+        result_backend=result_backend,
+        redis_url=_redis_url(env, broker_url, master, sentinel_auth),
+        redis_master_name=master,
+        redis_sentinel_username=sentinel_auth[0],
+        redis_sentinel_password=sentinel_auth[1],
+        broker_transport_options=(sentinel_options if _scheme(broker_url) == "sentinel" else {}),
+        result_backend_transport_options=(
+            sentinel_options if _scheme(result_backend) == "sentinel" else {}
+        ),
         models=models,
         data_dir=data_dir,
         log_level=log_level,

@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from cache.errors import CacheworkError
 from cache.invalidation.log import LISTEN_BLOCK, NOTHING, Batch, LogState, log_failure
+from cache.redis_client import client_from_url
 
 STREAM_KEY = "cachework:invalidations"
 FIELD = b"e"
@@ -113,7 +114,7 @@ class RedisLog:
     def for_listener(cls, url: str, key: str = STREAM_KEY, maxlen: int = 100_000) -> RedisLog:
         """A log on a connection of its own that never retries behind the caller's back:
         a listener must see every disconnect (it checks the epoch after reconnecting)."""
-        client = redis.Redis.from_url(
+        client = client_from_url(
             url,
             socket_connect_timeout=2,
             socket_timeout=LISTEN_BLOCK + 5,  # longer than a blocking read (`follow`)
