@@ -168,26 +168,39 @@ class RedisLog:
 
         The listener's idle read: `XREAD BLOCK` with `XRANGE after after` pipelined behind
         it (served once the read returns), two plain commands and no script, so an idle
-        process costs one call per `timeout` and an event about two XREADs. No epoch
-        check: a restart or failover breaks the connection, and the reconnect reads the
-        epoch (`read`/`state`)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xread({self.key: after}, count=count, block=max(1, int(timeout * 1000)))
-        pipe.xrange(self.key, after, after, count=1)
+        process costs one call per `timeout` and an event about two XREADs. Sent on a
+        connection of the pool as one write and read back raw: redis-py's pipeline and
+        reply parsing cost more per event than the commands themselves. No epoch check:
+        a restart or failover breaks the connection, and the reconnect reads the epoch
+        (`read`/`state`)."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
         try:
-            reply, mine = pipe.execute()
-        except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
-        if isinstance(reply, dict):  # a RESP3 client's shape: {key: [entries]}
-            streams = [(key, value[0] if value else []) for key, value in reply.items()]
-        else:  # [[key, entries]] (redis-py's default on either protocol)
-            streams = reply or []
+            conn.send_packed_command(
+                conn.pack_commands(
+                    [
+                        ("XREAD", "COUNT", count, "BLOCK", max(1, int(timeout * 1000)),
+                         "STREAMS", self.key, after),
+                        ("XRANGE", self.key, after, after, "COUNT", 1),
+                    ]
+                )
+            )  # fmt: skip
+            reply = conn.read_response()
+            mine = conn.read_response()
+        except BaseException as exc:
+            conn.disconnect()  # a reply may be left unread: never reuse this connection
+            if isinstance(exc, redis.RedisError):
+                raise _unavailable(exc) from exc
+            raise
+        finally:
+            pool.release(conn)
+        if isinstance(reply, dict):  # RESP3: {key: entries}
+            reply = list(reply.items())
         entries: list[tuple[str, object]] = []
-        for _key, rows in streams:
+        for _key, rows in reply or []:
             for entry_id, fields in rows:
-                if not isinstance(fields, dict):
-                    fields = dict(zip(fields[::2], fields[1::2], strict=False))
-                entries.append((_text(entry_id), fields.get(FIELD, fields.get("e", fields))))
+                pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+                entries.append((_text(entry_id), pairs.get(FIELD, pairs.get("e", pairs))))
         return entries, bool(mine)
 
     def interrupt(self) -> None:
