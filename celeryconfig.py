@@ -103,6 +103,10 @@ def build(s: Settings) -> dict:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_soft_time_limit": s.task_soft_time_limit,
         "task_time_limit": s.task_time_limit,
+        # Celery's soft shutdown: running tasks get this long on a cold shutdown (README
+        # "Kubernetes": SIGTERM, terminationGracePeriodSeconds and the task time limits).
+        "worker_soft_shutdown_timeout": s.soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": s.soft_shutdown_on_idle,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,

@@ -8,6 +8,7 @@ names the variable and the value instead of a traceback deep inside a task.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -144,6 +145,13 @@ class Settings:
     log_level: str = "INFO"
     task_soft_time_limit: int = 600
     task_time_limit: int = 660
+    # Celery's soft shutdown (5.5+): on a cold shutdown (SIGQUIT, or SIGTERM when the
+    # environment has REMAP_SIGTERM=SIGQUIT, as deploy/kubernetes does) running tasks get
+    # this many seconds to finish before they are cancelled and requeued (acks late); 0:
+    # off. `soft_shutdown_on_idle`: wait even with no task running (a Redis broker's
+    # ETA/countdown tasks held by the worker are then restored). README "Kubernetes".
+    soft_shutdown_timeout: float = 0.0
+    soft_shutdown_on_idle: bool = False
     # Beat schedule: a five-field crontab for the nightly version import, seconds for the
     # cache sync; either may be None (off).
     import_schedule: str | None = "0 3 * * *"
@@ -207,19 +215,6 @@ class Settings:
     def broker_folder(self) -> Path:
         return self.data_dir / "broker"
 
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
-    return value
-
     @property
     def broker_redis_url(self) -> str | None:
         """The Redis broker as a URL for cachework's own client (a sentinel:// broker
@@ -234,6 +229,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         )
 
 
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -244,6 +252,19 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _soft_shutdown_timeout(env: Mapping[str, str]) -> float:
+    """CACHEWORK_SOFT_SHUTDOWN_TIMEOUT: finite seconds, 0 or `off` for none (an infinite
+    wait would outlive any terminationGracePeriodSeconds and end in SIGKILL)."""
+    name = "CACHEWORK_SOFT_SHUTDOWN_TIMEOUT"
+    raw = env.get(name, "")
+    if raw.strip().lower() in ("", "off"):
+        return 0.0
+    value = _float(env, name, 0.0)
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number of seconds (or off)")
     return value
 
 
@@ -563,6 +584,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         task_soft_time_limit=soft,
         task_time_limit=hard,
+        soft_shutdown_timeout=_soft_shutdown_timeout(env),
+        soft_shutdown_on_idle=_bool(env, "CACHEWORK_SOFT_SHUTDOWN_ON_IDLE", False),
         import_schedule=_import_schedule(env),
         sync_schedule=_sync_schedule(env),
         cache_item_max_bytes=_int(env, "CACHEWORK_CACHE_ITEM_MAX_BYTES", 1024 * 1024, 1),
