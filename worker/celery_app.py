@@ -5,8 +5,9 @@
 app carries one `cache.runtime.Runtime` (`app.runtime`) that owns the process's database,
 Redis, locks, plugins, cached tables and invalidation threads. Celery's signals drive it:
 the main process maps the models and checks the database before the pool forks; every
-pool child (or, with a solo or threads pool, the worker's own process) starts its listener
-and outbox relay; every task starts by catching up with the invalidation log.
+pool child (or, with a solo, threads, gevent or eventlet pool, the worker's own process:
+worker/pools.py) starts its listener and outbox relay; every task starts by catching up
+with the invalidation log.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from celery import Celery, current_app, signals
-from celery.concurrency import solo, thread
 
 from cache.errors import CacheworkError, ConfigError
 from cache.migrate import check_schema
@@ -26,6 +27,7 @@ from cache.runtime import Runtime
 from cache.settings import Settings, load_settings
 from worker import health as _health  # noqa: F401 - registers the cachework_listeners command
 from worker import node_metrics as _node_metrics  # noqa: F401 - connects the metrics signals
+from worker import pools
 from worker import prefork as _prefork  # noqa: F401 - a prefork shutdown that cannot hang
 from worker import unknown_tasks as _unknown_tasks  # noqa: F401 - connects task_unknown
 from worker.checks import check_database
@@ -126,6 +128,11 @@ def _worker_init(sender=None, **_kwargs) -> None:
         return
     app.cachework_main_pid = os.getpid()  # the pool's children are the other processes
     try:
+        # A pool the runtime cannot run in: one line before anything else is done.
+        pool = pools.pool_name(getattr(sender, "pool_cls", None))
+        pools.check_pool(pool)
+        pools.cooperative_database_waits(pool)
+        pools.size_database_pool(runtime, pool, getattr(sender, "concurrency", None))
         runtime.models  # noqa: B018 - maps the models and sets up Continuum
         check_database(runtime.database.engine)
         refuse_evicting(runtime.settings, broker=True)  # a Redis that may drop requests
@@ -149,12 +156,14 @@ def _child_runtime() -> Runtime | None:
 
 
 @signals.worker_process_init.connect
-def _worker_process_init(**_kwargs) -> None:
+def _worker_process_init(sender=None, **_kwargs) -> None:
     """Every prefork child, right after fork (the runtime already forgot the parent's
-    sockets): start this child's listener and outbox relay.
+    sockets) or spawn (it builds its runtime: `pools.spawned_child_runtime`): start this
+    child's listener and outbox relay.
 
     The solo pool sends this signal in the worker's own process, which starts its
     threads once ready (`_worker_ready`)."""
+    pools.spawned_child_runtime(current_app._get_current_object(), sender)
     runtime = _child_runtime()
     if runtime is not None:
         runtime.start(relay=True)
@@ -168,14 +177,15 @@ def _worker_process_shutdown(**_kwargs) -> None:
 
 
 def _runs_tasks_in_process(pool: object) -> bool:
-    return isinstance(pool, solo.TaskPool | thread.TaskPool)
+    return pool is not None and pools.runs_tasks_in_process(pools.pool_name(type(pool)))
 
 
 @signals.worker_ready.connect
 def _worker_ready(sender=None, **_kwargs) -> None:
-    """`celery worker -P solo|threads`: no child will ever start the listener and the
-    outbox relay, so the worker's own process does (never with prefork: a parent with
-    threads must not fork)."""
+    """`celery worker -P solo|threads|gevent|eventlet`: no child will ever start the
+    listener and the outbox relay, so the worker's own process does (never with prefork:
+    a parent with threads must not fork). Under gevent and eventlet its threads are
+    greenlets of the patched process."""
     runtime = runtime_of(getattr(sender, "app", None))
     if runtime is not None and _runs_tasks_in_process(getattr(sender, "pool", None)):
         runtime.start(relay=True)
@@ -188,17 +198,29 @@ def _worker_shutdown(sender=None, **_kwargs) -> None:
         runtime.stop()
 
 
+# Sessions open in this thread when its task started (a task runs in one thread, or one
+# greenlet under gevent and eventlet; prerun, the task and postrun all run there).
+_task_sessions = threading.local()
+
+
 @signals.task_prerun.connect
 def _task_prerun(task=None, **_kwargs) -> None:
     """Apply the invalidations published before this task started (one head read)."""
     runtime = runtime_of(getattr(task, "app", None))
     if runtime is not None:
+        _task_sessions.before = runtime.database.open_sessions_here
         runtime.catch_up()
 
 
 @signals.task_postrun.connect
 def _task_postrun(task=None, **_kwargs) -> None:
+    """Log the database sessions this task opened and left open: counted in its own
+    thread, so the sessions of tasks running beside it (threads, gevent, eventlet) are
+    not its."""
     runtime = runtime_of(getattr(task, "app", None))
-    opened = runtime.database.open_sessions if runtime is not None else 0
-    if opened:
+    if runtime is None:
+        return
+    opened = runtime.database.open_sessions_here - getattr(_task_sessions, "before", 0)
+    _task_sessions.before = 0
+    if opened > 0:
         log.error("task %s left %d database session(s) open", getattr(task, "name", "?"), opened)
