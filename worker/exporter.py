@@ -48,7 +48,8 @@ def main(argv: list[str]) -> int:
         nonlocal app
         if app is None:
             app = control_app(settings)
-        # limit=1: back as soon as the node answers, not after the whole wait.
+        # Back as soon as the node answers (kombu already limits a broadcast to one
+        # destination to one reply; said here, since the bound matters).
         replies = app.control.ping(destination=[node], timeout=wait, limit=1) or []
         if any(node in reply for reply in replies):
             return []
