@@ -51,18 +51,18 @@ def test_an_idle_listener_makes_one_read_per_block_period_and_no_script_call(own
     client = redis.Redis.from_url(own_redis.url)
     publish("categories", [1], log=RedisLog(client, key="test:fan"))
     target = FakeTarget()
-    listener = _listening(own_redis, target, block=0.5)
+    listener = _listening(own_redis, target, block=0.25)
     try:
         wait_until(lambda: target.keys_seen() == [1] or target.cursor != "0")
-        time.sleep(0.2)
+        time.sleep(0.1)
         client.config_resetstat()
-        time.sleep(2.0)
+        time.sleep(1.0)
         calls = _calls(client)
     finally:
         assert listener.stop(timeout=5)
         client.close()
-    # 2 s / 0.5 s block = 4 reads (+1 for the one under way); the old loop made a Lua read
-    # and an XREAD every 0.5 s (evalsha 4-5).
+    # 1 s / 0.25 s block = 4 reads (+1 for the one under way); the old loop made a Lua
+    # read and an XREAD every block period (evalsha 4-5).
     assert 3 <= calls.get("xread", 0) <= 5, calls
     assert calls.get("evalsha", 0) == 0 and calls.get("eval", 0) == 0, calls
 
@@ -149,7 +149,7 @@ def test_stop_breaks_off_a_blocked_read_promptly(own_redis):
     assert target.dropped == [] and target.listener["connected"] is False
 
 
-def test_an_idle_database_log_listener_polls_once_a_second(sqlite_url):
+def test_an_idle_database_log_listener_polls_at_its_idle_interval(sqlite_url):
     engine = _engine_with_tables(sqlite_url)
 
     class Counting(DatabaseLog):
@@ -159,16 +159,16 @@ def test_an_idle_database_log_listener_polls_once_a_second(sqlite_url):
             Counting.reads += 1
             return super().read(after, count)
 
-    log = Counting(engine, poll_interval=0.05, busy_for=0.3)
+    log = Counting(engine, poll_interval=0.02, idle_interval=0.5, busy_for=0.2)
     target = FakeTarget()
     listener = Listener(Tracker(target, log), log).start()
     try:
         wait_until(lambda: target.listener.get("connected"))
         publish("categories", [1], log=log)
         wait_until(lambda: target.keys_seen() == [1], timeout=3)
-        time.sleep(0.5)  # past busy_for: idle now
+        time.sleep(0.3)  # past busy_for: idle now
         before = Counting.reads
-        time.sleep(3.0)
+        time.sleep(1.5)
         idle_reads = Counting.reads - before
         started = time.monotonic()
         publish("categories", [2], log=log)
@@ -177,8 +177,8 @@ def test_an_idle_database_log_listener_polls_once_a_second(sqlite_url):
     finally:
         assert listener.stop(timeout=5)
         engine.dispose()
-    assert 2 <= idle_reads <= 5, idle_reads  # was 60 (every 50 ms)
-    assert took < 1.5
+    assert 2 <= idle_reads <= 5, idle_reads  # at poll_interval throughout: 75
+    assert took < 1.0
 
 
 # --- one outbox relay per node --------------------------------------------------------------
