@@ -99,7 +99,8 @@ def is_transient(exc: BaseException) -> bool:
     invalidated) and redis-py as `ConnectionError`/`TimeoutError`, `OutOfMemoryError`
     from a Redis full under `noeviction` (refused, not evicted), or `ReadOnlyError` from a
     master demoted to a replica by a failover (a proxy in front of Redis still sends
-    there until it switches; a sentinel:// client reconnects); constraint violations,
+    there until it switches; a sentinel:// client reconnects) or its NOREPLICAS under
+    `min-replicas-to-write`; constraint violations,
     SQL errors and Redis command errors are not transient: retrying cannot fix them.
     SQLite raises OperationalError for both kinds; only its locked, busy and I/O errors
     are transient ("no such table" is not)."""
@@ -117,6 +118,8 @@ def is_transient(exc: BaseException) -> bool:
     ):
         # Neither OOM (memory frees up) nor READONLY (a failover ends) wrote anything.
         return True
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOREPLICAS"):
+        return True  # an old master under min-replicas-to-write, refusing: as READONLY
     if isinstance(exc, sa.exc.OperationalError):
         if isinstance(exc.orig, sqlite3.OperationalError):
             return any(word in str(exc.orig).lower() for word in SQLITE_TRANSIENT)

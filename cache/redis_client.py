@@ -12,7 +12,8 @@ sentinels' own credentials are `sentinel_username=` and `sentinel_password=` in 
 them). The client asks the sentinels for the master's address on every new connection, so
 after a failover it reconnects to the new master by itself; a connection still open to a
 demoted master turns the replica's `READONLY` reply into a `ConnectionError` (redis-py's
-`SentinelManagedConnection`), which callers already treat as transient.
+`SentinelManagedConnection`, and NOREPLICAS here: `FailoverAwareSentinelConnection`),
+which callers already treat as transient.
 
 A plain URL may reach Redis through a proxy (HAProxy, Envoy, a cloud endpoint) that keeps
 its open connections on a demoted master: there `READONLY` (and the `UNBLOCKED` of a
@@ -30,7 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from cache.errors import ConfigError
 from cache.settings import mask_url
@@ -42,30 +43,57 @@ _SENTINEL_PARAMS = ("master_name", "sentinel_username", "sentinel_password")
 
 # A master demoted to a replica unblocks every blocking command (BRPOP, XREAD) with this.
 DEMOTED_UNBLOCKED = "UNBLOCKED force unblock from blocking operation, instance state changed"
+# A master with `min-replicas-to-write` that lost its replicas (as an old master does the
+# moment Sentinel promotes its replica) refuses writes with this.
+NO_REPLICAS = "NOREPLICAS"
 
 
-class FailoverAwareConnection(redis.Connection):
-    """A connection that treats "this server is a replica now" as a lost connection:
-    it disconnects (so the next connect reaches whatever master is behind the address)
-    and raises ConnectionError, which redis-py's retry, kombu and `is_transient` handle
-    as such. A ReadOnlyError would otherwise be a command error: kombu's consumer takes
-    it as unrecoverable and the worker exits for good."""
+def _demoted(exc: ResponseError) -> str | None:
+    """Why `exc` says this server no longer takes writes as the master (None: it does not)."""
+    if isinstance(exc, ReadOnlyError):
+        return "Redis is a read-only replica now"
+    text = str(exc)
+    if text.startswith(DEMOTED_UNBLOCKED):
+        return "Redis was demoted to a replica"
+    if text.startswith(NO_REPLICAS):
+        return "Redis lost the replicas min-replicas-to-write asks for"
+    return None
+
+
+class _FailoverAware:
+    """Treats "this server is not a writable master now" (READONLY, UNBLOCKED by a
+    demotion, NOREPLICAS) as a lost connection: disconnects (so the next connect reaches
+    whatever master is behind the address, or the sentinels name) and raises
+    ConnectionError, which redis-py's retry, kombu and `is_transient` handle as such. A
+    ResponseError would otherwise be a command error: kombu's consumer takes it as
+    unrecoverable and the worker exits for good."""
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)
-        except ReadOnlyError as exc:
-            self.disconnect()
-            raise RedisConnectionError(f"Redis is a read-only replica now: {exc}") from exc
         except ResponseError as exc:
-            if not str(exc).startswith(DEMOTED_UNBLOCKED):
+            why = _demoted(exc)
+            if why is None:
                 raise
             self.disconnect()
-            raise RedisConnectionError(f"Redis was demoted to a replica: {exc}") from exc
+            raise RedisConnectionError(f"{why}: {exc}") from exc
 
 
-class FailoverAwareSSLConnection(FailoverAwareConnection, redis.SSLConnection):
+class FailoverAwareConnection(_FailoverAware, redis.Connection):
+    """A plain connection (redis://) that takes a demoted master as a lost connection."""
+
+
+class FailoverAwareSSLConnection(_FailoverAware, redis.SSLConnection):
     """`FailoverAwareConnection` over TLS (rediss://)."""
+
+
+class FailoverAwareSentinelConnection(_FailoverAware, SentinelManagedConnection):
+    """A Sentinel-managed connection that also takes NOREPLICAS as a lost connection
+    (redis-py's already does for READONLY and UNBLOCKED)."""
+
+
+class FailoverAwareSentinelSSLConnection(_FailoverAware, SentinelManagedSSLConnection):
+    """`FailoverAwareSentinelConnection` over TLS."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +219,11 @@ def client_from_url(
         password=target.password,
         **options,
     )
-    client = sentinel.master_for(target.master_name, redis_class=SentinelRedis)
+    client = sentinel.master_for(
+        target.master_name,
+        redis_class=SentinelRedis,
+        connection_class=FailoverAwareSentinelConnection,
+    )
     client.sentinel = sentinel
     return client
 

@@ -140,7 +140,18 @@ def test_plain_urls_get_the_failover_aware_connection():
         tls.close()
 
 
-def test_a_readonly_reply_is_a_lost_connection_and_transient():
+@pytest.mark.parametrize(
+    "reply",
+    [
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.ResponseError("NOREPLICAS Not enough good replicas to write."),
+        redis.ResponseError(
+            "UNBLOCKED force unblock from blocking operation, instance state changed "
+            "(master -> replica?)"
+        ),
+    ],
+)
+def test_a_demoted_masters_reply_is_a_lost_connection_and_transient(reply):
     class Replica(FailoverAwareConnection):
         disconnected = 0
 
@@ -148,7 +159,6 @@ def test_a_readonly_reply_is_a_lost_connection_and_transient():
             Replica.disconnected += 1
 
     conn = Replica()
-    reply = redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
     original = redis.Connection.read_response
     redis.Connection.read_response = lambda self, *a, **k: (_ for _ in ()).throw(reply)
     try:
@@ -157,7 +167,9 @@ def test_a_readonly_reply_is_a_lost_connection_and_transient():
     finally:
         redis.Connection.read_response = original
     assert Replica.disconnected == 1 and is_transient(raised.value)
-    # A ReadOnlyError that reaches a caller by another way is transient too.
+    if "UNBLOCKED" in str(reply):
+        return
+    # A READONLY or NOREPLICAS that reaches a caller by another way is transient too.
     assert is_transient(reply)
     with pytest.raises(Exception) as wrapped, transient_errors("Redis"):
         raise reply

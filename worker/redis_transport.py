@@ -6,7 +6,9 @@ waiting BRPOP) are command errors to kombu, which Celery's consumer takes as
 unrecoverable, so the worker exited for good. Here they drop the connection and raise
 `ConnectionError` (cache/redis_client.py `FailoverAwareConnection`), so the consumer
 reconnects, as it does after any lost connection, and reaches the new master.
-(`sentinel://` connections do that already, and ask the sentinels where the master is.)
+`sentinel://` connections ask the sentinels where the master is; redis-py's do the same
+for READONLY and UNBLOCKED, ours also for NOREPLICAS (an old master with
+`min-replicas-to-write` refuses writes once Sentinel took its replica away).
 
 Both transports also survive a master that is gone: when Celery closes the broken
 connection, kombu's channel tries to give back its unacknowledged messages through a
@@ -21,7 +23,12 @@ from __future__ import annotations
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from cache.redis_client import FailoverAwareConnection, FailoverAwareSSLConnection
+from cache.redis_client import (
+    FailoverAwareConnection,
+    FailoverAwareSentinelConnection,
+    FailoverAwareSentinelSSLConnection,
+    FailoverAwareSSLConnection,
+)
 
 
 class _ClosedIsLost:
@@ -43,7 +50,8 @@ class Transport(kombu_redis.Transport):
 
 
 class SentinelChannel(_ClosedIsLost, kombu_redis.SentinelChannel):
-    pass
+    connection_class = FailoverAwareSentinelConnection
+    connection_class_ssl = FailoverAwareSentinelSSLConnection
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
