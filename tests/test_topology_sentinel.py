@@ -130,7 +130,7 @@ class Outcome:
     get_errors: int = 0
 
 
-def _answer(app, sent, outcome: Outcome | None = None, timeout: float = 60.0) -> dict:
+def _answer(app, sent, outcome: Outcome | None = None, timeout: float = 30.0) -> dict:
     """The task's final result: by Celery's get(), else (its notice missed, or a first
     run cancelled by a lost broker connection) read from the result backend until it
     succeeds, bounded."""
@@ -159,9 +159,13 @@ def _answer(app, sent, outcome: Outcome | None = None, timeout: float = 60.0) ->
     raise AssertionError(f"no result for {sent.id} in {timeout + 8:.0f}s ({seen})")
 
 
-def _traffic(nodes: Nodes, fault, seconds_after: float = 4.0) -> Outcome:
-    """Writer + 2 readers around `fault()`, bounded in time; returns what the readers saw."""
+def _traffic(nodes: Nodes, fault, seconds_after: float = 4.0, fresh: bool = False) -> Outcome:
+    """Writer + 2 readers around `fault()`, bounded in time; returns what the readers saw.
+    `fresh`: the writer publishes on a new connection each time (as many web processes
+    do), which reaches a promoted master while the workers' connections are still on
+    the old one."""
     app, engine, log = nodes.app, nodes.engine, nodes.log
+    url = load_settings(nodes.env).redis_url
     outcome = Outcome()
     published = [-1]
     stop = threading.Event()
@@ -177,7 +181,14 @@ def _traffic(nodes: Nodes, fault, seconds_after: float = 4.0) -> Outcome:
                     {"n": f"cat1-v{version}"},
                 )
             try:
-                publish("categories", [1], log=log)
+                if fresh:
+                    own = RedisLog(client_from_url(url, socket_timeout=2))
+                    try:
+                        publish("categories", [1], log=own)
+                    finally:
+                        own.client.close()
+                else:
+                    publish("categories", [1], log=log)
                 published[0] = version
             except Exception:  # mid-failover: the next publish covers this version
                 outcome.publish_failures += 1
@@ -244,28 +255,41 @@ def _serves_after(nodes: Nodes, tag: str) -> None:
     wait_until(listening, timeout=30, every=0.5)
 
 
-@pytest.mark.parametrize("fault", ["failover", "master-kill"])
+SPLIT_WINDOW = (
+    "known hole: after SENTINEL FAILOVER the old master serves its old connections until "
+    "Sentinel demotes it (~8 s); a publisher on a new connection writes to the new master "
+    "while the workers' task-start reads still see the old one's log (same epoch), so "
+    "lookups read the old value until the demotion (1,265 stale reads in one run)"
+)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "failover",
+        "master-kill",
+        pytest.param("failover-fresh", marks=pytest.mark.xfail(strict=True, reason=SPLIT_WINDOW)),
+    ],
+)
 def test_failover_under_traffic_gives_no_stale_and_no_lost_read(group, nodes, fault):
     pids = [w.proc.pid for w in nodes.workers]
     old = group.master_port()
     moved: list[int] = []
 
     def act() -> None:
-        moved.append(group.failover() if fault == "failover" else group.kill_master())
+        moved.append(group.kill_master() if fault == "master-kill" else group.failover())
 
-    outcome = _traffic(nodes, act)
+    outcome = _traffic(nodes, act, fresh=fault.endswith("fresh"))
     print(f"{fault}: {outcome}")
     assert moved and moved[0] != old
     assert outcome.tries > 20, outcome
-    assert outcome.stale == [], outcome
-    if fault == "failover":
-        # Sentinel demotes the old master ~8 s after promoting the replica; meanwhile
-        # connections opened before the switch still write there, and what they wrote
-        # (a message, its result) is gone when it resyncs as a replica (Redis's split
-        # window). At most the requests in flight at the demotion: one per reader.
-        assert len(outcome.lost) <= 2, outcome
-    else:
-        assert outcome.lost == [], outcome
+    assert outcome.stale == [], f"{len(outcome.stale)} stale: {outcome}"
+    # Redis as a broker can lose a message (or its result) the old master acknowledged:
+    # after a kill, what it had not replicated yet; after SENTINEL FAILOVER, what
+    # connections opened before the switch wrote to it until Sentinel demoted it (~8 s
+    # later) and it resynced as a replica. No more than the requests in flight at that
+    # moment: one per reader. Every other request is answered, by the same workers.
+    assert len(outcome.lost) <= 2, outcome
     assert [w.proc.pid for w in nodes.workers] == pids
     _serves_after(nodes, f"after-{fault}-{time.time():.0f}")
 
