@@ -358,3 +358,21 @@ def test_a_redis_broker_demoted_to_a_replica_does_not_end_the_worker(tmp_path):
         app.close()
         broker.stop()
         other.stop()
+
+
+def test_health_is_ok_through_the_sentinels(nodes):
+    """`cachework health` (readiness: broker, database, Redis and its eviction policy, the
+    workers) finds everything through the sentinels."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from worker.cli import main; main()", "health", "--timeout", "5"],
+        env=nodes.env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "ok (readiness)"), proc.stderr[-2000:]

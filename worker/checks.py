@@ -15,9 +15,13 @@ if TYPE_CHECKING:  # imported when used: `cachework health` checks the broker wi
 
 def check_broker(settings: Settings, timeout: float = 3.0) -> None:
     """Connect to the broker once; ConfigError naming CACHEWORK_BROKER_URL if it fails."""
-    options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    options: dict = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     if settings.broker_url.startswith("filesystem"):
         options = {}
+    elif settings.broker_transport_options.get("master_name"):  # sentinel://
+        sentinels = dict(settings.broker_transport_options.get("sentinel_kwargs") or {})
+        sentinels.update(socket_connect_timeout=timeout, socket_timeout=timeout)
+        options.update(settings.broker_transport_options, sentinel_kwargs=sentinels)
     shown = mask_url(settings.broker_url)
     try:
         conn = Connection(
