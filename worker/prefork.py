@@ -1,21 +1,31 @@
 """The prefork pool with a shutdown that cannot hang on a lock a killed child took with it.
 
 With a transport that has no event loop (the embedded `filesystem://` broker), Celery's
-prefork pool is billiard's threaded `Pool`. Its children poll the shared inqueue without a
-lock, then take the inqueue's read lock (a semaphore shared by the processes) to read: when
-two children see one task, the one that loses the race holds the lock while it waits in
-`recv()` for the next one. SIGTERM to the whole process group (systemd's default
-KillMode=control-group, `kill -TERM -<pgid>`, a terminal's Ctrl+C) kills that child with
-the lock held, and the semaphore stays taken forever. The main process's warm shutdown
-itself finishes, but at exit billiard's finalizer (`Pool._terminate_pool`) calls
-`_help_stuff_finish`, which acquires that lock with no timeout: the worker never exits
-(3 runs of 5 here; the others took 5-6 s).
+prefork pool is billiard's threaded `Pool`. Its children share two queues, each guarded by
+process-shared locks (semaphores): the inqueue's read lock, taken to read a task, and the
+outqueue's write lock, taken to send back an ack, a result or a child's exit. SIGTERM to
+the whole process group (systemd's default KillMode=control-group, `kill -TERM -<pgid>`)
+reaches every child at once. billiard's handler in a child raises SystemExit so that the
+`with lock:` blocks release their locks, but billiard's Lock acquires in a Python-level
+`__enter__`: a child that was waiting for a lock gets it the moment another, exiting,
+child releases it, and its own pending SIGTERM then raises inside `__enter__`, before the
+`with` block exists. That child exits holding the lock for good. The main process's warm
+shutdown then waits forever: in billiard's exit finalizer (`_help_stuff_finish` takes the
+inqueue's read lock with no timeout), or in `Pool.join` (the task handler's sentinel waits
+for the outqueue's write lock). Measured here: 3 runs of 5 (2 children) and every run
+(4 children) hung; the others took 5-6 s.
 
-`TaskPool` is Celery's prefork pool with that one step bounded: the lock is waited for at
-most LOCK_WAIT seconds, after which the inqueue is drained without it (at that point no
-child will read it again: the pool is being torn down). `use_bounded_prefork(worker)`
-swaps it in for Celery's prefork pool (connected to `worker_init`, before the pool class
-is resolved); other pools are left alone.
+`TaskPool` is Celery's prefork pool with two changes to its `BlockingPool`:
+- Its queues use the C semaphore under billiard's wrapper. It acquires in C, so the
+  `with` block is set up before any signal handler can run, and no lock is left held.
+  This is the fix: 8 runs of 8 exited, in 2.4-2.7 s, with 4 children.
+- `_help_stuff_finish` waits at most LOCK_WAIT seconds for the inqueue's read lock, then
+  drains the queue without it. This is a safety net: the pool is being torn down, and no
+  child reads the queue again.
+
+`use_bounded_prefork(worker)` puts `TaskPool` in place of Celery's prefork pool. It is
+connected to `worker_init`, which runs before the pool class is resolved. Other pools are
+left as they are.
 """
 
 from __future__ import annotations
@@ -30,11 +40,31 @@ from celery.concurrency import get_implementation
 from celery.concurrency import prefork as celery_prefork
 
 log = logging.getLogger(__name__)
-LOCK_WAIT = 1.0  # seconds: a live child holding the lock gives it up on its next read
+LOCK_WAIT = 1.0  # seconds
 
 
 class BlockingPool(BilliardPool):
-    """billiard's threaded pool whose final inqueue drain cannot wait forever."""
+    """billiard's threaded pool: its queues' locks cannot leak, and its final inqueue
+    drain cannot wait forever."""
+
+    def _setup_queues(self) -> None:
+        super()._setup_queues()
+        # billiard's Lock acquires in a Python-level __enter__: a child whose SIGTERM
+        # handler (billiard's, raising SystemExit) runs right after the acquire, before
+        # the `with` block is set up, dies holding the lock. With SIGTERM to every process
+        # at once that is common: a child waiting for the lock gets it the moment the
+        # holder exits, and its own SIGTERM is pending. The C lock underneath acquires in
+        # C: the `with` block is set up before any signal handler can run. Children share
+        # these objects through fork; a spawned child gets billiard's pickled wrapper.
+        if self._ctx.get_start_method() != "fork":
+            return
+        for queue in (self._inqueue, self._outqueue):
+            for name in ("_rlock", "_wlock"):
+                wrapper = getattr(queue, name, None)
+                semlock = getattr(wrapper, "_semlock", None)
+                if semlock is not None and hasattr(semlock, "__enter__"):
+                    setattr(queue, f"{name}_wrapper", wrapper)  # keeps its after-fork hook
+                    setattr(queue, name, semlock)
 
     @staticmethod
     def _help_stuff_finish(inqueue: Any, task_handler: Any, _pool: Any) -> None:
@@ -44,8 +74,9 @@ class BlockingPool(BilliardPool):
         taken = inqueue._rlock.acquire(timeout=LOCK_WAIT)
         if not taken:
             log.warning(
-                "prefork pool: the inqueue's lock is held by a child that is gone "
-                "(SIGTERM to the process group?); shutting down without it"
+                "prefork pool: the inqueue's read lock is still held after %.0f s "
+                "(a child killed holding it?); shutting down without it",
+                LOCK_WAIT,
             )
         while task_handler.is_alive() and inqueue._reader.poll():
             inqueue._reader.recv()
