@@ -31,7 +31,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
-from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from cache.errors import ConfigError
 from cache.settings import mask_url
@@ -226,6 +231,26 @@ def client_from_url(
     )
     client.sentinel = sentinel
     return client
+
+
+def follow_master(client: redis.Redis) -> bool:
+    """For the master of a Sentinel group: ask the sentinels which server is the master
+    now and, if it moved since this client's connections were opened, close them (the next
+    command connects to the new master; one in use is closed when it is released). True
+    if it moved. A plain client: False, nothing sent.
+
+    Why a reader asks: after `SENTINEL FAILOVER` the old master keeps answering the
+    connections opened before the switch, as a master, until Sentinel demotes it seconds
+    later. A writer that connects meanwhile writes to the new master, so a reader still on
+    the old one would read an invalidation log without the writer's event. Asked before a
+    task-start read, the reader follows the writer (both ask the sentinels in the same
+    order), and the new master's run id is a new epoch: its cached tables are dropped.
+    Raises redis's ConnectionError (MasterNotFoundError) when no sentinel names a master."""
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return False
+    before = pool.master_address
+    return pool.get_master_address() != before and before is not None
 
 
 def server_identity(url: str) -> tuple:

@@ -14,6 +14,7 @@ id changes at every restart, so every reader drops its tables instead.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import redis
@@ -22,9 +23,12 @@ from redis.retry import Retry
 
 from cache.errors import CacheworkError
 from cache.invalidation.log import LISTEN_BLOCK, NOTHING, Batch, LogState, log_failure
-from cache.redis_client import client_from_url
+from cache.redis_client import client_from_url, follow_master
 
 STREAM_KEY = "cachework:invalidations"
+# Seconds between a listener's questions to the sentinels (Sentinel only) of whether the
+# master moved (see `follow_master`; a task-start catch-up asks every time).
+MASTER_CHECK_INTERVAL = 1.0
 FIELD = b"e"
 
 # Every script makes sure the epoch key exists, so all readers agree on one epoch; the
@@ -106,6 +110,7 @@ class RedisLog:
         self.key = key
         self.epoch_key = f"{key}:epoch"
         self.maxlen = maxlen
+        self._master_checked = 0.0
         self._append = client.register_script(APPEND)
         self._state = client.register_script(STATE)
         self._read = client.register_script(READ)
@@ -124,7 +129,10 @@ class RedisLog:
         return cls(client, key, maxlen)
 
     def append(self, data: str) -> str:
+        """Store one event; returns its id. On the server that is the master now (see
+        `follow_master`: where a reader that starts a task next will look)."""
         try:
+            follow_master(self.client)
             new_epoch = uuid.uuid4().hex
             return _text(self._append([self.key, self.epoch_key], [new_epoch, self.maxlen, data]))
         except redis.RedisError as exc:
@@ -133,6 +141,7 @@ class RedisLog:
     def append_many(self, datas: list[str]) -> list[str]:
         """Store several events in one round trip (a pipeline); returns their ids."""
         try:
+            follow_master(self.client)
             pipe = self.client.pipeline(transaction=False)
             for data in datas:
                 self._append(
@@ -143,7 +152,10 @@ class RedisLog:
             raise _unavailable(exc) from exc
 
     def state(self) -> LogState:
+        """The epoch and head, on the server that is the master now (see `follow_master`:
+        the task-start catch-up must read where a writer that just connected wrote)."""
         try:
+            follow_master(self.client)
             epoch, head = self._state([self.key, self.epoch_key], [uuid.uuid4().hex])
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
@@ -173,6 +185,13 @@ class RedisLog:
         reply parsing cost more per event than the commands themselves. No epoch check:
         a restart or failover breaks the connection, and the reconnect reads the epoch
         (`read`/`state`)."""
+        now = time.monotonic()
+        if now - self._master_checked >= MASTER_CHECK_INTERVAL:
+            self._master_checked = now
+            try:
+                follow_master(self.client)
+            except redis.RedisError as exc:
+                raise _unavailable(exc) from exc
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
