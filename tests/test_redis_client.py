@@ -15,6 +15,7 @@ from cache.redis_client import (
     FailoverAwareSSLConnection,
     SentinelRedis,
     client_from_url,
+    follow_master,
     parse_sentinel_url,
     server_identity,
 )
@@ -126,6 +127,31 @@ def test_client_from_url_makes_a_sentinel_master_client_without_connecting():
     finally:
         client.close()
     assert client.sentinel is None  # closed with its sentinels
+
+
+def test_follow_master_moves_a_sentinel_client_when_the_sentinels_name_another_master(
+    monkeypatch,
+):
+    """After SENTINEL FAILOVER the old master still answers open connections: a reader
+    or writer asks the sentinels first and, when the master moved, drops its idle
+    connections (the next command connects to the new master)."""
+    url = _settings(redis_url=SENTINELS, redis_master_name="m").redis_url
+    client = client_from_url(url, socket_timeout=2, socket_connect_timeout=1)
+    answers = iter([("127.0.0.1", 7001), ("127.0.0.1", 7001), ("127.0.0.1", 7002)])
+    monkeypatch.setattr(client.sentinel, "discover_master", lambda name: next(answers))
+    dropped: list[bool] = []
+    pool = client.connection_pool
+    monkeypatch.setattr(pool, "disconnect", lambda inuse_connections=True: dropped.append(True))
+    try:
+        assert follow_master(client) is False  # the first answer: nothing to move from
+        before = len(dropped)
+        assert follow_master(client) is False and len(dropped) == before  # the same master
+        assert follow_master(client) is True and len(dropped) == before + 1  # moved
+        assert pool.master_address == ("127.0.0.1", 7002)
+    finally:
+        client.close()
+    plain = redis.Redis.from_url("redis://127.0.0.1:1/0")  # never contacted
+    assert follow_master(plain) is False
 
 
 def test_plain_urls_get_the_failover_aware_connection():
