@@ -246,7 +246,12 @@ def follow_master(client: redis.Redis) -> bool:
     task-start read, the reader follows the writer (both ask the sentinels in the same
     order), and the new master's run id is a new epoch: its cached tables are dropped.
     Raises redis's ConnectionError (MasterNotFoundError) when no sentinel names a master."""
-    pool = client.connection_pool
+    return follow_pool_master(client.connection_pool)
+
+
+def follow_pool_master(pool: object) -> bool:
+    """`follow_master` for a connection pool (kombu's Sentinel channel has one, no
+    client of ours); False, nothing sent, unless it is a Sentinel master's pool."""
     if not isinstance(pool, SentinelConnectionPool):
         return False
     before = pool.master_address

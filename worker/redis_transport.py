@@ -6,7 +6,8 @@ waiting BRPOP) are command errors to kombu, which Celery's consumer takes as
 unrecoverable, so the worker exited for good. Here they drop the connection and raise
 `ConnectionError` (cache/redis_client.py `FailoverAwareConnection`), so the consumer
 reconnects, as it does after any lost connection, and reaches the new master.
-`sentinel://` connections ask the sentinels where the master is; redis-py's do the same
+`sentinel://` connections ask the sentinels where the master is (on every connect, and
+before every message published: `SentinelChannel._put`); redis-py's do the same
 for READONLY and UNBLOCKED, ours also for NOREPLICAS (an old master with
 `min-replicas-to-write` refuses writes once Sentinel took its replica away).
 
@@ -28,6 +29,7 @@ from cache.redis_client import (
     FailoverAwareSentinelConnection,
     FailoverAwareSentinelSSLConnection,
     FailoverAwareSSLConnection,
+    follow_pool_master,
 )
 
 
@@ -52,6 +54,14 @@ class Transport(kombu_redis.Transport):
 class SentinelChannel(_ClosedIsLost, kombu_redis.SentinelChannel):
     connection_class = FailoverAwareSentinelConnection
     connection_class_ssl = FailoverAwareSentinelSSLConnection
+
+    def _put(self, queue: str, message: dict, **kwargs: object) -> None:
+        """Publish on the server that is the master now: after SENTINEL FAILOVER the old
+        master keeps taking pushes on the connections opened before the switch until
+        Sentinel demotes it, and drops them then (cache/redis_client.py `follow_master`).
+        One short question to a sentinel per message."""
+        follow_pool_master(self.pool)
+        return super()._put(queue, message, **kwargs)
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
