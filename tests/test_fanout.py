@@ -17,6 +17,7 @@ import redis
 import sqlalchemy as sa
 
 from cache.invalidation import DatabaseLog, Listener, RedisLog, Relay, RelayLoop, Tracker, publish
+from cache.invalidation.log import LogUnavailable
 from cache.invalidation.node_lock import NodeLock
 from tests.conftest import MODELS, make_env, settings_of, unavailable
 from tests.invalidation_helpers import ROOT, FakeTarget, OwnRedis, wait_until
@@ -137,6 +138,29 @@ def test_a_restart_under_a_blocked_read_is_noticed_at_once_and_drops(own_redis):
     finally:
         assert listener.stop(timeout=5)
         client.close()
+
+
+def test_a_connection_redis_py_reopened_silently_is_read_only_after_a_checked_read(own_redis):
+    """redis-py replaces a pooled connection the server closed (a restart or failover
+    between two reads) without a word: the blocking read must not follow the new server
+    from its old cursor before the checked read has compared the epoch."""
+    admin = redis.Redis.from_url(own_redis.url)
+    log = RedisLog.for_listener(own_redis.url, key="test:fan")
+    try:
+        first = publish("categories", [1], log=RedisLog(admin, key="test:fan"))
+        log.state()  # the checked read
+        entries, confirmed = log.follow(first, 10, 0.05)
+        assert entries == [] and confirmed  # at the head, on a checked connection
+        admin.client_kill_filter(_type="normal", skipme=True)  # the listener's connection
+        publish("categories", [2], log=RedisLog(admin, key="test:fan"))
+        with pytest.raises(LogUnavailable, match="reconnected since the last checked read"):
+            log.follow(first, 10, 0.05)
+        log.read(first)  # the checked read on the new connection
+        entries, confirmed = log.follow(first, 10, 0.05)
+        assert len(entries) == 1 and confirmed
+    finally:
+        log.close()
+        admin.close()
 
 
 def test_stop_breaks_off_a_blocked_read_promptly(own_redis):

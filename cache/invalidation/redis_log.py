@@ -102,6 +102,19 @@ def _unavailable(exc: redis.RedisError) -> CacheworkError:
     return log_failure(exc, "invalidation stream")
 
 
+class _Connects:
+    """Counts the connections a client opens (redis-py's `redis_connect_func`): redis-py
+    opens a new one silently when it finds a pooled connection closed, and a reader must
+    not follow a new server (a restart, a failover) without reading its epoch first."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, connection: redis.connection.AbstractConnection) -> None:
+        self.count += 1
+        connection.on_connect()
+
+
 class RedisLog:
     """A Redis Stream `key` (plus `key:epoch`), trimmed to about `maxlen` entries."""
 
@@ -111,6 +124,10 @@ class RedisLog:
         self.epoch_key = f"{key}:epoch"
         self.maxlen = maxlen
         self._master_checked = 0.0
+        # A listener's log (`for_listener`) counts its connections: `follow` reads only on
+        # one its last checked read (`state`, `read`) ran on or after.
+        self._connects: _Connects | None = None
+        self._checked_at = 0
         self._append = client.register_script(APPEND)
         self._state = client.register_script(STATE)
         self._read = client.register_script(READ)
@@ -119,14 +136,18 @@ class RedisLog:
     def for_listener(cls, url: str, key: str = STREAM_KEY, maxlen: int = 100_000) -> RedisLog:
         """A log on a connection of its own that never retries behind the caller's back:
         a listener must see every disconnect (it checks the epoch after reconnecting)."""
+        connects = _Connects()
         client = client_from_url(
             url,
             socket_connect_timeout=2,
             socket_timeout=LISTEN_BLOCK + 5,  # longer than a blocking read (`follow`)
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
+            redis_connect_func=connects,
         )
-        return cls(client, key, maxlen)
+        log = cls(client, key, maxlen)
+        log._connects = connects
+        return log
 
     def append(self, data: str) -> str:
         """Store one event; returns its id. On the server that is the master now (see
@@ -159,7 +180,14 @@ class RedisLog:
             epoch, head = self._state([self.key, self.epoch_key], [uuid.uuid4().hex])
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
+        self._checked()
         return LogState(_text(epoch), _text(head))
+
+    def _checked(self) -> None:
+        """A checked read succeeded: `follow` may read on the connections opened so far
+        (a connection opened during the read is the one the read ran on)."""
+        if self._connects is not None:
+            self._checked_at = self._connects.count
 
     def read(self, after: str, count: int = 500) -> Batch:
         args = [uuid.uuid4().hex, after, count]
@@ -167,6 +195,7 @@ class RedisLog:
             epoch, gap, raw = self._read([self.key, self.epoch_key], args)
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
+        self._checked()
         entries: list[tuple[str, object]] = []
         for entry_id, fields in raw:
             pairs = dict(zip(fields[::2], fields[1::2], strict=False))
@@ -194,6 +223,11 @@ class RedisLog:
                 raise _unavailable(exc) from exc
         pool = self.client.connection_pool
         conn = pool.get_connection()
+        if self._connects is not None and self._connects.count > self._checked_at:
+            # redis-py opened a new connection since the last checked read (the server
+            # closed the old one: a restart, a failover): the epoch decides first.
+            pool.release(conn)
+            raise _unavailable(redis.ConnectionError("reconnected since the last checked read"))
         try:
             conn.send_packed_command(
                 conn.pack_commands(
