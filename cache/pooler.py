@@ -135,13 +135,13 @@ def hint_pooler(engine: sa.Engine, pooler: str = NONE) -> sa.Engine:
         if hinted or state not in _PREPARED_STATE or '"_pg3_' not in str(orig):
             return
         hinted.append(True)
-        from cache.settings import mask_url  # settings imports this module
-
+        # No secret in the line: the password hidden, the query (sslpassword=...) left out.
+        where = engine.url.set(query={}).render_as_string(hide_password=True)
         log.error(
             "prepared statement errors from %s (%s): a pooler in transaction mode "
             "(PgBouncer pool_mode=transaction) seems to share server connections; set "
             "CACHEWORK_DATABASE_POOLER=transaction (now %s)",
-            mask_url(engine.url.render_as_string(hide_password=True)),
+            where,
             str(orig).strip().splitlines()[0][:200],
             pooler,
         )
