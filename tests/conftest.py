@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,21 @@ def unavailable(service: str, why: object) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(message + " (CACHEWORK_REQUIRE_SERVICES=1 makes this a failure)")
     pytest.skip(message)
+
+
+@contextmanager
+def started(server, service: str) -> Iterator:
+    """`server` started (its `start()`), stopped at the end (its `stop()`, after a failed
+    start too); a server that cannot start is `unavailable(service, ...)`."""
+    try:
+        server.start()
+    except Exception as exc:
+        server.stop()
+        unavailable(service, exc)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -160,16 +176,8 @@ def redis_server_url() -> Iterator[str]:
         return
     from tests.invalidation_helpers import OwnRedis
 
-    server = OwnRedis(_RUN_DIR / "redis")
-    try:
-        server.start()
-    except Exception as exc:
-        server.stop()
-        unavailable("Redis (redis-server)", exc)
-    try:
+    with started(OwnRedis(_RUN_DIR / "redis"), "Redis (redis-server)") as server:
         yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -19,20 +19,14 @@ import sqlalchemy as sa
 from cache.invalidation import DatabaseLog, Listener, RedisLog, Relay, RelayLoop, Tracker, publish
 from cache.invalidation.log import LogUnavailable
 from cache.invalidation.node_lock import NodeLock
-from tests.conftest import MODELS, make_env, settings_of, unavailable
+from tests.conftest import MODELS, make_env, settings_of, started
 from tests.invalidation_helpers import ROOT, FakeTarget, OwnRedis, wait_until
 
 
 @pytest.fixture
 def own_redis(tmp_path):
-    server = OwnRedis(tmp_path / "redis")
-    try:
-        server.start()
-    except Exception as exc:
-        server.stop()
-        unavailable("Redis (redis-server)", exc)
-    yield server
-    server.stop()
+    with started(OwnRedis(tmp_path / "redis"), "Redis (redis-server)") as server:
+        yield server
 
 
 def _calls(client: redis.Redis) -> dict[str, int]:

@@ -43,6 +43,14 @@ def health(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, s
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
+def timed_health(env: dict[str, str], *args: str) -> tuple[int, str, float]:
+    """`health`, as an exec probe runs it: (exit status, output, seconds from spawn to
+    exit)."""
+    started = time.perf_counter()
+    status, output = health(env, *args)
+    return status, output, time.perf_counter() - started
+
+
 def sqlite_env(tmp_path: Path, **values: str) -> dict[str, str]:
     env = make_env(tmp_path, **values)
     Path(env["CACHEWORK_DATA_DIR"]).mkdir(parents=True, exist_ok=True)

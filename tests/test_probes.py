@@ -5,11 +5,8 @@ The real worker, Redis and PostgreSQL are in tests/test_topology_k8s.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +16,7 @@ from cache.metrics import MetricsServer
 from cache.probes import LIVE_PATH, READY_PATH, Checks, run_checks
 from cache.settings import load_settings
 from tests.conftest import make_env
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_health import timed_health as health
 
 
 def test_checks_run_in_parallel_and_answer_when_all_are_in():
@@ -102,19 +98,6 @@ def test_bad_soft_shutdown_settings_are_named(tmp_path, name, raw, words):
 
 
 # --- cachework health --live / --ready -------------------------------------------------------
-
-
-def health(env: dict[str, str], *args: str) -> tuple[int, str, float]:
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "health", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return proc.returncode, (proc.stdout + proc.stderr).strip(), time.perf_counter() - started
 
 
 def test_live_and_ready_ask_this_hosts_node_exporter(tmp_path):

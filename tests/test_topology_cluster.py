@@ -15,7 +15,7 @@ from cache import health, redis_policy
 from cache.errors import ConfigError
 from cache.runtime import Runtime, start_runtime
 from cache.settings import load_settings
-from tests.conftest import make_env, unavailable
+from tests.conftest import make_env, started
 from tests.sentinel_helpers import RedisCluster
 
 pytestmark = pytest.mark.topology
@@ -25,16 +25,9 @@ REASON = "Redis Cluster node (cluster_enabled:1)"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[RedisCluster]:
-    found = RedisCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        found.start()
-    except Exception as exc:
-        found.stop()
-        unavailable("Redis Cluster (redis-server --cluster-enabled, redis-cli --cluster)", exc)
-    try:
+    service = "Redis Cluster (redis-server --cluster-enabled, redis-cli --cluster)"
+    with started(RedisCluster(tmp_path_factory.mktemp("cluster")), service) as found:
         yield found
-    finally:
-        found.stop()
 
 
 def _env(tmp_path, cluster: RedisCluster) -> dict[str, str]:

@@ -19,12 +19,10 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -32,9 +30,9 @@ import sqlalchemy as sa
 from tests.conftest import MODELS, make_env, unavailable
 from tests.fault_helpers import OwnPostgres
 from tests.invalidation_helpers import OwnRedis, free_port, wait_until
+from tests.test_health import timed_health as health
 
 pytestmark = pytest.mark.topology
-ROOT = Path(__file__).resolve().parents[1]
 HEALTHY_BOUND = 1.0  # seconds: the kubelet's default probe timeout
 
 
@@ -47,21 +45,6 @@ def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, str, float]:
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read().decode()
     return status, body, time.perf_counter() - started
-
-
-def health(env: dict[str, str], *args: str) -> tuple[int, str, float]:
-    """`cachework health ARGS` in a process of its own, as an exec probe runs it:
-    (exit status, output, seconds from spawn to exit)."""
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "health", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return proc.returncode, (proc.stdout + proc.stderr).strip(), time.perf_counter() - started
 
 
 def median_time(env: dict[str, str], *args: str, runs: int = 5) -> float:

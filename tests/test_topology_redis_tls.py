@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from cache.invalidation import RedisLog, publish
 from cache.redis_client import client_from_url
 from cache.settings import load_settings
-from tests.conftest import MODELS, make_env, unavailable
+from tests.conftest import MODELS, make_env, started
 from tests.invalidation_helpers import free_port, wait_until
 
 pytestmark = pytest.mark.topology
@@ -100,16 +100,9 @@ class TlsRedis:
 
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory) -> Iterator[TlsRedis]:
-    server = TlsRedis(tmp_path_factory.mktemp("redis-tls"))
-    try:
-        server.start()
-    except Exception as exc:
-        server.stop()
-        unavailable("Redis with TLS (redis-server --tls-port, openssl)", exc)
-    try:
+    service = "Redis with TLS (redis-server --tls-port, openssl)"
+    with started(TlsRedis(tmp_path_factory.mktemp("redis-tls")), service) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_plain_connections_and_the_default_user_are_refused(tls_redis):

@@ -32,7 +32,7 @@ from cache.errors import TransientError, is_transient
 from cache.invalidation import RedisLog, publish
 from cache.redis_client import client_from_url
 from cache.settings import load_settings
-from tests.conftest import MODELS, make_env, unavailable
+from tests.conftest import MODELS, make_env, started, unavailable
 from tests.invalidation_helpers import wait_until
 from tests.sentinel_helpers import MASTER_NAME, SentinelGroup
 
@@ -41,16 +41,9 @@ pytestmark = pytest.mark.topology
 
 @pytest.fixture(scope="module")
 def group(tmp_path_factory) -> Iterator[SentinelGroup]:
-    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
-    try:
-        group.start()
-    except Exception as exc:
-        group.stop()
-        unavailable("Redis Sentinel (redis-server --sentinel)", exc)
-    try:
+    service = "Redis Sentinel (redis-server --sentinel)"
+    with started(SentinelGroup(tmp_path_factory.mktemp("sentinel")), service) as group:
         yield group
-    finally:
-        group.stop()
 
 
 @dataclass
