@@ -103,14 +103,22 @@ def pg_server_url() -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_server_url: str) -> str:
     """The run's PostgreSQL database with an empty public schema."""
+    empty_schema(pg_server_url)
+    return pg_server_url
+
+
+def empty_schema(url: str) -> None:
+    """Empty the public schema of the run's database (also for module-scoped fixtures,
+    which cannot take `pg_url`)."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(pg_server_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
-    return pg_server_url
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            conn.execute(sa.text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

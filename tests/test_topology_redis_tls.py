@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from cache.invalidation import RedisLog, publish
 from cache.redis_client import client_from_url
 from cache.settings import load_settings
-from tests.conftest import MODELS, make_env, started
+from tests.conftest import MODELS, empty_schema, make_env, started
 from tests.invalidation_helpers import free_port, wait_until
 
 pytestmark = pytest.mark.topology
@@ -125,10 +125,8 @@ def test_a_worker_on_tls_with_an_acl_user_serves_and_invalidates(
     from demo.seed import seed
     from worker.schema import create_tables
 
+    empty_schema(pg_server_url)
     engine = sa.create_engine(pg_server_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
     create_tables(engine, MODELS)
     with sa.orm.Session(engine) as session, session.begin():
         seed(session, projects=1, products=5)

@@ -32,7 +32,7 @@ from cache.errors import TransientError, is_transient
 from cache.invalidation import RedisLog, publish
 from cache.redis_client import client_from_url
 from cache.settings import load_settings
-from tests.conftest import MODELS, make_env, started, unavailable
+from tests.conftest import MODELS, empty_schema, make_env, started, unavailable
 from tests.invalidation_helpers import wait_until
 from tests.sentinel_helpers import MASTER_NAME, SentinelGroup
 
@@ -63,10 +63,8 @@ def nodes(group, pg_server_url, tmp_path_factory) -> Iterator[Nodes]:
     from worker.spawn import WorkerProcess
 
     folder = tmp_path_factory.mktemp("sentinel-nodes")
+    empty_schema(pg_server_url)
     engine = sa.create_engine(pg_server_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
     create_tables(engine, MODELS)
     with sa.orm.Session(engine) as session, session.begin():
         seed(session, projects=1, products=5)
