@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from celery.schedules import crontab
 
-from cache.pooler import result_engine_options
-from cache.settings import Settings
+from cachework.pooler import result_engine_options
+from cachework.settings import Settings
 from worker.queue_types import celery_settings as queue_type_settings
 from worker.queue_types import declared_queues
 from worker.routing import QUEUES, queues  # noqa: F401 - QUEUES: bench/ imports it from here

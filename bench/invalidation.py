@@ -32,7 +32,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache.invalidation import RedisLog, publish
-from cache.settings import load_settings
+from cachework.settings import load_settings
 from importers.bootstrap import bootstrap
 from tests.invalidation_helpers import OwnRedis
 from worker import create_app

@@ -1,6 +1,6 @@
 """Project cache benchmark (PostgreSQL + Redis on 127.0.0.1), baselines in the same run.
 
-1. Writing N cache items (default 10,000) with `cache.store.set_items` (one INSERT ... ON
+1. Writing N cache items (default 10,000) with `cache.items.store.set_items` (one INSERT ... ON
    CONFLICT per batch) versus the reference's way, an ORM get-then-save per item (here in
    one transaction with a flush per item: kinder to the baseline than a commit per item).
    Both for first writes (inserts) and rewrites (updates).
@@ -56,7 +56,7 @@ def _claim_redis_db() -> tuple[redis.Redis, int]:
 
 
 def _reset(database) -> None:
-    from cache.store import cache_items
+    from cache.items.store import cache_items
 
     with database.session() as session:
         session.execute(sa.delete(cache_items))
@@ -76,7 +76,7 @@ def _items(n: int, generation: int) -> list[dict]:
 
 
 def bench_writes(database, n: int) -> None:
-    from cache import store
+    from cache.items import store
 
     mapper_registry = registry()
     mapper_registry.map_imperatively(OrmItem, store.cache_items)
@@ -131,7 +131,7 @@ def bench_writes(database, n: int) -> None:
 
 
 def bench_sync(database, db_url: str, redis_url: str, projects: int, two_nodes: bool) -> None:
-    from cache.settings import load_settings
+    from cachework.settings import load_settings
     from worker import create_app
     from worker.spawn import WorkerProcess
 
@@ -206,7 +206,7 @@ def main() -> None:
     os.environ["CACHEWORK_REDIS_URL"] = redis_url
     database = None
     try:
-        from cache import database as db
+        from cachework import database as db
         from worker.schema import create_tables
 
         models = bootstrap(("demo.models",))

@@ -51,8 +51,8 @@ import redis
 from cache.invalidation import RedisLog, Relay, RelayLoop, outbox, track
 from cache.invalidation import tracking as tracking_module
 from cache.invalidation import triggers as db_triggers
-from cache.invalidation.tables import invalidation_outbox
 from cache.invalidation.tracking import dependencies
+from cachework.schema import invalidation_outbox
 from tests.invalidation_helpers import OwnRedis
 
 DEPS = {"bench_items": {"bench_items": "id"}}

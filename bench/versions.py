@@ -320,7 +320,7 @@ def seed_database(db: str, size: int, suite: str = "products") -> dict:
     """Create and seed a fresh database (in its own process); returns its URL."""
     import sqlalchemy as sa
 
-    from cache.database import Database
+    from cachework.database import Database
     from importers.bootstrap import bootstrap
     from worker.schema import create_tables
 
@@ -383,7 +383,7 @@ def child(url: str, approach: str, suite: str = "products") -> dict:
     """Run the four scenarios on a seeded database; report times, digest and maxrss."""
     import sqlalchemy as sa
 
-    from cache.database import Database
+    from cachework.database import Database
     from importers.bootstrap import bootstrap
 
     shapes = suite == "shapes"

@@ -13,14 +13,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cache import plugins as cache_plugins
-from cache import store
-from cache.errors import NotFoundError, ValidationError, transient_errors
 from cache.invalidation import publish, validate_event
-from cache.sync import ScopeResult, rebuild, scope_label
+from cache.items import plugins as cache_plugins
+from cache.items import store
+from cache.items.sync import ScopeResult, rebuild, scope_label
+from cachework.errors import NotFoundError, ValidationError, transient_errors
 
 if TYPE_CHECKING:
-    from cache.runtime import Runtime
+    from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 Plugins = list[cache_plugins.CachePlugin]
@@ -82,7 +82,7 @@ def rebuild_scope(
     Plugin failures are reported in the result; an unreachable lock store or database
     is a TransientError, so the caller retries and the request is not lost.
     `see_through`: wait for a running rebuild of the scope rather than defer to it (for
-    a message delivered again; see `cache.sync.rebuild_scope`)."""
+    a message delivered again; see `cache.items.sync.rebuild_scope`)."""
     with transient_errors(f"cache rebuild of {scope_label(project)}"):
         return rebuild(
             runtime.database.session,

@@ -45,4 +45,4 @@ class Product(Base):
     active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
 
 
-CACHE_PLUGINS = ["demo.plugin:InventoryPlugin"]  # found by cache.plugins.discover()
+CACHE_PLUGINS = ["demo.plugin:InventoryPlugin"]  # found by cache.items.plugins.discover()

@@ -26,7 +26,7 @@ from sqlalchemy_continuum import make_versioned, version_class, versioning_manag
 from sqlalchemy_continuum.exc import ClassNotVersioned
 from sqlalchemy_continuum.plugins import TransactionMetaPlugin
 
-from cache.errors import ConfigError
+from cachework.errors import ConfigError
 
 _lock = threading.RLock()
 _booted: dict[tuple[str, ...], Models] = {}

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from cache.errors import LockedError, ValidationError
+from cachework.errors import LockedError, ValidationError
 
 LOCK_NAME = "cachework.import_versions"
 # A stable signed 64-bit key for pg_try_advisory_xact_lock, derived from the lock's name.

@@ -47,14 +47,14 @@ from sqlalchemy_continuum.plugins import (
 )
 from sqlalchemy_continuum.utils import get_versioning_manager, option
 
-from cache.errors import (
+from cachework.errors import (
     ChangeLimitExceeded,
     NotFoundError,
     UnsupportedVersioning,
     ValidationError,
     shown,
 )
-from cache.records import json_value
+from cachework.records import json_value
 from importers.locking import begin_import
 from importers.statistics import refresh_stale_statistics
 
@@ -194,7 +194,7 @@ class ImportResult:
 
 
 def _json_key(row: Sequence[Any]) -> Any:
-    """A reported key in cachework's one JSON form of values (cache.records.json_value)."""
+    """A reported key in cachework's one JSON form of values (cachework.records.json_value)."""
     values = [json_value(v) for v in row]
     return values[0] if len(values) == 1 else values
 

@@ -8,7 +8,7 @@ import time
 import sqlalchemy as sa
 from celery import shared_task
 
-from cache.errors import ValidationError, shown
+from cachework.errors import ValidationError, shown
 from worker.celery_app import require_runtime
 
 

@@ -9,8 +9,8 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import jobs
-from cache.errors import TransientError
 from cache.invalidation.events import id_key
+from cachework.errors import TransientError
 from worker.celery_app import require_runtime
 from worker.logsetup import EXPECTED_ERRORS
 

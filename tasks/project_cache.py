@@ -11,7 +11,7 @@ from celery import chord, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import jobs
-from cache.errors import TransientError, ValidationError, shown
+from cachework.errors import TransientError, ValidationError, shown
 from worker.celery_app import require_runtime
 from worker.logsetup import EXPECTED_ERRORS
 

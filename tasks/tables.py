@@ -6,8 +6,8 @@ import os
 
 from celery import shared_task
 
-from cache.errors import TransientError, ValidationError
-from cache.records import to_json
+from cachework.errors import TransientError, ValidationError
+from cachework.records import to_json
 from worker.celery_app import require_runtime
 from worker.logsetup import EXPECTED_ERRORS
 

@@ -7,8 +7,8 @@ import logging
 from celery import shared_task
 
 from cache import jobs
-from cache.errors import TransientError
-from cache.settings import Settings
+from cachework.errors import TransientError
+from cachework.settings import Settings
 from importers.progress import RunProgress, Throttle
 from worker.celery_app import require_runtime
 from worker.logsetup import EXPECTED_ERRORS

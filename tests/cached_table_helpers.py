@@ -7,9 +7,9 @@ import threading
 
 import sqlalchemy as sa
 
-from cache.indexes import NonUnique, PrimaryKey, Range, Unique
-from cache.source import SelectSource
-from cache.table import CachedTable
+from cache.tables.indexes import NonUnique, PrimaryKey, Range, Unique
+from cache.tables.source import SelectSource
+from cache.tables.table import CachedTable
 
 metadata = sa.MetaData()
 items = sa.Table(

@@ -38,8 +38,8 @@ for _name in list(os.environ):
     ):
         del os.environ[_name]
 
-from cache import database as db  # noqa: E402
-from cache.settings import Settings, load_settings  # noqa: E402
+from cachework import database as db  # noqa: E402
+from cachework.settings import Settings, load_settings  # noqa: E402
 from importers.bootstrap import bootstrap  # noqa: E402
 
 REQUIRE_SERVICES = os.environ.get("CACHEWORK_REQUIRE_SERVICES") == "1"
@@ -161,7 +161,7 @@ def _database(url: str) -> Iterator[db.Database]:
 def runtime(database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A runtime on the `database` fixture (invalidation log and locks in that database);
     the environment says the same, so CLI commands run in-process see it too."""
-    from cache.runtime import Runtime
+    from worker.runtime import Runtime
 
     env = make_env(tmp_path, database_url=database.url, redis_url="off")
     for name, value in env.items():

@@ -21,7 +21,7 @@ from sqlalchemy_continuum.plugins import (
     TransactionMetaPlugin,
 )
 
-from cache.errors import NotFoundError, ValidationError
+from cachework.errors import NotFoundError, ValidationError
 from importers.bootstrap import bootstrap
 from importers.versions import UnsupportedVersioning, import_versions
 

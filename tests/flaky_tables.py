@@ -12,8 +12,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cache.errors import TransientError
-from cache.full_table import FullTableCache
+from cache.tables.full_table import FullTableCache
+from cachework.errors import TransientError
 from demo.cached_tables import categories
 from demo.models import Category
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.utils import option
 
-from cache import database as db
+from cachework import database as db
 from importers.bootstrap import bootstrap
 from worker.schema import create_tables
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import redis
 
-from cache.errors import ValidationError
+from cachework.errors import ValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeTarget:
-    """Records what the listener does; the shape of cache.registry.Registry."""
+    """Records what the listener does; the shape of cache.tables.registry.Registry."""
 
     def __init__(self, names: tuple[str, ...] = ("categories",)) -> None:
         self.cursor = "0"

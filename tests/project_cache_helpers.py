@@ -1,7 +1,7 @@
 """Test-only cache plugins, registered the ordinary way: a model module that names them.
 
 Workers started with `CACHEWORK_MODELS=demo.models,tests.project_cache_helpers` find them
-through `cache.plugins.discover` (this module re-exports the demo's `Base`, which is what
+through `cache.items.plugins.discover` (this module re-exports the demo's `Base`, which is what
 bootstrap asks of a model module; it maps no classes of its own).
 
 - `recorder`: item `total` = the sum of the project's prices; holds the rebuild for
@@ -23,7 +23,7 @@ from decimal import Decimal
 import redis
 import sqlalchemy as sa
 
-from cache import store
+from cache.items import store
 from demo.models import Base, Product, Project  # noqa: F401 - Base: bootstrap's model check
 
 CACHE_PLUGINS = [
@@ -53,7 +53,7 @@ def _redis_for(pid: int, url: str) -> redis.Redis:
 
 def _redis() -> redis.Redis:
     """This process's client for the worker's CACHEWORK_REDIS_URL."""
-    from cache.settings import load_settings
+    from cachework.settings import load_settings
 
     return _redis_for(os.getpid(), load_settings().redis_url)
 

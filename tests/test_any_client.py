@@ -21,8 +21,8 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cache.errors import ConfigError
-from cache.settings import load_settings
+from cachework.errors import ConfigError
+from cachework.settings import load_settings
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
 from worker import routing

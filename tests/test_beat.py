@@ -124,8 +124,8 @@ def test_a_beat_that_stops_releases_the_lock(tmp_path, redis_url):
 def test_beat_lock_ttl_setting():
     import pytest
 
-    from cache.errors import ConfigError
-    from cache.settings import load_settings
+    from cachework.errors import ConfigError
+    from cachework.settings import load_settings
 
     assert load_settings({}).beat_lock_ttl == 30.0
     assert load_settings({"CACHEWORK_BEAT_LOCK_TTL": "5"}).beat_lock_ttl == 5.0

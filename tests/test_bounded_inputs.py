@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cache import jobs
-from cache.errors import MESSAGE_MAX, CacheworkError, ValidationError, cut, shown
 from cache.invalidation import validate_event
+from cachework.errors import MESSAGE_MAX, CacheworkError, ValidationError, cut, shown
 from demo.seed import project_uuid, seed
 from importers.versions import import_versions
 from tests.import_helpers import MODELS, STEPS, apply_sql, create_all, seed_fixed, transactions
@@ -115,7 +115,7 @@ def base_app():
     """An app of its own whose tasks get cachework's base class (no broker: `apply`)."""
     from celery import Celery, signals
 
-    from cache.errors import TransientError
+    from cachework.errors import TransientError
     from worker.task_base import CacheworkTask
 
     app = Celery("bounded-inputs", task_cls=CacheworkTask, set_as_current=False)
@@ -197,7 +197,7 @@ def test_bounded_arguments_stay_json_and_small():
 def test_every_task_of_our_app_has_the_base_class(tmp_path):
     """`create_app` sets the base class for the app, so shared_task gives it to ours."""
     import tasks  # noqa: F401 - registers the shared tasks
-    from cache.settings import load_settings
+    from cachework.settings import load_settings
     from tests.conftest import make_env
     from worker import create_app
     from worker.logsetup import EXPECTED_ERRORS

@@ -9,11 +9,11 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from cache.errors import ValidationError
-from cache.indexes import PrimaryKey, Spec, difference, overlaps, within
-from cache.records import coerce, make_record, to_json
-from cache.source import SelectSource
-from cache.table import CachedTable
+from cache.tables.indexes import PrimaryKey, Spec, difference, overlaps, within
+from cache.tables.source import SelectSource
+from cache.tables.table import CachedTable
+from cachework.errors import ValidationError
+from cachework.records import coerce, make_record, to_json
 from tests.cached_table_helpers import INDEXES, items, make_engine, make_table, row, write
 
 

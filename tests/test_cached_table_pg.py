@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from cache.indexes import NonUnique, PrimaryKey, Range, Spec, Unique
-from cache.records import to_json
-from cache.source import SelectSource
-from cache.table import CachedTable
+from cache.tables.indexes import NonUnique, PrimaryKey, Range, Spec, Unique
+from cache.tables.source import SelectSource
+from cache.tables.table import CachedTable
+from cachework.records import to_json
 from demo.models import Category, Product
 from demo.seed import seed
 

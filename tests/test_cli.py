@@ -129,7 +129,7 @@ def test_a_usage_error_is_one_line_naming_option_and_value(args, words, tmp_path
 
 def test_a_long_usage_error_keeps_its_help_pointer_within_the_limit(tmp_path: Path):
     """The pointer to --help is part of the 600 characters (it was added after the cut)."""
-    from cache.errors import MESSAGE_MAX
+    from cachework.errors import MESSAGE_MAX
 
     done = run_cli(make_env(tmp_path), "import-versions", "--max-changes", "x" * 5000, timeout=30)
     line = done.stderr.strip()
@@ -184,7 +184,7 @@ def test_worker_command_consumes_all_queues_and_passes_options_to_celery(
     tmp_path: Path, sqlite_url, redis_url
 ):
 
-    from cache.settings import load_settings
+    from cachework.settings import load_settings
     from worker import create_app
     from worker.spawn import stop_process_group
 

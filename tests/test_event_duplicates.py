@@ -10,9 +10,9 @@ import uuid
 import pytest
 import redis
 
-from cache.errors import ValidationError
 from cache.invalidation import DatabaseLog, Listener, RedisLog, Tracker, publish
 from cache.invalidation.events import decode_event, table_of
+from cachework.errors import ValidationError
 from tests.invalidation_helpers import FakeTarget, wait_until
 
 TWO_TABLES = '{"v":1,"table":"categories","keys":[1],"table":"zzz"}'

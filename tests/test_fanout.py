@@ -271,7 +271,7 @@ def test_a_killed_holder_releases_the_node_lock_and_a_forked_child_never_holds_i
 
 
 def test_two_runtimes_on_one_node_run_one_polling_relay(tmp_path, monkeypatch):
-    from cache.runtime import Runtime
+    from worker.runtime import Runtime
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # this test's own lock folder
     url = f"sqlite:///{tmp_path / 'node.db'}"

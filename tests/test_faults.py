@@ -33,10 +33,10 @@ import redis
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from cache import store
-from cache.errors import MESSAGE_MAX
 from cache.invalidation import DatabaseLog, RedisLog, publish
-from cache.settings import load_settings
+from cache.items import store
+from cachework.errors import MESSAGE_MAX
+from cachework.settings import load_settings
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
 from tests.fault_helpers import (

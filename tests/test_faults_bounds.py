@@ -17,9 +17,9 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache import database as db
-from cache.errors import MESSAGE_MAX
-from cache.settings import load_settings
+from cachework import database as db
+from cachework.errors import MESSAGE_MAX
+from cachework.settings import load_settings
 from demo.seed import seed
 from tests.conftest import MODELS, make_env
 from tests.fault_helpers import TABLE

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache.errors import CacheworkError
 from cache.invalidation import RedisLog
-from cache.locks import RedisLocks
+from cache.items.locks import RedisLocks
+from cachework.errors import CacheworkError
 from tests.fault_helpers import TABLE
 from tests.invalidation_helpers import OwnRedis
 from tests.test_redis_eviction import CELERY, env_for, run_until_exit

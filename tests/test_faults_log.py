@@ -25,8 +25,8 @@ import redis
 import sqlalchemy as sa
 
 from cache.invalidation import DatabaseLog, RedisLog
-from cache.invalidation.tables import SQLITE_FIXED_IDS, SQLITE_TRIGGERS, ddl
-from cache.settings import load_settings
+from cachework.schema import SQLITE_FIXED_IDS, SQLITE_TRIGGERS, ddl
+from cachework.settings import load_settings
 from demo.seed import seed
 from tests.conftest import MODELS, make_env
 from tests.fault_helpers import TABLE, engine_for

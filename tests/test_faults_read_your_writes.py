@@ -20,13 +20,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from cache.invalidation import track
-from cache.invalidation.tables import invalidation_outbox
-from cache.runtime import Runtime
+from cachework.schema import invalidation_outbox
 from demo.models import Category
 from tests.conftest import make_env, settings_of
 from tests.fault_helpers import TABLE, Row
 from tests.invalidation_helpers import OwnRedis
 from tests.test_faults import Node, _fresh_schema
+from worker.runtime import Runtime
 
 pytestmark = pytest.mark.faults
 COMMITS = 1000

@@ -10,11 +10,11 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from cache import store
-from cache import sync as cache_sync
-from cache.errors import LockLostError
-from cache.locks import DatabaseLocks, RedisLocks, Renewer, claim_fence, hold_fence, scope_key
-from cache.sync import rebuild_scope
+from cache.items import store
+from cache.items import sync as cache_sync
+from cache.items.locks import DatabaseLocks, RedisLocks, Renewer, claim_fence, hold_fence, scope_key
+from cache.items.sync import rebuild_scope
+from cachework.errors import LockLostError
 
 PROJECT = "p-1"
 TTL_MS = 1000  # short, with room for a loaded machine (the renewer ticks every third)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from cache.invalidation import DatabaseLog, Listener, Tracker, publish
 from cache.invalidation.db_log import _PG_STATE
 from cache.invalidation.events import id_key
-from cache.invalidation.tables import SQLITE_FIXED_IDS, SQLITE_TRIGGERS
+from cachework.schema import SQLITE_FIXED_IDS, SQLITE_TRIGGERS
 from tests.invalidation_helpers import FakeTarget, LoadedTarget, wait_until
 
 FORGED = '{"v":1,"table":"categories","keys":[7]}'
@@ -330,7 +330,7 @@ _HEAD_AS_READER = str(_PG_STATE.compile(compile_kwargs={"literal_binds": True}))
 def test_0005_adds_the_refusal_to_an_older_log_and_takes_it_back(any_db_url):
     from alembic import command
 
-    from cache import migrate
+    from cachework import migrate
 
     engine = sa.create_engine(any_db_url, poolclass=sa.pool.NullPool)
     method = METHODS[engine.dialect.name][0]

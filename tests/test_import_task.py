@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from cache import database as db
-from cache.errors import LockedError, ValidationError
+from cachework import database as db
+from cachework.errors import LockedError, ValidationError
 from demo.seed import seed
 from importers.locking import LOCK_KEY
 from tests.conftest import MODELS, make_env, settings_of
@@ -72,8 +72,8 @@ def test_task_through_a_real_worker(tmp_path, pg_database, redis_url, worker_pro
 @pytest.fixture
 def pg_app(pg_database, tmp_path):
     """A worker app whose runtime uses the `pg_database` fixture (tasks run in-process)."""
-    from cache.runtime import Runtime
     from worker import create_app
+    from worker.runtime import Runtime
 
     settings = settings_of(make_env(tmp_path, database_url=pg_database.url, redis_url="off"))
     app = create_app(settings)

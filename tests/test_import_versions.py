@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy_continuum import version_class
 
-from cache.errors import LockedError, NotFoundError, ValidationError
+from cachework.errors import LockedError, NotFoundError, ValidationError
 from importers.locking import LOCK_KEY
 from importers.statistics import is_stale, refresh_stale_statistics
 from importers.versions import ChangeLimitExceeded, import_versions
@@ -337,7 +337,7 @@ def test_statistics_are_stale_where_autovacuum_would_analyze(modified, live, sta
 def test_an_import_analyzes_tables_a_bulk_load_left_stale(pg_url):
     """Bulk-loaded rows leave PostgreSQL's statistics stale (autovacuum is late, or off):
     the import analyzes those tables first, so its plans fit the real table sizes."""
-    from cache.database import Database
+    from cachework.database import Database
 
     database = Database(pg_url)  # closed connections: each backend flushes its counters
     database.engine.dispose()

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from cache import jobs
-from cache.errors import NotFoundError, ValidationError
 from cache.invalidation import DatabaseLog, publish
+from cachework.errors import NotFoundError, ValidationError
 from tests.conftest import make_env, settings_of
 
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache.errors import NotFoundError, ValidationError
 from cache.invalidation.events import Event, decode_event, id_key, is_after, validate_event
-from cache.records import coerce
+from cachework.errors import NotFoundError, ValidationError
+from cachework.records import coerce
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from cache.invalidation import DatabaseLog, RedisLog, Tracker, publish
-from cache.invalidation.tables import invalidation_log
+from cachework.schema import invalidation_log
 from tests.invalidation_helpers import FakeTarget
 
 V = '{"v":1,"table":"categories"'
@@ -20,7 +20,7 @@ V = '{"v":1,"table":"categories"'
 
 def _engine(kind: str, request) -> sa.Engine:
     """A fresh SQLite or PostgreSQL database with cachework's own tables."""
-    from cache.schema import own_metadata
+    from cachework.schema import own_metadata
 
     url = request.getfixturevalue("sqlite_url" if kind == "sqlite" else "pg_url")
     engine = sa.create_engine(url)

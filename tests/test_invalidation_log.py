@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cache.errors import ConfigError, NotFoundError, TransientError
 from cache.invalidation import (
     DatabaseLog,
     Listener,
@@ -26,7 +25,8 @@ from cache.invalidation import (
     publish,
 )
 from cache.invalidation.events import id_key
-from cache.invalidation.tables import invalidation_log, invalidation_outbox
+from cachework.errors import ConfigError, NotFoundError, TransientError
+from cachework.schema import invalidation_log, invalidation_outbox
 from tests.invalidation_helpers import (
     FakeTarget,
     LoadedTarget,
@@ -120,7 +120,7 @@ def test_the_publish_time_of_each_applied_event_is_known_where_the_log_keeps_it(
     """For the lag metric: a Redis Stream id is its own time; the database log on
     PostgreSQL reads each row's `created_at` with it; SQLite's timestamps have whole
     seconds, so its events give none."""
-    from cache.metrics import publish_time
+    from worker.metrics import publish_time
 
     target = FakeTarget(names=("categories",))
     tracker = Tracker(target, log)
@@ -278,7 +278,7 @@ def test_publish_validates_before_writing(log):
 
 
 def test_a_log_that_refuses_is_an_error_one_that_cannot_be_reached_is_transient(log):
-    """One classifier (`cache.errors.is_transient`): a log whose table or key is wrong is
+    """One classifier (`cachework.errors.is_transient`): a log whose table or key is wrong is
     not retried; an unreachable one is. A listener treats both as a log it cannot read."""
     log.append(_event(1))
     if isinstance(log, RedisLog):

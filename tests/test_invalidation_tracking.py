@@ -10,16 +10,16 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cache import database as db
-from cache.full_table import FullTableCache
-from cache.indexes import PrimaryKey, Unique
 from cache.invalidation import decode_event, track
 from cache.invalidation import triggers as db_triggers
-from cache.invalidation.tables import invalidation_outbox
 from cache.invalidation.tracking import Dependency, dependencies, source_dependencies
-from cache.registry import Registry
-from cache.source import SelectSource
-from cache.table import CachedTable
+from cache.tables.full_table import FullTableCache
+from cache.tables.indexes import PrimaryKey, Unique
+from cache.tables.registry import Registry
+from cache.tables.source import SelectSource
+from cache.tables.table import CachedTable
+from cachework import database as db
+from cachework.schema import invalidation_outbox
 from demo.models import Category, Product
 from tests.conftest import MODELS, make_env
 
@@ -400,7 +400,7 @@ def test_triggers_write_one_outbox_row_per_statement(pg_database, tmp_path, monk
 def test_triggers_need_postgresql(sqlite_url):
     database = db.Database(sqlite_url)
     try:
-        from cache.errors import ConfigError
+        from cachework.errors import ConfigError
 
         try:
             db_triggers.install(database.engine, dependencies(DEPS))

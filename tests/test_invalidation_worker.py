@@ -80,7 +80,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(pg_server_url, redis_server_url, tmp_path_factory) -> Iterator[Cluster]:
-    from cache.settings import load_settings
+    from cachework.settings import load_settings
     from demo.seed import seed
     from worker import create_app
     from worker.schema import create_tables

@@ -1,7 +1,7 @@
 """deploy/kubernetes renders (`kubectl kustomize`, or the files themselves read with
 PyYAML where kubectl is missing) into what the code really serves and reads: the probes
 hit the paths and the port the exporter serves, every CACHEWORK_* variable is a setting
-cache/settings.py reads and the whole environment loads, the commands are real ones,
+cachework/settings.py reads and the whole environment loads, the commands are real ones,
 terminationGracePeriodSeconds covers the shutdown the environment asks for, and no
 credential is written in the files."""
 
@@ -16,9 +16,9 @@ import click
 import pytest
 import yaml
 
-import cache.settings
-from cache.probes import LIVE_PATH, READY_PATH, READY_TIMEOUT
-from cache.settings import load_settings
+import cachework.settings
+from cachework.settings import load_settings
+from worker.probes import LIVE_PATH, READY_PATH, READY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "deploy" / "kubernetes"
@@ -156,11 +156,11 @@ def test_probes_hit_what_the_exporter_serves(docs):
 @pytest.mark.parametrize("component", ["cachework-worker", "cachework-beat"])
 def test_every_variable_is_a_real_setting_and_loads(docs, component):
     c = container(deployment(docs, component))
-    source = Path(cache.settings.__file__).read_text()
+    source = Path(cachework.settings.__file__).read_text()
     for entry in c["env"]:
         name = entry["name"]
         if name.startswith("CACHEWORK_"):
-            assert f'"{name}"' in source, f"{name} is not read by cache/settings.py"
+            assert f'"{name}"' in source, f"{name} is not read by cachework/settings.py"
         else:
             assert name in OTHER_VARIABLES, name
     load_settings(pod_env(c))  # no ConfigError: every value is one the settings accept

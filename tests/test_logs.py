@@ -10,8 +10,8 @@ import logging
 import pytest
 from click.testing import CliRunner
 
-from cache.errors import ConfigError
-from cache.settings import load_settings
+from cachework.errors import ConfigError
+from cachework.settings import load_settings
 from demo.seed import seed
 from tests.conftest import make_env
 from tests.import_helpers import transactions

@@ -16,12 +16,12 @@ import redis
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from cache import metrics
-from cache.errors import ConfigError
 from cache.invalidation import RedisLog, publish
-from cache.settings import load_settings
+from cachework.errors import ConfigError
+from cachework.settings import load_settings
 from tests.conftest import MODELS, make_env
 from tests.invalidation_helpers import OwnRedis, free_port, wait_until
+from worker import metrics
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json"
 
@@ -207,8 +207,8 @@ class _Runtime:
 def test_every_read_counts_one_hit_or_one_miss_and_the_sampler_copies_them(
     sqlite_url, fresh_metrics
 ):
-    from cache.source import SelectSource
-    from cache.table import CachedTable
+    from cache.tables.source import SelectSource
+    from cache.tables.table import CachedTable
     from tests.cached_table_helpers import INDEXES, items, make_engine
 
     engine = make_engine(sqlite_url)

@@ -1,4 +1,4 @@
-"""Migrations of cachework's own tables (cache.migrate, `cachework db`, `initdb`).
+"""Migrations of cachework's own tables (cachework.migrate, `cachework db`, `initdb`).
 
 A database made by cachework before migrations existed (its own `create_all`, with data in
 every table) is upgraded by `cachework initdb` and loses nothing; the baseline plus every
@@ -23,10 +23,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 
-from cache import migrate
 from cache.invalidation import DatabaseLog, Tracker, publish
-from cache.invalidation.tables import BigId, invalidation_log
-from cache.schema import own_metadata
+from cachework import migrate
+from cachework.schema import BigId, invalidation_log, own_metadata
 from tests.conftest import MODELS, make_env
 from tests.invalidation_helpers import FakeTarget
 from worker.cli import main

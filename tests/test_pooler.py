@@ -1,4 +1,4 @@
-"""CACHEWORK_DATABASE_POOLER and the URL's `prepare_threshold` (cache/pooler.py): parsed at
+"""CACHEWORK_DATABASE_POOLER and the URL's `prepare_threshold` (cachework/pooler.py): parsed at
 settings load, applied to every engine cachework makes (ours, the health check's, Celery's
 result backend). The PgBouncer runs themselves are in tests/test_topology_pgbouncer.py."""
 
@@ -8,11 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 import celeryconfig
-from cache import database as db
-from cache.errors import ConfigError
-from cache.health import check_database
-from cache.pooler import connect_args, result_engine_options
+from cachework import database as db
+from cachework.errors import ConfigError
+from cachework.pooler import connect_args, result_engine_options
 from tests.conftest import make_env, settings_of
+from worker.process_health import check_database
 
 PG = "postgresql://u@127.0.0.1:6432/app"
 
@@ -113,7 +113,7 @@ def test_a_url_prepare_threshold_connects_where_it_used_to_be_a_type_error(pg_ur
 
 
 def test_every_engine_of_a_transaction_pooled_runtime_prepares_nothing(pg_url, tmp_path):
-    from cache.runtime import Runtime
+    from worker.runtime import Runtime
 
     s = _settings(tmp_path, database_url=pg_url, database_pooler="transaction", redis_url="off")
     runtime = Runtime(s)

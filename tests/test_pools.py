@@ -1,5 +1,5 @@
 """Celery pools without a worker: which pools run where (worker/pools.py), and the
-database session counts a task's end checks, per thread (cache/database.py,
+database session counts a task's end checks, per thread (cachework/database.py,
 worker/celery_app.py). Real workers of every pool: tests/test_topology_pools.py."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 from celery.concurrency import prefork, solo, thread
 
-from cache.database import Database
-from cache.errors import ConfigError
+from cachework.database import Database
+from cachework.errors import ConfigError
 from worker import celery_app, pools
 
 
@@ -177,8 +177,8 @@ def test_the_pool_a_worker_command_line_names(args, pool):
 
 
 def test_an_in_process_pool_keeps_a_connection_per_task_running_at_once(tmp_path):
-    from cache.runtime import Runtime
     from tests.conftest import make_env, settings_of
+    from worker.runtime import Runtime
 
     url = "postgresql+psycopg://app@127.0.0.1:1/app"  # never connected to here
     settings = settings_of(make_env(tmp_path, database_url=url))

@@ -11,12 +11,12 @@ import time
 import pytest
 
 import celeryconfig
-from cache.errors import ConfigError
-from cache.metrics import MetricsServer
-from cache.probes import LIVE_PATH, READY_PATH, Checks, run_checks
-from cache.settings import load_settings
+from cachework.errors import ConfigError
+from cachework.settings import load_settings
 from tests.conftest import make_env
 from tests.test_health import timed_health as health
+from worker.metrics import MetricsServer
+from worker.probes import LIVE_PATH, READY_PATH, Checks, run_checks
 
 
 def test_checks_run_in_parallel_and_answer_when_all_are_in():

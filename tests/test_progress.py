@@ -170,9 +170,9 @@ def _waits_on_products_version(database) -> bool:
 def test_the_task_sends_task_progress_events_for_flower(pg_database, tmp_path, monkeypatch):
     """Run by a worker, the import also sends `task-progress` events (Flower shows the
     task in state PROGRESS, with the whole run so far)."""
-    from cache.runtime import Runtime
     from tests.conftest import settings_of
     from worker import create_app
+    from worker.runtime import Runtime
 
     settings = settings_of(make_env(tmp_path, database_url=pg_database.url, redis_url="off"))
     app = create_app(settings)

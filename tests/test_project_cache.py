@@ -12,11 +12,12 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from cache import jobs, store
-from cache import plugins as cache_plugins
-from cache.errors import ConfigError, NotFoundError, ValidationError
-from cache.locks import DatabaseLocks, RedisLocks, scope_key
-from cache.sync import rebuild, rebuild_scope
+from cache import jobs
+from cache.items import plugins as cache_plugins
+from cache.items import store
+from cache.items.locks import DatabaseLocks, RedisLocks, scope_key
+from cache.items.sync import rebuild, rebuild_scope
+from cachework.errors import ConfigError, NotFoundError, ValidationError
 from demo.plugin import InventoryPlugin
 from demo.seed import project_uuid, seed
 from tests.project_cache_helpers import (
@@ -257,7 +258,7 @@ def test_a_lost_lock_connection_is_a_transient_error(runtime, seeded, monkeypatc
     a failure that loses the request."""
     import redis
 
-    from cache.errors import TransientError
+    from cachework.errors import TransientError
 
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     monkeypatch.setattr(runtime, "_locks", RedisLocks(dead, ttl_ms=1_000))

@@ -16,10 +16,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache import database as db
-from cache import store
-from cache.projects import ProjectSource
-from cache.settings import load_settings
+from cache.items import store
+from cache.items.projects import ProjectSource
+from cachework import database as db
+from cachework.settings import load_settings
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
 from tests.project_cache_helpers import (

@@ -1,4 +1,4 @@
-"""The app's projects (cache/projects.py): the setting, key coercion, listing and checks on
+"""The app's projects (cache/items/projects.py): the setting, key coercion, listing and checks on
 SQLite and PostgreSQL, and project-cache sync and delete through a REAL prefork worker on
 a SODAR-shaped app (`projectroles_project.sodar_uuid`, a `sa.Uuid`) and on an app whose
 projects are keyed by integer (`project.id`).
@@ -14,10 +14,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cache import migrate, store
-from cache.errors import ConfigError, NotFoundError, ValidationError
-from cache.projects import ProjectSource
-from cache.settings import load_settings
+from cache.items import store
+from cache.items.projects import ProjectSource
+from cachework import migrate
+from cachework.errors import ConfigError, NotFoundError, ValidationError
+from cachework.settings import load_settings
 from importers.bootstrap import bootstrap
 from tests.conftest import MODELS, make_env
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cache.errors import ConfigError
-from cache.settings import load_settings
+from cachework.errors import ConfigError
+from cachework.settings import load_settings
 from worker.queue_types import describe_refusal
 
 AMQP = "amqp://guest:secret@127.0.0.1:5672/v"

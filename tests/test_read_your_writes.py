@@ -18,14 +18,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from cache.errors import ConfigError
 from cache.invalidation import publish, track
 from cache.invalidation.outbox import PENDING_MAX
-from cache.invalidation.tables import invalidation_outbox
-from cache.runtime import Runtime
+from cachework.errors import ConfigError
+from cachework.schema import invalidation_outbox
 from demo.models import Category
 from tests.conftest import make_env, settings_of
 from tests.invalidation_helpers import wait_until
+from worker.runtime import Runtime
 
 ROUNDS = 30
 
@@ -248,8 +248,8 @@ def test_an_async_sessions_tracked_commit_keeps_the_write_and_its_event(pg_datab
 def test_an_unreachable_outbox_drops_the_tables_only_if_rows_were_waiting(writer, monkeypatch):
     """A database that is down takes no commits: a task start keeps serving from memory
     when the outbox was empty at its last read, and drops when rows were waiting then."""
-    from cache import runtime as runtime_module
     from cache.invalidation import LogUnavailable
+    from worker import runtime as runtime_module
 
     other = writer["other"]
     assert _read_after_catch_up(other) == "n1"

@@ -39,9 +39,9 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache import store
-from cache.locks import PREFIX, scope_key
-from cache.settings import load_settings
+from cache.items import store
+from cache.items.locks import PREFIX, scope_key
+from cachework.settings import load_settings
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, PG_ADMIN_URL, RUN_ID, _pg_admin, make_env, unavailable
 from tests.project_cache_helpers import HOLD_KEY, intervals_key, price_total, started_key

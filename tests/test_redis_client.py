@@ -9,8 +9,8 @@ import redis
 from redis.sentinel import SentinelConnectionPool
 
 import celeryconfig
-from cache.errors import ConfigError, is_transient, transient_errors
-from cache.redis_client import (
+from cachework.errors import ConfigError, is_transient, transient_errors
+from cachework.redis_client import (
     FailoverAwareConnection,
     FailoverAwareSSLConnection,
     SentinelRedis,
@@ -19,8 +19,8 @@ from cache.redis_client import (
     parse_sentinel_url,
     server_identity,
 )
-from cache.redis_policy import cluster_problem, servers
-from cache.settings import load_settings, mask_url
+from cachework.redis_policy import cluster_problem, servers
+from cachework.settings import load_settings, mask_url
 
 SENTINELS = "sentinel://:pw@10.0.0.1:26379;sentinel://10.0.0.2:26380;sentinel://10.0.0.3/2"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache import redis_policy
-from cache.errors import ConfigError
+from cachework import redis_policy
+from cachework.errors import ConfigError
 from tests.conftest import make_env, settings_of
 from tests.invalidation_helpers import OwnRedis, free_port, wait_until
 
@@ -182,9 +182,9 @@ def test_an_acl_user_without_config_gets_a_warning_not_a_refusal(own_redis, tmp_
         admin.close()
     url = own_redis.url.replace("redis://", "redis://app:s3cret@")
     settings = settings_of(env_for(tmp_path, redis_url=url))
-    with caplog.at_level(logging.WARNING, logger="cache.redis_policy"):
+    with caplog.at_level(logging.WARNING, logger="cachework.redis_policy"):
         redis_policy.refuse_evicting(settings)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "cache.redis_policy"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cachework.redis_policy"]
     assert len(warnings) == 1, warnings
     assert (
         "cannot read Redis maxmemory-policy (CONFIG GET refused: NoPermissionError" in (warnings[0])
@@ -240,8 +240,8 @@ def test_readiness_fails_while_the_policy_may_evict(own_redis, tmp_path, worker_
 
 
 def test_a_web_process_readiness_fails_while_the_policy_may_evict(own_redis, tmp_path):
-    from cache import metrics
-    from cache.runtime import Runtime
+    from worker import metrics
+    from worker.runtime import Runtime
 
     settings = settings_of(env_for(tmp_path, redis_url=own_redis.url))
     runtime = Runtime(settings)
@@ -263,7 +263,7 @@ def test_no_key_that_must_not_be_lost_carries_a_ttl(redis_url):
     """`volatile-*` is safe only while this holds: after rebuild requests, a rebuild, an
     invalidation and beat's bookkeeping, the only keys of ours with a TTL are locks."""
     from cache.invalidation import RedisLog
-    from cache.locks import RedisLocks
+    from cache.items.locks import RedisLocks
     from worker.beat import LAST_RUN_KEY, BeatLock
 
     client = redis.Redis.from_url(redis_url)
@@ -293,7 +293,7 @@ def test_no_key_that_must_not_be_lost_carries_a_ttl(redis_url):
 
 def test_start_runtime_refuses_an_evicting_redis(own_redis, tmp_path):
     """A web process's `start_runtime()` checks CACHEWORK_REDIS_URL as a worker does."""
-    from cache.runtime import start_runtime
+    from worker.runtime import start_runtime
 
     set_policy(own_redis, "allkeys-lru")
     settings = settings_of(env_for(tmp_path, redis_url=own_redis.url))
@@ -304,7 +304,7 @@ def test_start_runtime_refuses_an_evicting_redis(own_redis, tmp_path):
 def test_a_write_refused_by_a_full_noeviction_redis_is_retried_not_failed(own_redis):
     """Under `noeviction` a full Redis refuses writes (OOM) and evicts nothing: transient,
     so the task retries with backoff once memory frees up."""
-    from cache.errors import TransientError, is_transient, transient_errors
+    from cachework.errors import TransientError, is_transient, transient_errors
 
     client = redis.Redis.from_url(own_redis.url)
     try:

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from cache.errors import ConfigError
-from cache.settings import check_url, load_settings, mask_url
+from cachework.errors import ConfigError
+from cachework.settings import check_url, load_settings, mask_url
 
 SECRET = "s3cr3tPW"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import celeryconfig
-from cache.errors import ConfigError
-from cache.settings import load_settings, mask_url
+from cachework.errors import ConfigError
+from cachework.settings import load_settings, mask_url
 from worker.logsetup import most_verbose
 
 
@@ -172,7 +172,7 @@ def test_result_backend_names_are_celerys_own():
     this fails when a Celery release adds or removes one."""
     from celery.app.backends import BACKEND_ALIASES
 
-    from cache.settings import RESULT_BACKENDS
+    from cachework.settings import RESULT_BACKENDS
 
     assert set(BACKEND_ALIASES) == RESULT_BACKENDS
 

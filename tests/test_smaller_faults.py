@@ -84,7 +84,7 @@ def test_lookup_retries_for_longer_than_a_fast_postgres_restart():
 
 
 def test_every_cachework_task_has_a_route(tmp_path: Path):
-    from cache.settings import load_settings
+    from cachework.settings import load_settings
     from worker import create_app
 
     app = create_app(load_settings({"CACHEWORK_DATA_DIR": str(tmp_path)}))

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from cache import health, redis_policy
-from cache.errors import ConfigError
-from cache.runtime import Runtime, start_runtime
-from cache.settings import load_settings
+from cachework import redis_policy
+from cachework.errors import ConfigError
+from cachework.settings import load_settings
 from tests.conftest import make_env, started
 from tests.sentinel_helpers import RedisCluster
+from worker import process_health as health
+from worker.runtime import Runtime, start_runtime
 
 pytestmark = pytest.mark.topology
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from cache.invalidation import RedisLog, publish
 from cache.invalidation.events import id_key
-from cache.settings import Settings, load_settings
+from cachework.settings import Settings, load_settings
 from demo.models import Category
 from tests.conftest import MODELS, make_env
 from tests.invalidation_helpers import OwnRedis, wait_until

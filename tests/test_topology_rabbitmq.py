@@ -235,8 +235,8 @@ def test_a_queue_of_the_other_type_stops_the_worker_with_one_line(
 ):
     from kombu import Connection, Exchange, Queue
 
-    from cache.errors import ConfigError
-    from cache.settings import load_settings
+    from cachework.errors import ConfigError
+    from cachework.settings import load_settings
     from worker import create_app
     from worker.spawn import WorkerProcess
 

@@ -16,8 +16,8 @@ import redis
 import sqlalchemy as sa
 
 from cache.invalidation import RedisLog, publish
-from cache.redis_client import client_from_url
-from cache.settings import load_settings
+from cachework.redis_client import client_from_url
+from cachework.settings import load_settings
 from tests.conftest import MODELS, empty_schema, make_env, started
 from tests.invalidation_helpers import free_port, wait_until
 

@@ -10,7 +10,7 @@ the test), and the same worker processes serve afterwards (no restart).
 `failover-fresh`: after SENTINEL FAILOVER the old master keeps serving the connections
 opened before the switch until Sentinel demotes it, about 8 s later, while a publisher
 that opens a new connection writes to the new master. A task-start catch-up asks the
-sentinels where the master is first (cache/redis_client.py `follow_master`), so it reads
+sentinels where the master is first (cachework/redis_client.py `follow_master`), so it reads
 the writer's log: 0 stale here too (1,265 stale reads in one run without that question).
 
 An entry the killed master acknowledged but never replicated is lost with it; the
@@ -28,10 +28,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.errors import TransientError, is_transient
 from cache.invalidation import RedisLog, publish
-from cache.redis_client import client_from_url
-from cache.settings import load_settings
+from cachework.errors import TransientError, is_transient
+from cachework.redis_client import client_from_url
+from cachework.settings import load_settings
 from tests.conftest import MODELS, empty_schema, make_env, started, unavailable
 from tests.invalidation_helpers import wait_until
 from tests.sentinel_helpers import MASTER_NAME, SentinelGroup

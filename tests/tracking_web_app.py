@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from cache.invalidation import track
-from cache.runtime import start_runtime
+from worker.runtime import start_runtime
 
 
 def say(**fields) -> None:

@@ -13,7 +13,7 @@ import time
 import sqlalchemy as sa
 
 from cache.invalidation import publish
-from cache.runtime import start_runtime
+from worker.runtime import start_runtime
 
 
 def say(**fields) -> None:

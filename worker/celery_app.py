@@ -2,7 +2,7 @@
 
 `app` is made from the environment when `celery -A worker ...` first asks for it;
 `create_app(settings)` makes another one for a given environment (tests, the CLI). Each
-app carries one `cache.runtime.Runtime` (`app.runtime`) that owns the process's database,
+app carries one `worker.runtime.Runtime` (`app.runtime`) that owns the process's database,
 Redis, locks, plugins, cached tables and invalidation threads. Celery's signals drive it:
 the main process maps the models and checks the database before the pool forks; every
 pool child (or, with a solo, threads, gevent or eventlet pool, the worker's own process:
@@ -20,11 +20,10 @@ from pathlib import Path
 
 from celery import Celery, current_app, signals
 
-from cache.errors import CacheworkError, ConfigError
-from cache.migrate import check_schema
-from cache.redis_policy import refuse_evicting
-from cache.runtime import Runtime
-from cache.settings import Settings, load_settings
+from cachework.errors import CacheworkError, ConfigError
+from cachework.migrate import check_schema
+from cachework.redis_policy import refuse_evicting
+from cachework.settings import Settings, load_settings
 from worker import health as _health  # noqa: F401 - registers the cachework_listeners command
 from worker import node_metrics as _node_metrics  # noqa: F401 - connects the metrics signals
 from worker import pools
@@ -32,6 +31,7 @@ from worker import prefork as _prefork  # noqa: F401 - a prefork shutdown that c
 from worker import unknown_tasks as _unknown_tasks  # noqa: F401 - connects task_unknown
 from worker.checks import check_database
 from worker.logsetup import configure_logging, expected_errors_at_warning, most_verbose
+from worker.runtime import Runtime
 from worker.task_base import CacheworkTask
 
 log = logging.getLogger(__name__)

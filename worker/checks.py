@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from kombu import Connection
 
-from cache.errors import ConfigError
-from cache.settings import Settings, mask_url
+from cachework.errors import ConfigError
+from cachework.settings import Settings, mask_url
 
 if TYPE_CHECKING:  # imported when used: `cachework health` checks the broker without it
     import sqlalchemy as sa

@@ -12,7 +12,7 @@ CACHEWORK_METRICS_BIND:CACHEWORK_METRICS_PORT
   can change at run time) and the broker answer, the node answers ping and none of its
   children's invalidation listeners has been cut off longer than
   CACHEWORK_LISTENER_STALE_AFTER. The checks run in parallel and the answer comes within
-  `cache.probes.READY_TIMEOUT` (0.8 s), a check still hanging (a frozen Redis) named.
+  `worker.probes.READY_TIMEOUT` (0.8 s), a check still hanging (a frozen Redis) named.
 
 It prints one line, `listening on ...` or why it cannot, and ends when its parent does.
 """
@@ -23,11 +23,12 @@ import os
 import sys
 import time
 
-from cache import health, metrics
-from cache.errors import CacheworkError
-from cache.probes import READY_TIMEOUT, Checks
-from cache.settings import load_settings
+from cachework.errors import CacheworkError
+from cachework.settings import load_settings
+from worker import metrics
+from worker import process_health as health
 from worker.health import broker_problem, control_app, database_problem, redis_problems
+from worker.probes import READY_TIMEOUT, Checks
 
 
 def main(argv: list[str]) -> int:

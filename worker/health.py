@@ -3,16 +3,16 @@
 
 Liveness (`--liveness`): the database, Redis (when configured) and the broker can be
 reached; from any host, so it is about the services, not a process (a Kubernetes liveness
-probe is `/live` or `--live`, which depend on the node alone: see cache/probes.py).
+probe is `/live` or `--live`, which depend on the node alone: see worker/probes.py).
 Readiness: the same, plus Redis (invalidations, locks, a Redis broker) may not evict
-cachework's keys (`cache/redis_policy.py`), a cachework worker answers and no worker
+cachework's keys (`cachework/redis_policy.py`), a cachework worker answers and no worker
 child's invalidation listener has been cut off from the log longer than
 CACHEWORK_LISTENER_STALE_AFTER. Each
 node's main process answers the remote-control command `cachework_listeners` with the
 state of its children's listeners, read from the node's metrics folder (every child
-writes its listener's last contact there, see cache/metrics.py).
+writes its listener's last contact there, see worker/metrics.py).
 
-The checks run in parallel (`cache.probes.Checks`) and the answer comes when the last one
+The checks run in parallel (`worker.probes.Checks`) and the answer comes when the last one
 is in, or at `timeout`: a healthy deployment answers in milliseconds, not in `timeout`.
 """
 
@@ -26,9 +26,9 @@ import time
 from celery import Celery
 from celery.worker.control import control_command
 
-from cache.errors import CacheworkError
-from cache.probes import run_checks
-from cache.settings import Settings
+from cachework.errors import CacheworkError
+from cachework.settings import Settings
+from worker.probes import run_checks
 
 COMMAND = "cachework_listeners"
 # Seconds to wait for more nodes' answers once one has answered: every node answers the
@@ -47,7 +47,7 @@ GRACE = 0.5
 
 
 def database_problem(settings: Settings, timeout: float = 3.0) -> str | None:
-    from cache.health import check_database
+    from worker.process_health import check_database
 
     return check_database(settings.database_url, timeout)
 
@@ -55,8 +55,8 @@ def database_problem(settings: Settings, timeout: float = 3.0) -> str | None:
 def redis_problems(settings: Settings, timeout: float = 3.0, eviction: bool = True) -> list[str]:
     """Redis (when configured) answers, and (`eviction`) no Redis of ours, the broker's
     included, may evict cachework's keys now."""
-    from cache.health import check_redis
-    from cache.redis_policy import eviction_problems
+    from cachework.redis_policy import eviction_problems
+    from worker.process_health import check_redis
 
     down = check_redis(settings.redis_url, timeout)
     if down or not eviction:
@@ -89,7 +89,8 @@ def liveness(settings: Settings, timeout: float = 3.0) -> list[str]:
 def node_listeners(stale_after: float, folder: str | None = None) -> dict:
     """In a worker node's main process: its children's listeners and the problems among
     them, judged with this node's own clock and stale bound."""
-    from cache import health, metrics
+    from worker import metrics
+    from worker import process_health as health
 
     folder = folder or metrics.multiprocess_dir()
     states = health.listeners(folder) if folder else {}

@@ -13,7 +13,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from cache.errors import ChangeLimitExceeded, ConfigError, NotFoundError, ValidationError
+from cachework.errors import ChangeLimitExceeded, ConfigError, NotFoundError, ValidationError
 
 FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
 # A task's `throws`: bad input or configuration, said in one line (no traceback).

@@ -9,7 +9,7 @@ Connected to Celery's signals when `worker.celery_app` is imported:
   (`worker/exporter.py`) started beside the main process, which stays free of threads
   (it forks children).
 - every child's runtime samples its tables and listener once a second
-  (`cache.metrics.Sampler`; without the exporter only its listener's state), and at its
+  (`worker.metrics.Sampler`; without the exporter only its listener's state), and at its
   end (`worker_process_shutdown`) copies a last time and is marked dead.
 - `task_prerun`/`task_postrun`, only with the exporter (nobody could read them
   otherwise; recording them cost a no-op task's round trip about 0.3 ms, measured with
@@ -32,7 +32,7 @@ import time
 
 from celery import signals
 
-from cache import metrics
+from worker import metrics
 
 log = logging.getLogger(__name__)
 IMPORT_TASK = "cachework.import_versions"

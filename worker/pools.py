@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING
 
 from celery import concurrency
 
-from cache.errors import ConfigError
+from cachework.errors import ConfigError
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from cache.runtime import Runtime
+    from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 FORKING = ("prefork",)
@@ -120,7 +120,7 @@ def size_database_pool(runtime: Runtime, name: str, concurrency: object) -> None
     size = concurrency + SPARE_CONNECTIONS
     if size <= 5:
         return
-    from cache.database import Database
+    from cachework.database import Database
 
     settings = runtime.settings
     with runtime._lock:
@@ -170,10 +170,10 @@ def spawned_child_runtime(app: Celery | None, hostname: str | None) -> Runtime |
         return None
     from celery.app.trace import build_tracer
 
-    from cache import metrics
-    from cache.runtime import Runtime
-    from cache.settings import load_settings
+    from cachework.settings import load_settings
+    from worker import metrics
     from worker.logsetup import expected_errors_at_warning
+    from worker.runtime import Runtime
 
     settings = load_settings()
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -33,8 +33,8 @@ from amqp.exceptions import PreconditionFailed
 from celery.app.amqp import AMQP as CeleryAMQP
 from kombu import Exchange, Queue
 
-from cache.errors import ConfigError
-from cache.settings import Settings
+from cachework.errors import ConfigError
+from cachework.settings import Settings
 from worker.routing import queues
 
 TOPIC_SUFFIX = ".topic"

@@ -4,7 +4,7 @@ Behind a proxy or a fixed address, a failover leaves the worker's connections on
 master, now a replica: its `READONLY` replies (and the `UNBLOCKED` error that cuts a
 waiting BRPOP) are command errors to kombu, which Celery's consumer takes as
 unrecoverable, so the worker exited for good. Here they drop the connection and raise
-`ConnectionError` (cache/redis_client.py `FailoverAwareConnection`), so the consumer
+`ConnectionError` (cachework/redis_client.py `FailoverAwareConnection`), so the consumer
 reconnects, as it does after any lost connection, and reaches the new master.
 `sentinel://` connections ask the sentinels where the master is (on every connect, and
 before every message published: `SentinelChannel._put`); redis-py's do the same
@@ -24,7 +24,7 @@ from __future__ import annotations
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from cache.redis_client import (
+from cachework.redis_client import (
     FailoverAwareConnection,
     FailoverAwareSentinelConnection,
     FailoverAwareSentinelSSLConnection,
@@ -58,7 +58,7 @@ class SentinelChannel(_ClosedIsLost, kombu_redis.SentinelChannel):
     def _put(self, queue: str, message: dict, **kwargs: object) -> None:
         """Publish on the server that is the master now: after SENTINEL FAILOVER the old
         master keeps taking pushes on the connections opened before the switch until
-        Sentinel demotes it, and drops them then (cache/redis_client.py `follow_master`).
+        Sentinel demotes it, and drops them then (cachework/redis_client.py `follow_master`).
         One short question to a sentinel per message."""
         follow_pool_master(self.pool)
         return super()._put(queue, message, **kwargs)

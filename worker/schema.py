@@ -2,15 +2,15 @@
 
 The app's tables are created when missing (they are the app's: no migrations of ours);
 cachework's own tables are created or upgraded to the head of their migrations
-(`cache.migrate`).
+(`cachework.migrate`).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from cache import migrate
-from cache.schema import own_metadata
+from cachework import migrate
+from cachework.schema import own_metadata
 from importers.bootstrap import Models
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from cache.settings import load_settings
+from cachework.settings import load_settings
 from worker import routing
 
 

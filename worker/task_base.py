@@ -29,7 +29,7 @@ from typing import Any
 
 from celery import Task, signals
 
-from cache.errors import TooLargeError, ValidationError, cut, shown
+from cachework.errors import TooLargeError, ValidationError, cut, shown
 from worker.logsetup import EXPECTED_ERRORS
 
 ARGUMENT_MAX = 200  # characters (as JSON) of one argument a cut stored request keeps whole

@@ -10,14 +10,13 @@ included: nothing here imports Celery or the worker.
     publish("categories", [3], session=s)              # or: in your own transaction
     track(SessionFactory, runtime)                     # or: every ORM write, by itself
 
-A process's listener, tracker and relay belong to its runtime (`cache.runtime.Runtime`).
+A process's listener, tracker and relay belong to its runtime (`worker.runtime.Runtime`).
 """
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from cache.errors import ConfigError
 from cache.invalidation.db_log import DatabaseLog
 from cache.invalidation.events import Event, KnownTables, decode_event, id_key, validate_event
 from cache.invalidation.listener import Listener, ReconnectingLoop, Target, Tracker
@@ -32,6 +31,7 @@ from cache.invalidation.log import (
 from cache.invalidation.outbox import Relay, RelayLoop, write_outbox
 from cache.invalidation.redis_log import RedisLog
 from cache.invalidation.tracking import Dependency, Tracking, track
+from cachework.errors import ConfigError
 
 __all__ = [
     "NOTHING",

@@ -10,7 +10,7 @@ Ids come from the table's own sequence only (the table refuses others), and a re
 notices a log recreated under it: on PostgreSQL the epoch carries the table's oid; on
 SQLite a cursor beyond the table's AUTOINCREMENT counter (which never goes back) is a gap.
 
-The refusal is the table's triggers (`cache.invalidation.tables`), which do not run in
+The refusal is the table's triggers (`cachework.schema`), which do not run in
 replica mode (restores, logical-replication subscribers), and a row with a high id of its
 own choosing would put every reader's cursor past all later events (issue 18, item 6).
 So a reader trusts no id its sequence has not handed out, where it may read the sequence:
@@ -26,10 +26,10 @@ import time
 
 import sqlalchemy as sa
 
-from cache.errors import CacheworkError
 from cache.invalidation.events import id_key
 from cache.invalidation.log import NOTHING, Batch, LogState, log_failure
-from cache.invalidation.tables import invalidation_log
+from cachework.errors import CacheworkError
+from cachework.schema import invalidation_log
 
 APPEND_LOCK = 0x63776976  # "cwiv": the advisory lock that orders appends on PostgreSQL
 TRIM_EVERY = 100

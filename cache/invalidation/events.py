@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from cache.errors import NotFoundError, ValidationError, shown
-from cache.records import json_value
+from cachework.errors import NotFoundError, ValidationError, shown
+from cachework.records import json_value
 
 VERSION = 1
 MAX_TEXT = 255
@@ -69,7 +69,7 @@ def _text(field: str, value: object, required: bool = False) -> str | None:
 
 
 # The key types an event carries: those whose JSON form (`json_value`) the receiving
-# table's key coercer (`cache.records.coerce`) turns back into the same key. Not floats
+# table's key coercer (`cachework.records.coerce`) turns back into the same key. Not floats
 # (a float key of an integer table, 1.5, names no record; equality of floats is not a key).
 KEY_TYPES = (int, str, uuid.UUID, Decimal, dt.date, dt.time)
 

@@ -17,7 +17,6 @@ import time
 from collections import deque
 from typing import Protocol
 
-from cache.errors import CacheworkError, TransientError, ValidationError
 from cache.invalidation.events import (
     MAX_EVENT_CHARS,
     Event,
@@ -35,6 +34,7 @@ from cache.invalidation.log import (
     LogState,
     LogUnavailable,
 )
+from cachework.errors import CacheworkError, TransientError, ValidationError
 
 log = logging.getLogger(__name__)
 

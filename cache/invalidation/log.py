@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cache.errors import CacheworkError, TransientError, is_transient
+from cachework.errors import CacheworkError, TransientError, is_transient
 
 NOTHING = "0"  # the cursor of a reader that has seen nothing yet / head of an empty log
 # Seconds a listener blocks on one read of a log that can block (Redis: XREAD BLOCK): an
@@ -63,7 +63,7 @@ class Batch:
     gap: bool
     entries: list[tuple[str, object]] = field(default_factory=list)  # (id, raw payload)
     # When entries whose id carries no time were appended (Unix seconds, by id); a Redis
-    # Stream id is its own time (`cache.metrics.publish_time`).
+    # Stream id is its own time (`worker.metrics.publish_time`).
     published: dict[str, float] = field(default_factory=dict)
     # Entries whose id the log never handed out (the database log: above its sequence,
     # inserted with an id of their own): applied once as unknown, never a cursor.

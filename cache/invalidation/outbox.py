@@ -34,7 +34,7 @@ from cache.invalidation.events import Event
 from cache.invalidation.listener import ReconnectingLoop
 from cache.invalidation.log import InvalidationLog, log_failure
 from cache.invalidation.node_lock import NodeLock
-from cache.invalidation.tables import invalidation_outbox
+from cachework.schema import invalidation_outbox
 
 log = logging.getLogger(__name__)
 _PENDING = "cachework.outbox.committing"  # session.info: rows this transaction wrote

@@ -21,9 +21,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cache.errors import CacheworkError
 from cache.invalidation.log import LISTEN_BLOCK, NOTHING, Batch, LogState, log_failure
-from cache.redis_client import client_from_url, follow_master
+from cachework.errors import CacheworkError
+from cachework.redis_client import client_from_url, follow_master
 
 STREAM_KEY = "cachework:invalidations"
 # Seconds between a listener's questions to the sentinels (Sentinel only) of whether the

@@ -52,10 +52,10 @@ from sqlalchemy import orm
 from sqlalchemy.orm.base import LoaderCallableStatus
 from sqlalchemy.sql.util import find_tables
 
-from cache.errors import ConfigError, ValidationError
 from cache.invalidation import outbox
 from cache.invalidation.events import Event, validate_event
-from cache.invalidation.tables import invalidation_outbox
+from cachework.errors import ConfigError, ValidationError
+from cachework.schema import invalidation_outbox
 
 log = logging.getLogger(__name__)
 WHOLE = None  # a cached table's keys when every record must go

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from cache.errors import ConfigError, NotFoundError
 from cache.invalidation.tracking import Dependency
+from cachework.errors import ConfigError, NotFoundError
 
 PREFIX = "cachework_inv"
 OPS = {"insert": "INSERT", "update": "UPDATE", "delete": "DELETE", "truncate": "TRUNCATE"}

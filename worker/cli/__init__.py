@@ -14,8 +14,8 @@ from typing import NoReturn
 
 import click
 
-from cache.errors import MESSAGE_MAX, CacheworkError, PermanentError, cut, is_transient
-from cache.settings import mask_url
+from cachework.errors import MESSAGE_MAX, CacheworkError, PermanentError, cut, is_transient
+from cachework.settings import mask_url
 
 # click 8.2+: a group called without a command raises this to print its help; it stays so.
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())

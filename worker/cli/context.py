@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cache.migrate import check_schema
-from cache.runtime import Runtime
-from cache.settings import load_settings
+from cachework.migrate import check_schema
+from cachework.settings import load_settings
 from worker.checks import check_database
+from worker.runtime import Runtime
 
 
 @contextmanager

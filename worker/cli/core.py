@@ -9,8 +9,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cache import migrate
-from cache.settings import mask_url
+from cachework import migrate
+from cachework.settings import mask_url
 from worker import pools, routing
 from worker.checks import check_broker, check_database
 from worker.cli.context import cli_runtime

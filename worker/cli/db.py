@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from cache import migrate
+from cachework import migrate
 from worker.checks import check_database
 from worker.cli.context import cli_runtime
 

@@ -20,8 +20,8 @@ from celery import Celery
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from cache import database as db
-from cache.settings import Settings, load_settings
+from cachework import database as db
+from cachework.settings import Settings, load_settings
 from importers.bootstrap import Models, bootstrap
 from worker.cli.params import NulFreePath
 from worker.schema import create_tables

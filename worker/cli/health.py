@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from cache.settings import Settings, load_settings
+from cachework.settings import Settings, load_settings
 from worker.cli.params import timeout_option
 
 
@@ -88,7 +88,7 @@ def node_endpoint(settings: Settings, mode: str, timeout: float) -> list[str]:
     import urllib.error
     import urllib.request
 
-    from cache.probes import LIVE_PATH, READY_PATH
+    from worker.probes import LIVE_PATH, READY_PATH
 
     if settings.metrics_port is None:
         return [

@@ -12,7 +12,7 @@ import click
 
 from cache import jobs
 from cache.invalidation import validate_event
-from cache.records import json_value
+from cachework.records import json_value
 from worker.checks import check_broker
 from worker.cli.context import cli_runtime
 from worker.cli.params import timeout_option

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import click
 
-from cache.errors import shown
+from cachework.errors import shown
 
 
 class Seconds(click.FloatRange):

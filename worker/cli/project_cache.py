@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from cache import jobs
-from cache.sync import scope_label
+from cache.items.sync import scope_label
 from worker.checks import check_broker
 from worker.cli.context import cli_runtime
 from worker.cli.params import timeout_option

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 import sqlalchemy as sa
 
-from cache.errors import ConfigError, ValidationError
+from cachework.errors import ConfigError, ValidationError
 from worker.cli.context import cli_runtime
 
 DEMO_MODELS = "demo.models"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from cache import store
-from cache.projects import ProjectSource
+from cache.items import store
+from cache.items.projects import ProjectSource
 
 
 def run(ctx) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cache.errors import CacheworkError
+from cachework.errors import CacheworkError
 
 
 def run(ctx) -> None:

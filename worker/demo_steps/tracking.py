@@ -11,7 +11,7 @@ import time
 import sqlalchemy as sa
 
 from cache.invalidation import track
-from cache.runtime import Runtime
+from worker.runtime import Runtime
 
 KEY = 2
 

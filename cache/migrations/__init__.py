@@ -1,6 +1,0 @@
-"""Alembic migrations of cachework's own tables (never the app's): see `cache.migrate`.
-
-`env.py` and `versions/` are read by Alembic through `cache.migrate.config()`; the
-version is kept in `cachework_alembic_version`, so an app that uses Alembic for its own
-tables keeps its `alembic_version` to itself.
-"""
