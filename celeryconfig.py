@@ -13,6 +13,7 @@ from celery.schedules import crontab
 
 from cachework.pooler import result_engine_options
 from cachework.settings import Settings
+from worker import routing
 from worker.queue_types import celery_settings as queue_type_settings
 from worker.queue_types import declared_queues
 from worker.routing import QUEUES, queues  # noqa: F401 - QUEUES: bench/ imports it from here
@@ -52,7 +53,7 @@ def _beat_schedule(s: Settings) -> dict:
     if s.import_schedule:
         minute, hour, day_of_month, month_of_year, day_of_week = s.import_schedule.split()
         schedule["nightly-version-import"] = {
-            "task": "cachework.import_versions",
+            "task": routing.IMPORT_VERSIONS,
             "schedule": crontab(
                 minute=minute,
                 hour=hour,
@@ -64,7 +65,7 @@ def _beat_schedule(s: Settings) -> dict:
         }
     if s.sync_schedule:
         schedule["project-cache-sync"] = {
-            "task": "cachework.sync_cache",
+            "task": routing.SYNC_CACHE,
             "schedule": s.sync_schedule,
         }
     return schedule

@@ -9,10 +9,11 @@ import sqlalchemy as sa
 from celery import shared_task
 
 from cachework.errors import ValidationError, shown
+from worker import routing
 from worker.celery_app import require_runtime
 
 
-@shared_task(name="cachework.ping", bind=True)
+@shared_task(name=routing.PING, bind=True)
 def ping(self, hold: float = 0.0) -> dict:
     """Answer with this child's pid and its database connection's server-side id.
 

@@ -10,19 +10,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import jobs
 from cache.invalidation.events import id_key
-from cachework.errors import TransientError
+from tasks import policy
+from worker import routing
 from worker.celery_app import require_runtime
-from worker.logsetup import EXPECTED_ERRORS
 
 
 @shared_task(
-    name="cachework.process_invalidation",
+    name=routing.PROCESS_INVALIDATION,
     bind=True,
-    autoretry_for=(TransientError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=5,
-    throws=EXPECTED_ERRORS,
+    **policy.CACHE_JOB,
     argument_limit=None,  # keys: up to CACHEWORK_INVALIDATION_MAX_KEYS, checked by the job
 )
 def process_invalidation(
@@ -45,7 +41,7 @@ def process_invalidation(
     )
 
 
-@shared_task(name="cachework.invalidation_probe", bind=True)
+@shared_task(name=routing.INVALIDATION_PROBE, bind=True)
 def invalidation_probe(self, since: str = "0") -> dict:
     """This process's pid, cursor and recent (event id, applied at) pairs after `since`:
     what tests and the benchmark use to see every child's listener."""

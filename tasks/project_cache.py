@@ -11,17 +11,12 @@ from celery import chord, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import jobs
-from cachework.errors import TransientError, ValidationError, shown
+from cachework.errors import ValidationError, shown
+from tasks import policy
+from worker import routing
 from worker.celery_app import require_runtime
-from worker.logsetup import EXPECTED_ERRORS
 
-RETRY = {
-    "autoretry_for": (TransientError,),
-    "retry_backoff": True,
-    "retry_backoff_max": 60,
-    "max_retries": 5,
-    "throws": EXPECTED_ERRORS,
-}
+RETRY = policy.CACHE_JOB
 ERRORS = ("errors",)  # a result too large to store keeps its first errors (worker/task_base)
 ABORT_ON = (SoftTimeLimitExceeded,)
 
@@ -32,7 +27,7 @@ def delivered_again(request) -> bool:
     return bool((request.delivery_info or {}).get("redelivered"))
 
 
-@shared_task(name="cachework.sync_project_cache", bind=True, cut_lists=ERRORS, **RETRY)
+@shared_task(name=routing.SYNC_PROJECT_CACHE, bind=True, cut_lists=ERRORS, **RETRY)
 def sync_project_cache(
     self,
     project: str | None = None,
@@ -56,7 +51,7 @@ def sync_project_cache(
     )
 
 
-@shared_task(name="cachework.sync_cache_summary", item_arguments=("results",), cut_lists=ERRORS)
+@shared_task(name=routing.SYNC_CACHE_SUMMARY, item_arguments=("results",), cut_lists=ERRORS)
 def sync_cache_summary(results: list[dict]) -> dict:
     """Combine the per-scope results of a fanned-out sync. Each result is at most what a
     task stores (worker/task_base.py: RESULT_MAX), so a larger one is refused."""
@@ -85,7 +80,7 @@ def check_summaries(results: object) -> None:
             )
 
 
-@shared_task(name="cachework.sync_cache", bind=True, cut_lists=ERRORS, **RETRY)
+@shared_task(name=routing.SYNC_CACHE, bind=True, cut_lists=ERRORS, **RETRY)
 def sync_cache(
     self,
     project: str | None = None,
@@ -120,7 +115,7 @@ def sync_cache(
     raise self.replace(chord(header, sync_cache_summary.s()))
 
 
-@shared_task(name="cachework.delete_cache", bind=True, **RETRY)
+@shared_task(name=routing.DELETE_CACHE, bind=True, **RETRY)
 def delete_cache(self, project: str | None = None, app_name: str | None = None) -> dict:
     """Delete cache items: of one project and/or app, or every item (no arguments)."""
     return jobs.delete_items(require_runtime(self.app), project, app_name)

@@ -6,22 +6,17 @@ import os
 
 from celery import shared_task
 
-from cachework.errors import TransientError, ValidationError
+from cachework.errors import ValidationError
 from cachework.records import to_json
+from tasks import policy
+from worker import routing
 from worker.celery_app import require_runtime
-from worker.logsetup import EXPECTED_ERRORS
 
 
-# Retries 1, 2, 4, 8, 8, 8 s apart: a fast PostgreSQL restart (seconds) is ridden out.
 @shared_task(
-    name="cachework.lookup",
+    name=routing.LOOKUP,
     bind=True,
-    autoretry_for=(TransientError,),
-    retry_backoff=1,
-    retry_backoff_max=8,
-    retry_jitter=False,
-    max_retries=6,
-    throws=EXPECTED_ERRORS,
+    **policy.LOOKUP,
 )
 def lookup(self, table: str, key: object) -> dict | None:
     """The record of `table` with primary key `key` (coerced to its type) as a JSON object,
@@ -33,7 +28,7 @@ def lookup(self, table: str, key: object) -> dict | None:
     return to_json(registry.table(table).get(coerced))
 
 
-@shared_task(name="cachework.cache_status", bind=True)
+@shared_task(name=routing.CACHE_STATUS, bind=True)
 def cache_status(self) -> dict:
     """This process's pid, invalidation cursor, per-table statistics and listener state."""
     registry = require_runtime(self.app).registry

@@ -7,11 +7,11 @@ import logging
 from celery import shared_task
 
 from cache import jobs
-from cachework.errors import TransientError
 from cachework.settings import Settings
 from importers.progress import RunProgress, Throttle
+from tasks import policy
+from worker import routing
 from worker.celery_app import require_runtime
-from worker.logsetup import EXPECTED_ERRORS
 
 log = logging.getLogger(__name__)
 PROGRESS_LOG_EVERY = 5.0  # seconds between the worker's progress lines (at most)
@@ -25,13 +25,8 @@ def _results_share_sqlite(settings: Settings, database_url: str) -> bool:
 
 @shared_task(
     bind=True,
-    name="cachework.import_versions",
-    autoretry_for=(TransientError,),
-    retry_backoff=5,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=5,
-    throws=EXPECTED_ERRORS,
+    name=routing.IMPORT_VERSIONS,
+    **policy.IMPORT,
     cut_lists=("warnings",),  # a result too large to store keeps its first warnings
 )
 def import_versions(

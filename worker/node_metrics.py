@@ -32,10 +32,10 @@ import time
 
 from celery import signals
 
-from worker import metrics
+from worker import metrics, routing
 
 log = logging.getLogger(__name__)
-IMPORT_TASK = "cachework.import_versions"
+IMPORT_TASK = routing.IMPORT_VERSIONS
 EXPORTER_START_TIMEOUT = 20.0
 _node: dict = {}  # this main process's metrics folder and exporter
 _started: dict[str, float] = {}  # task id -> perf_counter at prerun (this process)

@@ -27,20 +27,33 @@ DEFAULT_QUEUE = "celery"
 # cachework's own queues, each with a direct exchange and routing key of the same name.
 QUEUES = ("versions", "cache", "invalidations")
 PREFIX = "cachework."
+
+# The task names of the public contract, declared once: tasks register under them, the
+# CLI, the demo, beat and clients send them.
+IMPORT_VERSIONS = "cachework.import_versions"
+SYNC_CACHE = "cachework.sync_cache"
+SYNC_PROJECT_CACHE = "cachework.sync_project_cache"
+SYNC_CACHE_SUMMARY = "cachework.sync_cache_summary"
+DELETE_CACHE = "cachework.delete_cache"
+LOOKUP = "cachework.lookup"
+CACHE_STATUS = "cachework.cache_status"
+PING = "cachework.ping"
+PROCESS_INVALIDATION = "cachework.process_invalidation"
+INVALIDATION_PROBE = "cachework.invalidation_probe"
 # Tasks not listed here (a `cachework.*` helper task such as a chord callback) go to
 # FALLBACK_QUEUE.
 ROUTES = {
-    "cachework.import_versions": "versions",
-    "cachework.sync_cache": "cache",
-    "cachework.sync_project_cache": "cache",
-    "cachework.delete_cache": "cache",
-    "cachework.lookup": "cache",
-    "cachework.cache_status": "cache",
-    "cachework.ping": "cache",
-    "cachework.process_invalidation": "invalidations",
+    IMPORT_VERSIONS: "versions",
+    SYNC_CACHE: "cache",
+    SYNC_PROJECT_CACHE: "cache",
+    DELETE_CACHE: "cache",
+    LOOKUP: "cache",
+    CACHE_STATUS: "cache",
+    PING: "cache",
+    PROCESS_INVALIDATION: "invalidations",
     # Internal: a fanned-out sync's summary, and the probe tests and benchmarks send.
-    "cachework.sync_cache_summary": "cache",
-    "cachework.invalidation_probe": "invalidations",
+    SYNC_CACHE_SUMMARY: "cache",
+    INVALIDATION_PROBE: "invalidations",
 }
 FALLBACK_QUEUE = "cache"
 # The one line a web app adds to its Celery client (shown in the README and in logs).

@@ -13,6 +13,7 @@ import click
 from cache import jobs
 from cache.invalidation import validate_event
 from cachework.records import json_value
+from worker import routing
 from worker.checks import check_broker
 from worker.cli.context import cli_runtime
 from worker.cli.params import timeout_option
@@ -57,7 +58,7 @@ def invalidate(
             from worker import app
 
             check_broker(app.runtime.settings)  # one line naming the broker
-            sent = app.send_task("cachework.process_invalidation", kwargs=kwargs)
+            sent = app.send_task(routing.PROCESS_INVALIDATION, kwargs=kwargs)
             click.echo(f"sent cachework.process_invalidation as task {sent.id}; waiting ...")
             result = sent.get(timeout=timeout, interval=0.1)
         else:

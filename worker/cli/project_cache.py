@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from cache import jobs
 from cache.items.sync import scope_label
+from worker import routing
 from worker.checks import check_broker
 from worker.cli.context import cli_runtime
 from worker.cli.params import timeout_option
@@ -64,7 +65,7 @@ def sync_cache(
                 runtime, project, app_name, name and [name], user
             )
             kwargs = {"project": project, "app_name": app_name, "name": name, "user": user}
-            _report(console, _enqueue(console, "cachework.sync_cache", kwargs, timeout))
+            _report(console, _enqueue(console, routing.SYNC_CACHE, kwargs, timeout))
             return
         # Only on a terminal: elsewhere rich's transient bar still ends with an empty line.
         off = not console.is_terminal
@@ -96,7 +97,7 @@ def delete_cache(project: str | None, app_name: str | None, enqueue: bool, timeo
         project = jobs.check_delete(runtime, project, app_name)
         if enqueue:
             kwargs = {"project": project, "app_name": app_name}
-            summary = _enqueue(console, "cachework.delete_cache", kwargs, timeout)
+            summary = _enqueue(console, routing.DELETE_CACHE, kwargs, timeout)
         else:
             summary = jobs.delete_items(runtime, project, app_name)
     scope = "every project" if project is None else f"project {project}"

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cache import jobs
 from importers.progress import RunProgress, Throttle, format_seconds
+from worker import routing
 from worker.cli.context import cli_runtime
 from worker.cli.params import timeout_option
 
@@ -128,7 +129,7 @@ def _enqueue(
 ) -> dict:
     from worker import app
 
-    async_result = app.send_task("cachework.import_versions", kwargs=kwargs)
+    async_result = app.send_task(routing.IMPORT_VERSIONS, kwargs=kwargs)
     sent.append(async_result.id)
     deadline = time.monotonic() + timeout
     while True:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from worker import routing
+
 KEY = 1
 
 
@@ -17,7 +19,7 @@ def _children(ctx, want: int = 2, rounds: int = 8) -> dict[int, dict]:
     """cache_status of each child (bursts until `want` distinct pids answered)."""
     seen: dict[int, dict] = {}
     for _ in range(rounds):
-        for status in _burst(ctx, "cachework.cache_status", 4):
+        for status in _burst(ctx, routing.CACHE_STATUS, 4):
             seen[status["pid"]] = status
         if len(seen) >= want:
             break
@@ -28,7 +30,7 @@ def _read_everywhere(ctx, label: str, rounds: int = 8) -> None:
     """Lookups until both children hold the table (bounded), then each child's stats."""
     names: set[str] = set()
     for _ in range(rounds):
-        lookups = _burst(ctx, "cachework.lookup", 6, table="categories", key=KEY)
+        lookups = _burst(ctx, routing.LOOKUP, 6, table="categories", key=KEY)
         names |= {r["name"] for r in lookups}
         children = _children(ctx)
         if all(s["tables"]["categories"]["loaded"] for s in children.values()):
@@ -54,6 +56,6 @@ def run(ctx) -> None:
         )
     ctx.console.print(f"  plain SQL: UPDATE categories SET name = {new_name!r} WHERE id = {KEY}")
     _read_everywhere(ctx, "not yet told (the cache still serves its copy)")
-    result = ctx.call("cachework.process_invalidation", table="categories", keys=[KEY])
+    result = ctx.call(routing.PROCESS_INVALIDATION, table="categories", keys=[KEY])
     ctx.console.print(f"  cachework.process_invalidation -> {result}")
     _read_everywhere(ctx, "after the invalidation")

@@ -6,11 +6,12 @@ import json
 
 from cache.items import store
 from cache.items.projects import ProjectSource
+from worker import routing
 
 
 def run(ctx) -> None:
     ctx.console.rule("project caches")
-    summary = ctx.call("cachework.sync_cache", timeout=120, user="demo")
+    summary = ctx.call(routing.SYNC_CACHE, timeout=120, user="demo")
     ctx.console.print(f"  cachework.sync_cache -> {summary}")
     with ctx.database.session() as session:
         projects = ProjectSource.from_settings(ctx.settings).list(session)
@@ -22,7 +23,7 @@ def run(ctx) -> None:
                     highlight=False,
                 )
     one = projects[0]
-    again = ctx.call("cachework.sync_cache", project=one, app_name="inventory")
+    again = ctx.call(routing.SYNC_CACHE, project=one, app_name="inventory")
     ctx.console.print(f"  one project, one app -> {again}")
-    deleted = ctx.call("cachework.delete_cache", project=one)
+    deleted = ctx.call(routing.DELETE_CACHE, project=one)
     ctx.console.print(f"  cachework.delete_cache(project={one[:8]}…) -> {deleted}")

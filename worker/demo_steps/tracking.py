@@ -11,6 +11,7 @@ import time
 import sqlalchemy as sa
 
 from cache.invalidation import track
+from worker import routing
 from worker.runtime import Runtime
 
 KEY = 2
@@ -22,10 +23,10 @@ def _every_child_reads(ctx, expect: str, timeout: float = 30.0) -> set[int]:
     seen: set[int] = set()
     while time.monotonic() < deadline:
         lookups = [
-            ctx.app.send_task("cachework.lookup", kwargs={"table": "categories", "key": KEY})
+            ctx.app.send_task(routing.LOOKUP, kwargs={"table": "categories", "key": KEY})
             for _ in range(6)
         ]
-        statuses = [ctx.app.send_task("cachework.cache_status") for _ in range(6)]
+        statuses = [ctx.app.send_task(routing.CACHE_STATUS) for _ in range(6)]
         names = {p.get(timeout=30, interval=0.02)["name"] for p in lookups}
         pids = {s.get(timeout=30, interval=0.02)["pid"] for s in statuses}
         if names == {expect}:

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from rich.table import Table
 from sqlalchemy_continuum import version_class
 
+from worker import routing
 from worker.cli.versions import summary_table
 
 OPERATIONS = {0: "insert", 1: "update", 2: "delete"}
@@ -39,7 +40,7 @@ def _history(ctx, product_id: int) -> Table:
 def run(ctx) -> None:
     ctx.console.rule("version import")
     ctx.console.print("  the seeded rows were written with plain SQL: Continuum has no versions")
-    result = ctx.call("cachework.import_versions", user="demo", comment="demo: first import")
+    result = ctx.call(routing.IMPORT_VERSIONS, user="demo", comment="demo: first import")
     ctx.console.print(summary_table(result))
     with ctx.database.session() as session:
         session.execute(sa.text("UPDATE products SET price = price + 1 WHERE id % 10 = 1"))
@@ -48,11 +49,11 @@ def run(ctx) -> None:
     ctx.console.print(
         "  changed rows with plain SQL: prices of ids 1, 11, 21 ..., name of 2, deleted 3"
     )
-    dry = ctx.call("cachework.import_versions", dry_run=True)
+    dry = ctx.call(routing.IMPORT_VERSIONS, dry_run=True)
     ctx.console.print(f"  dry run would write: {dry['models']['Product']}")
-    result = ctx.call("cachework.import_versions", user="demo", comment="demo: after plain SQL")
+    result = ctx.call(routing.IMPORT_VERSIONS, user="demo", comment="demo: after plain SQL")
     ctx.console.print(summary_table(result))
-    again = ctx.call("cachework.import_versions", comment="demo: nothing to do")
+    again = ctx.call(routing.IMPORT_VERSIONS, comment="demo: nothing to do")
     ctx.console.print(
         f"  a third import finds nothing: transaction_id={again['transaction_id']}, "
         f"products unchanged={again['models']['Product']['unchanged']}"
