@@ -14,6 +14,16 @@ from contextlib import contextmanager
 MESSAGE_MAX = 600  # characters of an error message: it goes to logs and result backends
 
 
+def first_line(exc: BaseException, limit: int = 300, *, named: bool = True) -> str:
+    """The first line of `exc`'s message, cut to `limit` (SQL dumps and tracebacks go to the
+    log, not into an error or a health line), after its class name when `named`."""
+    text = str(exc).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    if not named:
+        return line
+    return f"{exc.__class__.__name__}: {line}" if line else exc.__class__.__name__
+
+
 def cut(text: str, limit: int = MESSAGE_MAX) -> str:
     """`text` if short enough, else its start and end around a note of what was left out
     (so a message still names the field and says what is wrong with it), `limit`

@@ -30,7 +30,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from cachework.errors import ConfigError
+from cachework.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -142,7 +142,7 @@ def hint_pooler(engine: sa.Engine, pooler: str = NONE) -> sa.Engine:
             "(PgBouncer pool_mode=transaction) seems to share server connections; set "
             "CACHEWORK_DATABASE_POOLER=transaction (now %s)",
             where,
-            str(orig).strip().splitlines()[0][:200],
+            first_line(orig, 200, named=False),
             pooler,
         )
 

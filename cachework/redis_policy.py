@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import redis
 
-from cachework.errors import ConfigError
+from cachework.errors import ConfigError, first_line
 from cachework.redis_client import client_from_url, server_identity
 from cachework.settings import Settings, mask_url
 
@@ -105,10 +105,10 @@ def check(name: str, url: str, timeout: float = 3.0, holds: str = OURS) -> Verdi
             return Verdict(problem=cluster)
         config = client.config_get("maxmemory*")
     except redis.ResponseError as exc:  # NOPERM, or CONFIG disabled or renamed
-        why = f"CONFIG GET refused: {_first_line(exc)}"
+        why = f"CONFIG GET refused: {first_line(exc, 200)}"
         return Verdict(unchecked=_unchecked(shown, why, holds))
     except redis.RedisError as exc:
-        return Verdict(unchecked=_unchecked(shown, f"no answer: {_first_line(exc)}", holds))
+        return Verdict(unchecked=_unchecked(shown, f"no answer: {first_line(exc, 200)}", holds))
     finally:
         client.close()
     policy = str(config.get("maxmemory-policy", "noeviction"))
@@ -127,11 +127,6 @@ def _unchecked(shown: str, why: str, holds: str) -> str:
         f"{shown}: cannot read Redis maxmemory-policy ({why}); make sure it is {KEEPING} "
         f"(or maxmemory is 0), else under memory pressure Redis may silently evict {holds}"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{exc.__class__.__name__}: {text.splitlines()[0][:200] if text else ''}".rstrip(": ")
 
 
 def refuse_evicting(settings: Settings, *, broker: bool = False, timeout: float = 3.0) -> None:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from kombu import Connection
 
-from cachework.errors import ConfigError
+from cachework.errors import ConfigError, first_line
 from cachework.settings import Settings, mask_url
 
 if TYPE_CHECKING:  # imported when used: `cachework health` checks the broker without it
@@ -38,10 +38,8 @@ def check_broker(settings: Settings, timeout: float = 3.0) -> None:
     try:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ConfigError(
-            f"CACHEWORK_BROKER_URL={shown!r} cannot be reached: "
-            f"{exc.__class__.__name__}: {mask_url(first)}"
+            f"CACHEWORK_BROKER_URL={shown!r} cannot be reached: {mask_url(first_line(exc))}"
         ) from None
     finally:
         conn.release()
@@ -57,6 +55,5 @@ def check_database(engine: sa.Engine) -> None:
     except Exception as exc:
         url = mask_url(engine.url.render_as_string(hide_password=True))
         raise ConfigError(
-            f"CACHEWORK_DATABASE_URL={url!r} cannot be reached: {exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            f"CACHEWORK_DATABASE_URL={url!r} cannot be reached: {first_line(exc, 10_000)}"
         ) from None

@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from cachework.errors import first_line
+
 # `/live` and `/ready` of a node's exporter and of `start_http_server` (worker/metrics.py).
 LIVE_PATH = "/live"
 READY_PATH = "/ready"
@@ -30,11 +32,6 @@ METRICS_PATH = "/metrics"
 READY_TIMEOUT = 0.8
 
 Check = Callable[[], "list[str] | str | None"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{exc.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}".rstrip(": ")
 
 
 class Checks:
@@ -81,7 +78,7 @@ class Checks:
         try:
             found = check()
         except Exception as exc:  # a check's bug or a client's error: the probe answers
-            found = [f"{name}: {_first_line(exc)}"]
+            found = [f"{name}: {first_line(exc)}"]
         lines = [found] if isinstance(found, str) else list(found or [])
         with self._lock:
             results[name] = lines

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from cachework import redis_policy
+from cachework.errors import first_line
 from cachework.pooler import connect_args
 from cachework.redis_client import client_from_url
 from cachework.settings import mask_url
@@ -27,11 +28,6 @@ if TYPE_CHECKING:
 
 LAST_CONTACT = "cachework_invalidation_listener_last_contact_timestamp_seconds"
 CONNECTED = "cachework_invalidation_listener_connected"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{exc.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}".rstrip(": ")
 
 
 def check_database(url: str, timeout: float = 3.0) -> str | None:
@@ -47,7 +43,7 @@ def check_database(url: str, timeout: float = 3.0) -> str | None:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         shown = engine.url.render_as_string(hide_password=True)
-        return f"database unreachable (CACHEWORK_DATABASE_URL={shown}): {_first_line(exc)}"
+        return f"database unreachable (CACHEWORK_DATABASE_URL={shown}): {first_line(exc)}"
     finally:
         engine.dispose()
     return None
@@ -61,7 +57,7 @@ def check_redis(url: str | None, timeout: float = 3.0) -> str | None:
     try:
         client.ping()
     except Exception as exc:
-        return f"Redis unreachable (CACHEWORK_REDIS_URL={mask_url(url)}): {_first_line(exc)}"
+        return f"Redis unreachable (CACHEWORK_REDIS_URL={mask_url(url)}): {first_line(exc)}"
     finally:
         client.close()
     return None

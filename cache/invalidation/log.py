@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cachework.errors import CacheworkError, TransientError, is_transient
+from cachework.errors import CacheworkError, TransientError, first_line, is_transient
 
 NOTHING = "0"  # the cursor of a reader that has seen nothing yet / head of an empty log
 # Seconds a listener blocks on one read of a log that can block (Redis: XREAD BLOCK): an
@@ -40,11 +40,9 @@ class LogError(CacheworkError):
 def log_failure(exc: Exception, what: str) -> CacheworkError:
     """The database or Redis error `exc` met reaching `what`, as LogUnavailable when
     `is_transient` says a retry can cure it, else LogError (first line of the cause)."""
-    text = str(exc).strip()
-    first = text.splitlines()[0][:300] if text else ""
     if is_transient(exc):
-        return LogUnavailable(f"{what} unreachable: {exc.__class__.__name__}: {first}")
-    return LogError(f"{what} failed: {exc.__class__.__name__}: {first}")
+        return LogUnavailable(f"{what} unreachable: {first_line(exc)}")
+    return LogError(f"{what} failed: {first_line(exc)}")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from cache.items.locks import ALL, LockBackend, Renewer, claim_fence, hold_fence, scope_key
 from cache.items.plugins import CachePlugin, ItemWriter
 from cache.items.store import DEFAULT_MAX_BYTES, set_items
-from cachework.errors import LockLostError, is_transient
+from cachework.errors import LockLostError, first_line, is_transient
 from worker import metrics
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,6 @@ def _names_for(plugin: CachePlugin, names: set[str]) -> list[str | None] | None:
     declared = getattr(plugin, "item_names", None)
     wanted = sorted(n for n in names if declared is None or n in declared)
     return wanted or None
-
-
-def _first_line(exc: BaseException) -> str:
-    """The message without SQL dumps or tracebacks (those go to the log)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else ""
 
 
 def _round(
@@ -114,7 +108,7 @@ def _round(
                 )
                 result.errors.append(
                     f"{plugin.app_name} failed for {scope_label(project)}: "
-                    f"{exc.__class__.__name__}: {_first_line(exc)}"
+                    f"{exc.__class__.__name__}: {first_line(exc, 500, named=False)}"
                 )
                 return result
             session.rollback()  # a plugin computes; only the framework writes

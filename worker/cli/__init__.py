@@ -14,7 +14,14 @@ from typing import NoReturn
 
 import click
 
-from cachework.errors import MESSAGE_MAX, CacheworkError, PermanentError, cut, is_transient
+from cachework.errors import (
+    MESSAGE_MAX,
+    CacheworkError,
+    PermanentError,
+    cut,
+    first_line,
+    is_transient,
+)
 from cachework.settings import mask_url
 
 # click 8.2+: a group called without a command raises this to print its help; it stays so.
@@ -33,8 +40,9 @@ COMMAND_MODULES = [
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return mask_url(text.splitlines()[0][:300]) if text else exc.__class__.__name__
+    return mask_url(first_line(getattr(exc, "orig", None) or exc, named=False)) or (
+        exc.__class__.__name__
+    )
 
 
 def describe_failure(exc: BaseException) -> str | None:
