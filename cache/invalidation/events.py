@@ -19,9 +19,11 @@ from typing import Any
 
 from cachework.errors import NotFoundError, ValidationError, shown
 from cachework.records import json_value
+from cachework.schema import NAME_MAX
+from cachework.text import bounded
 
 VERSION = 1
-MAX_TEXT = 255
+MAX_TEXT = NAME_MAX  # table names, text keys, project, app and item names
 # The largest stored entry a reader parses (10,000 keys of 255 characters fit in 3 MB);
 # a bigger one is not parsed: its table is read from its start, or every table dropped.
 MAX_EVENT_CHARS = 8 * 1024 * 1024
@@ -58,14 +60,8 @@ class Event:
 
 
 def _text(field: str, value: object, required: bool = False) -> str | None:
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT or "\x00" in value:
-        raise ValidationError(
-            f"{field}={shown(value)} must be a non-empty string of at most {MAX_TEXT} "
-            "characters without NUL" + ("" if required else ", or None")
-        )
-    return value
+    """Bounded text, not all whitespace; None too unless `required`."""
+    return bounded(field, value, MAX_TEXT, blank=False, none=None if required else "None")
 
 
 # The key types an event carries: those whose JSON form (`json_value`) the receiving
@@ -80,10 +76,8 @@ def _scalar_key(index: int, key: object) -> object:
             f"keys[{index}]={shown(key)} must be a primary key (an integer, string, UUID, "
             "decimal, date, time or datetime)"
         )
-    if isinstance(key, str) and (len(key) > MAX_TEXT or "\x00" in key):
-        raise ValidationError(
-            f"keys[{index}]={shown(key)} is longer than {MAX_TEXT} characters or has a NUL"
-        )
+    if isinstance(key, str):
+        bounded(f"keys[{index}]", key, MAX_TEXT, empty=True)
     return key
 
 

@@ -9,7 +9,8 @@ a project argument into its canonical string, the form stored in `cache_items.pr
   hyphens); canonical: lowercase, hyphenated.
 - `int`: an int (not a bool) or a string of decimal digits, within signed 64 bits;
   canonical: `str(int(value))` (`42`, `"42"` and `"042"` all give `"42"`).
-- `text`: a non-empty string of at most 255 characters, without NUL; canonical: itself.
+- `text`: a non-empty string of at most NAME_MAX (255) characters, without NUL; canonical:
+  itself.
 
 It is built from `CACHEWORK_PROJECTS` (`[schema.]table.column[:uuid|int|text]`, default
 `projects.uuid:uuid`, `off` for no projects table: only site-wide items) by
@@ -34,8 +35,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cache.items.store import NAME_MAX, cache_items
 from cachework.errors import ConfigError, NotFoundError, ValidationError
+from cachework.schema import cache_items
+from cachework.text import bounded
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +278,4 @@ def _canonical_int(project: object) -> str:
 
 
 def _canonical_text(project: object) -> str:
-    if not isinstance(project, str) or not project or len(project) > NAME_MAX or "\x00" in project:
-        raise ValidationError(
-            f"project={project!r} must be a non-empty string of <= {NAME_MAX} characters, "
-            "no NUL, or None (site-wide)"
-        )
-    return project
+    return bounded("project", project, none="None (site-wide)")  # type: ignore[return-value]

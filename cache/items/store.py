@@ -24,8 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from cachework.errors import ValidationError
+from cachework.errors import ValidationError, shown
 from cachework.schema import NAME_MAX, UTCDateTime, cache_items, cache_items_key
+from cachework.text import bounded, fits
 
 DATA_TYPES = ("json",)
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -62,28 +63,22 @@ def validate_key(project: object) -> str | None:
         return str(project)
     if isinstance(project, int) and not isinstance(project, bool):
         return str(project)
-    if not isinstance(project, str) or not project or len(project) > NAME_MAX or "\x00" in project:
+    if not fits(project):
         raise ValidationError(
-            f"project={project!r} must be a project key (a non-empty string of <= {NAME_MAX} "
-            "characters without NUL, an int or a uuid.UUID) or None (site-wide)"
+            f"project={shown(project)} must be a project key (a non-empty string of <= "
+            f"{NAME_MAX} characters without NUL, an int or a uuid.UUID) or None (site-wide)"
         )
     return project
 
 
 def validate_name(field: str, value: object) -> str:
     """A non-empty string of at most NAME_MAX characters, without NUL (PostgreSQL text)."""
-    if not isinstance(value, str) or not value or len(value) > NAME_MAX or "\x00" in value:
-        raise ValidationError(
-            f"{field}={value!r} must be a non-empty string of <= {NAME_MAX} characters, no NUL"
-        )
-    return value
+    return bounded(field, value)  # type: ignore[return-value]  # None is refused
 
 
 def validate_user(user: object) -> str | None:
     """The user recorded on written items: None, or a string of <= NAME_MAX without NUL."""
-    if user is not None and (not isinstance(user, str) or len(user) > NAME_MAX or "\x00" in user):
-        raise ValidationError(f"user={user!r} must be a string of <= {NAME_MAX}, no NUL, or None")
-    return user
+    return bounded("user", user, empty=True, none="None")
 
 
 def _label(project: str | None, app_name: str, name: str) -> str:
