@@ -41,7 +41,7 @@ def test_a_run_leaves_no_temporary_folder(tmp_path):
     done = subprocess.run(
         [
             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "tests/test_settings.py::test_mask_url_hides_only_the_password",
+            "tests/unit/test_settings.py::test_mask_url_hides_only_the_password",
         ],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

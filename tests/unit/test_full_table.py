@@ -50,10 +50,10 @@ def test_miss_goes_through_the_hook_and_is_cached(categories):
     database, cache = categories
     record, new = cache.by_cache_key("fresh", lookup_hook=create_hook(database, "fresh"))
     assert new is True and record["id"] == 100 and record["name"] == "New"
-    fetches = cache.tables.source.fetches
+    fetches = cache.source.fetches
     assert cache.by_cache_key("fresh") == (record, False)  # no hook needed now
     assert cache.by_id(100) == record
-    assert cache.tables.source.fetches == fetches
+    assert cache.source.fetches == fetches
     assert cache.by_cache_key("none", lookup_hook=lambda: None) == (None, False)
 
 

@@ -20,7 +20,7 @@ import cachework.settings
 from cachework.settings import load_settings
 from worker.probes import LIVE_PATH, READY_PATH, READY_TIMEOUT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "deploy" / "kubernetes"
 # Seconds a cold shutdown takes once the running tasks are done or cancelled (the pool,
 # the broker connection, the exporter): what terminationGracePeriodSeconds adds.
