@@ -1,62 +1,142 @@
-"""The rules of the version import, project-cache and invalidation jobs, as plain
-functions of a runtime.
+"""The rules of the project-cache and invalidation jobs, as plain functions of a runtime.
 
-A Celery task or a CLI command is a few lines that call these: check every argument
-before anything runs (bad input changes nothing), then rebuild, delete or publish through
-the runtime's database, locks, plugins, projects and invalidation log. Nothing here
-imports Celery; the caller passes its time limit's exception in `abort_on`.
+A Celery task or a CLI command is a few lines: it parses its arguments into a typed
+request once (`sync_request`, `delete_request`, `invalidation_request`: bad input names
+the bad value and changes nothing), then runs the job with it (`sync`, `sync_one`,
+`delete`, `process_invalidation`), which trusts the request and returns a typed result
+(`cache.results`; `to_json()` is the task's result). Nothing here imports Celery; the
+caller passes its time limit's exception in `abort_on`.
+
+`rebuild_items`, `sync_scope`, `delete_items`, `invalidate` and `combine` take and return
+plain values (parse, run, `to_json()`), for Python callers and tests.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from cache.invalidation import publish, validate_event
-from cache.items import plugins as cache_plugins
+from cache.invalidation import publish_event
 from cache.items import store
 from cache.items.sync import ScopeResult, rebuild, scope_label
-from cachework.errors import NotFoundError, ValidationError, transient_errors
+from cache.requests import (
+    DeleteRequest,
+    InvalidationRequest,
+    SyncRequest,
+    item_names,
+)
+from cache.results import DeleteResult, InvalidationResult, SyncResult
+from cachework.errors import NotFoundError, transient_errors
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from cache.items.plugins import CachePlugin
     from worker.runtime import Runtime
 
+__all__ = [
+    "combine",
+    "delete",
+    "delete_items",
+    "delete_request",
+    "invalidate",
+    "invalidation_request",
+    "item_names",
+    "process_invalidation",
+    "rebuild_items",
+    "rebuild_scope",
+    "scope_request",
+    "scopes_of",
+    "sync",
+    "sync_one",
+    "sync_request",
+    "sync_scope",
+]
+
 log = logging.getLogger(__name__)
-Plugins = list[cache_plugins.CachePlugin]
+Abort = tuple[type[BaseException], ...]
+OnScope = Callable[[int, int, "str | None"], None]
 
 
-def import_versions(runtime: Runtime, models: object = None, **options: object) -> dict:
-    """The version import of this runtime's versioned models (every one, or those named
-    in `models`) in one session; `options` as `importers.versions.import_versions` takes
-    them. Returns its result as JSON; an unreachable database is a TransientError."""
-    from importers.versions import import_versions as run_import
+# --- parsing: once, at the edge, with one session -------------------------------------
 
+
+@contextmanager
+def _session(runtime: Runtime, allow_orphans: bool = False) -> Iterator[_Checks]:
+    """One session for a request's checks (it connects only if a check needs to)."""
     with transient_errors("database"), runtime.database.session() as session:
-        return run_import(session, runtime.models.versioned, names=models, **options).as_dict()
+        yield _Checks(runtime, session, allow_orphans)
 
 
-def item_names(name: object) -> list[str] | None:
-    """A task's single `name` argument as the list the rules take."""
-    if name is None:
-        return None
-    if not isinstance(name, str):
-        raise ValidationError(f"name={name!r} must be an item name (string) or None")
-    return [name]
+class _Checks:
+    """What a request is checked against, bound to one session."""
+
+    def __init__(self, runtime: Runtime, session: Session, allow_orphans: bool) -> None:
+        self.runtime, self.session, self.allow_orphans = runtime, session, allow_orphans
+
+    def project(self, project: object) -> str | None:
+        return self.runtime.projects.check(self.session, project, self.allow_orphans)
+
+    def stored_apps(self) -> list[str]:
+        return store.app_names(self.session)
 
 
-def check_sync(
-    runtime: Runtime, project: object, app_name: object, names: object, user: object = None
-) -> tuple[str | None, Plugins, list[str] | None]:
-    """Check a rebuild's arguments; returns the canonical project, the plugins and names."""
-    if app_name is not None and not isinstance(app_name, str):
-        raise ValidationError(f"app_name={app_name!r} must be a string or None")
-    store.validate_user(user)
-    chosen = cache_plugins.select(runtime.plugins, app_name)
-    names = cache_plugins.check_names(chosen, names)
-    with transient_errors("database"), runtime.database.session() as session:
-        project = runtime.projects.check(session, project)
-    return project, chosen, names
+def sync_request(
+    runtime: Runtime,
+    project: object = None,
+    app_name: object = None,
+    names: object = None,
+    user: object = None,
+) -> SyncRequest:
+    """A sync's arguments checked against this runtime's plugins and projects."""
+    with _session(runtime) as checks:
+        return SyncRequest.parse(
+            project, app_name, names, user, plugins=runtime.plugins, check_project=checks.project
+        )
+
+
+def delete_request(
+    runtime: Runtime, project: object = None, app_name: object = None
+) -> DeleteRequest:
+    """A delete's arguments checked; a project or app that no longer exists but still has
+    items is accepted, so leftovers can be removed."""
+    with _session(runtime, allow_orphans=True) as checks:
+        return DeleteRequest.parse(
+            project,
+            app_name,
+            plugins=runtime.plugins,
+            check_project=checks.project,
+            stored_apps=checks.stored_apps,
+        )
+
+
+def invalidation_request(
+    runtime: Runtime,
+    table: object,
+    keys: object = None,
+    project: object = None,
+    app_name: object = None,
+    names: object = None,
+) -> InvalidationRequest:
+    """An invalidation checked: a table this runtime knows (keys coerced to its key
+    type), at most CACHEWORK_INVALIDATION_MAX_KEYS keys, and the scope it names."""
+    with _session(runtime) as checks:
+        return InvalidationRequest.parse(
+            table,
+            keys,
+            project,
+            app_name,
+            names,
+            known_tables=runtime.known_tables(),
+            max_keys=runtime.settings.invalidation_max_keys,
+            plugins=runtime.plugins,
+            check_project=checks.project,
+        )
+
+
+# --- the jobs: they trust their request ------------------------------------------------
 
 
 def scopes_of(runtime: Runtime, project: str | None) -> list[str | None]:
@@ -71,10 +151,10 @@ def scopes_of(runtime: Runtime, project: str | None) -> list[str | None]:
 def rebuild_scope(
     runtime: Runtime,
     project: str | None,
-    chosen: Plugins,
+    chosen: list[CachePlugin],
     names: list[str] | None,
     user: str | None,
-    abort_on: tuple[type[BaseException], ...] = (),
+    abort_on: Abort = (),
     see_through: bool = False,
 ) -> ScopeResult:
     """One scope (a project, or None: the site-wide items), rebuilt in this process.
@@ -97,38 +177,102 @@ def rebuild_scope(
         )
 
 
+def sync(
+    runtime: Runtime, request: SyncRequest, abort_on: Abort = (), on_scope: OnScope | None = None
+) -> SyncResult:
+    """Rebuild the request's items here, scope after scope, through the same lock and
+    dirty flag as every sync. A scope whose rebuild runs elsewhere is marked dirty and
+    rebuilt by that run (counted in `deferred`). `on_scope(done, total, scope)` is called
+    before each scope (a CLI's progress bar)."""
+    chosen = request.plugins(runtime.plugins)
+    scopes = scopes_of(runtime, request.project)
+    total = SyncResult(deferred=0)
+    for done, scope in enumerate(scopes):
+        if on_scope is not None:
+            on_scope(done, len(scopes), scope)
+        result = rebuild_scope(runtime, scope, chosen, request.name_list, request.user, abort_on)
+        total.add(_of_scope(result, scope))
+    return total
+
+
+def sync_one(
+    runtime: Runtime, request: SyncRequest, abort_on: Abort = (), see_through: bool = False
+) -> SyncResult:
+    """One scope of a sync: the request's project, or the site-wide items when it has
+    none (never every project). `see_through`: as for `rebuild_scope`."""
+    chosen = request.plugins(runtime.plugins)
+    result = rebuild_scope(
+        runtime, request.project, chosen, request.name_list, request.user, abort_on, see_through
+    )
+    scope = _of_scope(result, request.project)
+    scope.deferred = None  # a task's result has no such key
+    return scope
+
+
+def _of_scope(result: ScopeResult, project: str | None) -> SyncResult:
+    return SyncResult(
+        result.updated, 0 if project is None else 1, list(result.errors), int(result.deferred)
+    )
+
+
+def delete(runtime: Runtime, request: DeleteRequest) -> DeleteResult:
+    """Delete the request's items: of one project and/or app, or every item."""
+    with transient_errors("database"), runtime.database.session() as session:
+        deleted = store.delete_items(session, project=request.project, app_name=request.app_name)
+    return DeleteResult(deleted)
+
+
+def process_invalidation(
+    runtime: Runtime, request: InvalidationRequest, abort_on: Abort = ()
+) -> InvalidationResult:
+    """Publish the request's event to every process's cached tables, then rebuild the
+    project cache items it names (if it names a scope). Rebuild errors are logged: the
+    event is out, and the scope's next sync redoes them."""
+    with transient_errors("invalidation log"):
+        event_id = publish_event(request.event, log=runtime.invalidation_log())
+    if request.sync is None:
+        return InvalidationResult(event_id, 0)
+    outcome = sync(runtime, request.sync, abort_on=abort_on)
+    for error in outcome.errors:
+        log.warning("invalidation %s: rebuilding cache items failed: %s", event_id, error)
+    return InvalidationResult(event_id, outcome.updated)
+
+
+# --- plain values in, JSON out: parse, run, to_json -------------------------------------
+
+
 def rebuild_items(
     runtime: Runtime,
     project: object,
     app_name: object,
     names: object,
     user: object = None,
-    abort_on: tuple[type[BaseException], ...] = (),
-    on_scope: Callable[[int, int, str | None], None] | None = None,
+    abort_on: Abort = (),
+    on_scope: OnScope | None = None,
 ) -> dict:
-    """Rebuild items here, through the same lock and dirty flag as every sync.
+    """`sync` of plain arguments: `{"updated", "projects", "errors", "deferred"}`."""
+    request = sync_request(runtime, project, app_name, names, user)
+    return sync(runtime, request, abort_on, on_scope).to_json()
 
-    `project` None covers every project and the site-wide items; `app_name` None every
-    app; `names` None every item. Returns `{"updated", "projects", "errors", "deferred"}`;
-    a scope whose rebuild runs elsewhere is marked dirty and rebuilt by that run (counted
-    in "deferred"). `on_scope(done, total, scope)` is called before each scope (a CLI's
-    progress bar)."""
-    project, chosen, names = check_sync(runtime, project, app_name, names, user)
-    scopes = scopes_of(runtime, project)
-    total, deferred = ScopeResult(), 0
-    for done, scope in enumerate(scopes):
-        if on_scope is not None:
-            on_scope(done, len(scopes), scope)
-        result = rebuild_scope(runtime, scope, chosen, names, user, abort_on)
-        total.add(result)
-        deferred += result.deferred
-    projects = sum(1 for scope in scopes if scope is not None)
-    return {
-        "updated": total.updated,
-        "projects": projects,
-        "errors": total.errors,
-        "deferred": deferred,
-    }
+
+def scope_request(
+    runtime: Runtime,
+    project: object,
+    app_name: object = None,
+    names: object = None,
+    user: object = None,
+    *,
+    missing_ok: bool = False,
+) -> SyncRequest | None:
+    """The request of one scope of a sync. With `missing_ok` (the fan-out of a full
+    sync) a project deleted since the projects were listed gives None (nothing to do),
+    not a failure that would lose the whole sync's summary."""
+    try:
+        return sync_request(runtime, project, app_name, names, user)
+    except NotFoundError:
+        if not missing_ok or project is None or not _project_gone(runtime, project):
+            raise
+        return None
 
 
 def sync_scope(
@@ -139,35 +283,22 @@ def sync_scope(
     user: object = None,
     *,
     missing_ok: bool = False,
-    abort_on: tuple[type[BaseException], ...] = (),
+    abort_on: Abort = (),
     see_through: bool = False,
 ) -> dict:
-    """One scope of a sync: `project`, or the site-wide items when it is None.
-
-    With `missing_ok` (the fan-out of a full sync) a project deleted since the projects
-    were listed is skipped, not a failure that would lose the whole sync's summary.
-    `see_through`: as for `rebuild_scope`."""
-    try:
-        project, chosen, names = check_sync(runtime, project, app_name, item_names(name), user)
-    except NotFoundError:
-        if not missing_ok or project is None or not _project_gone(runtime, project):
-            raise
-        return {"updated": 0, "projects": 0, "errors": []}
-    result = rebuild_scope(runtime, project, chosen, names, user, abort_on, see_through)
-    return {
-        "updated": result.updated,
-        "projects": 0 if project is None else 1,
-        "errors": result.errors,
-    }
+    """`sync_one` of plain arguments (`missing_ok`: as for `scope_request`):
+    `{"updated", "projects", "errors"}`."""
+    request = scope_request(
+        runtime, project, app_name, item_names(name), user, missing_ok=missing_ok
+    )
+    if request is None:
+        return SyncResult().to_json()
+    return sync_one(runtime, request, abort_on, see_through).to_json()
 
 
 def combine(results: list[dict]) -> dict:
-    """The summary of a fanned-out sync from its per-scope results."""
-    return {
-        "updated": sum(r["updated"] for r in results),
-        "projects": sum(r["projects"] for r in results),
-        "errors": [e for r in results for e in r["errors"]],
-    }
+    """The summary of a fanned-out sync from its per-scope results (as JSON)."""
+    return SyncResult.combine(SyncResult.from_json(r) for r in results).to_json()
 
 
 def _project_gone(runtime: Runtime, project: object) -> bool:
@@ -180,31 +311,9 @@ def _project_gone(runtime: Runtime, project: object) -> bool:
     return False
 
 
-def check_delete(runtime: Runtime, project: object, app_name: object) -> str | None:
-    """Check a delete's arguments; returns the canonical project.
-
-    A project or app that no longer exists but still has items is accepted, so leftovers
-    can be removed; anything else unknown is a NotFoundError naming it."""
-    if app_name is not None and not isinstance(app_name, str):
-        raise ValidationError(f"app_name={app_name!r} must be a string or None")
-    with transient_errors("database"), runtime.database.session() as session:
-        project = runtime.projects.check(session, project, allow_orphans=True)
-        if app_name is not None:
-            known = sorted(set(runtime.plugins) | set(store.app_names(session)))
-            if app_name not in known:
-                raise NotFoundError(
-                    f"app_name={app_name!r} has no cache plugin and no items "
-                    f"(known apps: {', '.join(known) or 'none'})"
-                )
-    return project
-
-
 def delete_items(runtime: Runtime, project: object = None, app_name: object = None) -> dict:
-    """Delete cache items: of one project and/or app, or every item (no arguments)."""
-    project = check_delete(runtime, project, app_name)
-    with transient_errors("database"), runtime.database.session() as session:
-        deleted = store.delete_items(session, project=project, app_name=app_name)
-    return {"deleted": deleted}
+    """`delete` of plain arguments: `{"deleted"}`."""
+    return delete(runtime, delete_request(runtime, project, app_name)).to_json()
 
 
 def invalidate(
@@ -214,43 +323,8 @@ def invalidate(
     project: object = None,
     app_name: object = None,
     names: object = None,
-    abort_on: tuple[type[BaseException], ...] = (),
+    abort_on: Abort = (),
 ) -> dict:
-    """Publish an invalidation to every process's cached tables and rebuild the project
-    cache items it names: `{"event_id", "rebuilt"}`.
-
-    Everything is checked before anything is published; items are rebuilt only when the
-    event names a scope (a project, an app or item names)."""
-    max_keys = runtime.settings.invalidation_max_keys
-    event = validate_event(
-        table,
-        keys,
-        project,
-        app_name,
-        names,
-        known_tables=runtime.known_tables(),
-        max_keys=max_keys,
-    )
-    names_list = list(event.names) if event.names is not None else None
-    scoped = any(v is not None for v in (event.project, event.app_name, event.names))
-    if scoped:
-        check_sync(runtime, event.project, event.app_name, names_list)
-    with transient_errors("invalidation log"):
-        event_id = publish(
-            event.table,
-            list(event.keys) if event.keys is not None else None,
-            event.project,
-            event.app_name,
-            names_list,
-            log=runtime.invalidation_log(),
-            max_keys=max_keys,
-        )
-    rebuilt = 0
-    if scoped:
-        outcome = rebuild_items(
-            runtime, event.project, event.app_name, names_list, abort_on=abort_on
-        )
-        rebuilt = outcome["updated"]
-        for error in outcome["errors"]:
-            log.warning("invalidation %s: rebuilding cache items failed: %s", event_id, error)
-    return {"event_id": event_id, "rebuilt": rebuilt}
+    """`process_invalidation` of plain arguments: `{"event_id", "rebuilt"}`."""
+    request = invalidation_request(runtime, table, keys, project, app_name, names)
+    return process_invalidation(runtime, request, abort_on).to_json()

@@ -30,15 +30,9 @@ def process_invalidation(
     names: list[str] | None = None,
 ) -> dict:
     """Publish an invalidation and rebuild the items it names: `{"event_id", "rebuilt"}`."""
-    return jobs.invalidate(
-        require_runtime(self.app),
-        table,
-        keys,
-        project,
-        app_name,
-        names,
-        abort_on=(SoftTimeLimitExceeded,),
-    )
+    runtime = require_runtime(self.app)
+    request = jobs.invalidation_request(runtime, table, keys, project, app_name, names)
+    return jobs.process_invalidation(runtime, request, (SoftTimeLimitExceeded,)).to_json()
 
 
 @shared_task(name=routing.INVALIDATION_PROBE, bind=True)

@@ -2,7 +2,9 @@
 subtask `cachework.sync_project_cache` a sync of all projects fans out over the `cache`
 queue (so several worker nodes share it), combined by `cachework.sync_cache_summary`.
 
-The rules live in `cache.jobs`; these tasks pass the app's runtime and the time limit.
+Each task parses its arguments into a request once (`cache.jobs.sync_request`...), runs
+the job of `cache.jobs` with it and the app's runtime and time limit, and returns the
+result's JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from celery import chord, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from cache import jobs
+from cache.results import SyncResult
 from cachework.errors import ValidationError, shown
 from tasks import policy
 from worker import routing
@@ -39,16 +42,14 @@ def sync_project_cache(
     """One scope of a sync: `project`, or the site-wide items when it is None."""
     if not isinstance(missing_ok, bool):  # "no" is truthy: a typo must not change the rule
         raise ValidationError(f"missing_ok={shown(missing_ok)} must be true or false")
-    return jobs.sync_scope(
-        require_runtime(self.app),
-        project,
-        app_name,
-        name,
-        user,
-        missing_ok=missing_ok,
-        abort_on=ABORT_ON,
-        see_through=delivered_again(self.request),
+    runtime = require_runtime(self.app)
+    request = jobs.scope_request(
+        runtime, project, app_name, jobs.item_names(name), user, missing_ok=missing_ok
     )
+    if request is None:  # the project was deleted since the sync listed it
+        return SyncResult().to_json()
+    see_through = delivered_again(self.request)
+    return jobs.sync_one(runtime, request, ABORT_ON, see_through).to_json()
 
 
 @shared_task(name=routing.SYNC_CACHE_SUMMARY, item_arguments=("results",), cut_lists=ERRORS)
@@ -56,7 +57,7 @@ def sync_cache_summary(results: list[dict]) -> dict:
     """Combine the per-scope results of a fanned-out sync. Each result is at most what a
     task stores (worker/task_base.py: RESULT_MAX), so a larger one is refused."""
     check_summaries(results)
-    return jobs.combine(results)
+    return SyncResult.combine(SyncResult.from_json(r) for r in results).to_json()
 
 
 def check_summaries(results: object) -> None:
@@ -95,21 +96,12 @@ def sync_cache(
     whose combined summary becomes this task's result.
     """
     runtime = require_runtime(self.app)
-    project, _chosen, _names = jobs.check_sync(
-        runtime, project, app_name, jobs.item_names(name), user
-    )
-    if project is not None:
-        return jobs.sync_scope(
-            runtime,
-            project,
-            app_name,
-            name,
-            user,
-            abort_on=ABORT_ON,
-            see_through=delivered_again(self.request),
-        )
+    request = jobs.sync_request(runtime, project, app_name, jobs.item_names(name), user)
+    if request.project is not None:
+        see_through = delivered_again(self.request)
+        return jobs.sync_one(runtime, request, ABORT_ON, see_through).to_json()
     header = [
-        sync_project_cache.si(scope, app_name, name, user, missing_ok=True)
+        sync_project_cache.si(scope, request.app_name, name, request.user, missing_ok=True)
         for scope in jobs.scopes_of(runtime, None)
     ]
     raise self.replace(chord(header, sync_cache_summary.s()))
@@ -118,4 +110,5 @@ def sync_cache(
 @shared_task(name=routing.DELETE_CACHE, bind=True, **RETRY)
 def delete_cache(self, project: str | None = None, app_name: str | None = None) -> dict:
     """Delete cache items: of one project and/or app, or every item (no arguments)."""
-    return jobs.delete_items(require_runtime(self.app), project, app_name)
+    runtime = require_runtime(self.app)
+    return jobs.delete(runtime, jobs.delete_request(runtime, project, app_name)).to_json()

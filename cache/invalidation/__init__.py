@@ -54,6 +54,7 @@ __all__ = [
     "decode_event",
     "id_key",
     "publish",
+    "publish_event",
     "track",
     "validate_event",
 ]
@@ -84,6 +85,14 @@ def publish(
     event = validate_event(
         table, keys, project, app_name, names, known_tables=known_tables, max_keys=max_keys
     )
+    return publish_event(event, log=log, session=session)
+
+
+def publish_event(
+    event: Event, *, log: InvalidationLog | None = None, session: Session | None = None
+) -> str | None:
+    """Put an event `validate_event` made in the log (or, with `session`, the outbox) as
+    `publish` does, without checking it again."""
     if session is not None:
         write_outbox(session, event, relay_log=log)
         return None

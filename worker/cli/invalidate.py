@@ -11,11 +11,10 @@ from __future__ import annotations
 import click
 
 from cache import jobs
-from cache.invalidation import validate_event
-from cachework.records import json_value
+from cache.results import InvalidationResult
 from worker import routing
-from worker.checks import check_broker
 from worker.cli.context import cli_runtime
+from worker.cli.enqueue import enqueue as enqueue_job
 from worker.cli.params import timeout_option
 
 
@@ -38,35 +37,19 @@ def invalidate(
 ) -> None:
     """Invalidate KEYs (primary keys; none = the whole table) of TABLE everywhere."""
     with cli_runtime() as runtime:
-        event = validate_event(
-            table,
-            list(keys) or None,
-            project,
-            app_name,
-            list(names) or None,
-            known_tables=runtime.known_tables(),
-            max_keys=runtime.settings.invalidation_max_keys,
+        request = jobs.invalidation_request(
+            runtime, table, list(keys) or None, project, app_name, list(names) or None
         )
-        kwargs = {
-            "table": event.table,
-            "keys": [json_value(k) for k in event.keys] if event.keys is not None else None,
-            "project": event.project,
-            "app_name": event.app_name,
-            "names": list(event.names) if event.names is not None else None,
-        }
         if enqueue:
-            from worker import app
-
-            check_broker(app.runtime.settings)  # one line naming the broker
-            sent = app.send_task(routing.PROCESS_INVALIDATION, kwargs=kwargs)
-            click.echo(f"sent cachework.process_invalidation as task {sent.id}; waiting ...")
-            result = sent.get(timeout=timeout, interval=0.1)
+            sent = enqueue_job(routing.PROCESS_INVALIDATION, request.task_kwargs(), timeout)
+            result = InvalidationResult(sent["event_id"], sent["rebuilt"])
         else:
-            result = jobs.invalidate(runtime, **kwargs)
+            result = jobs.process_invalidation(runtime, request)
+    event = request.event
     what = "every record" if event.keys is None else f"{len(event.keys)} key(s)"
     click.echo(
-        f"published invalidation {result['event_id']} for {event.table} ({what}); "
-        f"rebuilt {result['rebuilt']} cache item(s)"
+        f"published invalidation {result.event_id} for {event.table} ({what}); "
+        f"rebuilt {result.rebuilt} cache item(s)"
     )
 
 

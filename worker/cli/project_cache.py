@@ -7,6 +7,7 @@ changes nothing), in both modes.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -14,30 +15,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from cache import jobs
 from cache.items.sync import scope_label
+from cache.requests import SyncRequest
+from cache.results import SyncResult
 from worker import routing
-from worker.checks import check_broker
 from worker.cli.context import cli_runtime
+from worker.cli.enqueue import enqueue as enqueue_job
 from worker.cli.params import timeout_option
 
-
-def _enqueue(console: Console, name: str, kwargs: dict, timeout: float) -> dict:
-    from worker import app
-
-    check_broker(app.runtime.settings)  # one line naming the broker, not a long wait
-    result = app.send_task(name, kwargs=kwargs)
-    console.print(f"sent {name} as task {result.id}; waiting up to {timeout:.0f}s ...")
-    return result.get(timeout=timeout, interval=0.2)
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 
-def _report(console: Console, summary: dict) -> None:
-    errors = summary["errors"]
+def _report(console: Console, summary: SyncResult) -> None:
+    """The counts, each error in red, and exit status 1 if there were errors."""
     console.print(
-        f"updated {summary['updated']} item(s) in {summary['projects']} project(s); "
-        f"{len(errors)} error(s)"
+        f"updated {summary.updated} item(s) in {summary.projects} project(s); "
+        f"{len(summary.errors)} error(s)"
     )
-    for error in errors:
+    for error in summary.errors:
         console.print(f"  [red]{error}[/red]", highlight=False)
-    if errors:
+    if summary.errors:
         sys.exit(1)
 
 
@@ -58,31 +55,32 @@ def sync_cache(
 ) -> None:
     """Rebuild project cache items through the app plugins."""
     console = Console()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with cli_runtime() as runtime:
+        request = jobs.sync_request(runtime, project, app_name, name and [name], user)
         if enqueue:
-            project, _chosen, _names = jobs.check_sync(
-                runtime, project, app_name, name and [name], user
-            )
-            kwargs = {"project": project, "app_name": app_name, "name": name, "user": user}
-            _report(console, _enqueue(console, routing.SYNC_CACHE, kwargs, timeout))
+            kwargs = {"project": request.project, "app_name": app_name, "name": name, "user": user}
+            _report(console, SyncResult.from_json(enqueue_job(routing.SYNC_CACHE, kwargs, timeout)))
             return
-        # Only on a terminal: elsewhere rich's transient bar still ends with an empty line.
-        off = not console.is_terminal
-        with Progress(*columns, console=console, transient=True, disable=off) as progress:
-            bar = progress.add_task("syncing")
-
-            def on_scope(done: int, total: int, scope: str | None) -> None:
-                progress.update(bar, description=scope_label(scope), completed=done, total=total)
-
-            summary = jobs.rebuild_items(
-                runtime, project, app_name, name and [name], user, on_scope=on_scope
-            )
-    if summary["deferred"]:
+        summary = _sync_here(console, runtime, request)
+    if summary.deferred:
         console.print(
-            f"{summary['deferred']} scope(s) were being rebuilt elsewhere: marked dirty there"
+            f"{summary.deferred} scope(s) were being rebuilt elsewhere: marked dirty there"
         )
     _report(console, summary)
+
+
+def _sync_here(console: Console, runtime: Runtime, request: SyncRequest) -> SyncResult:
+    """The sync in this process, with a progress bar of its scopes on a terminal."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    # Only on a terminal: elsewhere rich's transient bar still ends with an empty line.
+    off = not console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=off) as progress:
+        bar = progress.add_task("syncing")
+
+        def on_scope(done: int, total: int, scope: str | None) -> None:
+            progress.update(bar, description=scope_label(scope), completed=done, total=total)
+
+        return jobs.sync(runtime, request, on_scope=on_scope)
 
 
 @click.command("delete-cache")
@@ -92,19 +90,16 @@ def sync_cache(
 @timeout_option(600.0)
 def delete_cache(project: str | None, app_name: str | None, enqueue: bool, timeout: float) -> None:
     """Delete project cache items (no options: every item)."""
-    console = Console()
     with cli_runtime() as runtime:
-        project = jobs.check_delete(runtime, project, app_name)
+        request = jobs.delete_request(runtime, project, app_name)
         if enqueue:
-            kwargs = {"project": project, "app_name": app_name}
-            summary = _enqueue(console, routing.DELETE_CACHE, kwargs, timeout)
+            kwargs = {"project": request.project, "app_name": request.app_name}
+            deleted = enqueue_job(routing.DELETE_CACHE, kwargs, timeout)["deleted"]
         else:
-            summary = jobs.delete_items(runtime, project, app_name)
-    scope = "every project" if project is None else f"project {project}"
-    console.print(
-        f"deleted {summary['deleted']} item(s) of {scope}, "
-        f"{'every app' if app_name is None else 'app ' + app_name}"
-    )
+            deleted = jobs.delete(runtime, request).deleted
+    scope = "every project" if request.project is None else f"project {request.project}"
+    apps = "every app" if app_name is None else f"app {app_name}"
+    click.echo(f"deleted {deleted} item(s) of {scope}, {apps}")
 
 
 COMMANDS = [sync_cache, delete_cache]
