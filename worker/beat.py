@@ -7,8 +7,8 @@ the schedule file is made when beat opens it; Celery's `beat_init` signal comes 
 
 With Redis configured (CACHEWORK_REDIS_URL, or a redis:// broker), every beat keeps its
 own file schedule but only the holder of the lock `cachework:beat:lock` sends: it takes the
-lock (SET NX with a TTL of CACHEWORK_BEAT_LOCK_TTL seconds) and renews it on every tick
-(at least every third of the TTL), and records each job's last run in Redis
+lock (`cachework.redis_lock`: SET NX with a TTL of CACHEWORK_BEAT_LOCK_TTL seconds) and
+renews it on every tick (at least every third of the TTL), and records each job's last run in Redis
 (`cachework:beat:last-run`). A standby beat tries the lock on the same rhythm; when the
 holder dies the lock expires, the standby takes it, loads the last runs (so a job sent
 just before is not sent again, and one missed while nobody held the lock is sent once)
@@ -30,43 +30,21 @@ from pathlib import Path
 import redis
 from celery import beat
 
+from cachework.redis_lock import TokenLock
+
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "cachework:beat:lock"
 LAST_RUN_KEY = "cachework:beat:last-run"
-# Renew our lock, or take a free one: 1 while this token holds it afterwards.
-_HOLD = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
-class BeatLock:
-    """The one-beat lock in Redis: `hold()` takes or renews it."""
+class BeatLock(TokenLock):
+    """The one-beat lock: `hold()` renews it or takes it when free. Its token names the
+    beat's host and pid, so the holder shows in Redis."""
 
     def __init__(self, client: redis.Redis, ttl: float, key: str = LOCK_KEY) -> None:
-        self.client = client
-        self.ttl_ms = max(int(ttl * 1000), 100)
-        self.key = key
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._hold = client.register_script(_HOLD)
-        self._release = client.register_script(_RELEASE)
-
-    def hold(self) -> bool:
-        return bool(self._hold(keys=[self.key], args=[self.token, self.ttl_ms]))
-
-    def release(self) -> None:
-        self._release(keys=[self.key], args=[self.token])
-
-    def holder(self) -> str | None:
-        value = self.client.get(self.key)
-        return value.decode() if value is not None else None
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        super().__init__(client, key, max(int(ttl * 1000), 100), token=token)
 
 
 class PersistentScheduler(beat.PersistentScheduler):

@@ -6,8 +6,8 @@ the names dirty and then tries the lock; the holder takes the dirty names, rebui
 and loops until none are left, checking once more after releasing. So no request is lost
 and no two rebuilds of a scope run at once.
 
-Two backends with one interface: Redis (`SET NX PX`, renewed by a Lua compare-and-extend,
-dirty names in a set) when a client is given, else small tables in the app database.
+Two backends with one interface: Redis (`cachework.redis_lock`: redis-py's owner-token
+lock, dirty names in a set) when a client is given, else small tables in the app database.
 A `Renewer` thread keeps the lock alive while a long rebuild runs; if renewal ever fails
 the lock is marked lost and the holder must not commit.
 
@@ -42,6 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cachework.errors import LockLostError
+from cachework.redis_lock import TokenLock
 from cachework.schema import cache_dirty, cache_fences, cache_locks, cache_taken
 
 log = logging.getLogger(__name__)
@@ -91,24 +92,24 @@ def _names(names: list[str] | None) -> list[str]:
 
 # --- Redis ----------------------------------------------------------------------------------
 
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # noqa: E501
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"  # noqa: E501
 # Forget the taken names unless another holder has the lock now (it took them over).
 _FINISH = "local o = redis.call('get', KEYS[1]) if (not o) or o == ARGV[1] then return redis.call('del', KEYS[2]) else return 0 end"  # noqa: E501
 
 
 class RedisLock:
-    """`SET NX PX` with an owner token; renew and release only while still the owner."""
+    """The owner-token lock of `cachework.redis_lock` (`SET NX PX`; renewed and released
+    only while still the owner), with the scope's dirty and taken names in two sets."""
 
     def __init__(self, client, key: str, ttl_ms: int) -> None:
         self.client = client
         self.key = key
         self.ttl_ms = ttl_ms
-        self.token = uuid.uuid4().hex
         self.lost = False
         self._lock_key = f"{PREFIX}:lock:{key}"
         self._dirty_key = f"{PREFIX}:dirty:{key}"
         self._taken_key = f"{PREFIX}:taken:{key}"
+        self._lock = TokenLock(client, self._lock_key, ttl_ms)
+        self.token = self._lock.token
 
     def mark_dirty(self, names: list[str] | None) -> None:
         self.client.sadd(self._dirty_key, *_names(names))
@@ -135,13 +136,13 @@ class RedisLock:
 
     def acquire(self) -> bool:
         self.lost = False
-        return bool(self.client.set(self._lock_key, self.token, nx=True, px=self.ttl_ms))
+        return self._lock.acquire()
 
     def renew(self) -> bool:
-        return bool(self.client.eval(_RENEW, 1, self._lock_key, self.token, self.ttl_ms))
+        return self._lock.renew()
 
     def release(self) -> None:
-        self.client.eval(_RELEASE, 1, self._lock_key, self.token)
+        self._lock.release()
 
 
 class RedisLocks:
