@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis
 
 from cache.invalidation import RedisLog, Relay, RelayLoop, outbox, track
-from cache.invalidation import tracking as tracking_module
+from cache.invalidation import tracking_outbox as tracking_module
 from cache.invalidation import triggers as db_triggers
 from cache.invalidation.tracking import dependencies
 from cachework.schema import invalidation_outbox

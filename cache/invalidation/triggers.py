@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from cache.invalidation.tracking import Dependency
+from cache.invalidation.dependencies import Dependency
 from cachework.errors import ConfigError, NotFoundError
 
 PREFIX = "cachework_inv"

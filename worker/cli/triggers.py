@@ -17,7 +17,7 @@ import sys
 import click
 
 from cache.invalidation import triggers as db_triggers
-from cache.invalidation.tracking import dependencies
+from cache.invalidation.dependencies import dependencies
 from worker.cli.context import cli_runtime
 
 
