@@ -1,8 +1,8 @@
 """The metrics exporter of a worker node: `python -m worker.exporter FOLDER PARENT NODE`.
 
-Started by the node's main process (`worker/node_metrics.py`) when CACHEWORK_METRICS_PORT
-is set, so that process (which forks the pool) runs no server thread. It serves on
-CACHEWORK_METRICS_BIND:CACHEWORK_METRICS_PORT
+Started by the node's main process (`start_exporter`, from `worker/lifecycle.py`) when
+CACHEWORK_METRICS_PORT is set, so that process (which forks the pool) runs no server
+thread. It serves on CACHEWORK_METRICS_BIND:CACHEWORK_METRICS_PORT
 
 - `/metrics`: the sum over the node's processes of what they wrote to FOLDER;
 - `/live`: the node's main process runs (and this server answers). Nothing else: a
@@ -19,16 +19,21 @@ It prints one line, `listening on ...` or why it cannot, and ends when its paren
 
 from __future__ import annotations
 
+import logging
 import os
+import select
+import subprocess
 import sys
 import time
 
-from cachework.errors import CacheworkError
+from cachework.errors import CacheworkError, ConfigError
 from cachework.settings import load_settings
-from worker import metrics
-from worker import process_health as health
-from worker.health import broker_problem, control_app, database_problem, redis_problems
+from worker import health, metrics
+from worker.checks import broker_problem
 from worker.probes import READY_TIMEOUT, Checks
+
+log = logging.getLogger(__name__)
+START_TIMEOUT = 20.0  # seconds for the exporter to say it listens
 
 
 def main(argv: list[str]) -> int:
@@ -43,12 +48,12 @@ def main(argv: list[str]) -> int:
     wait = READY_TIMEOUT
 
     def live() -> list[str]:
-        return [] if health.alive(parent) else [f"worker {node}: main process {parent} is gone"]
+        return health.node_live(parent, node)
 
     def ping() -> list[str]:
         nonlocal app
         if app is None:
-            app = control_app(settings)
+            app = health.control_app(settings)
         # Back as soon as the node answers (kombu already limits a broadcast to one
         # destination to one reply; said here, since the bound matters).
         replies = app.control.ping(destination=[node], timeout=wait, limit=1) or []
@@ -68,14 +73,8 @@ def main(argv: list[str]) -> int:
         ]
 
     def ready() -> list[str]:
-        return live() + checks.run(
-            {
-                "database": lambda: database_problem(settings, wait),
-                "Redis": lambda: redis_problems(settings, wait),
-                "broker": broker,
-                "listeners": listeners,
-            }
-        )
+        named = health.readiness_checks(settings, wait, {"listeners": listeners}, broker=broker)
+        return live() + checks.run(named)
 
     def render() -> bytes:
         return metrics.exposition(metrics.multiprocess_registry(folder))
@@ -100,6 +99,42 @@ def main(argv: list[str]) -> int:
         if app is not None:
             app.close()
     return 0
+
+
+def start_exporter(folder: str, node: str) -> subprocess.Popen:
+    """In a node's main process: start its exporter; ConfigError (one line) if it cannot
+    listen (stopped first)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.exporter", folder, str(os.getpid()), node],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    line = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            break
+    text = line.decode(errors="replace").strip()
+    if not text.startswith("listening"):
+        stop_exporter(proc)
+        raise ConfigError(text or "the metrics exporter did not start")
+    proc.stdout.close()
+    log.info("metrics exporter %s", text)
+    return proc
+
+
+def stop_exporter(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    if proc.stdout is not None and not proc.stdout.closed:
+        proc.stdout.close()
 
 
 if __name__ == "__main__":

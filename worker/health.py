@@ -1,36 +1,44 @@
-"""Liveness and readiness of a deployment: what `cachework health` and a worker node's
-`/ready` endpoint report, as short lines naming what is wrong (none: healthy).
+"""Liveness and readiness of a process, a worker node and a deployment, as short lines
+naming what is wrong (none: healthy).
 
-Liveness (`--liveness`): the database, Redis (when configured) and the broker can be
-reached; from any host, so it is about the services, not a process (a Kubernetes liveness
-probe is `/live` or `--live`, which depend on the node alone: see worker/probes.py).
-Readiness: the same, plus Redis (invalidations, locks, a Redis broker) may not evict
-cachework's keys (`cachework/redis_policy.py`), a cachework worker answers and no worker
-child's invalidation listener has been cut off from the log longer than
-CACHEWORK_LISTENER_STALE_AFTER. Each
-node's main process answers the remote-control command `cachework_listeners` with the
-state of its children's listeners, read from the node's metrics folder (every child
-writes its listener's last contact there, see worker/metrics.py).
+Liveness is "restart this": it depends on the process alone, never on a service every pod
+shares (an outage of Redis or PostgreSQL would restart every pod at once and fix
+nothing). A process is live when its server answers (`process_live`), a worker node when
+its main process runs (`node_live`). `liveness(settings)` (`cachework health
+--liveness`) asks the services instead, from any host.
 
-The checks run in parallel (`worker.probes.Checks`) and the answer comes when the last one
-is in, or at `timeout`: a healthy deployment answers in milliseconds, not in `timeout`.
+Readiness is "send this work": one recipe (`readiness_checks`) for all three. The
+database and Redis answer, Redis may not evict cachework's keys (its policy can change at
+run time), the broker answers (a node, a deployment), and the invalidation listeners were
+in touch with the log within CACHEWORK_LISTENER_STALE_AFTER: this process's
+(`process_readiness`), a node's children's, read from the node's metrics folder where
+every child writes its listener's last contact (the exporter), or every node's, asked
+with the remote-control command `cachework_listeners` (`readiness`, `cachework health`).
+The checks run in parallel (`worker.probes.Checks`): a healthy answer takes milliseconds,
+not the timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from celery import Celery
-from celery.worker.control import control_command
 
-from cachework.errors import CacheworkError
-from cachework.settings import Settings
-from worker.probes import run_checks
+from worker.checks import broker_problem, database_problem, redis_problems
+from worker.probes import Check, Checks, run_checks
+
+if TYPE_CHECKING:
+    from cachework.settings import Settings
+    from worker.runtime import Runtime
 
 COMMAND = "cachework_listeners"
+LAST_CONTACT = "cachework_invalidation_listener_last_contact_timestamp_seconds"
+CONNECTED = "cachework_invalidation_listener_connected"
 # Seconds to wait for more nodes' answers once one has answered: every node answers the
 # same broadcast within milliseconds of the others (its main process does, from a file);
 # waiting out the whole timeout made a healthy `cachework health` take 4 s. A node slower
@@ -41,44 +49,24 @@ QUIET = 0.2
 GRACE = 0.5
 
 
-# The checks import their clients when they run, each in its own thread: SQLAlchemy and
-# the database driver load while the broker's answer is awaited (`cachework health` runs
-# in a new process every time, and the kubelet waits 1 s by default).
+# --- liveness ----------------------------------------------------------------------------------
 
 
-def database_problem(settings: Settings, timeout: float = 3.0) -> str | None:
-    from worker.process_health import check_database
-
-    return check_database(settings.database_url, timeout)
-
-
-def redis_problems(settings: Settings, timeout: float = 3.0, eviction: bool = True) -> list[str]:
-    """Redis (when configured) answers, and (`eviction`) no Redis of ours, the broker's
-    included, may evict cachework's keys now."""
-    from cachework.redis_policy import eviction_problems
-    from worker.process_health import check_redis
-
-    down = check_redis(settings.redis_url, timeout)
-    if down or not eviction:
-        return [down] if down else []
-    return eviction_problems(settings, broker=True, timeout=timeout)
+def process_live() -> list[str]:
+    """A process serving its own probes is live: its server's thread answering is all."""
+    return []
 
 
-def broker_problem(settings: Settings, timeout: float = 3.0) -> str | None:
-    from worker.checks import check_broker
-
-    try:
-        check_broker(settings, timeout)
-    except CacheworkError as exc:
-        return f"broker unreachable: {exc}"
-    return None
+def node_live(parent: int, node: str) -> list[str]:
+    """A worker node is live while its main process runs."""
+    return [] if alive(parent) else [f"worker {node}: main process {parent} is gone"]
 
 
 def liveness(settings: Settings, timeout: float = 3.0) -> list[str]:
     """The database, Redis and the broker answer (checked in parallel, within `timeout`)."""
     return run_checks(
         {
-            "database": lambda: database_problem(settings, timeout),
+            "database": lambda: database_problem(settings.database_url, timeout),
             "Redis": lambda: redis_problems(settings, timeout, eviction=False),
             "broker": lambda: broker_problem(settings, timeout),
         },
@@ -86,14 +74,131 @@ def liveness(settings: Settings, timeout: float = 3.0) -> list[str]:
     )
 
 
-def node_listeners(stale_after: float, folder: str | None = None) -> dict:
-    """In a worker node's main process: its children's listeners and the problems among
-    them, judged with this node's own clock and stale bound."""
-    from worker import metrics
-    from worker import process_health as health
+# --- readiness ---------------------------------------------------------------------------------
 
-    folder = folder or metrics.multiprocess_dir()
-    states = health.listeners(folder) if folder else {}
+
+def readiness_checks(
+    settings: Settings, timeout: float, listeners: dict[str, Check], broker: Check | None = None
+) -> dict[str, Check]:
+    """What readiness checks: the database, Redis and its eviction policy (the broker's
+    too when `broker` is checked), `broker`, then `listeners` (name -> check)."""
+    checks: dict[str, Check] = {
+        "database": lambda: database_problem(settings.database_url, timeout),
+        "Redis": lambda: redis_problems(settings, timeout, broker=broker is not None),
+    }
+    if broker is not None:
+        checks["broker"] = broker
+    return {**checks, **listeners}
+
+
+def process_readiness(
+    runtime: Runtime, timeout: float = 3.0, checks: Checks | None = None
+) -> list[str]:
+    """A web process's readiness: its services, and its own listener."""
+    named = readiness_checks(
+        runtime.settings, timeout, {"listener": lambda: runtime_listener(runtime)}
+    )
+    return (checks or Checks(timeout + GRACE)).run(named)
+
+
+def readiness(settings: Settings, app: Celery, timeout: float = 3.0) -> list[str]:
+    """A deployment's readiness: its services, the broker, and every worker node's
+    listeners (asked while the broker is checked), the answer as soon as all are in: at
+    most `timeout`, plus a moment for a check's own line about its timeout."""
+    named = readiness_checks(
+        settings,
+        timeout,
+        {"workers": lambda: workers_problems(app, timeout)},
+        broker=lambda: broker_problem(settings, timeout),
+    )
+    problems = run_checks(named, timeout + GRACE)
+    if any(line.startswith("broker unreachable") for line in problems):
+        # No worker can answer through a broker that cannot be reached: one line says it.
+        problems = [line for line in problems if not line.startswith("no cachework worker")]
+    return problems
+
+
+# --- listeners -----------------------------------------------------------------------------------
+
+
+def cut_off(last_contact: float | None, stale_after: float, now: float) -> float | None:
+    """Seconds a listener has been out of touch, when that is longer than `stale_after`."""
+    if last_contact is None:
+        return None
+    away = now - last_contact
+    return away if away > stale_after else None
+
+
+def runtime_listener(runtime: Runtime, now: float | None = None) -> list[str]:
+    """This process's listener, if it has one, was in touch within the stale bound."""
+    if runtime._tracker is None:
+        return []
+    sampler = runtime.sampler
+    sampler.sync()
+    stale_after = runtime.settings.listener_stale_after
+    away = cut_off(sampler.last_contact, stale_after, now or time.time())
+    if away is None and runtime.listening:
+        return []
+    if away is None:
+        return [f"pid {os.getpid()}: invalidation listener not running"]
+    return [_cut_off_line(os.getpid(), away, stale_after)]
+
+
+def _cut_off_line(pid: int | str, away: float, stale_after: float) -> str:
+    return (
+        f"pid {pid}: invalidation listener cut off from the log for {away:.1f}s "
+        f"(CACHEWORK_LISTENER_STALE_AFTER={stale_after:g})"
+    )
+
+
+def listeners(folder: str) -> dict[int, dict[str, float]]:
+    """The listener of every live process writing to the multiprocess `folder`: pid ->
+    {"connected", "last_contact"}. Processes gone (killed before they could say so) are
+    marked dead and left out."""
+    from prometheus_client import multiprocess
+
+    found: dict[int, dict[str, float]] = {}
+    if not os.path.isdir(folder):
+        return found
+    for metric in multiprocess_metrics(folder):
+        if metric.name not in (LAST_CONTACT, CONNECTED):
+            continue
+        for sample in metric.samples:
+            pid = int(sample.labels.get("pid", 0))
+            key = "last_contact" if metric.name == LAST_CONTACT else "connected"
+            found.setdefault(pid, {})[key] = sample.value
+    for pid in list(found):
+        if not alive(pid):
+            multiprocess.mark_process_dead(pid, folder)
+            del found[pid]
+    return found
+
+
+def multiprocess_metrics(folder: str) -> list:
+    from prometheus_client import multiprocess
+
+    files = glob.glob(os.path.join(folder, "gauge_liveall_*.db"))
+    return list(multiprocess.MultiProcessCollector.merge(files, accumulate=False))
+
+
+def listener_problems(
+    states: dict[int, dict[str, float]], stale_after: float, now: float | None = None
+) -> list[str]:
+    """A line for every listener out of touch longer than `stale_after`."""
+    now = time.time() if now is None else now
+    problems = []
+    for pid, state in sorted(states.items()):
+        away = cut_off(state.get("last_contact"), stale_after, now)
+        if away is not None:
+            problems.append(_cut_off_line(pid, away, stale_after))
+    return problems
+
+
+def node_listeners(stale_after: float, folder: str | None) -> dict:
+    """A worker node's answer to `cachework_listeners`: its children's listeners (read
+    from its metrics `folder`) and the problems among them, judged with this node's own
+    clock and stale bound."""
+    states = listeners(folder) if folder else {}
     now = time.time()
     return {
         "pid": os.getpid(),
@@ -105,16 +210,22 @@ def node_listeners(stale_after: float, folder: str | None = None) -> dict:
             }
             for pid, state in states.items()
         },
-        "problems": health.listener_problems(states, stale_after, now),
+        "problems": listener_problems(states, stale_after, now),
     }
 
 
-@control_command(name=COMMAND)
-def _cachework_listeners(state, **_kwargs) -> dict:
-    """Remote control (runs in the node's main process): its children's listeners."""
-    runtime = getattr(state.consumer.app, "runtime", None)
-    stale_after = runtime.settings.listener_stale_after if runtime is not None else 30.0
-    return node_listeners(stale_after)
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- the workers of a deployment -----------------------------------------------------------------
 
 
 def collect_nodes(app: Celery, timeout: float = 3.0, quiet: float = QUIET) -> dict[str, dict]:
@@ -159,25 +270,6 @@ def workers_problems(app: Celery, timeout: float = 3.0) -> list[str]:
     if not nodes:
         return [f"no cachework worker answered within {timeout:g}s"]
     return [f"worker {node} {line}" for node, reply in nodes.items() for line in reply["problems"]]
-
-
-def readiness(settings: Settings, app: Celery, timeout: float = 3.0) -> list[str]:
-    """Liveness, Redis's eviction policy and the workers' listeners, in parallel (the
-    workers asked while the broker is checked), the answer as soon as all are in: at most
-    `timeout`, plus a moment for a check's own line about its timeout."""
-    problems = run_checks(
-        {
-            "database": lambda: database_problem(settings, timeout),
-            "Redis": lambda: redis_problems(settings, timeout),
-            "broker": lambda: broker_problem(settings, timeout),
-            "workers": lambda: workers_problems(app, timeout),
-        },
-        timeout + GRACE,
-    )
-    if any(line.startswith("broker unreachable") for line in problems):
-        # No worker can answer through a broker that cannot be reached: one line says it.
-        problems = [line for line in problems if not line.startswith("no cachework worker")]
-    return problems
 
 
 def control_app(settings: Settings) -> Celery:

@@ -5,7 +5,7 @@ Every pool Celery offers is supported; each needs the runtime in the process tha
 the tasks:
 
 - `prefork` (the default): every child starts its own runtime after the fork
-  (`worker_process_init`). The parent never starts threads: it forks.
+  (`worker_process_init`, worker/lifecycle.py). The parent never starts threads: it forks.
 - `solo`, `threads`, `gevent`, `eventlet`: the tasks run in the worker's own process, so
   that process starts the runtime once the node is ready (`worker_ready`). The tasks share
   it (its cached tables are thread-safe), and its database pool keeps a connection per
@@ -37,13 +37,16 @@ import sys
 from typing import TYPE_CHECKING
 
 from celery import concurrency
+from celery.app.trace import build_tracer
 
+from cachework.database import Database
 from cachework.errors import ConfigError
+from cachework.settings import load_settings
+from worker.logsetup import expected_errors_at_warning
+from worker.runtime import Runtime
 
 if TYPE_CHECKING:
     from celery import Celery
-
-    from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 FORKING = ("prefork",)
@@ -120,8 +123,6 @@ def size_database_pool(runtime: Runtime, name: str, concurrency: object) -> None
     size = concurrency + SPARE_CONNECTIONS
     if size <= 5:
         return
-    from cachework.database import Database
-
     settings = runtime.settings
     with runtime._lock:
         if runtime._database is None:  # as if handed in: Runtime(settings, database=...)
@@ -158,9 +159,10 @@ def cooperative_database_waits(name: str) -> None:
 def spawned_child_runtime(app: Celery | None, hostname: str | None) -> Runtime | None:
     """In a prefork child started as a fresh interpreter (spawn): give the app Celery
     unpickled here the runtime it lacks, built from the environment the child inherited
-    (where `celery -A worker` took its settings), as the parent did before forking: the
-    node's metrics folder (readiness reads the child's listener there), the models mapped
-    (tasks a model module registers get traced). None when this is no such child."""
+    (where `celery -A worker` took its settings, and the node's metrics folder, named
+    before prometheus_client was imported here), as the parent did before forking: the
+    models mapped (tasks a model module registers get traced). None when this is no such
+    child."""
     if (
         app is None
         or getattr(app, "runtime", None) is not None
@@ -168,19 +170,7 @@ def spawned_child_runtime(app: Celery | None, hostname: str | None) -> Runtime |
         or not os.environ.get("FORKED_BY_MULTIPROCESSING")  # set by Celery for spawn
     ):
         return None
-    from celery.app.trace import build_tracer
-
-    from cachework.settings import load_settings
-    from worker import metrics
-    from worker.logsetup import expected_errors_at_warning
-    from worker.runtime import Runtime
-
-    settings = load_settings()
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder and metrics.multiprocess_dir() is None:  # before any metric is made here
-        metrics.enable_multiprocess(folder, exported=settings.metrics_port is not None)
-    runtime = app.runtime = Runtime(settings)
-    app.cachework_main_pid = os.getppid()
+    runtime = app.runtime = Runtime(load_settings())
     expected_errors_at_warning()
     runtime.models  # noqa: B018 - maps the models and sets up Continuum, as the parent did
     for name, task in list(app.tasks.items()):

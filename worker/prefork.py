@@ -23,9 +23,9 @@ for the outqueue's write lock). Measured here: 3 runs of 5 (2 children) and ever
   drains the queue without it. This is a safety net: the pool is being torn down, and no
   child reads the queue again.
 
-`use_bounded_prefork(worker)` puts `TaskPool` in place of Celery's prefork pool. It is
-connected to `worker_init`, which runs before the pool class is resolved. Other pools are
-left as they are.
+`use_bounded_prefork(worker)` puts `TaskPool` in place of Celery's prefork pool. The
+worker's lifecycle calls it at `worker_init` (worker/lifecycle.py), which runs before the
+pool class is resolved. Other pools are left as they are.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import time
 from typing import Any
 
 from billiard.pool import Pool as BilliardPool
-from celery import signals
 from celery.concurrency import get_implementation
 from celery.concurrency import prefork as celery_prefork
 
@@ -101,9 +100,3 @@ def use_bounded_prefork(worker: Any) -> None:
         return
     if resolved is celery_prefork.TaskPool:
         worker.pool_cls = TaskPool
-
-
-@signals.worker_init.connect
-def _worker_init(sender: Any = None, **_kwargs: Any) -> None:
-    if getattr(getattr(sender, "app", None), "runtime", None) is not None:  # ours only
-        use_bounded_prefork(sender)

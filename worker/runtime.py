@@ -53,7 +53,7 @@ from cachework.records import coerce
 from cachework.redis_client import client_from_url
 from cachework.redis_policy import refuse_evicting
 from cachework.settings import Settings, load_settings, mask_url
-from worker import metrics
+from worker.sampler import Sampler
 
 if TYPE_CHECKING:
     from importers.bootstrap import Models
@@ -84,7 +84,7 @@ class Runtime:
         self._tracker_made = False
         self._listener: Listener | None = None
         self._relay: RelayLoop | None = None
-        self._sampler: metrics.Sampler | None = None
+        self._sampler: Sampler | None = None
         self._outbox_seen: set[int] = set()  # pending outbox rows a catch-up applied
         self._sweeper: outbox.Sweeper | None = None
 
@@ -157,11 +157,12 @@ class Runtime:
             return self._registry
 
     @property
-    def sampler(self) -> metrics.Sampler:
-        """Copies this runtime's table and listener statistics into the metrics."""
+    def sampler(self) -> Sampler:
+        """Copies this runtime's table and listener statistics into the metrics (a thread
+        only when its owner starts one: a worker's lifecycle, `start(sample=True)`)."""
         with self._lock:
             if self._sampler is None:
-                self._sampler = metrics.Sampler(self)
+                self._sampler = Sampler(self)
             return self._sampler
 
     # --- invalidation -----------------------------------------------------------------
@@ -259,9 +260,11 @@ class Runtime:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, *, relay: bool = False) -> Runtime:
+    def start(self, *, relay: bool = False, sample: bool = False) -> Runtime:
         """Catch up, then start the listener thread (when this process holds cached
-        tables) and, with `relay`, the outbox relay. Call after any fork; idempotent."""
+        tables), with `relay` the outbox relay, and with `sample` the sampler's thread
+        (its metrics are summed or scraped from another process). Call after any fork;
+        idempotent."""
         s = self.settings
         tracker = self.tracker
         with self._lock:
@@ -276,7 +279,7 @@ class Runtime:
             if relay and self._relay is None:
                 relay_pass = Relay(self.database.engine, self.invalidation_log())
                 self._relay = RelayLoop(relay_pass, elector=self._relay_lock()).start()
-            if metrics.active():
+            if sample:
                 self.sampler.start()
             if self._sweeper is None:
                 self._sweeper = outbox.Sweeper().start()
@@ -300,7 +303,8 @@ class Runtime:
         return listener is not None and listener.alive
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the listener and the relay (the resources stay usable)."""
+        """Stop the listener, the relay and the sampler, which copies a last time (the
+        resources stay usable)."""
         outbox.remove_sink(self)
         with self._lock:
             listener, self._listener = self._listener, None

@@ -27,7 +27,7 @@ import inspect
 import json
 from typing import Any
 
-from celery import Task, signals
+from celery import Task
 
 from cachework.errors import TooLargeError, ValidationError, cut, shown
 from worker.logsetup import EXPECTED_ERRORS
@@ -197,13 +197,6 @@ def size_problem(
     return None
 
 
-def _bound_stored_request(sender: Any = None, **_kwargs: Any) -> None:
-    """task_prerun: the request a worker's task is about to run with stores bounded
-    arguments from its first state (STARTED) on."""
-    if isinstance(sender, CacheworkTask):
-        sender.bound_stored_request()
-
-
 class CacheworkTask(Task):
     """Checks a call's arguments (signature and size) before the task runs; bounds what
     the result backend stores of its request and of its result. `throws`: expected
@@ -218,13 +211,6 @@ class CacheworkTask(Task):
     item_arguments: tuple[str, ...] = ()  # lists of other tasks' results: each RESULT_MAX
     cut_lists: tuple[str, ...] = ()  # the result's lists of messages a too large one cuts
     _signature: inspect.Signature | None = None
-
-    @classmethod
-    def on_bound(cls, app: Any) -> None:
-        super().on_bound(app)
-        signals.task_prerun.connect(
-            _bound_stored_request, weak=False, dispatch_uid="cachework.bound_stored_request"
-        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.bound_stored_request()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 
-from celery import signals
-
 from worker.routing import DEFAULT_QUEUE, PREFIX, QUEUES, ROUTING_LINE
 
 log = logging.getLogger(__name__)
@@ -72,8 +70,8 @@ def explain(name: str, queue: str | None, consumed: set[str], shared: bool | Non
     )
 
 
-@signals.task_unknown.connect
-def _task_unknown(sender=None, message=None, name=None, **_kwargs) -> None:
+def report(consumer, message, name) -> None:
+    """Log why the unknown task `name` (its `message`) reached `consumer`'s worker."""
     delivery = getattr(message, "delivery_info", None) or {}
     queue = delivery.get("routing_key") or None
-    log.error("%s", explain(str(name), queue, _consumed(sender), _shared_broker(sender)))
+    log.error("%s", explain(str(name), queue, _consumed(consumer), _shared_broker(consumer)))

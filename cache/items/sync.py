@@ -36,8 +36,8 @@ from sqlalchemy.orm import Session
 from cache.items.locks import ALL, LockBackend, Renewer, claim_fence, hold_fence, scope_key
 from cache.items.plugins import CachePlugin, ItemWriter
 from cache.items.store import DEFAULT_MAX_BYTES, set_items
+from cachework import instruments
 from cachework.errors import LockLostError, first_line, is_transient
-from worker import metrics
 
 log = logging.getLogger(__name__)
 SessionFactory = Callable[[], AbstractContextManager[Session]]
@@ -184,14 +184,14 @@ def rebuild_scope(
     while result.rounds < max_rounds:
         if not lock.acquire():
             if not waited:
-                metrics.record_lock_wait(plugin.app_name)
+                instruments.record_lock_wait(plugin.app_name)
                 waited = True
             if not _wait_for_holder(lock, locks.ttl_ms):
                 if see_through:
                     continue  # a live holder: wait on until it releases or its lock runs out
                 result.deferred = result.rounds == 0
                 if result.deferred:
-                    metrics.record_deferral(plugin.app_name)
+                    instruments.record_deferral(plugin.app_name)
                 return result
         try:
             with session_factory() as session:
@@ -215,7 +215,7 @@ def rebuild_scope(
                         fence,
                     )
                     seconds = time.perf_counter() - started
-                    metrics.record_rebuild(plugin.app_name, seconds, done.errors)
+                    instruments.record_rebuild(plugin.app_name, seconds, done.errors)
                     result.add(done)
                     lock.finish()
         finally:

@@ -1,0 +1,282 @@
+"""The Prometheus instruments of cachework (`prometheus_client`), one set per process.
+
+The caches (`cache/items/sync.py`), the version import's task and the worker's sampler
+record through the small `record_*` functions below; the worker serves them
+(`worker/metrics.py`). Every name starts with `cachework_`; cached-table metrics carry a
+`table` label.
+
+Multiprocess mode (a worker node sums its pool children's values): prometheus_client
+decides how values are stored when it is first imported, from PROMETHEUS_MULTIPROC_DIR.
+So the worker's start names the folder (`use_multiprocess_dir`) before anything imports
+prometheus_client, as dramatiq does, and the children it forks inherit it; nothing is
+patched afterwards. prometheus_client is imported only when a metric is made or read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+IMPORT_OPERATIONS = ("created", "updated", "deleted", "unchanged")
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+class Metrics:
+    """The metric objects of one process (see `metrics()`)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        # cached tables
+        self.table_hits = Counter(
+            "cachework_cached_table_hits", "Reads answered from the cached table", ["table"],
+            registry=r,
+        )  # fmt: skip
+        self.table_misses = Counter(
+            "cachework_cached_table_misses", "Reads sent to the source (uncovered, or "
+            "invalidations kept arriving)", ["table"], registry=r,
+        )  # fmt: skip
+        self.table_refreshes = Counter(
+            "cachework_cached_table_refreshes", "Refreshes of invalidated records", ["table"],
+            registry=r,
+        )  # fmt: skip
+        self.table_records = Gauge(
+            "cachework_cached_table_records", "Records held (summed over the processes)",
+            ["table"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.table_invalid = Gauge(
+            "cachework_cached_table_invalid", "Records held but marked invalid (summed over "
+            "the processes)", ["table"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        # invalidation
+        self.invalidation_events = Counter(
+            "cachework_invalidation_events", "Invalidation events read from the log, by "
+            "outcome (applied, ignored: no cached table of that name, malformed)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.invalidation_lag = Histogram(
+            "cachework_invalidation_lag_seconds", "Seconds from publish (into the log) to "
+            "apply in a process", buckets=LAG_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.invalidation_drops = Counter(
+            "cachework_invalidation_drops", "Times a process dropped its cached tables "
+            "(gap, unreachable log, new log)", registry=r,
+        )  # fmt: skip
+        self.invalidation_gaps = Counter(
+            "cachework_invalidation_gaps", "Times the log was trimmed past a cursor",
+            registry=r,
+        )  # fmt: skip
+        self.invalidation_reconnects = Counter(
+            "cachework_invalidation_reconnects", "Listener reconnections to the log",
+            registry=r,
+        )  # fmt: skip
+        self.listener_connected = Gauge(
+            "cachework_invalidation_listener_connected", "1 while a process's invalidation "
+            "listener is connected to the log", registry=r, multiprocess_mode="liveall",
+        )  # fmt: skip
+        self.listener_last_contact = Gauge(
+            "cachework_invalidation_listener_last_contact_timestamp_seconds", "Unix time a "
+            "process's listener was last connected to the log", registry=r,
+            multiprocess_mode="liveall",
+        )  # fmt: skip
+        # version imports
+        self.import_rows = Counter(
+            "cachework_import_rows", "Rows of version imports by model and operation",
+            ["model", "operation"], registry=r,
+        )  # fmt: skip
+        self.import_duration = Histogram(
+            "cachework_import_duration_seconds", "Duration of version imports (dry runs "
+            "included) by outcome", ["outcome"], buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        # project cache rebuilds
+        self.rebuilds = Counter(
+            "cachework_rebuilds", "Rebuild rounds of project cache items", ["app"], registry=r
+        )
+        self.rebuild_duration = Histogram(
+            "cachework_rebuild_duration_seconds", "Duration of rebuild rounds", ["app"],
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rebuild_errors = Counter(
+            "cachework_rebuild_plugin_errors", "Rebuild rounds whose plugin raised", ["app"],
+            registry=r,
+        )  # fmt: skip
+        self.rebuild_lock_waits = Counter(
+            "cachework_rebuild_lock_waits", "Rebuild requests that found the scope's lock held",
+            ["app"], registry=r,
+        )  # fmt: skip
+        self.rebuild_deferrals = Counter(
+            "cachework_rebuild_deferrals", "Rebuild requests left to the live holder of the "
+            "lock", ["app"], registry=r,
+        )  # fmt: skip
+        # tasks
+        self.tasks = Counter(
+            "cachework_tasks", "Tasks run, by task name and outcome (SUCCESS, FAILURE, RETRY, "
+            "...)", ["task", "outcome"], registry=r,
+        )  # fmt: skip
+        self.task_duration = Histogram(
+            "cachework_task_duration_seconds", "Task run time by task name", ["task"],
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+
+
+# --- this process's instruments --------------------------------------------------------------
+
+
+class _Holder:
+    """The one set of metric objects of this process: two objects of one name would
+    overwrite each other's entries in a multiprocess file."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.metrics: Metrics | None = None
+
+
+_holder = _Holder()
+
+
+def metrics() -> Metrics:
+    """This process's metric objects (made on first use)."""
+    found = _holder.metrics
+    if found is None:
+        with _holder.lock:
+            found = _holder.metrics
+            if found is None:
+                found = _holder.metrics = Metrics()
+    return found
+
+
+def reset() -> None:
+    """Forget this process's metric objects: the next use starts from zero (tests)."""
+    with _holder.lock:
+        _holder.metrics = None
+
+
+# --- multiprocess mode ------------------------------------------------------------------------
+
+
+def _plain_values_made() -> bool:
+    """Whether prometheus_client was imported already, storing values in this process."""
+    values = sys.modules.get("prometheus_client.values")
+    return values is not None and values.ValueClass is values.MutexValue
+
+
+def use_multiprocess_dir(folder: str) -> bool:
+    """At a worker's start, before it forks: this process and its children write their
+    values to `folder`. False when prometheus_client was imported before in plain mode
+    (a worker embedded in another program): values then stay in this process."""
+    if _plain_values_made():
+        return False
+    os.environ[MULTIPROC_ENV] = folder
+    return True
+
+
+def forget_multiprocess_dir(folder: str) -> None:
+    """At a worker's end: the folder named by `use_multiprocess_dir(folder)` is gone."""
+    if os.environ.get(MULTIPROC_ENV) == folder:
+        os.environ.pop(MULTIPROC_ENV, None)
+
+
+def multiprocess_dir() -> str | None:
+    """The folder this process writes its values to, or None (values in the process)."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    return None if not folder or _plain_values_made() else folder
+
+
+def mark_process_dead(pid: int | None = None) -> None:
+    """A child that ends: its per-process gauges leave the sums (its counters stay)."""
+    folder = multiprocess_dir()
+    if folder is not None and os.path.isdir(folder):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid(), folder)
+
+
+def multiprocess_registry(folder: str) -> CollectorRegistry:
+    """A registry that sums the values every process wrote to `folder`."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=folder)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry)
+
+
+# --- what the code reports ------------------------------------------------------------------
+
+
+def record_rebuild(app: str, seconds: float, errors: Iterable[object] = ()) -> None:
+    """One rebuild round of plugin `app` (its plugin errors, if any)."""
+    m = metrics()
+    m.rebuilds.labels(app).inc()
+    m.rebuild_duration.labels(app).observe(seconds)
+    failed = len(list(errors))
+    if failed:
+        m.rebuild_errors.labels(app).inc(failed)
+
+
+def record_lock_wait(app: str) -> None:
+    metrics().rebuild_lock_waits.labels(app).inc()
+
+
+def record_deferral(app: str) -> None:
+    metrics().rebuild_deferrals.labels(app).inc()
+
+
+def record_import(result: dict | None, seconds: float, outcome: str = "SUCCESS") -> None:
+    """A version import's duration and (unless a dry run) its rows by model and operation,
+    from its result (`ImportResult.as_dict()`)."""
+    m = metrics()
+    m.import_duration.labels(outcome).observe(seconds)
+    if not isinstance(result, dict) or result.get("dry_run"):
+        return
+    for model, counts in (result.get("models") or {}).items():
+        for operation in IMPORT_OPERATIONS:
+            value = counts.get(operation) if isinstance(counts, dict) else None
+            if isinstance(value, int) and value > 0:
+                m.import_rows.labels(model, operation).inc(value)
+
+
+def record_task(name: str, outcome: str, seconds: float | None) -> None:
+    m = metrics()
+    m.tasks.labels(name, outcome).inc()
+    if seconds is not None:
+        m.task_duration.labels(name).observe(seconds)
+
+
+def observe_many(histogram: Any, amounts: list[float]) -> None:
+    """`histogram.observe(a)` for each of `amounts`, as one increment per bucket and one of
+    the sum: in multiprocess mode each increment is a locked write to a file, and a
+    sampler at 1,000 events/s observing one by one held a child long enough to triple the
+    fan-out's p99 (bench/invalidation.py). prometheus_client keeps per-bucket (not
+    cumulative) counts in `_buckets` with their bounds in `_upper_bounds`; a histogram
+    without them is observed one by one."""
+    if not amounts:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    total.inc(sum(amounts))
+    for index, count in collections.Counter(
+        bisect.bisect_left(bounds, amount) for amount in amounts
+    ).items():
+        buckets[index].inc(count)

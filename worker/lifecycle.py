@@ -1,0 +1,350 @@
+"""The life of a cachework worker node: every Celery signal it handles, in one place.
+
+`create_app` keeps a `WorkerLifecycle` on the app (`app.lifecycle`) beside its runtime. It
+holds the node's state (its main process, metrics folder, exporter process, pool kind)
+and does what each moment of a worker's life needs. `connect_signals()` connects each of
+Celery's signals once, to a function of this module that finds the sender's app and calls
+its lifecycle (apps that are not cachework's are left alone). In the order of a life:
+
+1. `setup_logging` (every process): cachework's log format and level.
+2. `worker_init` (the main process, before the pool forks): refuse a pool the runtime
+   cannot run in (worker/pools.py), give prefork its bounded shutdown (worker/prefork.py),
+   size the database pool, map the models, check the database, refuse an evicting Redis,
+   say when the schema is missing; then the node's metrics folder, named before
+   prometheus_client is imported so that every process writes its values there
+   (readiness reads each child's listener state from it), and with
+   CACHEWORK_METRICS_PORT the exporter process (worker/exporter.py), which keeps the
+   main process free of threads (it forks).
+3. `worker_process_init` (every prefork child, after fork or spawn): its runtime starts
+   its listener, outbox relay and sampler.
+4. `worker_ready` (a pool that runs tasks in the main process: solo, threads, gevent,
+   eventlet): the main process starts them instead.
+5. `task_prerun` / `task_postrun` (around each task): the request stores bounded
+   arguments (worker/task_base.py); the invalidations published before the task are
+   applied; sessions the task left open are logged; with an exporter, the task's run
+   time, outcome and (version import) rows are recorded and a sample taken.
+6. `task_unknown`: a line saying why an unknown task reached this worker
+   (worker/unknown_tasks.py).
+7. `worker_process_shutdown` (a prefork child ending): its runtime stops (a last copy of
+   its statistics), then its per-process gauges leave the sums.
+8. `worker_shutdown` (the main process): its runtime stops (in-process pools), the
+   exporter stops and the folder is removed.
+
+A runtime is stopped once per process, whichever signals come. The remote-control
+command `cachework_listeners` (the node's children's listeners, for `cachework health`)
+is registered with the signals.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import current_app, signals
+from celery.worker.control import Panel, control_command
+
+from cachework import instruments
+from cachework.errors import CacheworkError
+from cachework.migrate import check_schema
+from cachework.redis_policy import refuse_evicting
+from cachework.settings import load_settings
+from worker import health, pools, prefork, routing, unknown_tasks
+from worker.checks import check_database
+from worker.exporter import start_exporter, stop_exporter
+from worker.logsetup import configure_logging, most_verbose
+from worker.task_base import CacheworkTask
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from cachework.settings import Settings
+    from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def exit_on_config_error(exc: CacheworkError) -> None:
+    """One line on stderr and exit status 2, instead of Celery's traceback (Celery logs
+    and ignores ordinary exceptions raised by signal handlers: SystemExit stops it)."""
+    sys.stderr.write(f"error: {exc}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def runs_tasks_in_process(pool: object) -> bool:
+    """Whether the pool object `pool` runs its tasks in the worker's own process."""
+    return pool is not None and pools.runs_tasks_in_process(pools.pool_name(type(pool)))
+
+
+class WorkerLifecycle:
+    """What a cachework worker node does at each of Celery's signals, and its state."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.main_pid: int | None = None  # the node's main process; children are the others
+        self.folder: str | None = None  # the node's metrics folder (values summed there)
+        self.exporter: subprocess.Popen | None = None
+        self.exported = False  # scraped: tasks recorded, every statistic sampled
+        self.in_process = False  # the pool runs tasks in the main process
+        self._stopped_in: int | None = None  # the pid whose runtime was stopped
+        self._started: dict[str, float] = {}  # task id -> perf_counter at prerun
+        self._sessions = threading.local()  # sessions open in this thread at a task's start
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    def in_child(self) -> bool:
+        """Whether this process is one of the pool's children (not the node's main)."""
+        return self.main_pid not in (None, os.getpid())
+
+    # --- the main process ---------------------------------------------------------------
+
+    def worker_init(self, worker: Any) -> None:
+        """Before the pool forks (see the module's docstring); a bad pool, model module or
+        database stops the worker with one line."""
+        self.main_pid = os.getpid()
+        runtime = self.runtime
+        try:
+            pool = pools.pool_name(getattr(worker, "pool_cls", None))
+            pools.check_pool(pool)  # one line before anything else is done
+            prefork.use_bounded_prefork(worker)
+            pools.cooperative_database_waits(pool)
+            pools.size_database_pool(runtime, pool, getattr(worker, "concurrency", None))
+            runtime.models  # noqa: B018 - maps the models once: the children inherit them
+            check_database(runtime.database.engine)
+            refuse_evicting(runtime.settings, broker=True)  # a Redis that may drop requests
+            # None of our tables yet: a worker may serve only tasks that need none.
+            if check_schema(runtime.database.engine, fresh_ok=True).fresh:
+                log.warning("the database has no cachework tables yet: run `cachework initdb`")
+            self._start_node_metrics(getattr(worker, "hostname", "") or "")
+        except CacheworkError as exc:
+            exit_on_config_error(exc)
+
+    def _start_node_metrics(self, node: str) -> None:
+        folder = tempfile.mkdtemp(prefix="cachework-metrics-")
+        # Removed at worker_shutdown; also when the worker stops before that.
+        atexit.register(_remove_folder, folder, os.getpid())
+        self.folder = folder
+        if not instruments.use_multiprocess_dir(folder):
+            log.warning(
+                "prometheus_client was imported before the worker started: this node's "
+                "processes keep their metrics to themselves (no sums, no children's "
+                "listeners in readiness)"
+            )
+        self.exported = self.settings.metrics_port is not None
+        if self.exported:
+            self.exporter = start_exporter(folder, node)
+
+    def worker_ready(self, consumer: Any) -> None:
+        """An in-process pool: no child will start the runtime's threads, so this process
+        does (never with prefork: a parent with threads must not fork)."""
+        if runs_tasks_in_process(getattr(consumer, "pool", None)):
+            self.in_process = True
+            self._start_runtime()
+
+    def worker_shutdown(self) -> None:
+        self._stop_runtime()
+        proc, self.exporter = self.exporter, None
+        if proc is not None:
+            stop_exporter(proc)
+        folder, self.folder = self.folder, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            # A worker run inside another program (tests) leaves the environment as it was.
+            instruments.forget_multiprocess_dir(folder)
+
+    def node_listeners(self) -> dict:
+        """The answer to `cachework_listeners`: the children's listeners from the folder
+        (or, in-process, this process's own)."""
+        stale_after = self.settings.listener_stale_after
+        answer = health.node_listeners(stale_after, instruments.multiprocess_dir())
+        if self.in_process and not answer["listeners"]:
+            answer["problems"] = health.runtime_listener(self.runtime)
+        return answer
+
+    # --- every process running tasks ----------------------------------------------------
+
+    def child_init(self) -> None:
+        if self.in_child():
+            self._start_runtime()
+
+    def child_shutdown(self) -> None:
+        if self.in_child():
+            self._stop_runtime()
+            instruments.mark_process_dead()
+
+    def _start_runtime(self) -> None:
+        sampler = self.runtime.sampler
+        sampler.listener_only = not self.exported  # only readiness reads the others
+        self.runtime.start(relay=True, sample=instruments.multiprocess_dir() is not None)
+
+    def _stop_runtime(self) -> None:
+        if self._stopped_in != os.getpid():
+            self._stopped_in = os.getpid()
+            self.runtime.stop()
+
+    def task_prerun(self, task: Any, task_id: str | None) -> None:
+        """Apply the invalidations published before this task started (one head read)."""
+        if self.exported and task_id:
+            self._started[task_id] = time.perf_counter()
+        self._sessions.before = self.runtime.database.open_sessions_here
+        self.runtime.catch_up()
+
+    def task_postrun(self, task: Any, task_id: str | None, retval: Any, state: Any) -> None:
+        """Record the task (with an exporter); log the database sessions it left open,
+        counted in its own thread (a task runs in one thread, or one greenlet), so the
+        sessions of tasks running beside it are not its."""
+        if self.exported:
+            self._record_task(task, task_id, retval, state)
+        opened = self.runtime.database.open_sessions_here - getattr(self._sessions, "before", 0)
+        self._sessions.before = 0
+        if opened > 0:
+            name = getattr(task, "name", "?")
+            log.error("task %s left %d database session(s) open", name, opened)
+
+    def _record_task(self, task: Any, task_id: str | None, retval: Any, state: Any) -> None:
+        started = self._started.pop(task_id, None) if task_id else None
+        seconds = None if started is None else time.perf_counter() - started
+        name = getattr(task, "name", None) or "unknown"
+        instruments.record_task(name, str(state or "UNKNOWN"), seconds)
+        if name == routing.IMPORT_VERSIONS and seconds is not None:
+            instruments.record_import(retval if state == "SUCCESS" else None, seconds, str(state))
+        self.runtime.sampler.sync()
+
+
+def _remove_folder(folder: str, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def lifecycle_of(app: Celery | None) -> WorkerLifecycle | None:
+    """The lifecycle of `app`; one is made for an app that has a runtime but none (made by
+    hand, or unpickled in a spawned child); None for an app that is not cachework's."""
+    found = getattr(app, "lifecycle", None)
+    if found is None:
+        runtime = getattr(app, "runtime", None)
+        if runtime is None:
+            return None
+        found = WorkerLifecycle(runtime)
+        app.lifecycle = found
+    return found
+
+
+def _current() -> Celery:
+    return current_app._get_current_object()
+
+
+# --- Celery's signals, each connected once (connect_signals) ---------------------------------
+
+
+def on_setup_logging(loglevel: Any = None, logfile: Any = None, **_kwargs: Any) -> None:
+    lifecycle = lifecycle_of(_current())
+    settings = lifecycle.settings if lifecycle is not None else load_settings()
+    configure_logging(
+        most_verbose(loglevel, settings.log_level), logfile or None, settings.log_format
+    )
+
+
+def on_worker_init(sender: Any = None, **_kwargs: Any) -> None:
+    lifecycle = lifecycle_of(getattr(sender, "app", None))
+    if lifecycle is not None:
+        lifecycle.worker_init(sender)
+
+
+def on_worker_process_init(sender: Any = None, **_kwargs: Any) -> None:
+    """Celery made the child's app current before this signal; a spawned child's app was
+    unpickled without a runtime, and gets one built from the inherited environment."""
+    app = _current()
+    spawned = pools.spawned_child_runtime(app, sender)
+    lifecycle = lifecycle_of(app)
+    if lifecycle is None:
+        return
+    if spawned is not None:
+        lifecycle.main_pid = os.getppid()
+        lifecycle.exported = lifecycle.settings.metrics_port is not None
+    lifecycle.child_init()
+
+
+def on_worker_ready(sender: Any = None, **_kwargs: Any) -> None:
+    lifecycle = lifecycle_of(getattr(sender, "app", None))
+    if lifecycle is not None:
+        lifecycle.worker_ready(sender)
+
+
+def on_task_prerun(sender: Any = None, task: Any = None, task_id: Any = None, **_: Any) -> None:
+    task = task or sender
+    if isinstance(task, CacheworkTask):  # any app's: the stored request is bounded
+        task.bound_stored_request()
+    lifecycle = lifecycle_of(getattr(task, "app", None))
+    if lifecycle is not None:
+        lifecycle.task_prerun(task, task_id)
+
+
+def on_task_postrun(
+    sender: Any = None,
+    task: Any = None,
+    task_id: Any = None,
+    retval: Any = None,
+    state: Any = None,
+    **_kwargs: Any,
+) -> None:
+    task = task or sender
+    lifecycle = lifecycle_of(getattr(task, "app", None))
+    if lifecycle is not None:
+        lifecycle.task_postrun(task, task_id, retval, state)
+
+
+def on_task_unknown(sender: Any = None, message: Any = None, name: Any = None, **_: Any) -> None:
+    if lifecycle_of(getattr(sender, "app", None)) is not None:
+        unknown_tasks.report(sender, message, name)
+
+
+def on_worker_process_shutdown(**_kwargs: Any) -> None:
+    lifecycle = lifecycle_of(_current())
+    if lifecycle is not None:
+        lifecycle.child_shutdown()
+
+
+def on_worker_shutdown(sender: Any = None, **_kwargs: Any) -> None:
+    lifecycle = lifecycle_of(getattr(sender, "app", None))
+    if lifecycle is not None:
+        lifecycle.worker_shutdown()
+
+
+def _cachework_listeners(state: Any, **_kwargs: Any) -> dict:
+    """Remote control (runs in the node's main process): its children's listeners."""
+    lifecycle = lifecycle_of(state.consumer.app)
+    if lifecycle is None:
+        return health.node_listeners(30.0, None)
+    return lifecycle.node_listeners()
+
+
+# In the order of a worker's life (the module's docstring).
+SIGNALS = (
+    (signals.setup_logging, on_setup_logging),
+    (signals.worker_init, on_worker_init),
+    (signals.worker_process_init, on_worker_process_init),
+    (signals.worker_ready, on_worker_ready),
+    (signals.task_prerun, on_task_prerun),
+    (signals.task_postrun, on_task_postrun),
+    (signals.task_unknown, on_task_unknown),
+    (signals.worker_process_shutdown, on_worker_process_shutdown),
+    (signals.worker_shutdown, on_worker_shutdown),
+)
+
+
+def connect_signals() -> None:
+    """Connect each of `SIGNALS` once (idempotent) and register `cachework_listeners`."""
+    for signal, handler in SIGNALS:
+        signal.connect(handler, weak=False, dispatch_uid=f"cachework.{handler.__name__}")
+    if health.COMMAND not in Panel.data:
+        control_command(name=health.COMMAND)(_cachework_listeners)
