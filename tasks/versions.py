@@ -1,4 +1,4 @@
-"""`cachework.import_versions`: the version import as a Celery task (the rules: cache.jobs)."""
+"""`cachework.import_versions`: the version import as a Celery task (the rules: importers)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import logging
 
 from celery import shared_task
 
-from cache import jobs
 from cachework.settings import Settings
 from importers.progress import RunProgress, Throttle
+from importers.request import ImportRequest
+from importers.versions import run_import
 from tasks import policy
 from worker import routing
 from worker.celery_app import require_runtime
@@ -47,7 +48,18 @@ def import_versions(
     Progress goes to the task state (`PROGRESS`, meta: model, stage and counts). Transient
     database errors and a held import lock are retried with backoff; bad input is not.
     """
-
+    request = ImportRequest.parse(
+        models=models,
+        user=user,
+        remote_addr=remote_addr,
+        comment=comment,
+        dry_run=dry_run,
+        create=create,
+        update=update,
+        delete=delete,
+        max_changes=max_changes,
+        repair=repair,
+    )
     runtime = require_runtime(self.app)
     settings, database = runtime.settings, runtime.database
     report = bool(self.request.id) and not _results_share_sqlite(settings, database.url)
@@ -63,17 +75,4 @@ def import_versions(
         if log_now() or run.finished:
             log.info("%s", run.line())
 
-    return jobs.import_versions(
-        runtime,
-        models,
-        user=user,
-        remote_addr=remote_addr,
-        comment=comment,
-        dry_run=dry_run,
-        create=create,
-        update=update,
-        delete=delete,
-        max_changes=max_changes,
-        repair=repair,
-        progress=progress,
-    )
+    return run_import(database, runtime.models, request, progress)

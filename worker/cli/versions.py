@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from cache import jobs
 from importers.progress import RunProgress, Throttle, format_seconds
+from importers.request import ImportRequest
+from importers.versions import run_import
 from worker import routing
 from worker.cli.context import cli_runtime
 from worker.cli.params import timeout_option
@@ -125,11 +126,11 @@ def summary_table(result: dict[str, Any]) -> Table:
 
 
 def _enqueue(
-    kwargs: dict[str, Any], timeout: float, on_event: Callable[[dict], None], sent: list[str]
+    request: ImportRequest, timeout: float, on_event: Callable[[dict], None], sent: list[str]
 ) -> dict:
     from worker import app
 
-    async_result = app.send_task(routing.IMPORT_VERSIONS, kwargs=kwargs)
+    async_result = app.send_task(routing.IMPORT_VERSIONS, kwargs=request.as_kwargs())
     sent.append(async_result.id)
     deadline = time.monotonic() + timeout
     while True:
@@ -187,28 +188,28 @@ def import_versions_command(
     timeout: float,
 ) -> None:
     """Bring every version table in line with its live table (one Continuum transaction)."""
-    kwargs = {
-        "models": list(models) or None,
-        "user": user,
-        "remote_addr": remote_addr,
-        "comment": comment,
-        "dry_run": dry_run,
-        "create": not no_create,
-        "update": not no_update,
-        "delete": not no_delete,
-        "max_changes": max_changes,
-        "repair": repair,
-    }
+    request = ImportRequest.parse(
+        models=list(models) or None,
+        user=user,
+        remote_addr=remote_addr,
+        comment=comment,
+        dry_run=dry_run,
+        create=not no_create,
+        update=not no_update,
+        delete=not no_delete,
+        max_changes=max_changes,
+        repair=repair,
+    )  # one request, checked here, for both paths
     console = Console()
     sent: list[str] = []
     try:
         with ModelProgress(console) as progress:
             if enqueue:
-                result = _enqueue(kwargs, timeout, progress.show, sent)
+                result = _enqueue(request, timeout, progress.show, sent)
                 progress.finish(result)
             else:
                 with cli_runtime() as runtime:
-                    result = jobs.import_versions(runtime, progress=progress, **kwargs)
+                    result = run_import(runtime.database, runtime.models, request, progress)
     except KeyboardInterrupt:
         if sent:
             message = (
