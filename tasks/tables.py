@@ -6,7 +6,7 @@ import os
 
 from celery import shared_task
 
-from cachework.errors import ValidationError
+from cachework.errors import ValidationError, shown
 from cachework.records import to_json
 from tasks import policy
 from worker import routing
@@ -22,7 +22,7 @@ def lookup(self, table: str, key: object) -> dict | None:
     """The record of `table` with primary key `key` (coerced to its type) as a JSON object,
     or None, read through this process's cached table."""
     if not isinstance(table, str):
-        raise ValidationError(f"table={table!r} must be a cached table name")
+        raise ValidationError(f"table={shown(table)} must be a cached table name")
     registry = require_runtime(self.app).registry
     coerced = registry.coerce_key(table, key)
     return to_json(registry.table(table).get(coerced))

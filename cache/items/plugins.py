@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 from sqlalchemy.orm import Session
 
 from cache.items.store import DEFAULT_MAX_BYTES, encode, validate_name
-from cachework.errors import ConfigError, NotFoundError, ValidationError
+from cachework.errors import ConfigError, NotFoundError, ValidationError, shown
 
 ENTRY_POINT_GROUP = "cachework.cache_plugins"
 MODULE_ATTRIBUTE = "CACHE_PLUGINS"
@@ -141,7 +141,7 @@ def select(plugins: dict[str, CachePlugin], app_name: str | None) -> list[CacheP
         return list(plugins.values())
     if app_name not in plugins:
         valid = ", ".join(plugins) or "none registered"
-        raise NotFoundError(f"app_name={app_name!r} has no cache plugin (known apps: {valid})")
+        raise NotFoundError(f"app_name={shown(app_name)} has no cache plugin (known apps: {valid})")
     return [plugins[app_name]]
 
 
@@ -150,7 +150,7 @@ def check_names(plugins: list[CachePlugin], names: list[str] | None) -> list[str
     if names is None:
         return None
     if isinstance(names, str) or not isinstance(names, list | tuple):
-        raise ValidationError(f"names={names!r} must be a list of item names or None")
+        raise ValidationError(f"names={shown(names)} must be a list of item names or None")
     names = [validate_name("name", n) for n in names]
     declared = [p for p in plugins if getattr(p, "item_names", None) is not None]
     if declared and len(declared) == len(plugins):
