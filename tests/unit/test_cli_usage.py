@@ -1,7 +1,8 @@
 """`cachework` usage errors and help, in-process (click's CliRunner runs the same `main`
 group a process does): a bad option, argument or command is one `error:` line naming it
 and its value, exit 2; --help is click's own. tests/test_cli.py runs one of each in a
-process of its own (the real entry point); the table is here, a second each not ~1 s."""
+process of its own (the real entry point); the whole table runs here, where a case takes
+milliseconds instead of a process start of a second or more."""
 
 from __future__ import annotations
 
