@@ -35,96 +35,103 @@ class Metrics:
     """The metric objects of one process (see `metrics()`)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        import prometheus_client as prom  # here: the multiprocess folder is named by now
 
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        # cached tables
-        self.table_hits = Counter(
+        self.registry = r = prom.CollectorRegistry(auto_describe=True)
+        self._tables(prom, r)
+        self._invalidation(prom, r)
+        self._work(prom, r)
+
+    def _tables(self, prom: Any, r: Any) -> None:
+        self.table_hits = prom.Counter(
             "cachework_cached_table_hits", "Reads answered from the cached table", ["table"],
             registry=r,
         )  # fmt: skip
-        self.table_misses = Counter(
+        self.table_misses = prom.Counter(
             "cachework_cached_table_misses", "Reads sent to the source (uncovered, or "
             "invalidations kept arriving)", ["table"], registry=r,
         )  # fmt: skip
-        self.table_refreshes = Counter(
+        self.table_refreshes = prom.Counter(
             "cachework_cached_table_refreshes", "Refreshes of invalidated records", ["table"],
             registry=r,
         )  # fmt: skip
-        self.table_records = Gauge(
+        self.table_records = prom.Gauge(
             "cachework_cached_table_records", "Records held (summed over the processes)",
             ["table"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
-        self.table_invalid = Gauge(
+        self.table_invalid = prom.Gauge(
             "cachework_cached_table_invalid", "Records held but marked invalid (summed over "
             "the processes)", ["table"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
-        # invalidation
-        self.invalidation_events = Counter(
+
+    def _invalidation(self, prom: Any, r: Any) -> None:
+        self.invalidation_events = prom.Counter(
             "cachework_invalidation_events", "Invalidation events read from the log, by "
             "outcome (applied, ignored: no cached table of that name, malformed)",
             ["outcome"], registry=r,
         )  # fmt: skip
-        self.invalidation_lag = Histogram(
+        self.invalidation_lag = prom.Histogram(
             "cachework_invalidation_lag_seconds", "Seconds from publish (into the log) to "
             "apply in a process", buckets=LAG_BUCKETS, registry=r,
         )  # fmt: skip
-        self.invalidation_drops = Counter(
+        self.invalidation_drops = prom.Counter(
             "cachework_invalidation_drops", "Times a process dropped its cached tables "
             "(gap, unreachable log, new log)", registry=r,
         )  # fmt: skip
-        self.invalidation_gaps = Counter(
+        self.invalidation_gaps = prom.Counter(
             "cachework_invalidation_gaps", "Times the log was trimmed past a cursor",
             registry=r,
         )  # fmt: skip
-        self.invalidation_reconnects = Counter(
+        self.invalidation_reconnects = prom.Counter(
             "cachework_invalidation_reconnects", "Listener reconnections to the log",
             registry=r,
         )  # fmt: skip
-        self.listener_connected = Gauge(
+        self.listener_connected = prom.Gauge(
             "cachework_invalidation_listener_connected", "1 while a process's invalidation "
             "listener is connected to the log", registry=r, multiprocess_mode="liveall",
         )  # fmt: skip
-        self.listener_last_contact = Gauge(
+        self.listener_last_contact = prom.Gauge(
             "cachework_invalidation_listener_last_contact_timestamp_seconds", "Unix time a "
             "process's listener was last connected to the log", registry=r,
             multiprocess_mode="liveall",
         )  # fmt: skip
-        # version imports
-        self.import_rows = Counter(
+
+    def _work(self, prom: Any, r: Any) -> None:
+        """Version imports, project cache rebuilds and tasks."""
+        self.import_rows = prom.Counter(
             "cachework_import_rows", "Rows of version imports by model and operation",
             ["model", "operation"], registry=r,
         )  # fmt: skip
-        self.import_duration = Histogram(
+        self.import_duration = prom.Histogram(
             "cachework_import_duration_seconds", "Duration of version imports (dry runs "
             "included) by outcome", ["outcome"], buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         # project cache rebuilds
-        self.rebuilds = Counter(
+        self.rebuilds = prom.Counter(
             "cachework_rebuilds", "Rebuild rounds of project cache items", ["app"], registry=r
         )
-        self.rebuild_duration = Histogram(
+        self.rebuild_duration = prom.Histogram(
             "cachework_rebuild_duration_seconds", "Duration of rebuild rounds", ["app"],
             buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
-        self.rebuild_errors = Counter(
+        self.rebuild_errors = prom.Counter(
             "cachework_rebuild_plugin_errors", "Rebuild rounds whose plugin raised", ["app"],
             registry=r,
         )  # fmt: skip
-        self.rebuild_lock_waits = Counter(
+        self.rebuild_lock_waits = prom.Counter(
             "cachework_rebuild_lock_waits", "Rebuild requests that found the scope's lock held",
             ["app"], registry=r,
         )  # fmt: skip
-        self.rebuild_deferrals = Counter(
+        self.rebuild_deferrals = prom.Counter(
             "cachework_rebuild_deferrals", "Rebuild requests left to the live holder of the "
             "lock", ["app"], registry=r,
         )  # fmt: skip
         # tasks
-        self.tasks = Counter(
+        self.tasks = prom.Counter(
             "cachework_tasks", "Tasks run, by task name and outcome (SUCCESS, FAILURE, RETRY, "
             "...)", ["task", "outcome"], registry=r,
         )  # fmt: skip
-        self.task_duration = Histogram(
+        self.task_duration = prom.Histogram(
             "cachework_task_duration_seconds", "Task run time by task name", ["task"],
             buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip

@@ -25,15 +25,67 @@ import select
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from cachework.errors import CacheworkError, ConfigError
-from cachework.settings import load_settings
+from cachework.settings import Settings, load_settings
 from worker import health, metrics
 from worker.checks import broker_problem
 from worker.probes import READY_TIMEOUT, Checks
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 log = logging.getLogger(__name__)
 START_TIMEOUT = 20.0  # seconds for the exporter to say it listens
+
+
+class NodeProbes:
+    """What the exporter answers for node `node`, whose main process is `parent` and
+    whose processes write their values to `folder`."""
+
+    def __init__(self, settings: Settings, folder: str, parent: int, node: str) -> None:
+        self.settings, self.folder, self.parent, self.node = settings, folder, parent, node
+        self.checks = Checks(READY_TIMEOUT)
+        self.app: Celery | None = None  # made on the first ping
+
+    def live(self) -> list[str]:
+        return health.node_live(self.parent, self.node)
+
+    def ready(self) -> list[str]:
+        s = self.settings
+        named = health.readiness_checks(
+            s, READY_TIMEOUT, {"listeners": self.listeners}, broker=self.broker
+        )
+        return self.live() + self.checks.run(named)
+
+    def render(self) -> bytes:
+        return metrics.exposition(metrics.multiprocess_registry(self.folder))
+
+    def broker(self) -> list[str]:
+        down = broker_problem(self.settings, READY_TIMEOUT)
+        return [down] if down else self.ping()
+
+    def ping(self) -> list[str]:
+        if self.app is None:
+            self.app = health.control_app(self.settings)
+        # Back as soon as the node answers (kombu already limits a broadcast to one
+        # destination to one reply; said here, since the bound matters).
+        node, wait = self.node, READY_TIMEOUT
+        replies = self.app.control.ping(destination=[node], timeout=wait, limit=1) or []
+        if any(node in reply for reply in replies):
+            return []
+        return [f"worker {node} did not answer ping within {wait:g}s"]
+
+    def listeners(self) -> list[str]:
+        states = health.listeners(self.folder)
+        stale_after = self.settings.listener_stale_after
+        problems = health.listener_problems(states, stale_after)
+        return [f"worker {self.node} {line}" for line in problems]
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.app.close()
 
 
 def main(argv: list[str]) -> int:
@@ -43,45 +95,11 @@ def main(argv: list[str]) -> int:
     except CacheworkError as exc:
         print(f"metrics exporter: {exc}", flush=True)
         return 2
-    app = None
-    checks = Checks(READY_TIMEOUT)
-    wait = READY_TIMEOUT
-
-    def live() -> list[str]:
-        return health.node_live(parent, node)
-
-    def ping() -> list[str]:
-        nonlocal app
-        if app is None:
-            app = health.control_app(settings)
-        # Back as soon as the node answers (kombu already limits a broadcast to one
-        # destination to one reply; said here, since the bound matters).
-        replies = app.control.ping(destination=[node], timeout=wait, limit=1) or []
-        if any(node in reply for reply in replies):
-            return []
-        return [f"worker {node} did not answer ping within {wait:g}s"]
-
-    def broker() -> list[str]:
-        down = broker_problem(settings, wait)
-        return [down] if down else ping()
-
-    def listeners() -> list[str]:
-        states = health.listeners(folder)
-        return [
-            f"worker {node} {line}"
-            for line in health.listener_problems(states, settings.listener_stale_after)
-        ]
-
-    def ready() -> list[str]:
-        named = health.readiness_checks(settings, wait, {"listeners": listeners}, broker=broker)
-        return live() + checks.run(named)
-
-    def render() -> bytes:
-        return metrics.exposition(metrics.multiprocess_registry(folder))
-
+    probes = NodeProbes(settings, folder, parent, node)
     port, bind = settings.metrics_port or 0, settings.metrics_bind
     try:
-        server = metrics.MetricsServer(port, bind, render, ready, live).start()
+        server = metrics.MetricsServer(port, bind, probes.render, probes.ready, probes.live)
+        server.start()
     except OSError as exc:
         print(
             f"CACHEWORK_METRICS_PORT={port}: cannot listen on {bind}:{port}: {exc.strerror or exc}",
@@ -96,8 +114,7 @@ def main(argv: list[str]) -> int:
         pass
     finally:
         server.stop()
-        if app is not None:
-            app.close()
+        probes.close()
     return 0
 
 
