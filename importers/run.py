@@ -52,10 +52,8 @@ def execute(
     run = ImportRun(session, units, request, transaction, progress)
     run.announce()
     models, entities = run.write_directly() if request.writes_everything else run.count_first()
-    if transaction.txn is not None:
-        transaction.begin()
-        transaction.record_changes(entities)
-    if transaction.txn is not None or any(h.repaired for h in history.values()):
+    transaction.record_changes(entities)  # none without a transaction
+    if transaction.id is not None or any(h.repaired for h in history.values()):
         session.flush()
     return _result(transaction.id, request.dry_run, models, history)
 

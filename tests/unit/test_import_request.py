@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 
 from cachework.errors import ValidationError
+from cachework.settings import load_settings
 from importers.request import FIELDS, ImportRequest
+from tests.conftest import make_env
+from worker import create_app, routing
 
 
 def test_defaults_are_the_tasks():
@@ -117,3 +121,18 @@ def test_the_fields_are_the_tasks_arguments():
         "models", "user", "remote_addr", "comment", "dry_run", "create", "update", "delete",
         "max_changes", "repair",
     )  # fmt: skip
+
+
+def test_the_task_takes_the_request_fields_with_the_same_defaults(tmp_path):
+    """The task's keyword arguments are the public contract; the request mirrors them."""
+    app = create_app(load_settings(make_env(tmp_path)))
+    try:
+        app.loader.import_default_modules()
+        task = app.tasks[routing.IMPORT_VERSIONS]
+        parameters = inspect.signature(task.run).parameters
+        assert tuple(parameters) == FIELDS
+        defaults = {f.name: f.default for f in dataclasses.fields(ImportRequest)}
+        assert {name: p.default for name, p in parameters.items()} == defaults
+    finally:
+        app.runtime.close()
+        app.close()
