@@ -23,6 +23,7 @@ MOVED: dict[str, str] = {
     "cache.metrics": "worker.metrics",
     "cache.health": "worker.process_health",
     "cache.probes": "worker.probes",
+    "cache.jobs": "worker.jobs",
     **{
         f"cache.{name}": f"cache.tables.{name}"
         for name in ["table", "full_table", "indexes", "source", "storage", "registry"]

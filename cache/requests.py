@@ -2,10 +2,10 @@
 
 A task or a CLI command turns its plain arguments into a request with `parse`: a
 ValidationError or NotFoundError names the bad value before anything runs. The request
-is then passed down and trusted: `cache.jobs` never checks it again.
+is then passed down and trusted: `worker.jobs` never checks it again.
 
 `parse` takes what it checks against as plain values and callables (the plugins, a
-project check, the known tables), so it runs without a database; `cache.jobs` binds them
+project check, the known tables), so it runs without a database; `worker.jobs` binds them
 to a runtime with one session (`jobs.sync_request`, `jobs.delete_request`,
 `jobs.invalidation_request`).
 """

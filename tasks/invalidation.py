@@ -8,10 +8,9 @@ import os
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from cache import jobs
 from cache.invalidation.events import id_key
 from tasks import policy
-from worker import routing
+from worker import jobs, routing
 from worker.celery_app import require_runtime
 
 

@@ -7,7 +7,7 @@ plugin in a fresh session, write its items, commit, and loop while names are dir
 checking once more after releasing. A plugin that raises is reported in `errors` naming
 the app and the project; its items are not written; other scopes carry on. A transient
 database or Redis error is not a plugin failure: the names stay dirty and it propagates
-(as `TransientError` through `cache.jobs`, which the tasks retry with backoff).
+(as `TransientError` through `worker.jobs`, which the tasks retry with backoff).
 
 `session_factory` is a context manager factory that commits on success (e.g.
 `Database.session`): each round is its own transaction, committed before the lock is

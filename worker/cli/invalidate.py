@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import click
 
-from cache import jobs
 from cache.results import InvalidationResult
-from worker import routing
+from worker import jobs, routing
 from worker.cli.context import cli_runtime
 from worker.cli.enqueue import enqueue as enqueue_job
 from worker.cli.params import timeout_option

@@ -13,11 +13,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from cache import jobs
 from cache.items.sync import scope_label
 from cache.requests import SyncRequest
 from cache.results import SyncResult
-from worker import routing
+from worker import jobs, routing
 from worker.cli.context import cli_runtime
 from worker.cli.enqueue import enqueue as enqueue_job
 from worker.cli.params import timeout_option

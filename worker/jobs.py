@@ -1,4 +1,5 @@
-"""The rules of the project-cache and invalidation jobs, as plain functions of a runtime.
+"""The project-cache and invalidation jobs, as plain functions of a runtime: the wiring
+between a process's runtime and the rules of `cache/` (requests, rebuilds, publish).
 
 A Celery task or a CLI command is a few lines: it parses its arguments into a typed
 request once (`sync_request`, `delete_request`, `invalidation_request`: bad input names
