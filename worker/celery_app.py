@@ -21,7 +21,7 @@ from celery import Celery
 
 from cachework.errors import CacheworkError, ConfigError
 from cachework.settings import Settings, load_settings
-from worker import lifecycle
+from worker import celery_settings, lifecycle
 from worker.lifecycle import WorkerLifecycle, exit_on_config_error
 from worker.logsetup import expected_errors_at_warning
 from worker.runtime import Runtime
@@ -33,8 +33,6 @@ TASK_MODULES = ["tasks"]
 
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app for `settings` (default: the environment), with its runtime."""
-    import celeryconfig
-
     settings = settings or load_settings()
     # Every task of ours (shared_task included) gets the base class that checks a call's
     # arguments and bounds a failed request's stored ones (worker/task_base.py).
@@ -42,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery(
         "cachework", include=TASK_MODULES, task_cls=CacheworkTask, amqp="worker.queue_types:AMQP"
     )
-    app.conf.update(celeryconfig.build(settings))
+    app.conf.update(celery_settings.build(settings))
     app.runtime = Runtime(settings)
     app.lifecycle = WorkerLifecycle(app.runtime)
     lifecycle.connect_signals()

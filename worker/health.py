@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
+from worker import celery_settings
 from worker.checks import broker_problem, database_problem, redis_problems
 from worker.probes import Check, Checks, run_checks
 
@@ -276,8 +277,6 @@ def control_app(settings: Settings) -> Celery:
     """A Celery app that only talks to the workers (remote control): the same broker and
     options as `worker.create_app`, without its runtime, tasks and imports (a probe that
     runs in a process of its own answers in well under a second)."""
-    import celeryconfig
-
     app = Celery("cachework", set_as_current=False)
-    app.conf.update(celeryconfig.build(settings))
+    app.conf.update(celery_settings.build(settings))
     return app

@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cache.invalidation.events import id_key
 from cachework.instruments import Metrics, metrics, observe_many
 
 if TYPE_CHECKING:
     from cache.invalidation.listener import Tracker
-    from worker.runtime import Runtime
+    from cache.tables.registry import Registry
 
 log = logging.getLogger(__name__)
 SAMPLE_EVERY = 1.0  # seconds between two samples of a runtime's tables and listener
@@ -43,6 +43,17 @@ def publish_time(event_id: str) -> float | None:
     return int(head) / 1000.0
 
 
+class Sampled(Protocol):
+    """What a sampler reads of a runtime: the parts it has made so far, read as they are
+    (never through the properties that would make them in an idle process)."""
+
+    _registry: Registry | None
+    _tracker: Tracker | None
+
+    @property
+    def listening(self) -> bool: ...
+
+
 class Sampler:
     """Copies a runtime's cached-table and listener statistics into the metrics: counters
     by the increase since the last copy, gauges as they are. `sync()` is thread-safe; a
@@ -51,7 +62,7 @@ class Sampler:
     name = "cachework-metrics"
 
     def __init__(
-        self, runtime: Runtime, every: float = SAMPLE_EVERY, *, listener_only: bool = False
+        self, runtime: Sampled, every: float = SAMPLE_EVERY, *, listener_only: bool = False
     ) -> None:
         self.runtime = runtime
         self.every = every
