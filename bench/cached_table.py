@@ -141,17 +141,40 @@ def run(engine: sa.Engine, args: argparse.Namespace) -> int:
     print(
         f"cached table benchmark: {rows:,} records on PostgreSQL, Python {sys.version.split()[0]}"
     )
+    table, load_seconds = fill_and_load(engine, rows)
+    cached, bare, pg = point_reads(engine, table, rows, rng)
+    range_reads(engine, table, rows, rng)
+    big_refresh, small_refresh, big_queries = refreshes(engine, table, args, rng, load_seconds)
+    checks = {
+        "point read <= 3 us": cached <= 3e-6,
+        "point read >= 300x faster than PG session.get": pg / cached >= 300,
+        "point read within 10x of a bare dict": cached / bare <= 10,
+        "refresh is one small query": big_queries <= 1.01,
+        "refresh cost independent of table size (within 2x)": big_refresh / small_refresh < 2,
+    }
+    print("\ntargets")
+    for label, ok in checks.items():
+        print(f"  {'PASS' if ok else 'FAIL'}  {label}")
+    return 0 if all(checks.values()) else 1
+
+
+def fill_and_load(engine: sa.Engine, rows: int) -> tuple[CachedTable, float]:
+    """Fill PostgreSQL, then load the whole cached table; its load time is the full reload."""
     started = time.perf_counter()
     fill(engine, rows)
     print(f"  filled PostgreSQL in {time.perf_counter() - started:.1f}s")
-
     table = make_table(engine)
     started = time.perf_counter()
     table.load()
     load_seconds = time.perf_counter() - started
     print(f"  loaded {rows:,} records into the cached table in {load_seconds:.2f}s")
+    return table, load_seconds
 
-    # --- point read by primary key ---------------------------------------------------------
+
+def point_reads(
+    engine: sa.Engine, table: CachedTable, rows: int, rng: random.Random
+) -> tuple[float, float, float]:
+    """Seconds per point read: cached table, plain dict, PostgreSQL `session.get`."""
     keys = [rng.randrange(1, rows + 1) for _ in range(100_000)]
     plain = {r["id"]: r for r in table.get_records("id", everything=True)}
     get, plain_get = table.get, plain.get
@@ -179,8 +202,11 @@ def run(engine: sa.Engine, args: argparse.Namespace) -> int:
     print(f"  cached table get()     {fmt(cached)}")
     print(f"  plain dict .get()      {fmt(bare)}   cached/dict = {cached / bare:.1f}x")
     print(f"  session.get (PG)       {fmt(pg)}   PG/cached = {pg / cached:,.0f}x")
+    return cached, bare, pg
 
-    # --- 1,000-record range read -------------------------------------------------------------
+
+def range_reads(engine: sa.Engine, table: CachedTable, rows: int, rng: random.Random) -> None:
+    """1,000-record reads over the timestamp index against the same SELECT on PostgreSQL."""
     starts = [rng.randrange(0, rows - 1_000) for _ in range(50)]
 
     def bounds(start: int) -> tuple[dt.datetime, dt.datetime]:
@@ -207,7 +233,16 @@ def run(engine: sa.Engine, args: argparse.Namespace) -> int:
     print(f"  cached table           {fmt(cached_range)}")
     print(f"  same SELECT (PG)       {fmt(pg_range)}   PG/cached = {pg_range / cached_range:.1f}x")
 
-    # --- refresh of one invalid record --------------------------------------------------------
+
+def refreshes(
+    engine: sa.Engine,
+    table: CachedTable,
+    args: argparse.Namespace,
+    rng: random.Random,
+    load_seconds: float,
+) -> tuple[float, float, float]:
+    """Refresh of one invalid record in the big and the `--small` table, against one PG
+    point SELECT and the full reload; returns (big, small seconds, big queries/refresh)."""
     small = make_table(engine, limit=args.small)
     small.load()
     refresh_keys = [rng.randrange(1, args.small + 1) for _ in range(200)]
@@ -222,7 +257,7 @@ def run(engine: sa.Engine, args: argparse.Namespace) -> int:
     one_query = per_op(pg_point, len(refresh_keys), repeat=3)
     print("\nrefresh of 1 invalid record (invalidate + the read that refreshes it)")
     for size, seconds, queries in (
-        (rows, big_refresh, big_queries),
+        (args.rows, big_refresh, big_queries),
         (args.small, small_refresh, small_queries),
     ):
         print(f"  in {size:>9,} records   {fmt(seconds)}   queries/refresh = {queries:.2f}")
@@ -232,18 +267,7 @@ def run(engine: sa.Engine, args: argparse.Namespace) -> int:
         f"  big/small = {big_refresh / small_refresh:.2f}x, refresh/one query = "
         f"{big_refresh / one_query:.2f}x, reload/refresh = {load_seconds / big_refresh:,.0f}x"
     )
-
-    checks = {
-        "point read <= 3 us": cached <= 3e-6,
-        "point read >= 300x faster than PG session.get": pg / cached >= 300,
-        "point read within 10x of a bare dict": cached / bare <= 10,
-        "refresh is one small query": big_queries <= 1.01,
-        "refresh cost independent of table size (within 2x)": big_refresh / small_refresh < 2,
-    }
-    print("\ntargets")
-    for label, ok in checks.items():
-        print(f"  {'PASS' if ok else 'FAIL'}  {label}")
-    return 0 if all(checks.values()) else 1
+    return big_refresh, small_refresh, big_queries
 
 
 if __name__ == "__main__":
