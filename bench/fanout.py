@@ -34,7 +34,10 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -134,8 +137,6 @@ def _fork_children(n: int, mode: str, url: str, folder: Path, ready_key: str) ->
             try:
                 _child(mode, url, folder, ready_key)
             except BaseException:
-                import traceback
-
                 traceback.print_exc()
                 code = 1
             os._exit(code)
@@ -195,48 +196,108 @@ def _quantiles(values: list[float]) -> tuple[float, float]:
     return q[49], q[98]
 
 
-def run_one(mode: str, n: int, url: str, args, base: dict, counter: list[int]) -> dict:
-    client = redis.Redis.from_url(url)
-    folder = Path(tempfile.mkdtemp(prefix=f"cachework-fanout-{mode}-{n}-"))
-    ready_key = f"bench:ready:{uuid.uuid4().hex[:8]}"
-    pids = _fork_children(n, mode, url, folder, ready_key)
-    try:
-        deadline = time.monotonic() + 120
-        while int(client.get(ready_key) or 0) < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {client.get(ready_key)} of {n} {mode} processes ready")
-            time.sleep(0.05)
-        time.sleep(1.0)
-        connections = int(client.info("clients")["connected_clients"]) - 1
-        # idle
-        client.config_resetstat()
-        cpu0, t0, own0 = _cpu(client), time.monotonic(), _proc_cpu(pids)
-        time.sleep(args.idle)
-        cpu1, t1, own1 = _cpu(client), time.monotonic(), _proc_cpu(pids)
-        idle_calls, idle_usec = _reads(_commands(client))
-        idle_rate = (cpu1 - cpu0) / (t1 - t0)  # server CPU seconds per second, all processes
-        idle_per_process = max(0.0, idle_rate - base["idle"]) / n
-        # events
-        client.config_resetstat()
-        cpu2, t2, own2 = _cpu(client), time.monotonic(), _proc_cpu(pids)
-        sent = _publish(client, args.rate, args.seconds, counter[0])
-        counter[0] += len(sent)
-        time.sleep(1.0)
-        cpu3, t3, own3 = _cpu(client), time.monotonic(), _proc_cpu(pids)
-        commands = _commands(client)
-        ev_calls, ev_usec = _reads(commands)
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGTERM)
-        for pid in pids:
-            os.waitpid(pid, 0)
+@dataclass
+class Window:
+    """What one measuring window cost: the Redis server's CPU seconds, the wall seconds,
+    the listener processes' own CPU seconds, and the commands Redis ran in it."""
+
+    cpu: float
+    seconds: float
+    own: float
+    commands: dict[str, tuple[int, float]]
+
+
+def _measured(client: redis.Redis, pids: list[int], during: Callable[[], object]) -> Window:
+    """Reset Redis's command stats, run `during`, and read what the window cost."""
+    client.config_resetstat()
+    cpu0, t0, own0 = _cpu(client), time.monotonic(), _proc_cpu(pids)
+    during()
+    cpu1, t1, own1 = _cpu(client), time.monotonic(), _proc_cpu(pids)
+    return Window(cpu1 - cpu0, t1 - t0, own1 - own0, _commands(client))
+
+
+def _wait_ready(client: redis.Redis, ready_key: str, n: int, mode: str) -> None:
+    deadline = time.monotonic() + 120
+    while int(client.get(ready_key) or 0) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {client.get(ready_key)} of {n} {mode} processes ready")
+        time.sleep(0.05)
+
+
+def _stop_children(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        os.waitpid(pid, 0)
+
+
+def _collect(folder: Path) -> list[dict]:
+    """What every child wrote on its way out; the folder is removed."""
     results = [json.loads(p.read_text()) for p in folder.glob("*.json")]
     for p in folder.glob("*.json"):
         p.unlink()
     folder.rmdir()
+    return results
+
+
+def run_one(mode: str, n: int, url: str, args, base: dict, counter: list[int]) -> dict:
+    """Fork `n` processes of `mode`, measure an idle window then an events window."""
+    client = redis.Redis.from_url(url)
+    folder = Path(tempfile.mkdtemp(prefix=f"cachework-fanout-{mode}-{n}-"))
+    ready_key = f"bench:ready:{uuid.uuid4().hex[:8]}"
+    pids = _fork_children(n, mode, url, folder, ready_key)
+    sent: dict[int, float] = {}
+
+    def publish() -> None:
+        sent.update(_publish(client, args.rate, args.seconds, counter[0]))
+        counter[0] += len(sent)
+        time.sleep(1.0)
+
+    try:
+        _wait_ready(client, ready_key, n, mode)
+        time.sleep(1.0)
+        connections = int(client.info("clients")["connected_clients"]) - 1
+        idle = _measured(client, pids, lambda: time.sleep(args.idle))
+        window = _measured(client, pids, publish)
+    finally:
+        _stop_children(pids)
+    results = _collect(folder)
     client.close()
-    events = len(sent)
-    window_cpu = cpu3 - cpu2 - idle_rate * (t3 - t2) - base["publish_per_event"] * events
+    row = {"mode": mode, "n": n, "processes_reported": len(results)}
+    row["connections_per_process"] = connections / n
+    return row | _costs(n, idle, window, len(sent), base) | _latencies(sent, results)
+
+
+def _costs(n: int, idle: Window, window: Window, events: int, base: dict) -> dict:
+    """Redis's and the listeners' own costs, idle per process per second and per event
+    per listener (the events window minus its idle share and the publisher's cost)."""
+    idle_rate = idle.cpu / idle.seconds  # server CPU seconds per second, all processes
+    idle_per_process = max(0.0, idle_rate - base["idle"]) / n
+    idle_calls, idle_usec = _reads(idle.commands)
+    ev_calls, ev_usec = _reads(window.commands)
+    window_cpu = window.cpu - idle_rate * window.seconds - base["publish_per_event"] * events
+    own_idle_rate = idle.own / idle.seconds
+    return {
+        "idle_cpu_us_per_process_s": idle_per_process * 1e6,
+        "idle_calls_per_process_s": idle_calls / n / idle.seconds,
+        "idle_cmd_us_per_process_s": idle_usec / n / idle.seconds,
+        "event_cpu_us_per_listener": max(0.0, window_cpu) / (events * n) * 1e6,
+        "event_calls_per_listener": ev_calls / (events * n),
+        "event_cmd_us_per_listener": ev_usec / (events * n),
+        "event_commands": {
+            name: (calls / (events * n), usec / max(calls, 1))
+            for name, (calls, usec) in window.commands.items()
+            if name in ("xread", "xrange", "evalsha")
+        },
+        "idle_own_cpu_us_per_process_s": idle.own / n / idle.seconds * 1e6,
+        "event_own_cpu_us_per_process": max(0.0, window.own - own_idle_rate * window.seconds)
+        / (events * n)
+        * 1e6,
+    }
+
+
+def _latencies(sent: dict[int, float], results: list[dict]) -> dict:
+    """Publish-to-applied over every delivery, and until every process had the event."""
     deliveries: list[float] = []
     slowest: list[float] = []
     missing = 0
@@ -250,31 +311,10 @@ def run_one(mode: str, n: int, url: str, args, base: dict, counter: list[int]) -
     p50, p99 = _quantiles(deliveries)
     _s50, s99 = _quantiles(slowest)
     return {
-        "mode": mode,
-        "n": n,
-        "processes_reported": len(results),
-        "connections_per_process": connections / n,
-        "idle_cpu_us_per_process_s": idle_per_process * 1e6,
-        "idle_calls_per_process_s": idle_calls / n / (t1 - t0),
-        "idle_cmd_us_per_process_s": idle_usec / n / (t1 - t0),
-        "event_cpu_us_per_listener": max(0.0, window_cpu) / (events * n) * 1e6,
-        "event_calls_per_listener": ev_calls / (events * n),
-        "event_cmd_us_per_listener": ev_usec / (events * n),
-        "event_commands": {
-            name: (calls / (events * n), usec / max(calls, 1))
-            for name, (calls, usec) in commands.items()
-            if name in ("xread", "xrange", "evalsha")
-        },
-        "idle_own_cpu_us_per_process_s": (own1 - own0) / n / (t1 - t0) * 1e6,
-        "event_own_cpu_us_per_process": max(
-            0.0, (own3 - own2) - (own1 - own0) / (t1 - t0) * (t3 - t2)
-        )
-        / (events * n)
-        * 1e6,
         "p50": p50,
         "p99": p99,
         "p99_all": s99,
-        "events": events,
+        "events": len(sent),
         "missing": missing,
         "drops": sum(r["drops"] for r in results),
     }
