@@ -33,7 +33,15 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from cache.items.locks import ALL, LockBackend, Renewer, claim_fence, hold_fence, scope_key
+from cache.items.locks import (
+    ALL,
+    LockBackend,
+    RebuildLock,
+    Renewer,
+    claim_fence,
+    hold_fence,
+    scope_key,
+)
 from cache.items.plugins import CachePlugin, ItemWriter
 from cache.items.store import DEFAULT_MAX_BYTES, set_items
 from cachework import instruments
@@ -152,6 +160,56 @@ def _wait_for_holder(lock, ttl_ms: int) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class RunRound:
+    """One scope's rounds as a callable: everything but the names and the fence is fixed."""
+
+    session_factory: SessionFactory
+    plugin: CachePlugin
+    project: str | None
+    user: str | None
+    max_bytes: int
+    lock: RebuildLock
+    abort_on: tuple[type[BaseException], ...]
+
+    def claim_fence(self, key: str) -> int:
+        with self.session_factory() as session:
+            return claim_fence(session, key)
+
+    def __call__(self, names: set[str], fence: int) -> ScopeResult:
+        started = time.perf_counter()
+        done = _round(
+            self.session_factory,
+            self.plugin,
+            self.project,
+            names,
+            self.user,
+            self.max_bytes,
+            self.lock,
+            self.abort_on,
+            fence,
+        )
+        seconds = time.perf_counter() - started
+        instruments.record_rebuild(self.plugin.app_name, seconds, done.errors)
+        return done
+
+
+def _rounds_while_held(
+    lock: RebuildLock, ttl_ms: int, max_rounds: int, result: ScopeResult, run_round: RunRound
+) -> None:
+    """Holding `lock` (renewed meanwhile), run rounds into `result` until no name is dirty
+    or `max_rounds` is reached; each round's writes carry this holder's fencing token."""
+    fence = run_round.claim_fence(lock.key)
+    with Renewer(lock, ttl_ms):
+        while result.rounds < max_rounds:
+            pending = lock.take_dirty()
+            if not pending:
+                return
+            result.rounds += 1
+            result.add(run_round(pending, fence))
+            lock.finish()
+
+
 def rebuild_scope(
     session_factory: SessionFactory,
     locks: LockBackend,
@@ -179,6 +237,7 @@ def rebuild_scope(
     would redo its names."""
     lock = locks.lock(scope_key(project, plugin.app_name))
     lock.mark_dirty(names)
+    run_round = RunRound(session_factory, plugin, project, user, max_bytes, lock, abort_on)
     result = ScopeResult()
     waited = False
     while result.rounds < max_rounds:
@@ -194,30 +253,7 @@ def rebuild_scope(
                     instruments.record_deferral(plugin.app_name)
                 return result
         try:
-            with session_factory() as session:
-                fence = claim_fence(session, lock.key)
-            with Renewer(lock, locks.ttl_ms):
-                while result.rounds < max_rounds:
-                    pending = lock.take_dirty()
-                    if not pending:
-                        break
-                    result.rounds += 1
-                    started = time.perf_counter()
-                    done = _round(
-                        session_factory,
-                        plugin,
-                        project,
-                        pending,
-                        user,
-                        max_bytes,
-                        lock,
-                        abort_on,
-                        fence,
-                    )
-                    seconds = time.perf_counter() - started
-                    instruments.record_rebuild(plugin.app_name, seconds, done.errors)
-                    result.add(done)
-                    lock.finish()
+            _rounds_while_held(lock, locks.ttl_ms, max_rounds, result, run_round)
         finally:
             lock.release()
         # A request that marked dirty after our last take but before the release could not
