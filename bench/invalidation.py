@@ -17,6 +17,8 @@ stream), a throwaway PostgreSQL database (dropped at the end) and real prefork w
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -31,10 +33,10 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache.invalidation import RedisLog, publish
+from cache.invalidation import RedisLog, Tracker, publish
 from cachework.settings import load_settings
 from importers.bootstrap import bootstrap
-from tests.invalidation_helpers import OwnRedis
+from tests.invalidation_helpers import FakeTarget, OwnRedis
 from worker import create_app
 from worker.routing import QUEUES
 from worker.schema import create_tables
@@ -42,8 +44,6 @@ from worker.spawn import WorkerProcess
 
 
 def env_for(folder: Path, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEWORK_")}
     env.update(
         CACHEWORK_DATA_DIR=str(folder),
@@ -132,8 +132,6 @@ def _raw_reader(url: str, key: str, n: int, out) -> None:
 
 def raw_fan_out(url: str, rate: int, seconds: float) -> dict:
     """The same fan-out through 4 plain XREAD processes: the floor on this machine."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("fork")
     count = int(rate * seconds)
     key = f"bench:raw:{uuid.uuid4().hex[:6]}"
@@ -167,9 +165,6 @@ def raw_fan_out(url: str, rate: int, seconds: float) -> dict:
 
 def catch_up_call_us(url: str, n: int = 2000) -> float:
     """Microseconds per task-start catch-up when up to date (one Lua call), in-process."""
-    from cache.invalidation import Tracker
-    from tests.invalidation_helpers import FakeTarget
-
     client = redis.Redis.from_url(url)
     tracker = Tracker(FakeTarget(), RedisLog(client))
     tracker.catch_up()
@@ -221,50 +216,14 @@ def main() -> None:
     nodes: list[WorkerProcess] = []
     engine = sa.create_engine(database_url)
     try:
-        create_tables(engine, bootstrap(("demo.models",)))
-        from demo.seed import seed  # only after bootstrap() mapped the models
-
-        with sa.orm.Session(engine) as session, session.begin():
-            seed(session, projects=1, products=10)
+        seed_database(engine)
         env = env_for(folder, database_url, server.url)
         env_off = env_for(folder, database_url, server.url, cached_tables="off")
         app = create_app(load_settings(env))
-        for i in range(2):
-            queues = (*QUEUES, "bench_on") if i == 0 else QUEUES
-            nodes.append(WorkerProcess(env, name=f"fan{i}@127.0.0.1", queues=queues).start())
-        for node in nodes:
-            node.wait_ready(app, timeout=120)
-        for _ in range(8):  # every child loads its cached table
-            app.send_task("cachework.lookup", kwargs={"table": "categories", "key": 1}).get(30)
-
+        start_fan_out_nodes(app, env, nodes)
         client = redis.Redis.from_url(server.url)
-        log = RedisLog(client)
-        print(f"fan-out: 2 nodes x 2 children, {args.seconds:.0f}s per rate (publish -> all 4)")
-        for rate in rates:
-            r = fan_out(app, log, rate, args.seconds)
-            raw = raw_fan_out(server.url, rate, args.seconds)
-            target = "  (target p99 <= 20 ms)" if rate == 200 else ""
-            print(
-                f"  {r['rate']:>5}/s (achieved {r['achieved']:.0f}/s, {r['events']} events): "
-                f"p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  max {r['max']:.2f} ms  "
-                f"missing {r['missing']}  drops {r['drops']}{target}"
-            )
-            print(
-                f"         baseline, 4 plain XREAD processes: p50 {raw['p50']:.2f} ms  "
-                f"p99 {raw['p99']:.2f} ms  -> ours/baseline p50 {r['p50'] / raw['p50']:.2f}x  "
-                f"p99 {r['p99'] / raw['p99']:.2f}x"
-            )
-        off_node = WorkerProcess(env_off, name="off@127.0.0.1", queues=("bench_off",)).start()
-        nodes.append(off_node)
-        off_node.wait_ready(app, timeout=120)
-        on, off = catch_up_cost(app, args.round_trips)
-        print(f"task-start catch-up, no-op task round trip (median of {args.round_trips}):")
-        print(
-            f"  with catch-up {on:.3f} ms / without {off:.3f} ms = {on / off:.3f}x"
-            "  (target <= 1.1x)"
-        )
-        call_us = catch_up_call_us(server.url)
-        print(f"  one catch-up call when up to date, in-process: {call_us:.0f} us")
+        report_fan_out(app, RedisLog(client), server.url, rates, args.seconds)
+        report_catch_up(app, env_off, nodes, server.url, args.round_trips)
         client.close()
         app.close()
     finally:
@@ -274,6 +233,60 @@ def main() -> None:
         server.stop()
         with psycopg.connect(args.pg_admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def seed_database(engine: sa.Engine) -> None:
+    """cachework's tables and the demo's models, one project of 10 products."""
+    create_tables(engine, bootstrap(("demo.models",)))
+    from demo.seed import seed  # only after bootstrap() mapped the models
+
+    with sa.orm.Session(engine) as session, session.begin():
+        seed(session, projects=1, products=10)
+
+
+def start_fan_out_nodes(app, env: dict[str, str], nodes: list[WorkerProcess]) -> None:
+    """Two nodes of 2 children (the first also serving `bench_on`), each child with its
+    cached table loaded; `nodes` gets them as they start, so the caller stops them."""
+    for i in range(2):
+        queues = (*QUEUES, "bench_on") if i == 0 else QUEUES
+        nodes.append(WorkerProcess(env, name=f"fan{i}@127.0.0.1", queues=queues).start())
+    for node in nodes:
+        node.wait_ready(app, timeout=120)
+    for _ in range(8):  # every child loads its cached table
+        app.send_task("cachework.lookup", kwargs={"table": "categories", "key": 1}).get(30)
+
+
+def report_fan_out(app, log: RedisLog, url: str, rates: list[int], seconds: float) -> None:
+    """Fan-out latency per rate, against 4 plain XREAD processes at the same rate."""
+    print(f"fan-out: 2 nodes x 2 children, {seconds:.0f}s per rate (publish -> all 4)")
+    for rate in rates:
+        r = fan_out(app, log, rate, seconds)
+        raw = raw_fan_out(url, rate, seconds)
+        target = "  (target p99 <= 20 ms)" if rate == 200 else ""
+        print(
+            f"  {r['rate']:>5}/s (achieved {r['achieved']:.0f}/s, {r['events']} events): "
+            f"p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  max {r['max']:.2f} ms  "
+            f"missing {r['missing']}  drops {r['drops']}{target}"
+        )
+        print(
+            f"         baseline, 4 plain XREAD processes: p50 {raw['p50']:.2f} ms  "
+            f"p99 {raw['p99']:.2f} ms  -> ours/baseline p50 {r['p50'] / raw['p50']:.2f}x  "
+            f"p99 {r['p99'] / raw['p99']:.2f}x"
+        )
+
+
+def report_catch_up(
+    app, env_off: dict[str, str], nodes: list[WorkerProcess], url: str, n: int
+) -> None:
+    """No-op round trips on the catch-up node against a node without cached tables."""
+    off_node = WorkerProcess(env_off, name="off@127.0.0.1", queues=("bench_off",)).start()
+    nodes.append(off_node)
+    off_node.wait_ready(app, timeout=120)
+    on, off = catch_up_cost(app, n)
+    print(f"task-start catch-up, no-op task round trip (median of {n}):")
+    print(f"  with catch-up {on:.3f} ms / without {off:.3f} ms = {on / off:.3f}x  (target <= 1.1x)")
+    call_us = catch_up_call_us(url)
+    print(f"  one catch-up call when up to date, in-process: {call_us:.0f} us")
 
 
 if __name__ == "__main__":
