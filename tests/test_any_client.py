@@ -265,6 +265,64 @@ def test_plain_client_without_routing_works_on_a_dedicated_broker(
     assert parent_pid(status["pid"]) == node.proc.pid  # a prefork child of the node
 
 
+def _wait_untaken_on_celery(redis_url: str, node) -> None:
+    """Only cachework's worker runs yet: the app's 8 tasks wait on `celery`, untaken."""
+    broker = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 20
+        while broker.llen("celery") < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # time enough for a worker consuming `celery` to take some
+        assert broker.llen("celery") == 8, node.logfile.read_text(errors="replace")[-3000:]
+    finally:
+        broker.close()
+
+
+def _start_foreign_worker(redis_url: str, name: str, log_path: Path) -> subprocess.Popen:
+    """The app's own Celery worker (tests/foreign_app.py), prefork, on the shared broker."""
+    foreign_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CACHEWORK_")},
+        "FOREIGN_BROKER_URL": redis_url,
+        "FOREIGN_RESULT_BACKEND": redis_url,
+    }
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "tests.foreign_app", "worker",
+                "-P", "prefork", "-c", "2", "-n", name, "-l", "INFO",
+                "--without-gossip", "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=foreign_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _check_each_side_ran_its_own(results: list[dict], node, foreign, foreign_name: str) -> None:
+    """cachework's tasks ran in the cachework node's children, the app's in its worker's."""
+    ours = [r for r in results if r["name"].startswith("cachework.")]
+    check_contract_results(ours, node.name)
+    status = next(r["value"] for r in ours if r["name"] == "cachework.cache_status")
+    assert parent_pid(status["pid"]) == node.proc.pid
+    theirs = [r for r in results if r["name"] == "myapp.whoami"]
+    assert [r.get("error") for r in theirs] == [None] * 8, theirs
+    assert sorted(r["value"]["n"] for r in theirs) == list(range(8))
+    for r in theirs:
+        assert r["worker"] == r["value"]["hostname"] == foreign_name, r
+        assert parent_pid(r["value"]["pid"]) == foreign.pid, r
+
+
+def _check_status_tells_the_sides_apart(env: dict[str, str], foreign_name: str) -> None:
+    """`cachework status` tells the two sides apart and leaves `celery` to the app."""
+    done = cli_status(env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"other workers\s.*" + re.escape(foreign_name), done.stdout)
+    assert "left to the app's workers" in done.stdout
+    assert re.search(r"queue celery\s.*consumers: " + re.escape(foreign_name), done.stdout)
+
+
 def test_the_apps_own_workers_share_the_broker_and_each_side_runs_its_own_tasks(
     tmp_path, sqlite_url, redis_url, worker_process
 ):
@@ -287,60 +345,18 @@ def test_the_apps_own_workers_share_the_broker_and_each_side_runs_its_own_tasks(
     client = start_client(redis_url, redis_url, "routed", calls)
     foreign = None
     try:
-        # Only cachework's worker runs yet: the app's tasks wait on `celery`, untaken.
-        broker = redis.Redis.from_url(redis_url)
-        try:
-            deadline = time.monotonic() + 20
-            while broker.llen("celery") < 8 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(1.0)  # time enough for a worker consuming `celery` to take some
-            assert broker.llen("celery") == 8, node.logfile.read_text(errors="replace")[-3000:]
-        finally:
-            broker.close()
-
+        _wait_untaken_on_celery(redis_url, node)
         foreign_name = "foreign@127.0.0.1"
         foreign_log = tmp_path / "foreign.log"
-        foreign_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("CACHEWORK_")},
-            "FOREIGN_BROKER_URL": redis_url,
-            "FOREIGN_RESULT_BACKEND": redis_url,
-        }
-        with open(foreign_log, "wb") as log:
-            foreign = subprocess.Popen(
-                [
-                    sys.executable, "-m", "celery", "-A", "tests.foreign_app", "worker",
-                    "-P", "prefork", "-c", "2", "-n", foreign_name, "-l", "INFO",
-                    "--without-gossip", "--without-mingle",
-                ],
-                cwd=ROOT,
-                env=foreign_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+        foreign = _start_foreign_worker(redis_url, foreign_name, foreign_log)
         wait_for_ping(app, foreign_name, foreign, foreign_log)
         results = client_results(client, "routed")
 
-        ours = [r for r in results if r["name"].startswith("cachework.")]
-        check_contract_results(ours, node.name)
-        status = next(r["value"] for r in ours if r["name"] == "cachework.cache_status")
-        assert parent_pid(status["pid"]) == node.proc.pid
-        theirs = [r for r in results if r["name"] == "myapp.whoami"]
-        assert [r.get("error") for r in theirs] == [None] * 8, theirs
-        assert sorted(r["value"]["n"] for r in theirs) == list(range(8))
-        for r in theirs:
-            assert r["worker"] == r["value"]["hostname"] == foreign_name, r
-            assert parent_pid(r["value"]["pid"]) == foreign.pid, r
+        _check_each_side_ran_its_own(results, node, foreign, foreign_name)
         for log_path in (foreign_log, node.logfile):
             text = log_path.read_text(errors="replace")
             assert "unregistered task" not in text, text[-3000:]
-
-        # `cachework status` tells the two sides apart and leaves `celery` to the app.
-        done = cli_status(env)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert re.search(r"other workers\s.*" + re.escape(foreign_name), done.stdout)
-        assert "left to the app's workers" in done.stdout
-        assert re.search(r"queue celery\s.*consumers: " + re.escape(foreign_name), done.stdout)
+        _check_status_tells_the_sides_apart(env, foreign_name)
     finally:
         if client.poll() is None:
             client.kill()
