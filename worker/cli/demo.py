@@ -111,32 +111,13 @@ def demo_env(folder: Path) -> dict[str, str]:
 def demo(projects: int, products: int, folder: Path, force: bool) -> None:
     """Seed the embedded database, start a real worker and run every job through it."""
     console = Console()
-    folder = folder.resolve()
-    if folder.exists() and not force and not _is_demo_folder(folder):
-        raise click.BadParameter(  # a bad value of an option: a usage error, exit status 2
-            f"{folder} exists and is not a folder an earlier demo made; it is replaced by "
-            "the demo, so choose another --folder, or pass --force to replace it",
-            param_hint="'--folder'",
-        )
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    (folder / DEMO_MARKER).write_text("made by `cachework demo`; replaced by the next one\n")
+    folder = _fresh_folder(folder.resolve(), force)
     env = demo_env(folder)
     settings = load_settings(env)
     database = db.Database(settings.database_url, settings.database_pooler)
     worker = WorkerProcess(env, concurrency=2, name="demo@127.0.0.1", logfile=folder / "worker.log")
     try:
-        models = bootstrap(settings.models)
-        tables = create_tables(database.engine, models)
-        console.rule("[bold]cachework demo")
-        console.print(f"database  {settings.database_url}")
-        console.print(f"broker    {settings.broker_url} (folder {settings.broker_folder})")
-        console.print(f"tables    {len(tables)}: {', '.join(tables)}")
-        from demo.seed import seed
-
-        with database.session() as session:
-            counts = seed(session, projects=projects, products=products)
-        console.print(f"seeded    {counts} (plain SQL inserts: no versions yet)")
+        models = _set_up(console, settings, database, projects, products)
         from worker import create_app
 
         app = create_app(settings)
@@ -152,6 +133,39 @@ def demo(projects: int, products: int, folder: Path, force: bool) -> None:
         code = worker.stop()
         console.print(f"worker    stopped (exit code {code}); log in {folder / 'worker.log'}")
         database.dispose()
+
+
+def _fresh_folder(folder: Path, force: bool) -> Path:
+    """`folder` emptied for this demo; one that an earlier demo did not make is replaced
+    only with --force."""
+    if folder.exists() and not force and not _is_demo_folder(folder):
+        raise click.BadParameter(  # a bad value of an option: a usage error, exit status 2
+            f"{folder} exists and is not a folder an earlier demo made; it is replaced by "
+            "the demo, so choose another --folder, or pass --force to replace it",
+            param_hint="'--folder'",
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / DEMO_MARKER).write_text("made by `cachework demo`; replaced by the next one\n")
+    return folder
+
+
+def _set_up(
+    console: Console, settings: Settings, database: db.Database, projects: int, products: int
+) -> Models:
+    """The app's models booted, every table made, the demo's data seeded."""
+    models = bootstrap(settings.models)
+    tables = create_tables(database.engine, models)
+    console.rule("[bold]cachework demo")
+    console.print(f"database  {settings.database_url}")
+    console.print(f"broker    {settings.broker_url} (folder {settings.broker_folder})")
+    console.print(f"tables    {len(tables)}: {', '.join(tables)}")
+    from demo.seed import seed
+
+    with database.session() as session:
+        counts = seed(session, projects=projects, products=products)
+    console.print(f"seeded    {counts} (plain SQL inserts: no versions yet)")
+    return models
 
 
 COMMANDS = [demo]

@@ -201,15 +201,21 @@ def import_versions_command(
         repair=repair,
     )  # one request, checked here, for both paths
     console = Console()
+    _print_result(console, _run(console, request, enqueue, timeout))
+
+
+def _run(console: Console, request: ImportRequest, enqueue: bool, timeout: float) -> dict:
+    """The import's result, run here or by the workers (`enqueue`), with its progress
+    shown; Ctrl-C is one line saying what became of the run, and exit status 130."""
     sent: list[str] = []
     try:
         with ModelProgress(console) as progress:
             if enqueue:
                 result = _enqueue(request, timeout, progress.show, sent)
                 progress.finish(result)
-            else:
-                with cli_runtime() as runtime:
-                    result = run_import(runtime.database, runtime.models, request, progress)
+                return result
+            with cli_runtime() as runtime:
+                return run_import(runtime.database, runtime.models, request, progress)
     except KeyboardInterrupt:
         if sent:
             message = (
@@ -220,6 +226,9 @@ def import_versions_command(
             message = "interrupted: the run was rolled back; nothing was written"
         click.secho(message, fg="yellow", err=True)
         raise SystemExit(130) from None
+
+
+def _print_result(console: Console, result: dict) -> None:
     console.print(summary_table(result))
     txn = result["transaction_id"]
     console.print(
