@@ -208,6 +208,28 @@ def test_sync_cache_in_process_prints_exactly_its_lines(sqlite_url, tmp_path: Pa
     assert done.stdout == "updated 4 item(s) in 2 project(s); 0 error(s)\n"
 
 
+REPLICA_NOTE = (
+    "note: ordinary triggers do not fire under session_replication_role = replica (a "
+    "logical-replication subscriber's apply worker, restores that set it): announce such "
+    "writes yourself, or `install --always` (see README)"
+)
+REPLICA_WARNING = (
+    "warning: new sessions of this database start with session_replication_role = replica "
+    "(a server, database or role default): their writes fire no trigger"
+)
+
+
+def _outbox_rows_of(engine: sa.Engine, statement: str, replica: bool) -> int:
+    """How many outbox rows `statement` adds, run in a transaction (in replica mode)."""
+    with engine.begin() as conn:
+        before = conn.execute(sa.text("SELECT count(*) FROM invalidation_outbox")).scalar()
+        if replica:
+            conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        conn.execute(sa.text(statement))
+        after = conn.execute(sa.text("SELECT count(*) FROM invalidation_outbox")).scalar()
+    return after - before
+
+
 def test_triggers_status_says_what_replica_mode_does(pg_url, tmp_path: Path):
     """Ordinary triggers do nothing under session_replication_role = replica (restores,
     a logical-replication subscriber's apply worker): status says so, fails when new
@@ -217,25 +239,7 @@ def test_triggers_status_says_what_replica_mode_does(pg_url, tmp_path: Path):
     assert run_cli(env, "seed", "--projects", "1", "--products", "5").returncode == 0
     engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     name = engine.url.database
-
-    def outbox_rows_of(statement: str, replica: bool) -> int:
-        with engine.begin() as conn:
-            before = conn.execute(sa.text("SELECT count(*) FROM invalidation_outbox")).scalar()
-            if replica:
-                conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
-            conn.execute(sa.text(statement))
-            after = conn.execute(sa.text("SELECT count(*) FROM invalidation_outbox")).scalar()
-        return after - before
-
-    note = (
-        "note: ordinary triggers do not fire under session_replication_role = replica (a "
-        "logical-replication subscriber's apply worker, restores that set it): announce such "
-        "writes yourself, or `install --always` (see README)"
-    )
-    warning = (
-        "warning: new sessions of this database start with session_replication_role = replica "
-        "(a server, database or role default): their writes fire no trigger"
-    )
+    note, warning = REPLICA_NOTE, REPLICA_WARNING
     rename = "UPDATE categories SET name = name || '!' WHERE id = 1"
     try:
         installed = run_cli(env, "triggers", "install")
@@ -245,8 +249,8 @@ def test_triggers_status_says_what_replica_mode_does(pg_url, tmp_path: Path):
             0,
             ["categories -> categories: installed", note],
         ), done.stderr
-        assert outbox_rows_of(rename, replica=False) == 1
-        assert outbox_rows_of(rename, replica=True) == 0  # nothing announced: stale
+        assert _outbox_rows_of(engine, rename, replica=False) == 1
+        assert _outbox_rows_of(engine, rename, replica=True) == 0  # nothing announced: stale
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{name}" SET session_replication_role = replica'))
         done = run_cli(env, "triggers", "status")
@@ -262,7 +266,7 @@ def test_triggers_status_says_what_replica_mode_does(pg_url, tmp_path: Path):
             0,
             ["categories -> categories: installed, fires in replica mode too"],
         )
-        assert outbox_rows_of(rename, replica=True) == 1
+        assert _outbox_rows_of(engine, rename, replica=True) == 1
         with engine.begin() as conn:
             conn.execute(sa.text("ALTER TABLE categories DISABLE TRIGGER USER"))
         done = run_cli(env, "triggers", "status")
