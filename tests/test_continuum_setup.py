@@ -26,6 +26,30 @@ def test_app_set_up(check, tmp_path):
     assert done.returncode == 0 and f"ok {check}" in done.stdout, done.stderr[-4000:]
 
 
+def _check_both_transactions(engine: sa.Engine) -> None:
+    """The CLI's transaction 1 and the task's transaction 2, with their users, remote
+    address, changes, meta and version rows, as Continuum itself would write them."""
+    with engine.connect() as conn:
+        query = 'SELECT id, remote_addr, user_id FROM "transaction" ORDER BY id'
+        rows = conn.execute(sa.text(query)).all()
+        assert rows == [(1, None, 5), (2, "192.0.2.1", 5)]
+        changes = conn.execute(sa.text(
+            "SELECT transaction_id, entity_name FROM transaction_changes "
+            "ORDER BY 1, 2")).all()  # fmt: skip
+        assert changes == [(1, "Article"), (1, "Car"), (1, "Tag"), (2, "Car")]
+        meta = conn.execute(sa.text(
+            "SELECT transaction_id, key, value FROM transaction_meta")).all()  # fmt: skip
+        assert meta == [(1, "comment", "by the cli")]
+        cars = conn.execute(sa.text(
+            "SELECT doors, transaction_id, end_transaction_id, operation_type, doors_mod "
+            "FROM cars_version ORDER BY transaction_id")).all()  # fmt: skip
+        assert cars == [(3, 1, 2, 0, True), (5, 2, None, 1, True)]
+        vehicles = conn.execute(sa.text(
+            "SELECT transaction_id, end_transaction_id, operation_type, wheels_mod "
+            "FROM vehicles_version ORDER BY transaction_id")).all()  # fmt: skip
+        assert vehicles == [(1, 2, 0, True), (2, None, 1, False)]
+
+
 def test_a_documentation_style_app_through_the_cli_and_a_real_worker(
     tmp_path, pg_url, redis_url, worker_process
 ):
@@ -67,24 +91,6 @@ def test_a_documentation_style_app_through_the_cli_and_a_real_worker(
         assert result["transaction_id"] == 2 and result["warnings"] == []
         assert result["models"]["Car"]["updated"] == 1
         assert result["models"]["article_tag"]["deleted"] == 1
-        with engine.connect() as conn:
-            query = 'SELECT id, remote_addr, user_id FROM "transaction" ORDER BY id'
-            rows = conn.execute(sa.text(query)).all()
-            assert rows == [(1, None, 5), (2, "192.0.2.1", 5)]
-            changes = conn.execute(sa.text(
-                "SELECT transaction_id, entity_name FROM transaction_changes "
-                "ORDER BY 1, 2")).all()  # fmt: skip
-            assert changes == [(1, "Article"), (1, "Car"), (1, "Tag"), (2, "Car")]
-            meta = conn.execute(sa.text(
-                "SELECT transaction_id, key, value FROM transaction_meta")).all()  # fmt: skip
-            assert meta == [(1, "comment", "by the cli")]
-            cars = conn.execute(sa.text(
-                "SELECT doors, transaction_id, end_transaction_id, operation_type, doors_mod "
-                "FROM cars_version ORDER BY transaction_id")).all()  # fmt: skip
-            assert cars == [(3, 1, 2, 0, True), (5, 2, None, 1, True)]
-            vehicles = conn.execute(sa.text(
-                "SELECT transaction_id, end_transaction_id, operation_type, wheels_mod "
-                "FROM vehicles_version ORDER BY transaction_id")).all()  # fmt: skip
-            assert vehicles == [(1, 2, 0, True), (2, None, 1, False)]
+        _check_both_transactions(engine)
     finally:
         engine.dispose()
