@@ -271,6 +271,43 @@ def test_savepoints_autocommit_and_an_outer_transaction(database):
         tracking.stop()
 
 
+def _refuse_bad_names_at_commit(engine: sa.Engine) -> None:
+    """A check the server runs at COMMIT: a deferred trigger refusing the name 'bad'."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION refuse_bad() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.name = 'bad' THEN RAISE EXCEPTION 'refused at commit'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE CONSTRAINT TRIGGER refuse_bad AFTER UPDATE ON categories "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_bad()"
+            )
+        )
+
+
+def _commit_refused_then_good(database: db.Database) -> None:
+    """A commit the server refuses writes no event; the same session then commits."""
+    session = database.sessionmaker()
+    try:
+        session.get(Category, 2).name = "bad"
+        try:
+            session.commit()
+        except sa.exc.DBAPIError as exc:
+            assert "refused at commit" in str(exc)
+        else:
+            raise AssertionError("the commit should have failed")
+        session.rollback()
+        assert take_outbox(database.engine) == []  # no event for what never committed
+        session.get(Category, 2).name = "good"  # the session goes on
+        session.commit()
+    finally:
+        session.close()
+
+
 def test_postgresql_sends_the_event_with_the_commit(pg_database, monkeypatch):
     """psycopg: the outbox INSERT and the COMMIT are one query (the driver's commit finds
     the transaction already ended); a commit the server refuses leaves neither the change
@@ -297,35 +334,8 @@ def test_postgresql_sends_the_event_with_the_commit(pg_database, monkeypatch):
         with database.session() as session:
             assert session.get(Category, 1).code == odd
 
-        with database.engine.begin() as conn:  # a check the server runs at COMMIT
-            conn.execute(
-                sa.text(
-                    "CREATE FUNCTION refuse_bad() RETURNS trigger AS $$ BEGIN "
-                    "IF NEW.name = 'bad' THEN RAISE EXCEPTION 'refused at commit'; END IF; "
-                    "RETURN NEW; END $$ LANGUAGE plpgsql"
-                )
-            )
-            conn.execute(
-                sa.text(
-                    "CREATE CONSTRAINT TRIGGER refuse_bad AFTER UPDATE ON categories "
-                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_bad()"
-                )
-            )
-        session = database.sessionmaker()
-        try:
-            session.get(Category, 2).name = "bad"
-            try:
-                session.commit()
-            except sa.exc.DBAPIError as exc:
-                assert "refused at commit" in str(exc)
-            else:
-                raise AssertionError("the commit should have failed")
-            session.rollback()
-            assert take_outbox(database.engine) == []  # no event for what never committed
-            session.get(Category, 2).name = "good"  # the session goes on
-            session.commit()
-        finally:
-            session.close()
+        _refuse_bad_names_at_commit(database.engine)
+        _commit_refused_then_good(database)
         assert keys_of(take_outbox(database.engine), "categories") == {2}
         with database.session() as session:
             assert session.get(Category, 2).name == "good"
@@ -424,6 +434,76 @@ ops = st.lists(
 )
 
 
+def _write(
+    session, rows: dict, op: str, pick: int, counter, touched_ids: set, touched_codes: set
+) -> None:
+    """One random ORM write (or a flush) in `session`, mirrored in `rows` (id -> code),
+    the ids and codes it touches added to the touched sets."""
+    live = sorted(rows)
+    if op == "flush":
+        session.flush()
+        return
+    if op == "insert" or not live:
+        new_id, code = next(counter), f"k{next(counter)}"
+        session.add(Category(id=new_id, code=code, name="n"))
+        rows[new_id] = code
+        touched_ids.add(new_id)
+        touched_codes.add(code)
+        return
+    key = live[pick % len(live)]
+    session.flush()  # a row added in this transaction is written first
+    obj = session.get(Category, key)
+    touched_ids.add(key)
+    touched_codes.add(rows[key])
+    if op == "name":
+        obj.name = f"name{next(counter)}"
+    elif op == "code":
+        obj.code = rows[key] = f"k{next(counter)}"
+        touched_codes.add(obj.code)
+    elif op == "id":
+        session.flush()  # a primary-key change flushed on its own
+        obj.id = new_id = next(counter)
+        rows[new_id] = rows.pop(key)
+        touched_ids.add(new_id)
+    else:
+        session.delete(obj)
+        del rows[key]
+
+
+def _run_transaction(
+    database: db.Database, model: dict, steps: list, commit: bool, counter
+) -> tuple[dict, set, set]:
+    """Apply `steps` in one session, then commit or roll back: the rows as the transaction
+    left them (id -> code) and the ids and codes it touched."""
+    rows = dict(model)
+    touched_ids: set = set()
+    touched_codes: set = set()
+    session = database.sessionmaker()
+    try:
+        for op, pick in steps:
+            _write(session, rows, op, pick, counter, touched_ids, touched_codes)
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
+    return rows, touched_ids, touched_codes
+
+
+def _check_cached_tables(full, coded, model: dict, seen_ids: set, seen_codes: set) -> None:
+    """The cached tables agree with the committed rows for every id and code ever used."""
+    by_code_model = {code: i for i, code in model.items()}
+    for i in seen_ids:
+        record = full.by_id(i)
+        assert (record and record["code"]) == model.get(i) or (record is None and i not in model)
+    for code in seen_codes:
+        record = coded.get(code)
+        assert (record["id"] if record else None) == by_code_model.get(code)
+        found, _new = full.by_cache_key(code)
+        assert (found["id"] if found else None) == by_code_model.get(code)
+
+
 @settings(
     max_examples=60,
     deadline=None,
@@ -455,47 +535,9 @@ def test_random_flushes_invalidate_exactly_what_the_reference_model_says(
     seen_ids, seen_codes = set(model), set(model.values())
     try:
         for steps, commit in transactions:
-            rows = dict(model)
-            touched_ids: set = set()
-            touched_codes: set = set()
-            session = database.sessionmaker()
-            try:
-                for op, pick in steps:
-                    live = sorted(rows)
-                    if op == "flush":
-                        session.flush()
-                        continue
-                    if op == "insert" or not live:
-                        new_id, code = next(counter), f"k{next(counter)}"
-                        session.add(Category(id=new_id, code=code, name="n"))
-                        rows[new_id] = code
-                        touched_ids.add(new_id)
-                        touched_codes.add(code)
-                        continue
-                    key = live[pick % len(live)]
-                    session.flush()  # a row added in this transaction is written first
-                    obj = session.get(Category, key)
-                    touched_ids.add(key)
-                    touched_codes.add(rows[key])
-                    if op == "name":
-                        obj.name = f"name{next(counter)}"
-                    elif op == "code":
-                        obj.code = rows[key] = f"k{next(counter)}"
-                        touched_codes.add(obj.code)
-                    elif op == "id":
-                        session.flush()  # a primary-key change flushed on its own
-                        obj.id = new_id = next(counter)
-                        rows[new_id] = rows.pop(key)
-                        touched_ids.add(new_id)
-                    else:
-                        session.delete(obj)
-                        del rows[key]
-                if commit:
-                    session.commit()
-                else:
-                    session.rollback()
-            finally:
-                session.close()
+            rows, touched_ids, touched_codes = _run_transaction(
+                database, model, steps, commit, counter
+            )
             events = take_outbox(database.engine)
             if not commit:
                 assert events == []
@@ -506,17 +548,7 @@ def test_random_flushes_invalidate_exactly_what_the_reference_model_says(
             assert keys_of(events, "categories") == touched_ids
             assert keys_of(events, "by_code") == touched_codes
             apply(registry, events)
-            by_code_model = {code: i for i, code in model.items()}
-            for i in seen_ids:
-                record = full.by_id(i)
-                assert (record and record["code"]) == model.get(i) or (
-                    record is None and i not in model
-                )
-            for code in seen_codes:
-                record = coded.get(code)
-                assert (record["id"] if record else None) == by_code_model.get(code)
-                found, _new = full.by_cache_key(code)
-                assert (found["id"] if found else None) == by_code_model.get(code)
+            _check_cached_tables(full, coded, model, seen_ids, seen_codes)
     finally:
         tracking.stop()
         database.dispose()
