@@ -108,6 +108,48 @@ def both_children_read(engine: sa.Engine, app, key: int) -> None:
         assert result.get(timeout=30)["id"] == key
 
 
+def _expected_samples(result: dict, categories: int, lookups: int) -> dict:
+    """The samples the scrape must show, summed over both children: `lookups` lookups, two
+    refreshes, 4 applied and 2 ignored invalidations, the import `result`'s row counts."""
+    expected = {
+        ("cachework_cached_table_hits_total", (("table", "categories"),)): lookups,
+        ("cachework_cached_table_misses_total", (("table", "categories"),)): 0,
+        ("cachework_cached_table_refreshes_total", (("table", "categories"),)): 2,
+        ("cachework_cached_table_records", (("table", "categories"),)): 2 * categories,
+        ("cachework_cached_table_invalid", (("table", "categories"),)): 0,
+        ("cachework_invalidation_events_total", (("outcome", "applied"),)): 4,
+        ("cachework_invalidation_events_total", (("outcome", "ignored"),)): 2,
+        ("cachework_invalidation_drops_total", ()): 0,
+        ("cachework_invalidation_lag_seconds_count", ()): 4 + 2,
+        ("cachework_invalidation_listener_connected", ()): 2,
+        ("cachework_tasks_total", (("outcome", "SUCCESS"), ("task", "cachework.lookup"))): lookups,
+        ("cachework_task_duration_seconds_count", (("task", "cachework.lookup"),)): lookups,
+        ("cachework_import_duration_seconds_count", (("outcome", "SUCCESS"),)): 1,
+    }
+    for model, counts in result["models"].items():
+        for operation in ("created", "updated", "deleted", "unchanged"):
+            key = (("model", model), ("operation", operation))
+            expected[("cachework_import_rows_total", key)] = counts[operation]
+    return expected
+
+
+def _mismatch_after_settling(port: int, expected: dict, timeout: float = 15) -> dict:
+    """The samples still differing from `expected` (scraped, expected) after up to
+    `timeout` seconds of scraping (children report a little after their tasks return)."""
+
+    def matches() -> dict:
+        found = samples(scrape(port)[1])
+        wrong = {k: (found.get(k, 0.0), v) for k, v in expected.items() if found.get(k, 0) != v}
+        return wrong
+
+    deadline = time.monotonic() + timeout
+    wrong = matches()
+    while wrong and time.monotonic() < deadline:
+        time.sleep(0.2)
+        wrong = matches()
+    return wrong
+
+
 def test_scrape_of_a_prefork_worker_sums_both_children_exactly(node):
     app, engine, port = node["app"], node["engine"], node["port"]
     with engine.connect() as conn:
@@ -137,36 +179,8 @@ def test_scrape_of_a_prefork_worker_sums_both_children_exactly(node):
     assert result["models"]["Category"]["created"] == categories, result
 
     lookups = 2 + 6 + 2
-    expected = {
-        ("cachework_cached_table_hits_total", (("table", "categories"),)): lookups,
-        ("cachework_cached_table_misses_total", (("table", "categories"),)): 0,
-        ("cachework_cached_table_refreshes_total", (("table", "categories"),)): 2,
-        ("cachework_cached_table_records", (("table", "categories"),)): 2 * categories,
-        ("cachework_cached_table_invalid", (("table", "categories"),)): 0,
-        ("cachework_invalidation_events_total", (("outcome", "applied"),)): 4,
-        ("cachework_invalidation_events_total", (("outcome", "ignored"),)): 2,
-        ("cachework_invalidation_drops_total", ()): 0,
-        ("cachework_invalidation_lag_seconds_count", ()): 4 + 2,
-        ("cachework_invalidation_listener_connected", ()): 2,
-        ("cachework_tasks_total", (("outcome", "SUCCESS"), ("task", "cachework.lookup"))): lookups,
-        ("cachework_task_duration_seconds_count", (("task", "cachework.lookup"),)): lookups,
-        ("cachework_import_duration_seconds_count", (("outcome", "SUCCESS"),)): 1,
-    }
-    for model, counts in result["models"].items():
-        for operation in ("created", "updated", "deleted", "unchanged"):
-            key = (("model", model), ("operation", operation))
-            expected[("cachework_import_rows_total", key)] = counts[operation]
-
-    def matches() -> dict:
-        found = samples(scrape(port)[1])
-        wrong = {k: (found.get(k, 0.0), v) for k, v in expected.items() if found.get(k, 0) != v}
-        return wrong
-
-    deadline = time.monotonic() + 15
-    wrong = matches()
-    while wrong and time.monotonic() < deadline:
-        time.sleep(0.2)
-        wrong = matches()
+    expected = _expected_samples(result, categories, lookups)
+    wrong = _mismatch_after_settling(port, expected)
     assert not wrong, f"(scraped, expected): {wrong}"
     client.close()
     status, body = scrape(port, "/ready")
