@@ -126,101 +126,109 @@ def test_concurrent_readers_of_an_invalid_record_share_one_refresh(engine):
     assert table.stats()["refreshes"] == 1
 
 
-def test_stress_readers_never_see_stale_or_torn_state(engine):
-    """Readers at full speed while a writer commits + invalidates, another thread adjusts
-    between two ranges and refreshes: no exception, no record older than the last
-    invalidation that returned before the read began, no torn range."""
-    table = make_table(engine, autoload=Spec.range("score", 0, 1000))
-    table.get(1)
-    n = 200
-    published = dict.fromkeys(range(1, n + 1), 0)  # version invalidated, by id
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    reads = [0]
+def _version(record) -> int:
+    return int(record["name"].rsplit(".", 1)[1])
 
-    def version(record) -> int:
-        return int(record["name"].rsplit(".", 1)[1])
 
-    def guarded(body):
+class _Stress:
+    """The threads' bodies for the stress test: one writer committing and invalidating,
+    one adjuster, and readers asserting no stale record and no torn range. Each body
+    runs in a loop until `stop`; the first exception stops all and is kept."""
+
+    def __init__(self, engine, table, n: int = 200) -> None:
+        self.engine, self.table, self.n = engine, table, n
+        self.published = dict.fromkeys(range(1, n + 1), 0)  # version invalidated, by id
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.reads = 0
+        self.rng_w, self.rng_a = random.Random(1), random.Random(2)
+        self.rng_e = random.Random(5)
+
+    def guarded(self, body):
         def loop():
             try:
-                while not stop.is_set():
+                while not self.stop.is_set():
                     body()
             except BaseException as exc:  # reported by the test
-                errors.append(exc)
-                stop.set()
+                self.errors.append(exc)
+                self.stop.set()
 
         return loop
 
-    rng_w, rng_a = random.Random(1), random.Random(2)
-
-    def writer():
-        i = rng_w.randrange(1, n + 1)
-        new = published[i] + 1
-        write(engine, i, name=f"n{i}.{new}")
-        draw = rng_w.random()
+    def writer(self) -> None:
+        table, i = self.table, self.rng_w.randrange(1, self.n + 1)
+        new = self.published[i] + 1
+        write(self.engine, i, name=f"n{i}.{new}")
+        draw = self.rng_w.random()
         if draw < 0.05:
             table.invalidate_all()
         elif draw < 0.2:  # by the unique code only: every other index goes dirty
             table.invalidate_records([Spec.of("code", f"c{i}")])
         else:
             table.invalidate_keys([i])
-        published[i] = new
+        self.published[i] = new
 
-    def adjuster():
-        if rng_a.random() < 0.5:
-            table.adjust("score", ge=rng_a.choice((0, 500)), lt=rng_a.choice((1000, 1500)))
+    def adjuster(self) -> None:
+        rng = self.rng_a
+        if rng.random() < 0.5:
+            self.table.adjust("score", ge=rng.choice((0, 500)), lt=rng.choice((1000, 1500)))
         else:
-            table.refresh_invalid()
+            self.table.refresh_invalid()
         time.sleep(0.002)
 
-    def point_reader(seed):
+    def point_reader(self, seed: int):
         rng = random.Random(seed)
 
         def body():
             for _ in range(200):
-                i = rng.randrange(1, n + 1)
-                floor = published[i]
-                record = table.get(i)
+                i = rng.randrange(1, self.n + 1)
+                floor = self.published[i]
+                record = self.table.get(i)
                 assert record["id"] == i and record["code"] == f"c{i}", record
-                assert version(record) >= floor, (i, dict(record), floor)
-            reads[0] += 200
+                assert _version(record) >= floor, (i, dict(record), floor)
+            self.reads += 200
 
         return body
 
-    def range_reader():
-        floors = dict(published)
-        records = table.get_records("score", ge=500, lt=1000)  # inside every coverage
+    def range_reader(self) -> None:
+        floors = dict(self.published)
+        records = self.table.get_records("score", ge=500, lt=1000)  # inside every coverage
         assert [r["id"] for r in records] == list(range(50, 100)), [r["id"] for r in records]
         for r in records:
-            assert version(r) >= floors[r["id"]], (dict(r), floors[r["id"]])
-        reads[0] += 1
+            assert _version(r) >= floors[r["id"]], (dict(r), floors[r["id"]])
+        self.reads += 1
 
-    rng_e = random.Random(5)
-
-    def edge_reader():
+    def edge_reader(self) -> None:
         """Ranges in some coverages but not others: a torn adjust would lose records."""
-        lo, hi = rng_e.choice(((0, 500), (1000, 1500), (0, 1500)))
-        floors = dict(published)
-        records = table.get_records("score", ge=lo, lt=hi)
-        expected = [i for i in range(1, n + 1) if lo <= i * 10 < hi]
+        lo, hi = self.rng_e.choice(((0, 500), (1000, 1500), (0, 1500)))
+        floors = dict(self.published)
+        records = self.table.get_records("score", ge=lo, lt=hi)
+        expected = [i for i in range(1, self.n + 1) if lo <= i * 10 < hi]
         assert [r["id"] for r in records] == expected, (lo, hi, [r["id"] for r in records])
         for r in records:
-            assert version(r) >= floors[r["id"]], (dict(r), floors[r["id"]])
-        reads[0] += 1
+            assert _version(r) >= floors[r["id"]], (dict(r), floors[r["id"]])
+        self.reads += 1
 
+
+def test_stress_readers_never_see_stale_or_torn_state(engine):
+    """Readers at full speed while a writer commits + invalidates, another thread adjusts
+    between two ranges and refreshes: no exception, no record older than the last
+    invalidation that returned before the read began, no torn range."""
+    table = make_table(engine, autoload=Spec.range("score", 0, 1000))
+    table.get(1)
+    stress = _Stress(engine, table)
     threads = [
-        run_thread(guarded(writer)),
-        run_thread(guarded(adjuster)),
-        run_thread(guarded(point_reader(3))),
-        run_thread(guarded(point_reader(4))),
-        run_thread(guarded(range_reader)),
-        run_thread(guarded(edge_reader)),
+        run_thread(stress.guarded(stress.writer)),
+        run_thread(stress.guarded(stress.adjuster)),
+        run_thread(stress.guarded(stress.point_reader(3))),
+        run_thread(stress.guarded(stress.point_reader(4))),
+        run_thread(stress.guarded(stress.range_reader)),
+        run_thread(stress.guarded(stress.edge_reader)),
     ]
-    stop.wait(2.0)
-    stop.set()
+    stress.stop.wait(2.0)
+    stress.stop.set()
     for thread in threads:
         thread.join(10)
-    assert not errors, errors[0]
+    assert not stress.errors, stress.errors[0]
     stats = table.stats()
-    assert reads[0] > 1000 and stats["refreshes"] > 10 and stats["adjusts"] > 5, stats
+    assert stress.reads > 1000 and stats["refreshes"] > 10 and stats["adjusts"] > 5, stats
