@@ -186,6 +186,79 @@ def _assert_rebuilt_and_released(engine: sa.Engine, client: redis.Redis, project
         assert not client.exists(f"{PREFIX}:{kind}:{key}"), kind
 
 
+def _delivered_again_while_running(
+    log: Log, client: redis.Redis, engine: sa.Engine, project: str, sent: tuple, wait
+) -> tuple[float, float]:
+    """The broker delivers both messages again while their first runs still run: the
+    seconds after sending at which the rebuild and the import came again."""
+    rebuild, imported, sent_at = sent
+    wait(lambda: log.received(rebuild.id) >= 2, "a second delivery of the rebuild")
+    rebuild_again = time.monotonic() - sent_at
+    # The second delivery waits for the first (a deferral would have logged its result
+    # within a renewal of the holder's lock, 2/3 s); the round it folds in need not hold.
+    time.sleep(2.0)
+    assert log.results(rebuild.id) == [], "the second delivery deferred, it must wait"
+    client.set(HOLD_KEY, "0.2")
+    assert client.llen(intervals_key(project)) == 0, "the first round ended too early"
+    wait(lambda: log.received(imported.id) >= 2, "a second delivery of the import")
+    import_again = time.monotonic() - sent_at
+    wait(lambda: log.lines(imported.id, "retry"), "the second import's retry")
+    assert _stalled(engine), "the first import must still be running"
+    return rebuild_again, import_again
+
+
+def _tear_down(engine: sa.Engine, holder: sa.Connection, stall_held: bool, node, app) -> None:
+    """Release the stall (if still held), drop its trigger, stop the worker and the app."""
+    if stall_held:
+        _stall(holder, False)
+    holder.close()
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER IF EXISTS redelivery_stall ON products_version"))
+    node.stop(timeout=20)
+    app.runtime.close()
+    app.close()
+
+
+def _check_the_rebuild(
+    log: Log, client: redis.Redis, engine: sa.Engine, project: str, sent: tuple, first_pid: int
+) -> None:
+    rebuild, rebuild_result = sent
+    # The rebuild: two deliveries, both succeeded; the first folded the second in as a
+    # second round in its own process, the second waited and found nothing to do.
+    runs = log.results(rebuild.id)
+    assert log.received(rebuild.id) == 2 and len(runs) == 2, runs
+    holding, waited = runs
+    assert holding == {"updated": 2, "projects": 1, "errors": []}
+    assert waited == {"updated": 0, "projects": 1, "errors": []}
+    assert rebuild_result == holding  # the first result stored for the task id stays
+    rounds = [json.loads(r) for r in client.lrange(intervals_key(project), 0, -1)]
+    assert [pid for _start, _end, pid in rounds] == [first_pid, first_pid], rounds
+    assert rounds[0][1] <= rounds[1][0], rounds  # one after the other, never at once
+    assert [int(p) for p in client.lrange(started_key(project), 0, -1)] == [first_pid] * 2
+    _assert_rebuilt_and_released(engine, client, project)
+
+
+def _check_the_import(log: Log, engine: sa.Engine, sent: tuple, transactions_before: int) -> None:
+    imported, import_result = sent
+    # The import: its second delivery found the import lock held and was retried; the
+    # first run wrote one transaction; the retry that got through found nothing to do.
+    retries = log.lines(imported.id, "retry")
+    assert retries and all("LockedError" in line for line in retries), retries
+    import_runs = log.results(imported.id)
+    assert import_result["transaction_id"] is not None and import_result in import_runs
+    assert sorted(r["transaction_id"] is None for r in import_runs) == [False] + [True] * (
+        len(import_runs) - 1
+    ), import_runs
+    assert _count(engine, "SELECT count(*) FROM transaction") - transactions_before == 1
+    orphans = _count(
+        engine,
+        "SELECT count(*) FROM products_version v LEFT JOIN transaction t "
+        "ON t.id = v.transaction_id WHERE t.id IS NULL",
+    )
+    assert orphans == 0
+    assert _pending_changes(engine) == 0
+
+
 def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redelivery):
     from worker import create_app
     from worker.spawn import WorkerProcess
@@ -223,19 +296,9 @@ def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redeliver
         first_pid = int(wait(lambda: client.lindex(started_key(project), 0), "the rebuild"))
         wait(lambda: _stalled(engine), "the import's stall")
 
-        # The broker delivers both messages again while their first runs still run.
-        wait(lambda: log.received(rebuild.id) >= 2, "a second delivery of the rebuild")
-        rebuild_again = time.monotonic() - sent_at
-        # The second delivery waits for the first (a deferral would have logged its result
-        # within a renewal of the holder's lock, 2/3 s); the round it folds in need not hold.
-        time.sleep(2.0)
-        assert log.results(rebuild.id) == [], "the second delivery deferred, it must wait"
-        client.set(HOLD_KEY, "0.2")
-        assert client.llen(intervals_key(project)) == 0, "the first round ended too early"
-        wait(lambda: log.received(imported.id) >= 2, "a second delivery of the import")
-        import_again = time.monotonic() - sent_at
-        wait(lambda: log.lines(imported.id, "retry"), "the second import's retry")
-        assert _stalled(engine), "the first import must still be running"
+        rebuild_again, import_again = _delivered_again_while_running(
+            log, client, engine, project, (rebuild, imported, sent_at), wait
+        )
         _stall(holder, False)
         stall_held = False
 
@@ -244,52 +307,15 @@ def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redeliver
         # The second delivery's retries: the next one finds nothing to do.
         wait(lambda: len(log.results(imported.id)) >= 2, "the retried import")
     finally:
-        if stall_held:
-            _stall(holder, False)
-        holder.close()
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP TRIGGER IF EXISTS redelivery_stall ON products_version"))
-        node.stop(timeout=20)
-        app.runtime.close()
-        app.close()
+        _tear_down(engine, holder, stall_held, node, app)
 
     text = logfile.read_text(errors="replace")
     print(f"\nrebuild {rebuild.id}: delivered again after {rebuild_again:.1f}s")
     print(f"import {imported.id}: delivered again after {import_again:.1f}s")
     print("\n".join(x for x in text.splitlines() if rebuild.id in x or imported.id in x))
     assert "Traceback" not in text and "ERROR" not in text, text[-4000:]
-
-    # The rebuild: two deliveries, both succeeded; the first folded the second in as a
-    # second round in its own process, the second waited and found nothing to do.
-    runs = log.results(rebuild.id)
-    assert log.received(rebuild.id) == 2 and len(runs) == 2, runs
-    holding, waited = runs
-    assert holding == {"updated": 2, "projects": 1, "errors": []}
-    assert waited == {"updated": 0, "projects": 1, "errors": []}
-    assert rebuild_result == holding  # the first result stored for the task id stays
-    rounds = [json.loads(r) for r in client.lrange(intervals_key(project), 0, -1)]
-    assert [pid for _start, _end, pid in rounds] == [first_pid, first_pid], rounds
-    assert rounds[0][1] <= rounds[1][0], rounds  # one after the other, never at once
-    assert [int(p) for p in client.lrange(started_key(project), 0, -1)] == [first_pid] * 2
-    _assert_rebuilt_and_released(engine, client, project)
-
-    # The import: its second delivery found the import lock held and was retried; the
-    # first run wrote one transaction; the retry that got through found nothing to do.
-    retries = log.lines(imported.id, "retry")
-    assert retries and all("LockedError" in line for line in retries), retries
-    import_runs = log.results(imported.id)
-    assert import_result["transaction_id"] is not None and import_result in import_runs
-    assert sorted(r["transaction_id"] is None for r in import_runs) == [False] + [True] * (
-        len(import_runs) - 1
-    ), import_runs
-    assert _count(engine, "SELECT count(*) FROM transaction") - transactions_before == 1
-    orphans = _count(
-        engine,
-        "SELECT count(*) FROM products_version v LEFT JOIN transaction t "
-        "ON t.id = v.transaction_id WHERE t.id IS NULL",
-    )
-    assert orphans == 0
-    assert _pending_changes(engine) == 0
+    _check_the_rebuild(log, client, engine, project, (rebuild, rebuild_result), first_pid)
+    _check_the_import(log, engine, (imported, import_result), transactions_before)
 
 
 def test_a_second_delivery_finishes_the_rebuild_of_a_worker_that_died(redelivery):
