@@ -293,6 +293,57 @@ def test_project_cache_rebuilds_with_the_database_lock_through_pgbouncer(bouncer
         runtime.close()
 
 
+def _seed_version_zero(url: str) -> None:
+    """The tables, seeded through the bouncer; every category named `cat<id>-v0`."""
+    database = db.Database(url, "transaction")
+    create_tables(database.engine, MODELS)
+    with database.session() as session:
+        seed(session, projects=1, products=5)
+        session.execute(sa.text("UPDATE categories SET name = 'cat' || id || '-v0'"))
+    database.dispose()
+
+
+class _Lookups:
+    """Lookups of category names in flight, each with the last version committed before
+    it was sent (its floor); an answer older than its floor is stale."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.pending: list[tuple[int, int, object]] = []
+        self.stale: list[str] = []
+        self.failed: list[str] = []
+        self.reads = 0
+
+    def send(self, key: int, floor: int) -> None:
+        sent = self.app.send_task("cachework.lookup", kwargs={"table": "categories", "key": key})
+        self.pending.append((key, floor, sent))
+        if len(self.pending) >= 6:
+            self.collect()
+
+    def collect(self) -> None:
+        for key, floor, sent in self.pending:
+            try:
+                record = sent.get(timeout=30, interval=0.01)
+            except Exception as exc:
+                self.failed.append(f"{type(exc).__name__}: {exc}")
+                continue
+            version = int(NAME.match(record["name"]).group(2))
+            self.reads += 1
+            if version < floor:
+                self.stale.append(f"category {key}: read v{version} after v{floor} was committed")
+        self.pending.clear()
+
+
+def _assert_outbox_drained(engine: sa.Engine) -> None:
+    """The web process's outbox relay empties the outbox within 10 s."""
+    with engine.connect() as conn:
+        left = wait_until(
+            lambda: conn.execute(sa.text("SELECT count(*) FROM invalidation_outbox")).scalar() == 0,
+            timeout=10,
+        )
+        assert left
+
+
 @pytest.mark.parametrize("log", ["redis", "database"])
 def test_a_worker_serves_lookups_while_tracked_writes_invalidate_them(
     bouncer, redis_url, worker_process, tmp_path, log
@@ -303,12 +354,7 @@ def test_a_worker_serves_lookups_while_tracked_writes_invalidate_them(
     last commit before it was sent. The invalidation log is a Redis stream, or the
     database's own table (CACHEWORK_REDIS_URL=off: polled, appended under a
     transaction-level advisory lock, also through the bouncer)."""
-    database = db.Database(bouncer.url, "transaction")
-    create_tables(database.engine, MODELS)
-    with database.session() as session:
-        seed(session, projects=1, products=5)
-        session.execute(sa.text("UPDATE categories SET name = 'cat' || id || '-v0'"))
-    database.dispose()
+    _seed_version_zero(bouncer.url)
     env = make_env(
         tmp_path,
         database_url=bouncer.url,
@@ -322,25 +368,8 @@ def test_a_worker_serves_lookups_while_tracked_writes_invalidate_them(
     Session = sessionmaker(db.make_engine(bouncer.url, "transaction"))
     tracking = track(Session, web)
     latest = dict.fromkeys(CATEGORIES, 0)
-    pending: list[tuple[int, int, object]] = []
-    stale: list[str] = []
-    failed: list[str] = []
-    reads = writes = 0
-
-    def collect() -> None:
-        nonlocal reads
-        for key, floor, sent in pending:
-            try:
-                record = sent.get(timeout=30, interval=0.01)
-            except Exception as exc:
-                failed.append(f"{type(exc).__name__}: {exc}")
-                continue
-            version = int(NAME.match(record["name"]).group(2))
-            reads += 1
-            if version < floor:
-                stale.append(f"category {key}: read v{version} after v{floor} was committed")
-        pending.clear()
-
+    lookups = _Lookups(app)
+    writes = 0
     try:
         deadline = time.monotonic() + 40
         for step in range(480):
@@ -353,24 +382,14 @@ def test_a_worker_serves_lookups_while_tracked_writes_invalidate_them(
                     session.get(Category, key).name = f"cat{key}-v{writes}"
                 latest[key] = writes
             else:
-                sent = app.send_task("cachework.lookup", kwargs={"table": "categories", "key": key})
-                pending.append((key, latest[key], sent))
-                if len(pending) >= 6:
-                    collect()
-        collect()
-        outbox = web.database.engine
-        with outbox.connect() as conn:
-            left = wait_until(
-                lambda: (
-                    conn.execute(sa.text("SELECT count(*) FROM invalidation_outbox")).scalar() == 0
-                ),
-                timeout=10,
-            )
-            assert left
+                lookups.send(key, latest[key])
+        lookups.collect()
+        _assert_outbox_drained(web.database.engine)
     finally:
         tracking.stop()
         web.close()
         Session.kw["bind"].dispose()
+    failed, stale, reads = lookups.failed, lookups.stale, lookups.reads
     assert failed == [], failed[:5]
     assert stale == [], stale[:5]
     assert reads >= 150 and writes >= 60, (reads, writes)
