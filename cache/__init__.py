@@ -6,6 +6,6 @@ client or runtime. Shared foundations (errors, settings, database, records, own 
 migrations) are in `cachework`.
 """
 
-from cache import moved
+from cachework import moves
 
-moved.install()
+moves.install()  # old paths of the modules that left cache/ keep working

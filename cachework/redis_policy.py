@@ -24,16 +24,16 @@ readiness: one script's keys would land on different slots. A Sentinel-managed m
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import redis
 
+from cachework import moves
 from cachework.errors import ConfigError, first_line
 from cachework.redis_client import client_from_url, server_identity
 from cachework.settings import Settings, mask_url
 
-log = logging.getLogger(__name__)
+log = moves.logger(__name__)
 
 KEEPING = "noeviction or a volatile-* policy"
 

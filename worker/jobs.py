@@ -14,7 +14,6 @@ plain values (parse, run, `to_json()`), for Python callers and tests.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from cache.requests import (
     item_names,
 )
 from cache.results import DeleteResult, InvalidationResult, SyncResult
+from cachework import moves
 from cachework.errors import NotFoundError, transient_errors
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ __all__ = [
     "sync_scope",
 ]
 
-log = logging.getLogger(__name__)
+log = moves.logger(__name__)
 Abort = tuple[type[BaseException], ...]
 OnScope = Callable[[int, int, "str | None"], None]
 

@@ -13,13 +13,13 @@ imported (`worker/lifecycle.py`), so every child writes its values to its own fi
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
+from cachework import moves
 from cachework.instruments import (
     DURATION_BUCKETS,
     IMPORT_OPERATIONS,
@@ -78,7 +78,7 @@ __all__ = [
     "record_task",
     "start_http_server",
 ]
-log = logging.getLogger(__name__)
+log = moves.logger(__name__)
 
 
 def disable_multiprocess() -> None:

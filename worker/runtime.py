@@ -20,7 +20,6 @@ builds and starts the same runtime with one call and never imports Celery:
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import threading
 import weakref
@@ -48,6 +47,7 @@ from cache.items import plugins as cache_plugins
 from cache.items.locks import LockBackend, lock_backend
 from cache.items.projects import ProjectSource
 from cache.tables.registry import Registry, load_declarations
+from cachework import moves
 from cachework.database import Database
 from cachework.records import coerce
 from cachework.redis_client import client_from_url
@@ -58,7 +58,7 @@ from worker.sampler import Sampler
 if TYPE_CHECKING:
     from importers.bootstrap import Models
 
-log = logging.getLogger(__name__)
+log = moves.logger(__name__)
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 

@@ -32,7 +32,6 @@ all users of the file share), so a worker whose clock runs ahead cannot take a h
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from typing import Protocol
@@ -41,11 +40,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from cachework import moves
 from cachework.errors import LockLostError
 from cachework.redis_lock import TokenLock
 from cachework.schema import cache_dirty, cache_fences, cache_locks, cache_taken
 
-log = logging.getLogger(__name__)
+log = moves.logger(__name__)
 ALL = "*"  # the dirty name that means "every item of the scope"
 PREFIX = "cachework:cache"
 

@@ -25,7 +25,6 @@ lists them), or None for the site-wide items.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -44,10 +43,10 @@ from cache.items.locks import (
 )
 from cache.items.plugins import CachePlugin, ItemWriter
 from cache.items.store import DEFAULT_MAX_BYTES, set_items
-from cachework import instruments
+from cachework import instruments, moves
 from cachework.errors import LockLostError, first_line, is_transient
 
-log = logging.getLogger(__name__)
+log = moves.logger(__name__)
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 MAX_ROUNDS = 1_000  # a bound on one holder's loop; what is still dirty waits for the next run
 

@@ -14,7 +14,6 @@ and `listener` are the tracker's bookkeeping.
 from __future__ import annotations
 
 import importlib
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,9 +22,10 @@ import sqlalchemy as sa
 
 from cache.tables.full_table import FullTableCache
 from cache.tables.table import CachedTable
+from cachework import moves
 from cachework.errors import ConfigError, NotFoundError, ValidationError
 
-log = logging.getLogger(__name__)
+log = moves.logger(__name__)
 Table = CachedTable | FullTableCache
 Factory = Callable[[sa.Engine], Table]
 

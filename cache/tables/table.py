@@ -27,7 +27,6 @@ How it stays correct and fast:
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import time
 from collections.abc import Hashable, Iterable, Sequence
@@ -46,10 +45,11 @@ from cache.tables.indexes import (
 )
 from cache.tables.source import SelectSource
 from cache.tables.storage import LocalStorage
+from cachework import moves
 from cachework.errors import TransientError, ValidationError
 from cachework.records import Record, coerce
 
-log = logging.getLogger(__name__)
+log = moves.logger(__name__)
 READ_ATTEMPTS = 3  # refreshes a read waits for before it reads the source directly
 
 

@@ -1,4 +1,4 @@
-"""cache/moved.py: every old import path of a module that moved out of `cache/` is the
+"""cachework/moves.py: every old import path of a module that moved out of `cache/` is the
 same module object as its new home (so a patch through either name reaches the other),
 and nothing in cachework itself still imports an old name."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import cache  # noqa: F401  (installs the alias finder)
-from cache.moved import MOVED
+from cachework.moves import MOVED
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("cachework", "cache", "importers", "worker", "tasks", "demo")

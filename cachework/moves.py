@@ -1,9 +1,11 @@
-"""Old import paths of modules that moved out of `cache/`, kept working for apps and tests
-written against them.
+"""The modules that moved out of `cache/`, in one table: their old import paths keep
+working, and their loggers keep their old names.
 
 Each old name is an alias of the module that now holds the code (the same module object,
 so a patch through either name reaches the other); nothing in cachework imports an old
-name. The finder is consulted only after the normal ones found no such file.
+name. `cache/__init__.py` installs the finder, which is consulted only after the normal
+ones found no such file. A moved module logs under its old name (`logger(__name__)`):
+operators' log filters, alerts and the JSON `logger` field keep matching.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import logging
 import sys
 from types import ModuleType
 
@@ -54,3 +57,11 @@ def install() -> None:
     """Adds the alias finder once, after the path finders."""
     if not any(isinstance(finder, _Aliases) for finder in sys.meta_path):
         sys.meta_path.append(_Aliases())
+
+
+_OLD_NAMES = {new: old for old, new in MOVED.items() if old != "cache.invalidation.tables"}
+
+
+def logger(module: str) -> logging.Logger:
+    """The logger of `module` (its `__name__`), under its name before the move if it moved."""
+    return logging.getLogger(_OLD_NAMES.get(module, module))
