@@ -154,56 +154,67 @@ def started_runtime(sink: Sink | None) -> Iterator[None]:
         outbox.remove_sink(sink)
 
 
+def update_run(
+    factory: sessionmaker, ids: list[int], flushes: int, counter: list[int]
+) -> Callable[[], None]:
+    """`flushes` transactions each updating 10 objects loaded once, in one open session
+    (kept as `run.session`, for the caller to close)."""
+    session = factory()
+    objects = session.scalars(sa.select(Item).where(Item.id.in_(ids))).all()
+    session.commit()
+
+    def run() -> None:
+        counter[0] += 1
+        for i in range(flushes):
+            for obj in objects[i * 10 : i * 10 + 10]:
+                obj.name = f"n{counter[0]}"
+            session.commit()  # one flush of 10 rows, one transaction
+
+    run.session = session  # type: ignore[attr-defined]
+    return run
+
+
+def insert_run(
+    factory: sessionmaker, base: int, flushes: int, counter: list[int]
+) -> Callable[[], None]:
+    """`flushes` transactions each inserting 10 new rows, ids fresh on every call."""
+
+    def run() -> None:
+        counter[0] += 1
+        start = base + counter[0] * flushes * 10
+        with factory() as session:
+            for i in range(flushes):
+                session.add_all(
+                    Item(id=start + j, code=f"N{start + j}", name="new")
+                    for j in range(i * 10, i * 10 + 10)
+                )
+                session.commit()
+
+    return run
+
+
 def orm_loop(engine: sa.Engine, flushes: int, rounds: int, sink: Sink) -> None:
     plain = sessionmaker(engine, expire_on_commit=False)
     tracked = sessionmaker(engine, expire_on_commit=False)
     tracking = track(tracked, DEPS)
     ids = list(range(1, flushes * 10 + 1))
     counter = [0]
-
-    def updates(factory: sessionmaker) -> Callable[[], None]:
-        session = factory()
-        objects = session.scalars(sa.select(Item).where(Item.id.in_(ids))).all()
-        session.commit()
-
-        def run() -> None:
-            counter[0] += 1
-            for i in range(flushes):
-                for obj in objects[i * 10 : i * 10 + 10]:
-                    obj.name = f"n{counter[0]}"
-                session.commit()  # one flush of 10 rows, one transaction
-
-        run.session = session  # type: ignore[attr-defined]
-        return run
-
-    def inserts(factory: sessionmaker, base: int) -> Callable[[], None]:
-        def run() -> None:
-            counter[0] += 1
-            start = base + counter[0] * flushes * 10
-            with factory() as session:
-                for i in range(flushes):
-                    session.add_all(
-                        Item(id=start + j, code=f"N{start + j}", name="new")
-                        for j in range(i * 10, i * 10 + 10)
-                    )
-                    session.commit()
-
-        return run
-
     cases = [
         (
             "update 10 loaded rows",
-            updates(plain),
-            updates(tracked),
-            updates(tracked),
-            updates(tracked),
+            *(update_run(f, ids, flushes, counter) for f in (plain, tracked, tracked, tracked)),
         ),
         (
             "insert 10 new rows",
-            inserts(plain, 10_000_000),
-            inserts(tracked, 50_000_000),
-            inserts(tracked, 70_000_000),
-            inserts(tracked, 90_000_000),
+            *(
+                insert_run(f, base, flushes, counter)
+                for f, base in (
+                    (plain, 10_000_000),
+                    (tracked, 50_000_000),
+                    (tracked, 70_000_000),
+                    (tracked, 90_000_000),
+                )
+            ),
         ),
     ]
     print(
@@ -216,35 +227,42 @@ def orm_loop(engine: sa.Engine, flushes: int, rounds: int, sink: Sink) -> None:
     )
     for label, *runs in cases:
         modes = dict(zip(("off", "on", "on+relay", "2 trips"), runs, strict=True))
-        times: dict[str, list[float]] = {mode: [] for mode in modes}
-        written: dict[str, int] = {}
-        for _round in range(rounds):  # interleaved: all see the same machine state
-            for mode, run in modes.items():
-                relay = sink if mode == "on+relay" else None
-                with separate_insert(mode == "2 trips"), started_runtime(relay):
-                    times[mode].append(best(run, 1))
-                written[mode] = outbox_rows(engine)
-        rows = written["on"]
-        print(
-            f"  {label}: outbox rows per tracked run {rows:,} "
-            f"({rows / flushes:.1f} per transaction)"
-        )
-        off_s = min(times["off"])
-        for mode in modes:
-            mode_s = min(times[mode])
-            paired = statistics.median(
-                t / o for o, t in zip(times["off"], times[mode], strict=True)
-            )
-            print(
-                f"    {mode:8s} {mode_s * 1e3 / flushes:6.3f} ms/transaction   "
-                f"x/off = {mode_s / off_s:.2f}x (median {paired:.2f}x)"
-            )
+        times, written = time_modes(engine, modes, rounds, sink)
+        report_modes(label, times, written["on"], flushes)
         for run in runs:
             session = getattr(run, "session", None)
             if session is not None:
                 session.close()
     print(f"  tracking stats: {tracking.stats}")
     tracking.stop()
+
+
+def time_modes(
+    engine: sa.Engine, modes: dict[str, Callable[[], None]], rounds: int, sink: Sink
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Seconds of each mode's run per round, interleaved, and the outbox rows it wrote."""
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    written: dict[str, int] = {}
+    for _round in range(rounds):  # interleaved: all see the same machine state
+        for mode, run in modes.items():
+            relay = sink if mode == "on+relay" else None
+            with separate_insert(mode == "2 trips"), started_runtime(relay):
+                times[mode].append(best(run, 1))
+            written[mode] = outbox_rows(engine)
+    return times, written
+
+
+def report_modes(label: str, times: dict[str, list[float]], rows: int, flushes: int) -> None:
+    """Each mode against `off`: best against best, and the median of the rounds' ratios."""
+    print(f"  {label}: outbox rows per tracked run {rows:,} ({rows / flushes:.1f} per transaction)")
+    off_s = min(times["off"])
+    for mode in times:
+        mode_s = min(times[mode])
+        paired = statistics.median(t / o for o, t in zip(times["off"], times[mode], strict=True))
+        print(
+            f"    {mode:8s} {mode_s * 1e3 / flushes:6.3f} ms/transaction   "
+            f"x/off = {mode_s / off_s:.2f}x (median {paired:.2f}x)"
+        )
 
 
 READER = r"""
@@ -272,47 +290,9 @@ def latency(engine: sa.Engine, redis_url: str, sink: Sink, commits: int, backlog
     try:
         for backlog_rows in (0, backlog):
             for mode in ("workers' relay only", "the commit's own relay"):
-                with engine.begin() as conn:
-                    conn.execute(invalidation_outbox.delete())
-                    if backlog_rows:
-                        conn.execute(
-                            invalidation_outbox.insert(),
-                            [{"data": '{"v":1,"table":"other"}'} for _ in range(backlog_rows)],
-                        )
-                reader = subprocess.Popen(
-                    [sys.executable, "-c", READER, redis_url, str(commits * 0.01 + 60)],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                assert reader.stdout.readline().strip() == "ready"
-                arrived: dict[str, float] = {}
-
-                def collect(stream=reader.stdout, arrived=arrived) -> None:
-                    for line in stream:
-                        at, _, data = line.strip().partition(" ")
-                        arrived.setdefault(data, float(at))
-
-                collector = threading.Thread(target=collect, daemon=True)
-                collector.start()
-                relay_loop = RelayLoop(Relay(engine, sink.log), interval=0.2).start()
-                started: dict[str, float] = {}
-                try:
-                    with started_runtime(sink if mode.startswith("the commit") else None):
-                        for i in range(1, commits + 1):
-                            started[f'{{"v":1,"table":"bench_items","keys":[{i}]}}'] = time.time()
-                            with tracked.begin() as session:
-                                session.get(Item, i).name = f"lat{time.monotonic_ns()}"
-                            time.sleep(0.01)
-                    deadline = time.monotonic() + 120
-                    while len(arrived.keys() & started.keys()) < commits:
-                        if time.monotonic() > deadline:
-                            break
-                        time.sleep(0.05)
-                finally:
-                    relay_loop.stop()
-                    reader.terminate()
-                    reader.wait(10)
-                lags = sorted(arrived[k] - t for k, t in started.items() if k in arrived)
+                reset_outbox(engine, backlog_rows)
+                own_relay = sink if mode.startswith("the commit") else None
+                lags = commit_lags(engine, tracked, redis_url, sink, own_relay, commits)
                 missing = commits - len(lags)
                 p50 = statistics.median(lags) * 1e3
                 p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1e3
@@ -324,6 +304,69 @@ def latency(engine: sa.Engine, redis_url: str, sink: Sink, commits: int, backlog
     finally:
         tracking.stop()
         outbox_rows(engine)  # the backlog's leftovers out of the trigger rows' counts
+
+
+def reset_outbox(engine: sa.Engine, backlog_rows: int) -> None:
+    """An empty outbox, then `backlog_rows` unrelayed rows of another table."""
+    with engine.begin() as conn:
+        conn.execute(invalidation_outbox.delete())
+        if backlog_rows:
+            conn.execute(
+                invalidation_outbox.insert(),
+                [{"data": '{"v":1,"table":"other"}'} for _ in range(backlog_rows)],
+            )
+
+
+def start_reader(redis_url: str, seconds: float) -> tuple[subprocess.Popen, dict[str, float]]:
+    """A process tailing the stream, and the arrival time of each event it prints (filled
+    by a thread as the lines come)."""
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, redis_url, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout.readline().strip() == "ready"
+    arrived: dict[str, float] = {}
+
+    def collect(stream=reader.stdout, arrived=arrived) -> None:
+        for line in stream:
+            at, _, data = line.strip().partition(" ")
+            arrived.setdefault(data, float(at))
+
+    threading.Thread(target=collect, daemon=True).start()
+    return reader, arrived
+
+
+def commit_lags(
+    engine: sa.Engine,
+    tracked: sessionmaker,
+    redis_url: str,
+    sink: Sink,
+    own_relay: Sink | None,
+    commits: int,
+) -> list[float]:
+    """Sorted seconds from each tracked commit's start to its event's arrival in the
+    reader, with the workers' relay loop running (and the commit's own if `own_relay`)."""
+    reader, arrived = start_reader(redis_url, commits * 0.01 + 60)
+    relay_loop = RelayLoop(Relay(engine, sink.log), interval=0.2).start()
+    started: dict[str, float] = {}
+    try:
+        with started_runtime(own_relay):
+            for i in range(1, commits + 1):
+                started[f'{{"v":1,"table":"bench_items","keys":[{i}]}}'] = time.time()
+                with tracked.begin() as session:
+                    session.get(Item, i).name = f"lat{time.monotonic_ns()}"
+                time.sleep(0.01)
+        deadline = time.monotonic() + 120
+        while len(arrived.keys() & started.keys()) < commits:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        relay_loop.stop()
+        reader.terminate()
+        reader.wait(10)
+    return sorted(arrived[k] - t for k, t in started.items() if k in arrived)
 
 
 def trigger_cost(engine: sa.Engine, rows: int) -> None:
