@@ -97,84 +97,93 @@ def run_sql_shapes(session, models) -> None:
     txn = versioning_manager.unit_of_work(session).create_transaction(session)
     txn.meta = {"comment": "bench"}
     distinct = "IS DISTINCT FROM" if session.bind.dialect.name == "postgresql" else "IS NOT"
-    tx = {"tx": txn.id}
-    open_ = "end_transaction_id IS NULL"
+    statements = (
+        *_tag_statements(distinct),
+        *_entry_post_statements(distinct),
+        *_closing_statements(),
+        *_post_tag_statements(),
+    )
+    for sql in statements:
+        session.execute(sa.text(sql), {"tx": txn.id})
+    session.flush()
 
-    def run(sql: str) -> None:
-        session.execute(sa.text(sql), tx)
 
-    # Tag: flat.
-    run(
+OPEN = "end_transaction_id IS NULL"
+
+
+def _tag_statements(distinct: str) -> list[str]:
+    """Tag: flat. New or changed rows' versions, then the deleted rows' ones."""
+    return [
         "INSERT INTO bench_tags_version (id, name, transaction_id, operation_type) "
         "SELECT t.id, t.name, :tx, CASE WHEN v.id IS NULL THEN 0 ELSE 1 END "
-        f"FROM bench_tags t LEFT JOIN bench_tags_version v ON v.id = t.id AND v.{open_} "
-        f"AND v.operation_type <> 2 WHERE v.id IS NULL OR t.name {distinct} v.name"
-    )
-    run(
+        f"FROM bench_tags t LEFT JOIN bench_tags_version v ON v.id = t.id AND v.{OPEN} "
+        f"AND v.operation_type <> 2 WHERE v.id IS NULL OR t.name {distinct} v.name",
         "INSERT INTO bench_tags_version (id, name, transaction_id, operation_type) "
-        f"SELECT v.id, v.name, :tx, 2 FROM bench_tags_version v WHERE v.{open_} "
+        f"SELECT v.id, v.name, :tx, 2 FROM bench_tags_version v WHERE v.{OPEN} "
         "AND v.operation_type <> 2 AND v.transaction_id <> :tx "
-        "AND NOT EXISTS (SELECT 1 FROM bench_tags t WHERE t.id = v.id)"
-    )
-    # Entry <- Post: the base table's version first, the post's from the rows just written.
+        "AND NOT EXISTS (SELECT 1 FROM bench_tags t WHERE t.id = v.id)",
+    ]
+
+
+def _entry_post_statements(distinct: str) -> list[str]:
+    """Entry <- Post: the base table's version first, the post's from the rows just
+    written; then the deleted entries' and posts' versions."""
     changed = " OR ".join(
         [f"e.{c} {distinct} v.{c}" for c in ("kind", "title", "score")]
         + [f"p.{c} {distinct} pv.{c}" for c in ("body", "views")]
     )
-    run(
+    return [
         "INSERT INTO bench_entries_version (id, kind, title, score, transaction_id, "
         "operation_type) SELECT e.id, e.kind, e.title, e.score, :tx, "
         "CASE WHEN v.id IS NULL THEN 0 ELSE 1 END FROM bench_entries e "
         "JOIN bench_posts p ON p.id = e.id "
-        f"LEFT JOIN bench_entries_version v ON v.id = e.id AND v.{open_} "
+        f"LEFT JOIN bench_entries_version v ON v.id = e.id AND v.{OPEN} "
         "AND v.operation_type <> 2 "
         "LEFT JOIN bench_posts_version pv ON pv.id = v.id "
         "AND pv.transaction_id = v.transaction_id "
-        f"WHERE v.id IS NULL OR {changed}"
-    )
-    run(
+        f"WHERE v.id IS NULL OR {changed}",
         "INSERT INTO bench_posts_version (id, body, views, transaction_id, operation_type) "
         "SELECT p.id, p.body, p.views, :tx, n.operation_type FROM bench_entries_version n "
-        "JOIN bench_posts p ON p.id = n.id WHERE n.transaction_id = :tx"
-    )
-    run(
+        "JOIN bench_posts p ON p.id = n.id WHERE n.transaction_id = :tx",
         "INSERT INTO bench_entries_version (id, kind, title, score, transaction_id, "
         f"operation_type) SELECT v.id, v.kind, v.title, v.score, :tx, 2 "
-        f"FROM bench_entries_version v WHERE v.{open_} AND v.operation_type <> 2 "
+        f"FROM bench_entries_version v WHERE v.{OPEN} AND v.operation_type <> 2 "
         "AND v.transaction_id <> :tx "
-        "AND NOT EXISTS (SELECT 1 FROM bench_entries e WHERE e.id = v.id)"
-    )
-    run(
+        "AND NOT EXISTS (SELECT 1 FROM bench_entries e WHERE e.id = v.id)",
         "INSERT INTO bench_posts_version (id, body, views, transaction_id, operation_type) "
-        f"SELECT v.id, v.body, v.views, :tx, 2 FROM bench_posts_version v WHERE v.{open_} "
+        f"SELECT v.id, v.body, v.views, :tx, 2 FROM bench_posts_version v WHERE v.{OPEN} "
         "AND v.operation_type <> 2 AND v.transaction_id <> :tx "
-        "AND NOT EXISTS (SELECT 1 FROM bench_entries e WHERE e.id = v.id)"
-    )
-    for table in ("bench_tags_version", "bench_entries_version", "bench_posts_version"):
-        run(
-            f"UPDATE {table} SET end_transaction_id = :tx WHERE {open_} "
-            f"AND transaction_id <> :tx AND EXISTS (SELECT 1 FROM {table} n "
-            f"WHERE n.transaction_id = :tx AND n.id = {table}.id)"
-        )
-    # The association: the newest version of a row is its current one; none is closed.
+        "AND NOT EXISTS (SELECT 1 FROM bench_entries e WHERE e.id = v.id)",
+    ]
+
+
+def _closing_statements() -> list[str]:
+    """Close the open versions of Tag, Entry and Post that this transaction replaced."""
+    return [
+        f"UPDATE {table} SET end_transaction_id = :tx WHERE {OPEN} "
+        f"AND transaction_id <> :tx AND EXISTS (SELECT 1 FROM {table} n "
+        f"WHERE n.transaction_id = :tx AND n.id = {table}.id)"
+        for table in ("bench_tags_version", "bench_entries_version", "bench_posts_version")
+    ]
+
+
+def _post_tag_statements() -> list[str]:
+    """The association: the newest version of a row is its current one; none is closed."""
     newest = (
         "NOT EXISTS (SELECT 1 FROM bench_post_tag_version w WHERE w.post_id = v.post_id "
         "AND w.tag_id = v.tag_id AND w.transaction_id > v.transaction_id)"
     )
-    run(
+    return [
         "INSERT INTO bench_post_tag_version (post_id, tag_id, transaction_id, operation_type) "
         "SELECT a.post_id, a.tag_id, :tx, 0 FROM bench_post_tag a WHERE NOT EXISTS "
         "(SELECT 1 FROM bench_post_tag_version v WHERE v.post_id = a.post_id "
-        f"AND v.tag_id = a.tag_id AND v.operation_type <> 2 AND {newest})"
-    )
-    run(
+        f"AND v.tag_id = a.tag_id AND v.operation_type <> 2 AND {newest})",
         "INSERT INTO bench_post_tag_version (post_id, tag_id, transaction_id, operation_type) "
         "SELECT v.post_id, v.tag_id, :tx, 2 FROM bench_post_tag_version v "
         f"WHERE v.operation_type <> 2 AND v.transaction_id <> :tx AND {newest} "
         "AND NOT EXISTS (SELECT 1 FROM bench_post_tag a WHERE a.post_id = v.post_id "
-        "AND a.tag_id = v.tag_id)"
-    )
-    session.flush()
+        "AND a.tag_id = v.tag_id)",
+    ]
 
 
 def run_orm(session, models) -> None:
