@@ -23,6 +23,18 @@ for the outqueue's write lock). Measured here: 3 runs of 5 (2 children) and ever
   drains the queue without it. This is a safety net: the pool is being torn down, and no
   child reads the queue again.
 
+Its shutdown also skips two waits of billiard's that cost an idle worker 2 s of its 3 s
+stop (solo stops in 1.2 s), and nothing else:
+- A child leaving because the pool closes (it read the pool's end-of-work sentinel) sends
+  its DEATH message and exits (`PoolWorker`), instead of sleeping 1 s for the parent to
+  kill it: the parent's result handler has stopped reading by then (it was told to stop
+  before the children), and the children are reaped only after it is joined, so no
+  message is lost and no pid is killed late. Children that leave for any other reason
+  (recycled, shrunk, errors) keep billiard's way.
+- The timeout handler (task time limits) waits for its next pass on an event that
+  `close`/`terminate` set (`TimeoutHandler`), not `time.sleep(1.0)`: billiard's exit
+  finalizer joins it, and waited up to 1 s for the sleep to end.
+
 `use_bounded_prefork(worker)` puts `TaskPool` in place of Celery's prefork pool. The
 worker's lifecycle calls it at `worker_init` (worker/lifecycle.py), which runs before the
 pool class is resolved. Other pools are left as they are.
@@ -31,9 +43,15 @@ pool class is resolved. Other pools are left as they are.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
+from billiard import pool as billiard_pool
+from billiard.common import TERM_SIGNAL
 from billiard.pool import Pool as BilliardPool
 from celery.concurrency import get_implementation
 from celery.concurrency import prefork as celery_prefork
@@ -42,9 +60,75 @@ log = logging.getLogger(__name__)
 LOCK_WAIT = 1.0  # seconds
 
 
+class PoolWorker(billiard_pool.Worker):
+    """billiard's pool child, which leaves at once when the pool closes (no 1 s sleep
+    for a parent that no longer reads its DEATH message)."""
+
+    _closing = False  # read the pool's end-of-work sentinel
+
+    def _make_recv_method(self, conn: Any) -> Any:
+        receive = super()._make_recv_method(conn)
+
+        def _recv(timeout: float) -> tuple[bool, Any]:
+            ready, request = receive(timeout)
+            if ready and request is None:  # the sentinel: billiard's loop ends on it
+                self._closing = True
+            return ready, request
+
+        return _recv
+
+    def _do_exit(self, pid: int, exitcode: int | None, exc: BaseException | None = None) -> None:
+        if not self._closing or sys.platform == "win32":
+            super()._do_exit(pid, exitcode, exc)
+            return
+        # billiard's _do_exit without its `time.sleep(1)` (see the module's docstring).
+        if exitcode is None:
+            exitcode = billiard_pool.EX_FAILURE if exc else billiard_pool.EX_OK
+        if self.on_exit is not None:
+            self.on_exit(pid, exitcode)
+        try:
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {TERM_SIGNAL})
+            try:  # a SIGTERM here would leave the outqueue's lock held
+                self.outq.put((billiard_pool.DEATH, (pid, exitcode)))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        finally:
+            os._exit(exitcode)
+
+
+class TimeoutHandler(billiard_pool.TimeoutHandler):
+    """billiard's time-limit thread, whose 1 s pause between passes ends as soon as the
+    pool closes or terminates it (the pool's exit finalizer joins it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._wake = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def close(self) -> None:
+        super().close()
+        self._wake.set()
+
+    def terminate(self) -> None:
+        super().terminate()
+        self._wake.set()
+
+    def body(self) -> None:
+        while self._state == billiard_pool.RUN:
+            try:
+                for _ in self.handle_timeouts():
+                    if self._wake.wait(1.0):  # billiard: time.sleep(1.0)
+                        break
+            except billiard_pool.CoroStop:
+                break
+        billiard_pool.debug("timeout handler exiting")
+
+
 class BlockingPool(BilliardPool):
-    """billiard's threaded pool: its queues' locks cannot leak, and its final inqueue
-    drain cannot wait forever."""
+    """billiard's threaded pool: its queues' locks cannot leak, its final inqueue drain
+    cannot wait forever, and an idle pool stops without billiard's 1 s sleeps."""
+
+    Worker = PoolWorker
+    TimeoutHandler = TimeoutHandler
 
     def _setup_queues(self) -> None:
         super()._setup_queues()
