@@ -35,7 +35,7 @@ with every name that used to live here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -133,12 +133,24 @@ def import_versions(
 
 
 def run_import(
-    database: Database, models: Models, request: ImportRequest, progress: Progress | None = None
+    database: Database,
+    models: Models,
+    request: ImportRequest | Mapping[str, Any],
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """The version import job: `request` over the app's versioned `models` in one session
-    of `database`, committed on success. Returns the result as the task's JSON; an
-    unreachable database is a TransientError."""
+    """The version import job over the app's versioned `models` in one session of
+    `database`, committed on success. `request` is a parsed `ImportRequest`, or a task's
+    keyword arguments as they came, which `import_versions` parses once before anything
+    runs. Returns the result as the task's JSON; an unreachable database is a
+    TransientError."""
+    if isinstance(request, ImportRequest):
+        parsed, arguments = request, {}
+    else:
+        parsed, arguments = None, dict(request)
+    names = arguments.pop("models", None)
     with transient_errors("database"), database.session() as session:
         # Through the module's `import_versions`, the one entry every caller shares.
-        run = import_versions(session, models.versioned, request=request, progress=progress)
+        run = import_versions(
+            session, models.versioned, request=parsed, names=names, progress=progress, **arguments
+        )
         return run.as_dict()

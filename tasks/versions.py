@@ -8,7 +8,6 @@ from celery import shared_task
 
 from cachework.settings import Settings
 from importers.progress import RunProgress, Throttle
-from importers.request import ImportRequest
 from importers.versions import run_import
 from tasks import policy
 from worker import routing
@@ -48,18 +47,19 @@ def import_versions(
     Progress goes to the task state (`PROGRESS`, meta: model, stage and counts). Transient
     database errors and a held import lock are retried with backoff; bad input is not.
     """
-    request = ImportRequest.parse(
-        models=models,
-        user=user,
-        remote_addr=remote_addr,
-        comment=comment,
-        dry_run=dry_run,
-        create=create,
-        update=update,
-        delete=delete,
-        max_changes=max_changes,
-        repair=repair,
-    )
+    # The arguments as they came: the import parses them once, into its typed request.
+    arguments = {
+        "models": models,
+        "user": user,
+        "remote_addr": remote_addr,
+        "comment": comment,
+        "dry_run": dry_run,
+        "create": create,
+        "update": update,
+        "delete": delete,
+        "max_changes": max_changes,
+        "repair": repair,
+    }
     runtime = require_runtime(self.app)
     settings, database = runtime.settings, runtime.database
     report = bool(self.request.id) and not _results_share_sqlite(settings, database.url)
@@ -75,4 +75,4 @@ def import_versions(
         if log_now() or run.finished:
             log.info("%s", run.line())
 
-    return run_import(database, runtime.models, request, progress)
+    return run_import(database, runtime.models, arguments, progress)
