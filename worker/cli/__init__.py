@@ -1,9 +1,12 @@
 """The `cachework` command line.
 
 Each job runs in-process by default; `--enqueue` sends it to the workers. Commands live in
-small modules listed in `COMMAND_MODULES`; each defines click commands and a `COMMANDS`
-list. Errors we raise on purpose, and click's usage errors (a bad option, argument or
-command), print one line naming the bad value, never a traceback or click's usage block.
+small modules; each defines click commands and a `COMMANDS` list, and `COMMANDS` here
+names each command's module and its line in `cachework --help`. A command imports only
+its own module when it runs, and `--help` imports none (the modules import SQLAlchemy,
+Celery, Alembic, Continuum: a second a process, and the tests start dozens). Errors we
+raise on purpose, and click's usage errors (a bad option, argument or command), print one
+line naming the bad value, never a traceback or click's usage block.
 """
 
 from __future__ import annotations
@@ -26,17 +29,54 @@ from cachework.settings import mask_url
 
 # click 8.2+: a group called without a command raises this to print its help; it stays so.
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
-COMMAND_MODULES = [
-    "worker.cli.core",
-    "worker.cli.demo",
-    "worker.cli.project_cache",
-    "worker.cli.versions",
-    "worker.cli.invalidate",
-    "worker.cli.triggers",
-    "worker.cli.health",
-    "worker.cli.db",
-    "worker.cli.seed",
-]
+
+# Each top-level command: the module that defines it (imported when the command runs),
+# and its whole short help (`cachework --help` cuts it as click would). A unit test
+# (tests/unit/test_cli_lazy.py) checks both against the commands themselves.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "db": ("worker.cli.db", "Migrations of cachework's own tables (never the app's)."),
+    "delete-cache": (
+        "worker.cli.project_cache",
+        "Delete project cache items (no options: every item).",
+    ),
+    "demo": (
+        "worker.cli.demo",
+        "Seed the embedded database, start a real worker and run every job through it.",
+    ),
+    "health": ("worker.cli.health", "Exit 0 with `ok`, or 1 with one line saying what is wrong."),
+    "import-versions": (
+        "worker.cli.versions",
+        "Bring every version table in line with its live table (one Continuum transaction).",
+    ),
+    "initdb": (
+        "worker.cli.core",
+        "Create the tables of the configured models and Continuum's, and create or upgrade "
+        "cachework's own (its migrations: `cachework db`).",
+    ),
+    "invalidate": (
+        "worker.cli.invalidate",
+        "Invalidate KEYs (primary keys; none = the whole table) of TABLE everywhere.",
+    ),
+    "seed": (
+        "worker.cli.seed",
+        "Fill the example app (projects, categories, products) for a trial.",
+    ),
+    "status": ("worker.cli.core", "Broker, database, workers answering ping, and queue lengths."),
+    "sync-cache": (
+        "worker.cli.project_cache",
+        "Rebuild project cache items through the app plugins.",
+    ),
+    "triggers": (
+        "worker.cli.triggers",
+        "PostgreSQL triggers that invalidate cached tables on any write (opt-in).",
+    ),
+    "worker": (
+        "worker.cli.core",
+        "Start a Celery worker on all cachework queues (and Celery's default queue unless "
+        "CACHEWORK_SHARED_BROKER is on); other options go to Celery.",
+    ),
+}
+COMMAND_MODULES = sorted({module for module, _summary in COMMANDS.values()})
 
 
 def _first_line(exc: BaseException) -> str:
@@ -92,15 +132,11 @@ def _exit_with_click_error(exc: click.ClickException) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-# Commands a probe runs every few seconds, each time in a new process: loaded alone, not
-# with every command module's imports (0.65 s, most of the kubelet's 1 s probe timeout).
-LIGHT_COMMANDS = {"health": "worker.cli.health"}
-
-
 class CacheworkGroup(click.Group):
     """The top-level group: every error a command meets on purpose (a CacheworkError, a
-    bad option or argument, a service that cannot be reached) ends in one line. Command
-    modules are imported when a command is looked up (all of them, but for LIGHT_COMMANDS)."""
+    bad option or argument, a service that cannot be reached) ends in one line. A
+    command's module is imported when the command is looked up; the help lists the
+    commands from `COMMANDS` without importing any."""
 
     def load(self, module: str | None = None) -> None:
         """Add the commands of `module` (default: of every module in COMMAND_MODULES)."""
@@ -112,15 +148,23 @@ class CacheworkGroup(click.Group):
                     self.add_command(command)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            self.load(LIGHT_COMMANDS.get(cmd_name))
-            if cmd_name not in self.commands:
-                self.load()
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.load(COMMANDS[cmd_name][0])
         return super().get_command(ctx, cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self.load()
-        return super().list_commands(ctx)
+        return sorted({*COMMANDS, *self.commands})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's "Commands:" section, each line from `COMMANDS` (no module imported)
+        and cut as click cuts a command's own help."""
+        listed = {name: click.Command(name, help=text) for name, (_, text) in COMMANDS.items()}
+        listed.update(self.commands)  # the loaded ones (and any added by hand) as they are
+        shown = sorted(name for name, command in listed.items() if not command.hidden)
+        if shown:
+            limit = formatter.width - 6 - max(len(name) for name in shown)
+            with formatter.section("Commands"):
+                formatter.write_dl([(n, listed[n].get_short_help_str(limit)) for n in shown])
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         """The group's own options and arguments (`cachework --bogus`) are parsed here,
