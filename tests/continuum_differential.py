@@ -23,14 +23,11 @@ process works in two schemas of its own and drops them at the end.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,70 +35,20 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
-from sqlalchemy_continuum import version_class, versioning_manager
-from sqlalchemy_continuum.plugins import TransactionMetaPlugin
+from sqlalchemy_continuum import versioning_manager
 
-from importers.bootstrap import bootstrap
 from importers.versions import import_versions
-
-TOKENS = [uuid.UUID(int=1), uuid.UUID(int=2)]
-POOLS: dict[str, list[Any]] = {
-    "Tag": [1, 2, 3],
-    "Article": [1, 2, 3],
-    "Renamed": [1, 2],
-    "Token": TOKENS,
-    "Note": [("a", "x"), ("a", "y"), ("b", "x")],
-    "Vehicle": [1, 2, 3],  # Vehicle and Car share the key space (one base table)
-    "Widget": [1, 2, 3],  # Widget and Gadget share the table
-    "Ledger": [1, 2],
-}
-FAMILIES = {"Vehicle": ["Vehicle", "Car"], "Widget": ["Widget", "Gadget"]}
-JSONS = [None, {"k": 1}, {"k": [1, 2]}, [1, "two"], "text", 3]
-VALUES: dict[str, dict[str, list[Any]]] = {
-    "Tag": {"name": ["red", "blue", None]},
-    "Article": {"title": ["A", "B", None], "data": JSONS},
-    "Renamed": {"name": ["x", "y", None], "extra": JSONS},
-    "Token": {
-        "blob": [b"", b"\x00\x01", None],
-        "score": [0.5, 1.25, None],
-        "doc": JSONS,
-        "shaped": JSONS,
-        "docs": [None, [], [{"k": 1}], [{"k": 1}, "two"], [3]],  # json[] on PostgreSQL
-    },
-    "Note": {"body": ["one", "two", None]},
-    "Vehicle": {"wheels": [2, 4, None], "spec": JSONS},
-    "Car": {"wheels": [2, 4, None], "spec": JSONS, "doors": [3, 5, None]},
-    "Widget": {"label": ["l1", "l2", None], "size": [1, 2, None]},
-    "Gadget": {"label": ["l1", "l2", None], "size": [1, 2, None], "gizmo": ["g", None]},
-    "Ledger": {"amount": [Decimal("1.00"), Decimal("2.50"), None], "memo": ["m", None]},
-}
-REMOTE = [None, "10.0.0.1", "10.0.0.2"]
-COMMENTS = [None, "first", "second"]  # TransactionMeta's `comment`, where the app has it
-
-
-class App:
-    """The app's classes, loaded through cachework's bootstrap (the app's own set-up)."""
-
-    def __init__(self, module: str) -> None:
-        self.models = bootstrap((module,))
-        self.by_name = self.models.by_name()
-        self.metadata = self.models.metadatas[0]
-        self.uuid_users = isinstance(sa.inspect(self.by_name["User"]).primary_key[0].type, sa.Uuid)
-        self.users = [uuid.UUID(int=10), uuid.UUID(int=11)] if self.uuid_users else [10, 11]
-        self.link_table = self.metadata.tables["article_tag"]
-        self.has_meta = any(
-            isinstance(p, TransactionMetaPlugin) for p in versioning_manager.plugins
-        )
-
-    def cls(self, name: str) -> type:
-        return self.by_name[name]
-
+from tests.continuum_app import (
+    COMMENTS,
+    FAMILIES,
+    POOLS,
+    REMOTE,
+    VALUES,
+    App,
+)
+from tests.continuum_views import api_view, revert_view, tables_view, transaction_ids
 
 # --- drawing steps ---------------------------------------------------------------------------
-
-
-def family(name: str) -> str:
-    return next((f for f, members in FAMILIES.items() if name in members), name)
 
 
 @st.composite
@@ -388,121 +335,6 @@ def apply_sql(app: App, session: Session, step: dict) -> None:
                 )
 
 
-# --- reading both databases ------------------------------------------------------------------
-
-
-def _transaction_ids(session: Session) -> list[int]:
-    return list(session.scalars(sa.text('SELECT id FROM "transaction" ORDER BY id')))
-
-
-def _sortable(row: tuple) -> str:
-    return repr([(type(v).__name__, repr(v)) for v in row])
-
-
-def tables_view(app: App, session: Session, steps: dict[int, int]) -> dict[str, list]:
-    """Every version table and transaction table, transaction ids mapped to steps."""
-    out = {}
-    for table in app.metadata.sorted_tables:
-        if not (table.name.endswith("_version") or table.name.startswith("transaction")):
-            continue
-        names = [c.name for c in table.c]
-        rows = []
-        for row in session.execute(sa.select(table)):
-            values = []
-            for name, value in zip(names, row, strict=True):
-                if name in ("transaction_id", "end_transaction_id") or (
-                    table.name == "transaction" and name == "id"
-                ):
-                    value = None if value is None else steps.get(value, f"tx?{value}")
-                if table.name == "transaction" and name == "issued_at":
-                    value = isinstance(value, dt.datetime)
-                values.append((name, value))
-            rows.append(tuple(values))
-        out[table.name] = sorted(rows, key=_sortable)
-    return out
-
-
-def api_view(app: App, session: Session, steps: dict[int, int]) -> dict[str, Any]:
-    """What Continuum's API reads: per key, its versions with operation, changeset,
-    previous/next, the tags of article versions and the live object's `versions`."""
-
-    def step(txid: int | None) -> Any:
-        return None if txid is None else steps.get(txid, f"tx?{txid}")
-
-    out: dict[str, Any] = {}
-    for name in ("Tag", "Article", "Renamed", "Token", "Note", "Vehicle", "Car", "Widget",
-                 "Gadget", "Ledger"):  # fmt: skip
-        try:
-            out.update(_api_of(app.cls(name), name, session, step))
-        except Exception as exc:  # e.g. NullDelete's versions without a discriminator
-            session.rollback()  # Continuum cannot load: the same failure on both sides
-            out[name] = type(exc).__name__
-    return out
-
-
-def _api_of(cls: type, name: str, session: Session, step: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    vcls = version_class(cls)
-    live = sa.inspect(cls)
-    keys = [getattr(vcls, live.get_property_by_column(c).key) for c in live.primary_key]
-    query = sa.select(vcls).order_by(*keys, vcls.transaction_id)
-    for version in session.scalars(query):
-        if type(version) is not vcls:
-            continue  # read through its own class
-        key = tuple(getattr(version, k.key) for k in keys)
-        item = [
-            step(version.transaction_id),
-            version.operation_type,
-            sorted(version.changeset.items()),
-            step(version.previous and version.previous.transaction_id),
-            step(version.next and version.next.transaction_id),
-        ]
-        if name == "Article":
-            item.append([t.id for t in version.tags])
-        out.setdefault(f"{name}{key}", []).append(item)
-    for key in POOLS.get(name, POOLS.get(family(name), [])):
-        obj = session.get(cls, key)
-        if obj is not None and type(obj) is cls:
-            out[f"{name}{key} live"] = [step(v.transaction_id) for v in obj.versions]
-    return out
-
-
-def revert_view(app: App, session: Session) -> list:
-    """Each article and car reverted to each of its versions (rolled back afterwards)."""
-    out = []
-    for name in ("Article", "Car"):
-        vcls = version_class(app.cls(name))
-        try:
-            ids = [(v.id, v.transaction_id) for v in session.scalars(sa.select(vcls))
-                   if type(v) is vcls]  # fmt: skip
-        except Exception as exc:  # the same failure on both sides (see api_view)
-            session.rollback()
-            out.append((name, type(exc).__name__))
-            continue
-        for ident, txid in sorted(ids):
-            version = session.get(vcls, (ident, txid))
-            if version is None:
-                continue
-            try:
-                obj = version.revert(relations=["tags"] if name == "Article" else [])
-                session.flush()
-            except Exception as exc:  # the same refusal on both sides counts as equal
-                out.append((name, ident, type(exc).__name__))
-                session.rollback()
-                continue
-            state = None
-            if obj is not None and sa.inspect(obj).persistent:
-                state = {a.key: a.value for a in sa.inspect(obj).attrs if a.key != "versions"}
-                state = {
-                    k: ([t.id for t in v] if k == "tags" else v)
-                    for k, v in state.items()
-                    if not isinstance(v, list | tuple) or k == "tags"
-                }
-            out.append((name, ident, sorted(state.items()) if state else None))
-            session.rollback()
-    return out
-
-
 # --- the databases ---------------------------------------------------------------------------
 
 
@@ -565,13 +397,13 @@ def run_sequence(pair: Pair, steps: list[dict]) -> None:
     imp_steps: dict[int, int] = {}
     versioned = app.models.versioned
     with pair.session("orm") as session:
-        known = set(_transaction_ids(session))
+        known = set(transaction_ids(session))
     for number, step in enumerate(steps, 1):
         with pair.session("orm") as session:
             apply_orm(app, session, step)
             session.commit()
         with pair.session("orm") as session:
-            made = set(_transaction_ids(session)) - known
+            made = set(transaction_ids(session)) - known
         known |= made
         assert len(made) <= 1, made
         orm_steps.update({txid: number for txid in made})

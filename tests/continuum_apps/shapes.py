@@ -73,12 +73,29 @@ def _create_domain(metadata: sa.MetaData) -> None:
 
 def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) -> dict:
     """Map the models on `base` and return them by name."""
+    _create_domain(base.metadata)
+    models = _users_and_articles(base, uuid_users)
+    link = models.pop("article_tag")
+    models.update(_keys_and_values(base))
+    models.update(_hierarchies(base))
+
+    class Ledger(base):
+        __tablename__ = "ledgers"
+        __versioned__: dict = dict(ledger if ledger is not None else {"strategy": "subquery"})
+        id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+        amount = sa.Column(sa.Numeric(12, 2))
+        memo = sa.Column(sa.String(100))
+
+    return {**models, "Ledger": Ledger, "article_tag": link}
+
+
+def _users_and_articles(base: type, uuid_users: bool) -> dict:
+    """The user class (UUID or integer key), tags, and articles linked to tags."""
     user_key = (
         sa.Column(sa.Uuid, primary_key=True, default=uuid.uuid4)
         if uuid_users
         else sa.Column(sa.Integer, primary_key=True, autoincrement=False)
     )
-    _create_domain(base.metadata)
 
     class User(base):
         __tablename__ = "users"
@@ -106,6 +123,12 @@ def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) 
         data = sa.Column(sa.JSON)
         tags = relationship(Tag, secondary=article_tag, order_by=Tag.id)
 
+    return {"User": User, "Tag": Tag, "Article": Article, "article_tag": article_tag}
+
+
+def _keys_and_values(base: type) -> dict:
+    """Renamed columns, a UUID key with binary and JSON values, a composite text key."""
+
     class Renamed(base):
         __tablename__ = "renamed"
         __versioned__: dict = {}
@@ -129,6 +152,12 @@ def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) 
         ns = sa.Column(sa.String(20), primary_key=True)
         name = sa.Column(sa.Text, primary_key=True)
         body = sa.Column(sa.Text)
+
+    return {"Renamed": Renamed, "Token": Token, "Note": Note}
+
+
+def _hierarchies(base: type) -> dict:
+    """Joined-table (Vehicle, Car) and single-table (Widget, Gadget) inheritance."""
 
     class Vehicle(base):
         __tablename__ = "vehicles"
@@ -160,16 +189,4 @@ def define(base: type, *, uuid_users: bool = False, ledger: dict | None = None) 
         gizmo = sa.Column(sa.String(20))  # in `widgets`, mapped on gadgets only
         __mapper_args__ = {"polymorphic_identity": "gadget"}
 
-    class Ledger(base):
-        __tablename__ = "ledgers"
-        __versioned__: dict = dict(ledger if ledger is not None else {"strategy": "subquery"})
-        id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
-        amount = sa.Column(sa.Numeric(12, 2))
-        memo = sa.Column(sa.String(100))
-
-    return {
-        "User": User, "Tag": Tag, "Article": Article, "Renamed": Renamed, "Token": Token,
-        "Note": Note, "Vehicle": Vehicle, "Car": Car, "Widget": Widget, "Gadget": Gadget,
-        "Ledger": Ledger,
-        "article_tag": article_tag,
-    }  # fmt: skip
+    return {"Vehicle": Vehicle, "Car": Car, "Widget": Widget, "Gadget": Gadget}
