@@ -172,63 +172,87 @@ def _answer(app, sent, outcome: Outcome | None = None, timeout: float = 30.0) ->
     raise AssertionError(f"no result for {sent.id} in {timeout + 8:.0f}s ({seen})")
 
 
+def _publish(log: RedisLog, url: str, fresh: bool) -> None:
+    """Publish category 1's invalidation on the shared log, or (`fresh`) on a new
+    connection, closed after."""
+    if fresh:
+        own = RedisLog(client_from_url(url, socket_timeout=2))
+        try:
+            publish("categories", [1], log=own)
+        finally:
+            own.client.close()
+    else:
+        publish("categories", [1], log=log)
+
+
+def _write_and_publish(
+    nodes: Nodes, url: str, fresh: bool, outcome: Outcome, published: list, stop: threading.Event
+) -> None:
+    """Rename category 1 and publish, in a loop; `published[0]` is the last version whose
+    publish returned."""
+    version = 1000 * int(time.time() % 1000)  # above every earlier test's versions
+    while not stop.is_set():
+        version += 1
+        with nodes.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE categories SET name = :n WHERE id = 1"),
+                {"n": f"cat1-v{version}"},
+            )
+        try:
+            _publish(nodes.log, url, fresh)
+            published[0] = version
+        except Exception:  # mid-failover: the next publish covers this version
+            outcome.publish_failures += 1
+        stop.wait(0.02)
+
+
+def _read_and_check(
+    app, outcome: Outcome, published: list, stop: threading.Event, lock: threading.Lock
+) -> None:
+    """Look category 1 up, in a loop; an answer older than the version published before
+    the lookup was sent is stale."""
+    while not stop.is_set():
+        floor = published[0]
+        try:
+            sent = app.send_task("cachework.lookup", kwargs={"table": "categories", "key": 1})
+        except Exception:
+            outcome.refused += 1
+            stop.wait(0.1)
+            continue
+        try:
+            name = _answer(app, sent, outcome)["name"]
+        except Exception as exc:
+            with lock:
+                outcome.lost.append(f"{sent.id}: {type(exc).__name__}: {exc}"[:300])
+            continue
+        with lock:
+            outcome.tries += 1
+            if floor > 0 and _version_of(name) < floor:
+                outcome.stale.append(f"{time.time():.3f} read {name} after v{floor}")
+
+
 def _traffic(nodes: Nodes, fault, seconds_after: float = 4.0, fresh: bool = False) -> Outcome:
     """Writer + 2 readers around `fault()`, bounded in time; returns what the readers saw.
     `fresh`: the writer publishes on a new connection each time (as many web processes
     do), which reaches a promoted master while the workers' connections are still on
     the old one."""
-    app, engine, log = nodes.app, nodes.engine, nodes.log
     url = load_settings(nodes.env).redis_url
     outcome = Outcome()
     published = [-1]
     stop = threading.Event()
     lock = threading.Lock()
-
-    def writer() -> None:
-        version = 1000 * int(time.time() % 1000)  # above every earlier test's versions
-        while not stop.is_set():
-            version += 1
-            with engine.begin() as conn:
-                conn.execute(
-                    sa.text("UPDATE categories SET name = :n WHERE id = 1"),
-                    {"n": f"cat1-v{version}"},
-                )
-            try:
-                if fresh:
-                    own = RedisLog(client_from_url(url, socket_timeout=2))
-                    try:
-                        publish("categories", [1], log=own)
-                    finally:
-                        own.client.close()
-                else:
-                    publish("categories", [1], log=log)
-                published[0] = version
-            except Exception:  # mid-failover: the next publish covers this version
-                outcome.publish_failures += 1
-            stop.wait(0.02)
-
-    def reader() -> None:
-        while not stop.is_set():
-            floor = published[0]
-            try:
-                sent = app.send_task("cachework.lookup", kwargs={"table": "categories", "key": 1})
-            except Exception:
-                outcome.refused += 1
-                stop.wait(0.1)
-                continue
-            try:
-                name = _answer(app, sent, outcome)["name"]
-            except Exception as exc:
-                with lock:
-                    outcome.lost.append(f"{sent.id}: {type(exc).__name__}: {exc}"[:300])
-                continue
-            with lock:
-                outcome.tries += 1
-                if floor > 0 and _version_of(name) < floor:
-                    outcome.stale.append(f"{time.time():.3f} read {name} after v{floor}")
-
-    threads = [threading.Thread(target=writer, name="sentinel-writer")] + [
-        threading.Thread(target=reader, name=f"sentinel-reader-{i}") for i in range(2)
+    writer = threading.Thread(
+        target=_write_and_publish,
+        args=(nodes, url, fresh, outcome, published, stop),
+        name="sentinel-writer",
+    )
+    threads = [writer] + [
+        threading.Thread(
+            target=_read_and_check,
+            args=(nodes.app, outcome, published, stop, lock),
+            name=f"sentinel-reader-{i}",
+        )
+        for i in range(2)
     ]
     for thread in threads:
         thread.start()
