@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     app.conf.update(celery_settings.build(settings))
     app.runtime = Runtime(settings)
-    app.lifecycle = WorkerLifecycle(app.runtime)
+    app.lifecycle = WorkerLifecycle(app)
     lifecycle.connect_signals()
     expected_errors_at_warning()  # a task's `throws`: one WARNING line, no traceback
     return app

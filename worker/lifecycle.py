@@ -89,8 +89,8 @@ def runs_tasks_in_process(pool: object) -> bool:
 class WorkerLifecycle:
     """What a cachework worker node does at each of Celery's signals, and its state."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, app: Celery) -> None:
+        self.app = app  # its runtime is read at each signal: an app may be given another
         self.main_pid: int | None = None  # the node's main process; children are the others
         self.folder: str | None = None  # the node's metrics folder (values summed there)
         self.exporter: subprocess.Popen | None = None
@@ -99,6 +99,10 @@ class WorkerLifecycle:
         self._stopped_in: int | None = None  # the pid whose runtime was stopped
         self._started: dict[str, float] = {}  # task id -> perf_counter at prerun
         self._sessions = threading.local()  # sessions open in this thread at a task's start
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.app.runtime
 
     @property
     def settings(self) -> Settings:
@@ -243,10 +247,9 @@ def lifecycle_of(app: Celery | None) -> WorkerLifecycle | None:
     hand, or unpickled in a spawned child); None for an app that is not cachework's."""
     found = getattr(app, "lifecycle", None)
     if found is None:
-        runtime = getattr(app, "runtime", None)
-        if runtime is None:
+        if getattr(app, "runtime", None) is None:
             return None
-        found = WorkerLifecycle(runtime)
+        found = WorkerLifecycle(app)
         app.lifecycle = found
     return found
 

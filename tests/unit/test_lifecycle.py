@@ -64,7 +64,7 @@ class _Runtime:
 
 def test_the_runtime_stops_once_per_process_whichever_signals_come():
     runtime = _Runtime()
-    node = WorkerLifecycle(runtime)
+    node = WorkerLifecycle(SimpleNamespace(runtime=runtime))
     node.main_pid = os.getpid() + 1  # as in a pool child: the main process is another
     node.child_shutdown()
     node.child_shutdown()
@@ -74,7 +74,7 @@ def test_the_runtime_stops_once_per_process_whichever_signals_come():
 
 def test_the_main_process_ignores_the_child_signals_a_solo_pool_sends():
     runtime = _Runtime()
-    node = WorkerLifecycle(runtime)
+    node = WorkerLifecycle(SimpleNamespace(runtime=runtime))
     node.main_pid = os.getpid()
     node.child_init()  # would start the runtime's threads in a child
     node.child_shutdown()
@@ -108,3 +108,12 @@ def test_signals_table_follows_a_workers_life():
     order = [signal for signal, _handler in SIGNALS]
     assert order.index(signals.worker_init) < order.index(signals.worker_process_init)
     assert order.index(signals.worker_process_shutdown) < order.index(signals.worker_shutdown)
+
+
+def test_the_lifecycle_drives_the_runtime_the_app_has_now():
+    first, second = _Runtime(), _Runtime()
+    app = SimpleNamespace(runtime=first)
+    node = WorkerLifecycle(app)
+    app.runtime = second  # a test or an app that gives the app another runtime
+    node.worker_shutdown()
+    assert (first.stops, second.stops) == (0, 1)
