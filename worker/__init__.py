@@ -1,4 +1,5 @@
-"""The Celery worker: app, per-process wiring, CLI.
+"""Process wiring: the per-process runtime and its jobs, metrics and health, the worker's
+lifecycle, the Celery app, and the CLI (above `cache/` and `importers/`).
 
 `celery -A worker worker` and `celery -A worker beat` find the app here. The app is built
 on first access (`worker.app`), so importing a small module of this package
