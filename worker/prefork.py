@@ -26,14 +26,20 @@ for the outqueue's write lock). Measured here: 3 runs of 5 (2 children) and ever
 Its shutdown also skips two waits of billiard's that cost an idle worker 2 s of its 3 s
 stop (solo stops in 1.2 s), and nothing else:
 - A child leaving because the pool closes (it read the pool's end-of-work sentinel) sends
-  its DEATH message and exits (`PoolWorker`), instead of sleeping 1 s for the parent to
-  kill it: the parent's result handler has stopped reading by then (it was told to stop
-  before the children), and the children are reaped only after it is joined, so no
-  message is lost and no pid is killed late. Children that leave for any other reason
-  (recycled, shrunk, errors) keep billiard's way.
+  its DEATH message and exits (`LeavesAtClose`), instead of sleeping 1 s for the parent
+  to kill it (the message's only use). Its results and acks were sent before (billiard
+  waits until the parent has read them), and the pipe keeps what was written after the
+  writer exits. The threaded pool's result handler has stopped reading by then (it is
+  told to stop before the children); the event-loop pool's may still read the message
+  and signal a child that is gone (ignored; pids are handed out in turn, not reused at
+  once) or not yet reaped. Children that leave for
+  any other reason (recycled, shrunk, errors) keep billiard's way. This applies to both
+  of Celery's prefork pools: `BlockingPool` and `AsynPool` (Redis, AMQP brokers).
 - The timeout handler (task time limits) waits for its next pass on an event that
   `close`/`terminate` set (`TimeoutHandler`), not `time.sleep(1.0)`: billiard's exit
-  finalizer joins it, and waited up to 1 s for the sleep to end.
+  finalizer joins it, and waited up to 1 s for the sleep to end. Likewise the worker's
+  timer thread (no event loop) waits for its next entry on an event its stop sets
+  (`Timer`, Celery's slept up to 1 s).
 
 `use_bounded_prefork(worker)` puts `TaskPool` in place of Celery's prefork pool. The
 worker's lifecycle calls it at `worker_init` (worker/lifecycle.py), which runs before the
@@ -53,16 +59,18 @@ from typing import Any
 from billiard import pool as billiard_pool
 from billiard.common import TERM_SIGNAL
 from billiard.pool import Pool as BilliardPool
-from celery.concurrency import get_implementation
+from celery.concurrency import asynpool, get_implementation
 from celery.concurrency import prefork as celery_prefork
+from celery.utils import timer2
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 1.0  # seconds
 
 
-class PoolWorker(billiard_pool.Worker):
-    """billiard's pool child, which leaves at once when the pool closes (no 1 s sleep
-    for a parent that no longer reads its DEATH message)."""
+class LeavesAtClose:
+    """A pool child (mixed into billiard's or Celery's) that leaves at once when the
+    pool closes: no 1 s sleep waiting for the parent to kill it after its DEATH
+    message."""
 
     _closing = False  # read the pool's end-of-work sentinel
 
@@ -94,6 +102,20 @@ class PoolWorker(billiard_pool.Worker):
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         finally:
             os._exit(exitcode)
+
+
+class PoolWorker(LeavesAtClose, billiard_pool.Worker):
+    """billiard's pool child (the threaded pool's), leaving at once when the pool closes."""
+
+
+class AsynPoolWorker(LeavesAtClose, asynpool.Worker):
+    """Celery's pool child (the event-loop pool's), leaving at once when the pool closes."""
+
+
+class AsynPool(asynpool.AsynPool):
+    """Celery's event-loop pool (Redis, AMQP brokers), whose idle children stop at once."""
+
+    Worker = AsynPoolWorker
 
 
 class TimeoutHandler(billiard_pool.TimeoutHandler):
@@ -166,10 +188,37 @@ class BlockingPool(BilliardPool):
             time.sleep(0)
 
 
+class Timer(timer2.Timer):
+    """Celery's timer thread (a pool without an event loop), whose wait for its next
+    entry ends when it is stopped: Celery's sleeps up to 1 s, and the worker's stop
+    waited it out."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._stopping = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _next_entry(self) -> None:
+        delay = super()._next_entry()
+        if delay:  # Celery's run() would tick, then sleep: both done here
+            if self.on_tick:
+                self.on_tick(delay)
+            self._stopping.wait(delay)
+        return None  # nothing left for run() to sleep
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self.not_empty:  # an empty schedule waits on it
+            self.not_empty.notify_all()
+        super().stop()
+
+
 class TaskPool(celery_prefork.TaskPool):
-    """Celery's prefork pool with the bounded shutdown (for non-event-loop transports)."""
+    """Celery's prefork pool with the bounded shutdown (for non-event-loop transports),
+    whose children leave at once when it closes (every transport)."""
 
     BlockingPool = BlockingPool
+    Pool = AsynPool
+    Timer = Timer
 
 
 def use_bounded_prefork(worker: Any) -> None:
