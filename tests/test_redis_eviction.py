@@ -182,9 +182,9 @@ def test_an_acl_user_without_config_gets_a_warning_not_a_refusal(own_redis, tmp_
         admin.close()
     url = own_redis.url.replace("redis://", "redis://app:s3cret@")
     settings = settings_of(env_for(tmp_path, redis_url=url))
-    with caplog.at_level(logging.WARNING, logger="cachework.redis_policy"):
+    with caplog.at_level(logging.WARNING, logger="cache.redis_policy"):
         redis_policy.refuse_evicting(settings)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "cachework.redis_policy"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cache.redis_policy"]
     assert len(warnings) == 1, warnings
     assert (
         "cannot read Redis maxmemory-policy (CONFIG GET refused: NoPermissionError" in (warnings[0])

@@ -80,7 +80,7 @@ def test_invalidate_refreshes_lazily_and_is_a_noop_before_the_table_is_built(see
 def test_drop_all_forgets_records_until_the_next_read(seeded, registry, caplog):
     table = registry.table("categories")
     table.get(1)
-    with caplog.at_level(logging.DEBUG, logger="cache.tables.registry"):
+    with caplog.at_level(logging.DEBUG, logger="cache.registry"):
         registry.drop_all("stream trimmed past cursor 5-0")
     assert registry.status()["categories"]["loaded"] is False
     assert "stream trimmed past cursor 5-0" in caplog.text

@@ -99,12 +99,12 @@ def test_prepared_statements_break_through_transaction_pooling_unless_the_settin
 ):
     plain = db.Database(bouncer.url)  # what a new user had: psycopg prepares after 5 runs
     try:
-        with caplog.at_level(logging.ERROR, logger="cachework.pooler"):
+        with caplog.at_level(logging.ERROR, logger="cache.pooler"):
             errors = _statements(plain)
     finally:
         plain.dispose()
     assert errors and all("prepared statement" in e for e in errors), errors
-    hints = [r.getMessage() for r in caplog.records if r.name == "cachework.pooler"]
+    hints = [r.getMessage() for r in caplog.records if r.name == "cache.pooler"]
     assert len(hints) == 1 and "set CACHEWORK_DATABASE_POOLER=transaction" in hints[0], hints
     caplog.clear()
     for database in (
@@ -115,7 +115,7 @@ def test_prepared_statements_break_through_transaction_pooling_unless_the_settin
             assert _statements(database) == []
         finally:
             database.dispose()
-    assert not [r for r in caplog.records if r.name == "cachework.pooler"]
+    assert not [r for r in caplog.records if r.name == "cache.pooler"]
 
 
 def _cli(env: dict[str, str], *args: str) -> str:

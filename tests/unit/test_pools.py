@@ -139,7 +139,7 @@ def test_a_task_ending_beside_another_holding_a_session_is_not_blamed(sqlite_url
 
     other = threading.Thread(target=other_task)
     other.start()
-    caplog.set_level(logging.ERROR, logger="worker.celery_app")
+    caplog.set_level(logging.ERROR, logger="worker.lifecycle")
     try:
         assert opened.wait(10)
         celery_app._task_prerun(task=task)
