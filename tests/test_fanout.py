@@ -83,8 +83,9 @@ def test_events_are_applied_from_the_blocking_read_at_once_without_a_script(own_
     assert target.keys_seen() == list(range(21)) and target.dropped == []
     assert max(delays) < 1.0, delays  # woken by the entry, not by the 5 s block's end
     assert calls.get("evalsha", 0) == 0 and calls.get("eval", 0) == 0, calls
-    # one XREAD and one XRANGE (the cursor check) per event: 20 each, plus one under way
-    assert 20 <= calls.get("xread", 0) <= 22 and calls.get("xrange", 0) <= 22, calls
+    # one XREAD and one XRANGE (the cursor check) per event: 20 each, give or take the one
+    # under way at the reset (Redis may count a blocked XREAD before or after it)
+    assert 19 <= calls.get("xread", 0) <= 22 and calls.get("xrange", 0) <= 22, calls
 
 
 def test_entries_trimmed_unread_while_blocked_are_a_gap(own_redis):
