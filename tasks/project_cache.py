@@ -12,7 +12,6 @@ from __future__ import annotations
 from celery import chord, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from cache.results import SyncResult
 from cachework.errors import ValidationError, shown
 from tasks import policy
 from worker import jobs, routing
@@ -41,14 +40,17 @@ def sync_project_cache(
     """One scope of a sync: `project`, or the site-wide items when it is None."""
     if not isinstance(missing_ok, bool):  # "no" is truthy: a typo must not change the rule
         raise ValidationError(f"missing_ok={shown(missing_ok)} must be true or false")
-    runtime = require_runtime(self.app)
-    request = jobs.scope_request(
-        runtime, project, app_name, jobs.item_names(name), user, missing_ok=missing_ok
+    # A project deleted since the sync listed it (missing_ok) is nothing to do.
+    return jobs.sync_scope(
+        require_runtime(self.app),
+        project,
+        app_name,
+        name,
+        user,
+        missing_ok=missing_ok,
+        abort_on=ABORT_ON,
+        see_through=delivered_again(self.request),
     )
-    if request is None:  # the project was deleted since the sync listed it
-        return SyncResult().to_json()
-    see_through = delivered_again(self.request)
-    return jobs.sync_one(runtime, request, ABORT_ON, see_through).to_json()
 
 
 @shared_task(name=routing.SYNC_CACHE_SUMMARY, item_arguments=("results",), cut_lists=ERRORS)
@@ -56,7 +58,7 @@ def sync_cache_summary(results: list[dict]) -> dict:
     """Combine the per-scope results of a fanned-out sync. Each result is at most what a
     task stores (worker/task_base.py: RESULT_MAX), so a larger one is refused."""
     check_summaries(results)
-    return SyncResult.combine(SyncResult.from_json(r) for r in results).to_json()
+    return jobs.combine(results)
 
 
 def check_summaries(results: object) -> None:
