@@ -238,6 +238,20 @@ def make_env(tmp_path: Path, **values: str) -> dict[str, str]:
     return env
 
 
+def assert_one_usage_line(
+    code: int, stdout: str, stderr: str, words: list[str], folder: Path
+) -> None:
+    """A CLI usage error as cachework prints it: exit status 2, nothing on stdout, one
+    `error:` line on stderr naming each of `words`, and no data folder made."""
+    assert code == 2, (stdout, stderr)
+    assert stdout == "" and len(stderr.splitlines()) == 1, stderr
+    line = stderr.strip()
+    assert line.startswith("error: ") and "Usage" not in line
+    for word in words:
+        assert word in line, line
+    assert not (folder / "cachework").exists() or not any((folder / "cachework").iterdir())
+
+
 def settings_of(env: dict[str, str]) -> Settings:
     return load_settings(env)
 

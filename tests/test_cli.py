@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import MODELS, make_env
+from tests.conftest import MODELS, assert_one_usage_line, make_env
 
 CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main(prog_name='cachework')"]
 
@@ -110,13 +110,7 @@ def test_status_reports_broker_database_workers_and_queues(
 def test_a_usage_error_is_one_line_naming_option_and_value(args, words, tmp_path: Path):
     """click printed Usage, Try and Error lines; one `error:` line says it all, exit 2."""
     done = run_cli(make_env(tmp_path), *args, timeout=30)
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
-    line = done.stderr.strip()
-    assert line.startswith("error: ") and "Usage" not in line
-    for word in words:
-        assert word in line, line
-    assert not (tmp_path / "cachework").exists() or not any((tmp_path / "cachework").iterdir())
+    assert_one_usage_line(done.returncode, done.stdout, done.stderr, words, tmp_path)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["db"]])

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cachework.errors import MESSAGE_MAX
-from tests.conftest import make_env
+from tests.conftest import assert_one_usage_line, make_env
 
 
 @pytest.fixture
@@ -61,13 +61,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_a_usage_error_is_one_line_naming_option_and_value(cli, args, words, tmp_path: Path):
     """click printed Usage, Try and Error lines; one `error:` line says it all, exit 2."""
     done = cli(*args)
-    assert done.exit_code == 2, (done.stdout, done.stderr)
-    assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
-    line = done.stderr.strip()
-    assert line.startswith("error: ") and "Usage" not in line
-    for word in words:
-        assert word in line, line
-    assert not (tmp_path / "cachework").exists() or not any((tmp_path / "cachework").iterdir())
+    assert_one_usage_line(done.exit_code, done.stdout, done.stderr, words, tmp_path)
 
 
 def test_a_long_usage_error_keeps_its_help_pointer_within_the_limit(cli):
