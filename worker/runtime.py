@@ -15,19 +15,25 @@ builds and starts the same runtime with one call and never imports Celery:
     runtime.registry.table("categories").get(3)
     publish("categories", [3], session=session)   # your transaction, through the outbox
     runtime.stop()                       # at shutdown
+
+An asyncio app starts it from its lifespan instead: `async with runtime_lifespan()`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import os
 import threading
 import weakref
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import redis
 import sqlalchemy as sa
 
+from cache.aio import threads as aio_threads
 from cache.invalidation import (
     DatabaseLog,
     InvalidationLog,
@@ -362,6 +368,29 @@ def start_runtime(settings: Settings | None = None, *, relay: bool = False) -> R
     settings = settings or load_settings()
     refuse_evicting(settings)  # one line when Redis may evict what must not be lost
     return Runtime(settings).start(relay=relay)
+
+
+@contextlib.asynccontextmanager
+async def runtime_lifespan(
+    settings: Settings | None = None, *, relay: bool = False
+) -> AsyncIterator[Runtime]:
+    """`start_runtime` for an asyncio app's lifespan (FastAPI, Starlette): started in a
+    thread, so the app serves nothing before it caught up and the loop never waits on its
+    I/O; its listener is a thread of its own that never touches the loop. Closed (listener
+    stopped, connections released) at shutdown, with `cache.aio`'s threads, off the loop.
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            async with runtime_lifespan() as runtime:
+                app.state.runtime = runtime
+                yield
+    """
+    runtime = await asyncio.to_thread(start_runtime, settings, relay=relay)
+    try:
+        yield runtime
+    finally:
+        await asyncio.to_thread(runtime.close)
+        await asyncio.to_thread(aio_threads.shutdown)
 
 
 def _renew_after_fork() -> None:

@@ -76,7 +76,8 @@ def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None =
 
     On the commit's path only the local invalidation: the relay is a started runtime's
     `Sweeper`'s, off that path (a task start reads the outbox meanwhile), or done here
-    when no runtime is started. Never raises: the commit is done, and the rows stay in
+    when no runtime is started (never on an asyncio app's event loop: there the workers'
+    relay does it). Never raises: the commit is done, and the rows stay in
     the outbox for the worker's relay (and the task-start catch-up) if anything fails."""
     if not rows:
         return
@@ -99,6 +100,8 @@ def committed(engine: sa.Engine, rows: Rows, relay_log: InvalidationLog | None =
         return
     try:
         if sweeper is None:
+            if engine.dialect.is_async:  # here it would block the app's event loop
+                return  # the workers' relay sends them (a task start reads them first)
             relay_rows(engine, relay_log, rows)  # here, in the committing greenlet too
         else:
             thread_engine = _thread_safe(engine, sinks)

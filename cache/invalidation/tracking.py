@@ -91,24 +91,29 @@ class Tracking:
         self._hook_lock = threading.Lock()
         self._targets: list[Any] = []
         self._engines: set[sa.Engine] = set()
-        self._held = ("cachework.tracking", id(self))  # this Tracking's keys in conn.info
+        # Keyed by this Tracking, so two never mix. Everything a transaction collects
+        # lives on its connection or its session, never on the thread: an asyncio app
+        # runs many sessions' transactions interleaved on one thread.
+        self._held = ("cachework.tracking", id(self))  # conn.info: the keys collected
         self._session_of = ("cachework.tracking.session", id(self))  # conn.info: sessions
-        # This thread's commits whose rows await the session's after_commit, the
-        # statement being run with RETURNING added, and whether an ORM statement runs.
-        self._local = threading.local()
+        self._running = ("cachework.tracking.running", id(self))  # conn.info: a statement
+        self._done = ("cachework.tracking.done", id(self))  # session.info: committed rows
+        self._in_orm = ("cachework.tracking.orm", id(self))  # session.info: ORM statement
 
     # --- installing -----------------------------------------------------------------------
 
     def attach(self, target: Any) -> Tracking:
+        bind = _bind_of(target)
+        target = sync_target(target)
         ok = isinstance(target, orm.Session | orm.sessionmaker | orm.scoped_session) or (
             isinstance(target, type) and issubclass(target, orm.Session)
         )
         if not ok:
             raise ConfigError(
                 f"track() needs a Session, sessionmaker, scoped_session or Session class, "
-                f"not {target!r}"
+                f"or their async forms (AsyncSession, async_sessionmaker, "
+                f"async_scoped_session, an AsyncSession subclass), not {target!r}"
             )
-        bind = _bind_of(target)
         if bind is not None:
             check_engine(bind)
         for name, listener in self._session_listeners():
@@ -162,14 +167,13 @@ class Tracking:
             sessions = conn.info[self._session_of] = weakref.WeakSet()
         sessions.add(session)
 
-    def _after_commit(self, _session: orm.Session) -> None:
-        done, self._local.done = getattr(self._local, "done", None), None
-        for engine, rows in done or ():
+    def _after_commit(self, session: orm.Session) -> None:
+        for engine, rows in session.info.pop(self._done, ()):
             outbox.committed(engine, rows)
 
-    def _after_transaction_end(self, _session: orm.Session, transaction: Any) -> None:
+    def _after_transaction_end(self, session: orm.Session, transaction: Any) -> None:
         if transaction.parent is None:  # rolled back (a commit took its rows already)
-            self._local.done = None
+            session.info.pop(self._done, None)
 
     # --- flushes ----------------------------------------------------------------------------
 
@@ -182,14 +186,15 @@ class Tracking:
             self._flushes.collect(keys, sa.inspect(obj), "deleted")
         if keys.by_table:
             self.stats["flushes"] += 1
-            self._keep(session.connection(), keys)
+            self._keep(session.connection(), keys, [session])
 
     # --- writing, at commit ------------------------------------------------------------
 
-    def _keep(self, conn: sa.Connection, keys: Keys) -> None:
-        """Hold `keys` for `conn`'s transaction until it commits."""
+    def _keep(self, conn: sa.Connection, keys: Keys, sessions: Any) -> None:
+        """Hold `keys` for `conn`'s transaction until it commits; `sessions` (those whose
+        transaction it is) hand the committed rows on when their commit returns."""
         if conn._is_autocommit_isolation():  # each statement commits by itself: write now
-            self._write(conn, keys, then_commit=False)
+            self._write(conn, keys, then_commit=False, sessions=())
             return
         self._hook(conn.engine)
         held = conn.info.get(self._held)
@@ -197,23 +202,29 @@ class Tracking:
             conn.info[self._held] = keys
         else:
             held.merge(keys)
+        marked = conn.info.get(self._session_of)
+        if marked is None:
+            marked = conn.info[self._session_of] = weakref.WeakSet()
+        marked.update(sessions)
 
     def _drop(self, conn: sa.Connection) -> None:
         conn.info.pop(self._held, None)
+        conn.info.pop(self._running, None)
         conn.info.pop(self._session_of, None)  # a session's after_begin marks it again
 
     def _on_commit(self, conn: sa.Connection) -> None:
-        conn.info.pop(self._session_of, None)
+        sessions = conn.info.pop(self._session_of, None) or ()
         keys = conn.info.pop(self._held, None)
         if keys is not None:
-            self._write(conn, keys, then_commit=True)
+            self._write(conn, keys, then_commit=True, sessions=sessions)
 
     def _on_prepare(self, conn: sa.Connection, _xid: Any) -> None:
         keys = conn.info.pop(self._held, None)  # nothing can be written after PREPARE
         if keys is not None:
-            self._write(conn, keys, then_commit=False)
+            sessions = conn.info.get(self._session_of) or ()
+            self._write(conn, keys, then_commit=False, sessions=sessions)
 
-    def _write(self, conn: sa.Connection, keys: Keys, *, then_commit: bool) -> None:
+    def _write(self, conn: sa.Connection, keys: Keys, *, then_commit: bool, sessions: Any) -> None:
         events = keys.events()
         if not events:
             return
@@ -223,10 +234,8 @@ class Tracking:
         if conn._is_autocommit_isolation():  # committed already: tell the process now
             outbox.committed(conn.engine, rows)
             return
-        done = getattr(self._local, "done", None)
-        if done is None:
-            done = self._local.done = []
-        done.append((conn.engine, rows))  # the session's after_commit takes them
+        for session in sessions:  # each session's after_commit takes them
+            session.info.setdefault(self._done, []).append((conn.engine, rows))
 
     # --- statements: ORM-enabled ones and Core ones on a tracked session's connection ---
 
@@ -247,17 +256,18 @@ class Tracking:
         if plan is None:
             return None
         keys, keyed, statement = plan
-        self._local.in_orm = getattr(self._local, "in_orm", 0) + 1
+        info = state.session.info
+        info[self._in_orm] = info.get(self._in_orm, 0) + 1
         try:  # its Core form on the connection is this statement: not tracked twice
             if statement is state.statement:
                 result = state.invoke_statement()
             else:
                 result = state.invoke_statement(statement=statement)
         finally:
-            self._local.in_orm -= 1
+            info[self._in_orm] -= 1
         read_returned(keys, keyed, result)
         if keys.by_table:
-            self._keep(state.session.connection(), keys)
+            self._keep(state.session.connection(), keys, [state.session])
         return result
 
     def _before_execute(
@@ -268,7 +278,7 @@ class Tracking:
         sessions = conn.info.get(self._session_of)
         if (
             not sessions
-            or getattr(self._local, "in_orm", 0)
+            or any(session.info.get(self._in_orm) for session in sessions)
             # A flush's own statements (Continuum's version session shares the
             # connection, flushing inside the app's flush): after_flush has them.
             or any(session._flushing for session in sessions)
@@ -283,40 +293,87 @@ class Tracking:
             return clause, multiparams, params
         keys, keyed, statement = plan
         if keyed:
-            self._local.running = (statement, keys, keyed)
+            conn.info[self._running] = (statement, keys, keyed)
         elif keys.by_table:
-            self._keep(conn, keys)
+            self._keep(conn, keys, list(sessions))
         return statement, multiparams, params
 
     def _after_execute(
         self, conn: sa.Connection, clause: Any, _multi: Any, _params: Any, _opts: Any, result: Any
     ) -> None:
-        running = getattr(self._local, "running", None)
+        running = conn.info.get(self._running)
         if running is None or running[0] is not clause:
             return
-        self._local.running = None
+        del conn.info[self._running]
         _statement, keys, keyed = running
         read_returned(keys, keyed, result)
         if keys.by_table:
-            self._keep(conn, keys)
+            self._keep(conn, keys, list(conn.info.get(self._session_of) or ()))
 
 
 def _bind_of(target: Any) -> Any:
-    """The engine a session factory or session is bound to, when it says (else None)."""
-    if isinstance(target, orm.scoped_session):
-        target = target.session_factory
-    if isinstance(target, orm.sessionmaker):
-        return target.kw.get("bind")
-    if isinstance(target, orm.Session):
+    """The engine a session factory or session is bound to, when it says (else None): an
+    AsyncEngine for the async forms, which `check_engine` reads through its sync facade."""
+    target = getattr(target, "session_factory", target)  # scoped_session, async or not
+    kw = getattr(target, "kw", None)  # sessionmaker, async_sessionmaker
+    if isinstance(kw, dict):
+        return kw.get("bind")
+    if isinstance(target, orm.Session) or _is_async_session(target):
         return target.bind
     return None
+
+
+def _is_async_session(target: Any) -> bool:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    return isinstance(target, AsyncSession)
+
+
+def sync_target(target: Any) -> Any:
+    """Where the events of `target`'s sessions fire: itself for the sync forms; for the
+    async ones, the `Session` (class) SQLAlchemy runs their work through.
+
+    An `AsyncSession` runs on its `sync_session`. An `async_sessionmaker` (or an
+    `async_scoped_session`'s) makes every session on one `sync_session_class`, by default
+    `Session` itself, which every other session of the process shares: it gets a subclass
+    of its own (in its `kw`), so only its sessions are tracked. An `AsyncSession` subclass
+    likewise gets its own `sync_session_class`; `AsyncSession` itself is refused."""
+    from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
+
+    if isinstance(target, AsyncSession):
+        return target.sync_session
+    if isinstance(target, async_scoped_session):
+        target = target.session_factory
+    if isinstance(target, async_sessionmaker):
+        base = target.kw.get("sync_session_class") or target.class_.sync_session_class
+        if not getattr(base, "_cachework_own", False):
+            base = target.kw["sync_session_class"] = _own_class(base, "async_sessionmaker")
+        return base
+    if isinstance(target, type) and issubclass(target, AsyncSession):
+        if target is AsyncSession:
+            raise ConfigError(
+                "track(AsyncSession) would track every async session of the process: pass "
+                "your async_sessionmaker, async_scoped_session or AsyncSession subclass"
+            )
+        if not getattr(target.sync_session_class, "_cachework_own", False):
+            target.sync_session_class = _own_class(target.sync_session_class, target.__name__)
+        return target.sync_session_class
+    return target
+
+
+def _own_class(base: type[orm.Session], owner: str) -> type[orm.Session]:
+    """A subclass of `base` that only `owner`'s sessions use (events listen per class)."""
+    return type(f"Tracked{base.__name__}", (base,), {"_cachework_own": True, "__doc__": owner})
 
 
 def track(target: Any, tables: Any, *, max_keys: int | None = None) -> Tracking:
     """Make every flush and ORM-enabled DML statement of `target`'s sessions write its
     invalidations into the outbox, in the writer's transaction.
 
-    `target`: a `sessionmaker`, `Session` class or instance, or `scoped_session`.
+    `target`: a `sessionmaker`, `Session` class or instance, or `scoped_session`, or an
+    asyncio app's `async_sessionmaker`, `AsyncSession` (subclass or instance) or
+    `async_scoped_session` (see `sync_target`): call it at start-up, before the factory
+    makes the sessions it should track.
     `tables`: a runtime (the declared cached tables), a mapping `{cached: {base table:
     base column or None}}`, or `Dependency` objects. `max_keys`: more keys than this in
     one event invalidate the whole cached table (default: the runtime's

@@ -1,7 +1,8 @@
 """The outbox rows a tracked transaction writes as it commits: one per cached table.
 
-On psycopg (3) the INSERT travels with the COMMIT in one round trip, so tracking adds no
-round trip to a transaction. Only PostgreSQL and SQLite hold cachework's outbox, so an
+On psycopg (3), sync or async, the INSERT travels with the COMMIT in one round trip, so
+tracking adds no round trip to a transaction (asyncpg has no multi-statement query with
+results: there it is a statement of its own). Only PostgreSQL and SQLite hold cachework's outbox, so an
 engine of another database is refused before it writes anything (`check_engine`).
 """
 
@@ -37,7 +38,7 @@ def write_rows(
     """Insert one outbox row per event on `conn`; (id, data) of each. `then_commit`: the
     transaction commits right after, so on psycopg the COMMIT goes with the INSERT."""
     datas = [e.to_json() for e in events]
-    if then_commit and conn.dialect.driver == "psycopg" and not conn.dialect.is_async:
+    if then_commit and conn.dialect.driver == "psycopg":
         ids = _insert_then_commit(conn, datas)
     else:  # one statement per row: an executemany with RETURNING is not everywhere
         insert = invalidation_outbox.insert().returning(invalidation_outbox.c.id)
@@ -46,14 +47,16 @@ def write_rows(
 
 
 def _insert_then_commit(conn: sa.Connection, rows: list[str]) -> list[int]:
-    """psycopg (3): send the outbox INSERT and the COMMIT as one simple query, one round
-    trip instead of two; returns the rows' ids. The server commits; the driver's
+    """psycopg (3), sync or async: send the outbox INSERT and the COMMIT as one simple
+    query, one round trip instead of two; returns the rows' ids. The server commits; the driver's
     `commit()`, which SQLAlchemy calls next, finds the connection idle and sends nothing.
     If the INSERT fails, the COMMIT does not run: the commit fails and the transaction
     rolls back whole."""
     from psycopg import sql
 
     raw = conn.connection.dbapi_connection
+    if conn.dialect.is_async:  # SQLAlchemy's adapter around the AsyncConnection
+        raw = raw._connection
     table = conn.dialect.identifier_preparer.format_table(invalidation_outbox)
     values = ", ".join(f"({sql.Literal(row).as_string(raw)})" for row in rows)
     query = f"INSERT INTO {table} (data) VALUES {values} RETURNING id; COMMIT"

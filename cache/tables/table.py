@@ -165,6 +165,44 @@ class CachedTable:
         """`key` converted to the primary key's type; ValidationError naming it otherwise."""
         return coerce(key, self.key_type, f"{self.name} {self.primary_key.column}")
 
+    # --- reads without I/O (for callers that must not wait: `cache.aio`) ----------------
+
+    def cached(self, key: Hashable) -> Record | None:
+        """`get`'s hot path alone: the valid stored record with primary key `key`, or None
+        when memory cannot say (not stored, invalid, not loaded). No I/O, no lock."""
+        record = self._valid.get(key)
+        if record is not None:
+            next(self._fast_hits)
+        return record
+
+    def read_cached(self, spec: Spec) -> list[Record] | None:
+        """What a read of `spec` returns when memory can answer it without I/O; None when it
+        needs the database: not loaded, a pending invalidation touches it, or not covered.
+        Takes only the short in-memory lock."""
+        if self._coverage is None:
+            return None
+        with self._lock:
+            if self._touching(spec):
+                return None
+            records, rest = self._from_storage(spec)
+            if rest is not None:
+                return None
+            self._hits += 1
+            return records
+
+    def needs_refresh(self, spec: Spec) -> bool:
+        """Whether a read of `spec` waits for a load or refresh (`prepare`) first."""
+        if self._coverage is None:
+            return True
+        with self._lock:
+            return self._touching(spec)
+
+    def prepare(self) -> None:
+        """Load (or wait for the load) and refresh every pending invalidation: what a read
+        that `needs_refresh` would do first. Blocking; one at a time (the refresh lock)."""
+        self._ensure_loaded()
+        self.refresh_invalid()
+
     def _read(self, spec: Spec) -> list[Record]:
         self._ensure_loaded()
         records: list[Record] = []

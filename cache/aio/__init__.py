@@ -1,0 +1,43 @@
+"""cachework for asyncio apps (FastAPI, Starlette, any `AsyncSession`): the same names as
+the sync API, awaited, as `redis.asyncio` and `sqlalchemy.ext.asyncio` do.
+
+    from cache import aio
+    item = await aio.get_item(async_session, "inventory", "summary", project=key)
+    await aio.publish("categories", [3], session=async_session)   # in its transaction
+    category = await aio.table(runtime, "categories").get(3)      # never blocks the loop
+    await aio.wait_for(runtime, event_id)                         # read barrier
+
+The rules are the sync functions' own: project items run `cache.items.store` through the
+session (`run_sync`); publish checks the event with the same `validate_event` and writes
+the same outbox row; cached-table reads that memory answers return on the loop, and the
+rest (a load, a refresh, a source read) run in cachework's threads, one refresh shared by
+the loop's readers. Tracking an async app's writes: `cache.invalidation.track` takes an
+`async_sessionmaker`; the runtime for an app's lifespan: `worker.runtime.runtime_lifespan`.
+"""
+
+from cache.aio.invalidation import publish, publish_event, wait_for
+from cache.aio.items import (
+    delete_items,
+    get_item,
+    get_project_items,
+    get_update_time,
+    set_item,
+    set_items,
+)
+from cache.aio.tables import AsyncTable, table
+from cache.aio.threads import off_loop
+
+__all__ = [
+    "AsyncTable",
+    "delete_items",
+    "get_item",
+    "get_project_items",
+    "get_update_time",
+    "off_loop",
+    "publish",
+    "publish_event",
+    "set_item",
+    "set_items",
+    "table",
+    "wait_for",
+]
