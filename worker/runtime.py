@@ -28,12 +28,12 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import redis
 import sqlalchemy as sa
 
-from cache.aio import threads as aio_threads
 from cache.invalidation import (
     DatabaseLog,
     InvalidationLog,
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from importers.bootstrap import Models
 
 log = moves.logger(__name__)
+AIO_THREADS = 8  # an asyncio app's concurrent loads, refreshes and source reads
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 
@@ -93,6 +94,7 @@ class Runtime:
         self._sampler: Sampler | None = None
         self._outbox_seen: set[int] = set()  # pending outbox rows a catch-up applied
         self._sweeper: outbox.Sweeper | None = None
+        self._aio_threads: ThreadPoolExecutor | None = None
 
     # --- resources --------------------------------------------------------------------
 
@@ -170,6 +172,18 @@ class Runtime:
             if self._sampler is None:
                 self._sampler = Sampler(self)
             return self._sampler
+
+    @property
+    def aio_threads(self) -> ThreadPoolExecutor:
+        """Threads for an asyncio app's blocking cachework work (`cache.aio`: a cached
+        table's load or refresh, a barrier's wait), never the loop's default executor,
+        which the app's own `to_thread` calls share. Ended by `stop()`."""
+        with self._lock:
+            if self._aio_threads is None:
+                self._aio_threads = ThreadPoolExecutor(
+                    AIO_THREADS, thread_name_prefix="cachework-aio"
+                )
+            return self._aio_threads
 
     # --- invalidation -----------------------------------------------------------------
 
@@ -309,13 +323,14 @@ class Runtime:
         return listener is not None and listener.alive
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the listener, the relay and the sampler, which copies a last time (the
-        resources stay usable)."""
+        """Stop the listener, the relay, `aio_threads` and the sampler, which copies a
+        last time (the resources stay usable)."""
         outbox.remove_sink(self)
         with self._lock:
             listener, self._listener = self._listener, None
             relay, self._relay = self._relay, None
             sweeper, self._sweeper = self._sweeper, None
+            threads, self._aio_threads = self._aio_threads, None
             sampler = self._sampler
         if listener is not None:
             listener.stop(timeout)
@@ -325,6 +340,8 @@ class Runtime:
             sweeper.stop(timeout)
         if sampler is not None:
             sampler.stop(timeout)
+        if threads is not None:  # a refresh under way finishes in its thread
+            threads.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Stop, then close the Redis client and the database pool."""
@@ -377,7 +394,7 @@ async def runtime_lifespan(
     """`start_runtime` for an asyncio app's lifespan (FastAPI, Starlette): started in a
     thread, so the app serves nothing before it caught up and the loop never waits on its
     I/O; its listener is a thread of its own that never touches the loop. Closed (listener
-    stopped, connections released) at shutdown, with `cache.aio`'s threads, off the loop.
+    stopped, `aio_threads` ended, connections released) at shutdown, also in a thread.
 
         @contextlib.asynccontextmanager
         async def lifespan(app):
@@ -390,7 +407,6 @@ async def runtime_lifespan(
         yield runtime
     finally:
         await asyncio.to_thread(runtime.close)
-        await asyncio.to_thread(aio_threads.shutdown)
 
 
 def _renew_after_fork() -> None:

@@ -10,9 +10,10 @@ the sync API, awaited, as `redis.asyncio` and `sqlalchemy.ext.asyncio` do.
 The rules are the sync functions' own: project items run `cache.items.store` through the
 session (`run_sync`); publish checks the event with the same `validate_event` and writes
 the same outbox row; cached-table reads that memory answers return on the loop, and the
-rest (a load, a refresh, a source read) run in cachework's threads, one refresh shared by
-the loop's readers. Tracking an async app's writes: `cache.invalidation.track` takes an
-`async_sessionmaker`; the runtime for an app's lifespan: `worker.runtime.runtime_lifespan`.
+rest (a load, a refresh, a source read) run in the runtime's threads (`aio_threads`), one
+refresh shared by the loop's readers. Tracking an async app's writes:
+`cache.invalidation.track` takes an `async_sessionmaker`; the runtime for an app's
+lifespan: `worker.runtime.runtime_lifespan`.
 """
 
 from cache.aio.invalidation import publish, publish_event, wait_for
@@ -25,7 +26,6 @@ from cache.aio.items import (
     set_items,
 )
 from cache.aio.tables import AsyncTable, table
-from cache.aio.threads import off_loop
 
 __all__ = [
     "AsyncTable",
@@ -33,7 +33,6 @@ __all__ = [
     "get_item",
     "get_project_items",
     "get_update_time",
-    "off_loop",
     "publish",
     "publish_event",
     "set_item",

@@ -5,14 +5,15 @@ The event is checked on the loop by the same `validate_event` the sync `publish`
 the outbox row is written through the session's own connection (`run_sync`), so it exists
 if and only if the caller's transaction commits, and once it commits this process's
 started runtime invalidates it before `commit()` returns, as for a sync session. A
-direct log append and the barrier's wait are blocking calls, made in cachework's threads.
+direct log append and the barrier's wait are blocking calls, made in a thread.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cache.aio.threads import off_loop
+from cache.aio.threads import off_loop, pool_of
 from cache.invalidation import publish_event as publish_now
 from cache.invalidation.events import Event, KnownTables, validate_event
 from cache.invalidation.log import InvalidationLog
@@ -61,7 +62,7 @@ async def publish_event(
         return await session.run_sync(_into_outbox, event, log)
     if log is None:
         raise ConfigError("publish() needs log= (a RedisLog or DatabaseLog) or session=")
-    return await off_loop(publish_now, event, log=log)
+    return await off_loop(None, functools.partial(publish_now, log=log), event)
 
 
 def _into_outbox(sync_session: Any, event: Event, log: InvalidationLog | None) -> None:
@@ -71,4 +72,4 @@ def _into_outbox(sync_session: Any, event: Event, log: InvalidationLog | None) -
 async def wait_for(runtime: Barrier, event_id: str, timeout: float = 5.0) -> None:
     """Read barrier: return once `runtime`'s process has applied `event_id` (a
     TransientError naming it after `timeout` seconds); the loop goes on meanwhile."""
-    await off_loop(runtime.wait_for, event_id, timeout)
+    await off_loop(pool_of(runtime), runtime.wait_for, event_id, timeout)

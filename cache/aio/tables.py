@@ -3,22 +3,23 @@
 `table(runtime, "categories")` is the async view of a declared cached table (a
 `CachedTable` or `FullTableCache`); the rules stay the table's own. A read that memory
 can answer (the record is stored, valid and covered) returns at once, on the loop, with no
-thread hop. A read that must wait for a load or a refresh awaits it in cachework's threads
-(`cache.aio.threads`), and concurrent readers of one table share that one refresh (the
-table's refresh lock already makes threads share it; here the loop's readers wait on one
-future instead of taking a thread each). A read the source must answer (a key outside
-the covered set, invalidations that keep arriving) is the table's own blocking read, in a
-thread.
+thread hop. A read that must wait for a load or a refresh awaits it in a thread (the
+runtime's pool, see `cache.aio.threads`), and concurrent readers of one table share that
+one refresh (the table's refresh lock already makes threads share it; here the loop's
+readers wait on one future instead of taking a thread each). A read the source must
+answer (a key outside the covered set, invalidations that keep arriving) is the table's
+own blocking read, in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from typing import Any
 
-from cache.aio.threads import off_loop
+from cache.aio.threads import off_loop, pool_of
 from cache.tables.full_table import CACHE_KEY, FullTableCache, LookupHook
 from cache.tables.indexes import Spec, check_spec, make_spec
 from cache.tables.table import READ_ATTEMPTS, CachedTable
@@ -28,21 +29,33 @@ _views: weakref.WeakKeyDictionary[Any, AsyncTable] = weakref.WeakKeyDictionary()
 
 
 def table(source: Any, name: str | None = None) -> AsyncTable:
-    """The async view of a cached table: `table(runtime, name)`, `table(registry, name)`
-    or `table(cached_table)`. One view per table, so every reader shares its refreshes."""
+    """The async view of a cached table: `table(runtime, name)` (its threads are the
+    runtime's pool), `table(registry, name)` or `table(cached_table)` (the loop's default
+    executor). One view per table, so every reader shares its refreshes."""
+    threads: Callable[[], Executor | None] = _default
     if name is not None:
+        if hasattr(type(source), "aio_threads"):  # a runtime
+            runtime = weakref.ref(source)  # a view must not keep its runtime alive
+            threads = lambda: pool_of(runtime())  # noqa: E731 - the pool of the moment
         source = getattr(source, "registry", source).table(name)
     view = _views.get(source)
     if view is None:
-        view = _views.setdefault(source, AsyncTable(source))
+        view = _views.setdefault(source, AsyncTable(source, threads))
     return view
+
+
+def _default() -> None:
+    return None
 
 
 class AsyncTable:
     """Awaitable reads of `table` (a `CachedTable` or `FullTableCache`); see the module."""
 
-    def __init__(self, table: CachedTable | FullTableCache) -> None:
+    def __init__(
+        self, table: CachedTable | FullTableCache, threads: Callable[[], Executor | None] = _default
+    ) -> None:
         self.table = table
+        self._threads = threads  # the pool to use now (a runtime renews its own)
         self._cached: CachedTable = table.table if isinstance(table, FullTableCache) else table
         self._refreshing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future]
         self._refreshing = weakref.WeakKeyDictionary()
@@ -84,7 +97,7 @@ class AsyncTable:
         records = await self._read(Spec(CACHE_KEY, values=(key,)))
         if records or lookup_hook is None:
             return (records[0] if records else None), False
-        return await off_loop(self.table.by_cache_key, key, lookup_hook)
+        return await off_loop(self._threads(), self.table.by_cache_key, key, lookup_hook)
 
     async def _read(self, spec: Spec) -> list[Record]:
         cached = self._cached
@@ -95,14 +108,14 @@ class AsyncTable:
             if not cached.needs_refresh(spec):
                 break  # loaded and valid but not covered: the source answers
             await self._prepared()
-        return await off_loop(cached.get_records, spec)
+        return await off_loop(self._threads(), cached.get_records, spec)
 
     async def _prepared(self) -> None:
         """Wait for the table's load and refresh; one per table and loop at a time."""
         loop = asyncio.get_running_loop()
         future = self._refreshing.get(loop)
         if future is None or future.done():
-            future = asyncio.ensure_future(off_loop(self._cached.prepare))
+            future = asyncio.ensure_future(off_loop(self._threads(), self._cached.prepare))
             future.add_done_callback(_retrieve)
             self._refreshing[loop] = future
         await asyncio.shield(future)  # a cancelled reader leaves the refresh to the others

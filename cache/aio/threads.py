@@ -1,9 +1,10 @@
-"""cachework's own threads, for the blocking work an event loop must never wait on: a
-cached table's load or refresh, a read the source must answer, a log append, a barrier.
+"""Running cachework's blocking work off an event loop: a cached table's load or refresh,
+a read the source must answer, a log append, a barrier's wait.
 
-A pool of its own (not the loop's default executor, which the app's `to_thread` and
-FastAPI's sync routes may need): a refresh held by a slow query occupies one of these,
-never the loop. Forgotten in a forked child, which makes its own on first use.
+In the threads of a started runtime's own pool (`Runtime.aio_threads`) when the caller
+has one, so a refresh held by a slow query never takes a thread from the loop's default
+executor, which the app's own `asyncio.to_thread` calls share; else in that default
+executor.
 """
 
 from __future__ import annotations
@@ -11,49 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-MAX_THREADS = 8
-
-_lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
 
 
-def executor() -> ThreadPoolExecutor:
-    """This process's pool (made on first use)."""
-    global _executor
-    with _lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="cachework-aio")
-        return _executor
+def pool_of(owner: object) -> Executor | None:
+    """`owner`'s pool for this work (a runtime's `aio_threads`), or None: the default."""
+    return getattr(owner, "aio_threads", None)
 
 
-async def off_loop(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """`fn(*args, **kwargs)` in cachework's pool, awaited (context variables go along,
-    as with `asyncio.to_thread`)."""
-    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(executor(), call)
-
-
-def shutdown(wait: bool = True) -> None:
-    """End the pool's threads (an app's shutdown; `runtime_lifespan` does it). A later
-    call of `off_loop` makes a new pool."""
-    global _executor
-    with _lock:
-        pool, _executor = _executor, None
-    if pool is not None:
-        pool.shutdown(wait=wait)
-
-
-def _forget() -> None:
-    global _executor, _lock
-    _lock = threading.Lock()
-    _executor = None  # the parent's threads do not exist here
-
-
-os.register_at_fork(after_in_child=_forget)
+async def off_loop(executor: Executor | None, fn: Callable[..., T], /, *args: Any) -> T:
+    """`fn(*args)` in `executor` (None: the loop's default), awaited; context variables
+    go along, as with `asyncio.to_thread`."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
