@@ -95,6 +95,7 @@ class Runtime:
         self._outbox_seen: set[int] = set()  # pending outbox rows a catch-up applied
         self._sweeper: outbox.Sweeper | None = None
         self._aio_threads: ThreadPoolExecutor | None = None
+        self._log: InvalidationLog | None = None
 
     # --- resources --------------------------------------------------------------------
 
@@ -191,13 +192,21 @@ class Runtime:
         """The Redis Stream when Redis is configured, else the database's log table.
 
         `for_listener`: a Redis connection of the listener's own that never retries
-        silently (it blocks on reads)."""
+        silently (it blocks on reads). Otherwise one object per runtime: the outbox
+        sweeper sends a burst of commits' rows together only when they name one log."""
         s = self.settings
-        if s.redis_url:
-            if for_listener:
+        if for_listener:
+            if s.redis_url:
                 return RedisLog.for_listener(s.redis_url, maxlen=s.stream_maxlen)
-            return RedisLog(self.redis, maxlen=s.stream_maxlen)
-        return DatabaseLog(self.database.engine, maxlen=s.stream_maxlen)
+            return DatabaseLog(self.database.engine, maxlen=s.stream_maxlen)
+        with self._lock:
+            if self._log is None:
+                self._log = (
+                    RedisLog(self.redis, maxlen=s.stream_maxlen)
+                    if s.redis_url
+                    else DatabaseLog(self.database.engine, maxlen=s.stream_maxlen)
+                )
+            return self._log
 
     def known_tables(self) -> dict[str, KeyCoercer | None]:
         """Table name -> key coercer for every table an event may name: the app's model
@@ -348,6 +357,7 @@ class Runtime:
         self.stop()
         with self._lock:
             client, self._redis = self._redis, None
+            self._log = None  # it used the client closed here
             database = self._database
         if client is not None:
             client.close()

@@ -66,13 +66,20 @@ class AsyncTable:
 
     async def get(self, key: Hashable) -> Record | None:
         """The record with primary key `key`, or None."""
-        record = self._cached.cached(key)
+        table = self._cached
+        record = table._valid.get(key)  # `CachedTable.cached` inlined: the hot path
         if record is not None:
+            next(table._fast_hits)
             return record
         records = await self._read(Spec(self._cached.primary_key.name, values=(key,)))
         return records[0] if records else None
 
     by_id = get
+
+    def cached(self, key: Hashable) -> Record | None:
+        """Not awaited, for hot loops: the valid stored record with primary key `key`, or
+        None when memory cannot say (then `await get(key)`). No I/O, no lock."""
+        return self._cached.cached(key)
 
     async def get_records(self, *args: Any, **kwargs: Any) -> list[Record]:
         """The records a spec names, as `CachedTable.get_records` takes it."""
