@@ -5,7 +5,7 @@
 settings and builds nothing.
 """
 
-from worker.celery_settings import build
-from worker.routing import QUEUES, queues
+from cachework.worker.celery_settings import build
+from cachework.worker.routing import QUEUES, queues
 
 __all__ = ["QUEUES", "build", "queues"]

@@ -1,4 +1,4 @@
-"""Benchmark: cachework's async face (`cache.aio`) against the blocking way and the sync
+"""Benchmark: cachework's async face (`cachework.cache.aio`) against the blocking way and the sync
 calls, measured in the same run (issue 21).
 
     .venv/bin/python bench/aio.py [--requests 50] [--hold 3] [--reads 200000]
@@ -20,13 +20,13 @@ at the end), and measures:
   coroutine against the same keys through `table.get(k)` in a plain loop, interleaved
   rounds;
 - a tracked async commit loop: `--flushes` transactions, each one flush of 10 updated
-  loaded objects, through an `async_sessionmaker` tracked by `cache.invalidation.track`
+  loaded objects, through an `async_sessionmaker` tracked by `cachework.cache.invalidation.track`
   against an untracked one (on an engine of its own), on asyncpg and on psycopg's async
   driver, without and with a started runtime taking the commits (read-your-writes: its
   cached `categories` invalidated before `commit()` returns, the rows relayed to the
   Redis Stream by its sweeper thread), interleaved rounds.
 
-Targets: lag p99 and max under 5 ms through `cache.aio` (the naive way: about `--hold`);
+Targets: lag p99 and max under 5 ms through `cachework.cache.aio` (the naive way: about `--hold`);
 all reads fresh, one shared refresh query; async read <= 1.5x the sync read; the tracked
 async commit loop <= 1.3x of untracked, per driver, with and without the runtime.
 """
@@ -54,17 +54,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache import aio
-from cache.invalidation import outbox, track
-from cache.tables.indexes import PrimaryKey, Unique
-from cache.tables.source import SelectSource
-from cache.tables.table import CachedTable
+from cachework.cache import aio
+from cachework.cache.invalidation import outbox, track
+from cachework.cache.tables.indexes import PrimaryKey, Unique
+from cachework.cache.tables.source import SelectSource
+from cachework.cache.tables.table import CachedTable
+from cachework.importers.bootstrap import bootstrap
 from cachework.schema import invalidation_outbox
 from cachework.settings import load_settings
-from importers.bootstrap import bootstrap
+from cachework.worker.runtime import Runtime
+from cachework.worker.schema import create_tables
 from tests.invalidation_helpers import OwnRedis, wait_until
-from worker.runtime import Runtime
-from worker.schema import create_tables
 
 TICK = 0.001  # the ticker's sleep
 STREAM = "cachework:invalidations"
@@ -202,7 +202,7 @@ def refreshing_reads(engine: sa.Engine, requests: int, hold: float) -> dict[str,
     p50, p99, top = percentiles(idle)
     print(f"  idle loop (no requests)   p50 {ms(p50)}  p99 {ms(p99)}  max {ms(top)}")
     checks: dict[str, bool] = {}
-    for mode in ("cache.aio", "naive"):
+    for mode in ("cachework.cache.aio", "naive"):
         value = f"{mode}-{time.monotonic_ns()}"
         with engine.begin() as conn:
             conn.execute(
@@ -214,7 +214,7 @@ def refreshing_reads(engine: sa.Engine, requests: int, hold: float) -> dict[str,
         before = table.stats()["refreshes"], table.source.fetches
         request = (
             functools.partial(async_request, view)
-            if mode == "cache.aio"
+            if mode == "cachework.cache.aio"
             else functools.partial(naive_request, table)
         )
         try:
@@ -232,12 +232,12 @@ def refreshing_reads(engine: sa.Engine, requests: int, hold: float) -> dict[str,
             f"requests done in {wall:.2f} s, {fresh}/{requests} fresh, "
             f"{refreshes} refresh(es), {queries} source quer{'y' if queries == 1 else 'ies'}"
         )
-        if mode == "cache.aio":
-            checks["cache.aio: loop lag p99 and max under 5 ms while refreshing"] = (
+        if mode == "cachework.cache.aio":
+            checks["cachework.cache.aio: loop lag p99 and max under 5 ms while refreshing"] = (
                 p99 < 5e-3 and top < 5e-3
             )
-            checks["cache.aio: every request read the new value"] = fresh == requests
-            checks["cache.aio: one refresh query shared by the requests"] = (
+            checks["cachework.cache.aio: every request read the new value"] = fresh == requests
+            checks["cachework.cache.aio: one refresh query shared by the requests"] = (
                 refreshes == 1 and queries == 1
             )
     return checks

@@ -32,9 +32,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache.tables.indexes import PrimaryKey, Range, Unique
-from cache.tables.source import SelectSource
-from cache.tables.table import CachedTable
+from cachework.cache.tables.indexes import PrimaryKey, Range, Unique
+from cachework.cache.tables.source import SelectSource
+from cachework.cache.tables.table import CachedTable
 
 T0 = dt.datetime(2026, 1, 1)
 

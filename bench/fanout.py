@@ -44,8 +44,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache.invalidation import Listener, RedisLog, Tracker
-from cache.invalidation.events import Event
+from cachework.cache.invalidation import Listener, RedisLog, Tracker
+from cachework.cache.invalidation.events import Event
 from tests.invalidation_helpers import OwnRedis
 
 KEY = "cachework:invalidations"

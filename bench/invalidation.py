@@ -33,14 +33,14 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache.invalidation import RedisLog, Tracker, publish
+from cachework.cache.invalidation import RedisLog, Tracker, publish
+from cachework.importers.bootstrap import bootstrap
 from cachework.settings import load_settings
-from importers.bootstrap import bootstrap
+from cachework.worker import create_app
+from cachework.worker.routing import QUEUES
+from cachework.worker.schema import create_tables
+from cachework.worker.spawn import WorkerProcess
 from tests.invalidation_helpers import FakeTarget, OwnRedis
-from worker import create_app
-from worker.routing import QUEUES
-from worker.schema import create_tables
-from worker.spawn import WorkerProcess
 
 
 def env_for(folder: Path, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:

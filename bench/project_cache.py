@@ -1,6 +1,7 @@
 """Project cache benchmark (PostgreSQL + Redis on 127.0.0.1), baselines in the same run.
 
-1. Writing N cache items (default 10,000) with `cache.items.store.set_items` (one INSERT ... ON
+1. Writing N cache items (default 10,000) with `cachework.cache.items.store.set_items` (one INSERT
+... ON
    CONFLICT per batch) versus the reference's way, an ORM get-then-save per item (here in
    one transaction with a flush per item: kinder to the baseline than a commit per item).
    Both for first writes (inserts) and rewrites (updates).
@@ -29,7 +30,7 @@ from sqlalchemy.orm import registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from importers.bootstrap import bootstrap
+from cachework.importers.bootstrap import bootstrap
 
 PG_ADMIN = os.environ.get(
     "CACHEWORK_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -56,7 +57,7 @@ def _claim_redis_db() -> tuple[redis.Redis, int]:
 
 
 def _reset(database) -> None:
-    from cache.items.store import cache_items
+    from cachework.cache.items.store import cache_items
 
     with database.session() as session:
         session.execute(sa.delete(cache_items))
@@ -76,7 +77,7 @@ def _items(n: int, generation: int) -> list[dict]:
 
 
 def bench_writes(database, n: int) -> None:
-    from cache.items import store
+    from cachework.cache.items import store
 
     mapper_registry = registry()
     mapper_registry.map_imperatively(OrmItem, store.cache_items)
@@ -132,8 +133,8 @@ def bench_writes(database, n: int) -> None:
 
 def bench_sync(database, db_url: str, redis_url: str, projects: int, two_nodes: bool) -> None:
     from cachework.settings import load_settings
-    from worker import create_app
-    from worker.spawn import WorkerProcess
+    from cachework.worker import create_app
+    from cachework.worker.spawn import WorkerProcess
 
     folder = Path(tempfile.mkdtemp(prefix="cachework-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEWORK_")}
@@ -207,7 +208,7 @@ def main() -> None:
     database = None
     try:
         from cachework import database as db
-        from worker.schema import create_tables
+        from cachework.worker.schema import create_tables
 
         models = bootstrap(("demo.models",))
         database = db.Database(db_url)

@@ -8,7 +8,7 @@ cachework's outbox, and compares:
 
 - an ORM write-heavy loop: `--flushes` transactions, each one flush of 10 rows (updates of
   loaded objects; then inserts of new ones), with a session factory tracked by
-  `cache.invalidation.track` against an untracked one: tracking with no runtime started
+  `cachework.cache.invalidation.track` against an untracked one: tracking with no runtime started
   (the outbox row only), with a started runtime (read-your-writes: the commit applies its
   row in the process before it returns, and the runtime's sweeper thread relays it to a
   Redis Stream, off the commit's path), and with the
@@ -48,10 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
-from cache.invalidation import RedisLog, Relay, RelayLoop, outbox, track
-from cache.invalidation import tracking_outbox as tracking_module
-from cache.invalidation import triggers as db_triggers
-from cache.invalidation.tracking import dependencies
+from cachework.cache.invalidation import RedisLog, Relay, RelayLoop, outbox, track
+from cachework.cache.invalidation import tracking_outbox as tracking_module
+from cachework.cache.invalidation import triggers as db_triggers
+from cachework.cache.invalidation.tracking import dependencies
 from cachework.schema import invalidation_outbox
 from tests.invalidation_helpers import OwnRedis
 

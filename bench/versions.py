@@ -17,7 +17,7 @@ seeding. Four scenarios run in order: a) no versions yet, b) in sync, c) 10% of 
 changed, d) 1% of rows deleted. The row-by-row baseline is skipped above `--orm-max`
 (default 100k, where its target ratio is set): at 500k it needs gigabytes.
 
-Approaches: `import` = importers.versions.import_versions (model Product; every model of
+Approaches: `import` = cachework.importers.versions.import_versions (model Product; every model of
 the shapes suite);
 `orm` = a row-by-row ORM import in the reference's style (load live rows and open versions
 as objects, compare in Python, add version objects; products only); `sql` = hand-written
@@ -77,13 +77,13 @@ SHAPES_DIGEST = {
 
 
 def run_import(session, models) -> None:
-    from importers.versions import import_versions
+    from cachework.importers.versions import import_versions
 
     import_versions(session, models.versioned, names=["Product"], comment="bench")
 
 
 def run_import_shapes(session, models) -> None:
-    from importers.versions import import_versions
+    from cachework.importers.versions import import_versions
 
     import_versions(session, models.versioned, comment="bench")
 
@@ -330,8 +330,8 @@ def seed_database(db: str, size: int, suite: str = "products") -> dict:
     import sqlalchemy as sa
 
     from cachework.database import Database
-    from importers.bootstrap import bootstrap
-    from worker.schema import create_tables
+    from cachework.importers.bootstrap import bootstrap
+    from cachework.worker.schema import create_tables
 
     # Before anything imports the models.
     models = bootstrap((SHAPES_MODULE,) if suite == "shapes" else ("demo.models",))
@@ -393,7 +393,7 @@ def child(url: str, approach: str, suite: str = "products") -> dict:
     import sqlalchemy as sa
 
     from cachework.database import Database
-    from importers.bootstrap import bootstrap
+    from cachework.importers.bootstrap import bootstrap
 
     shapes = suite == "shapes"
     models = bootstrap((SHAPES_MODULE,) if shapes else ("demo.models",))

@@ -2,10 +2,10 @@
 
 A task or a CLI command turns its plain arguments into a request with `parse`: a
 ValidationError or NotFoundError names the bad value before anything runs. The request
-is then passed down and trusted: `worker.jobs` never checks it again.
+is then passed down and trusted: `cachework.worker.jobs` never checks it again.
 
 `parse` takes what it checks against as plain values and callables (the plugins, a
-project check, the known tables), so it runs without a database; `worker.jobs` binds them
+project check, the known tables), so it runs without a database; `cachework.worker.jobs` binds them
 to a runtime with one session (`jobs.sync_request`, `jobs.delete_request`,
 `jobs.invalidation_request`).
 """
@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cache.invalidation.events import Event, KnownTables, validate_event
-from cache.items.plugins import CachePlugin, check_names, select
-from cache.items.store import validate_user
+from cachework.cache.invalidation.events import Event, KnownTables, validate_event
+from cachework.cache.items.plugins import CachePlugin, check_names, select
+from cachework.cache.items.store import validate_user
 from cachework.errors import NotFoundError, ValidationError, shown
 from cachework.records import json_value
 

@@ -26,16 +26,16 @@ ConfigError naming the bad value), `cachework.database` and `celeryconfig` apply
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from cachework import moves
 from cachework.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 
 NONE, SESSION, TRANSACTION, STATEMENT = "none", "session", "transaction", "statement"
 POOLERS = (NONE, SESSION, TRANSACTION)

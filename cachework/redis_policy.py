@@ -1,7 +1,8 @@
 """Redis must never evict what cachework cannot lose: a start-up refusal and a readiness
 line for a server whose `maxmemory-policy` may drop it.
 
-Rebuild requests (the dirty and taken sets of `cache.items.locks`), the invalidation stream and
+Rebuild requests (the dirty and taken sets of `cachework.cache.items.locks`), the invalidation
+stream and
 its epoch key, beat's last runs and, on a Redis broker, kombu's queues and unacknowledged
 messages carry no TTL and are lost silently if Redis evicts them. Redis evicts only with
 `maxmemory` set (not 0), and then by `maxmemory-policy`:
@@ -24,16 +25,16 @@ readiness: one script's keys would land on different slots. A Sentinel-managed m
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import redis
 
-from cachework import moves
 from cachework.errors import ConfigError, first_line
 from cachework.redis_client import client_from_url, server_identity
 from cachework.settings import Settings, mask_url
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 
 KEEPING = "noeviction or a volatile-* policy"
 

@@ -47,7 +47,8 @@ cache_items = sa.Table(
     "cache_items",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    # The project's canonical key (cache.items.projects): a uuid, an integer or a text key.
+    # The project's canonical key (cachework.cache.items.projects): a uuid, an integer or a text
+    # key.
     sa.Column("project", sa.String(NAME_MAX), nullable=True),
     sa.Column("app_name", sa.String(NAME_MAX), nullable=False),
     sa.Column("name", sa.String(NAME_MAX), nullable=False),

@@ -82,12 +82,12 @@ class Settings:
     def broker_transport(self) -> str | None:
         """kombu transport class for the broker (None: chosen by the URL's scheme)."""
         if self.broker_url.startswith("filesystem"):
-            return "worker.fs_transport:Transport"
+            return "cachework.worker.fs_transport:Transport"
         if scheme(self.broker_url) in ("redis", "rediss"):
             # A master demoted by a failover is a lost connection, not a fatal error.
-            return "worker.redis_transport:Transport"
+            return "cachework.worker.redis_transport:Transport"
         if scheme(self.broker_url) == "sentinel":
-            return "worker.redis_transport:SentinelTransport"
+            return "cachework.worker.redis_transport:SentinelTransport"
         return None
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from cache.tables.full_table import FullTableCache
+from cachework.cache.tables.full_table import FullTableCache
 from demo.models import Category
 
 

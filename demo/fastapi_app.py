@@ -19,9 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from cache import aio
-from cache.invalidation import track
-from worker.runtime import runtime_lifespan
+from cachework.api import aio, runtime_lifespan, track
 
 
 @contextlib.asynccontextmanager

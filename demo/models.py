@@ -1,7 +1,7 @@
 """The example app's tables (README, "Two commands": what `make demo` runs on them).
 
 Categories and products are versioned by SQLAlchemy-Continuum. Import this module only
-through `importers.bootstrap.bootstrap()`, which turns versioning on first.
+through `cachework.importers.bootstrap.bootstrap()`, which turns versioning on first.
 """
 
 from __future__ import annotations
@@ -45,4 +45,4 @@ class Product(Base):
     active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
 
 
-CACHE_PLUGINS = ["demo.plugin:InventoryPlugin"]  # found by cache.items.plugins.discover()
+CACHE_PLUGINS = ["demo.plugin:InventoryPlugin"]  # found by cachework.cache.items.plugins.discover()

@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy_continuum.operation import Operation
 
-from importers.request import ImportRequest
-from importers.results import Counts, History, Needed, Written
-from importers.sql import count, exists, rowcount, same_key
+from cachework.importers.request import ImportRequest
+from cachework.importers.results import Counts, History, Needed, Written
+from cachework.importers.sql import count, exists, rowcount, same_key
 
 
 class AssociationVersions:

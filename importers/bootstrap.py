@@ -26,6 +26,7 @@ from sqlalchemy_continuum import make_versioned, version_class, versioning_manag
 from sqlalchemy_continuum.exc import ClassNotVersioned
 from sqlalchemy_continuum.plugins import TransactionMetaPlugin
 
+from cachework import example_app
 from cachework.errors import ConfigError
 
 _lock = threading.RLock()
@@ -85,6 +86,7 @@ def _import(names: tuple[str, ...]) -> list[ModuleType]:
     try:
         for name in names:
             try:
+                example_app.make_importable(name)
                 modules.append(importlib.import_module(name))
             except ImportError as exc:
                 raise ConfigError(

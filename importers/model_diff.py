@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy_continuum.operation import Operation
 
-from importers.model_shape import ModelShape
-from importers.sql import differs, same_key
+from cachework.importers.model_shape import ModelShape
+from cachework.importers.sql import differs, same_key
 
 
 def current(shape: ModelShape, tx: int | None, several_open: bool) -> sa.Subquery:

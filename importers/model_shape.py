@@ -15,7 +15,7 @@ from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.plugins import NullDeletePlugin, PropertyModTrackerPlugin
 from sqlalchemy_continuum.utils import get_versioning_manager, option
 
-from importers.sql import maps, replace_columns
+from cachework.importers.sql import maps, replace_columns
 
 
 @dataclass

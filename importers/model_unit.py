@@ -8,12 +8,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from importers.model_diff import compare
-from importers.model_shape import ModelShape
-from importers.model_writes import VersionWriter, close_older_open
-from importers.request import ImportRequest
-from importers.results import Counts, History, Needed, Written
-from importers.sql import count, exists, json_key
+from cachework.importers.model_diff import compare
+from cachework.importers.model_shape import ModelShape
+from cachework.importers.model_writes import VersionWriter, close_older_open
+from cachework.importers.request import ImportRequest
+from cachework.importers.results import Counts, History, Needed, Written
+from cachework.importers.sql import count, exists, json_key
 
 MAX_REPORTED_KEYS = 100
 KEYS_IN_WARNING = 20

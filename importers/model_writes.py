@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.operation import Operation
 
-from importers.model_diff import Diff
-from importers.model_shape import Level, ModelShape
-from importers.sql import rowcount, same_key
+from cachework.importers.model_diff import Diff
+from cachework.importers.model_shape import Level, ModelShape
+from cachework.importers.sql import rowcount, same_key
 
 
 class VersionWriter:

@@ -18,8 +18,8 @@ from sqlalchemy_continuum.plugins import (
 from sqlalchemy_continuum.utils import get_versioning_manager
 
 from cachework.errors import NotFoundError, UnsupportedVersioning
-from importers.association_unit import AssociationVersions
-from importers.model_unit import VersionModel
+from cachework.importers.association_unit import AssociationVersions
+from cachework.importers.model_unit import VersionModel
 
 Unit = VersionModel | AssociationVersions
 

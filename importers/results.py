@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from importers.request import ImportRequest
+from cachework.importers.request import ImportRequest
 
 
 @dataclass

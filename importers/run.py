@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy_continuum.utils import get_versioning_manager
 
 from cachework.errors import ChangeLimitExceeded
-from importers.locking import begin_import
-from importers.model_unit import VersionModel
-from importers.plan import Unit, is_versioned, plan_units, select_models
-from importers.request import ImportRequest
-from importers.results import Counts, History, ImportResult, Needed, switched
-from importers.statistics import refresh_stale_statistics
-from importers.transaction import RunTransaction
+from cachework.importers.locking import begin_import
+from cachework.importers.model_unit import VersionModel
+from cachework.importers.plan import Unit, is_versioned, plan_units, select_models
+from cachework.importers.request import ImportRequest
+from cachework.importers.results import Counts, History, ImportResult, Needed, switched
+from cachework.importers.statistics import refresh_stale_statistics
+from cachework.importers.transaction import RunTransaction
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -36,7 +36,7 @@ def execute(
 ) -> ImportResult:
     """Run the import `request` asks for over `model_classes` in `session`'s transaction,
     which must not have begun yet; the caller commits or rolls back. Progress events (see
-    importers.progress) go to `progress`."""
+    cachework.importers.progress) go to `progress`."""
     versioned = [c for c in model_classes if is_versioned(c)]
     if not versioned:
         select_models(model_classes, request.models)  # names given: the same errors as ever

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy_continuum.plugins import TransactionChangesPlugin
 
 from cachework.errors import NotFoundError, ValidationError
-from importers.request import ImportRequest
+from cachework.importers.request import ImportRequest
 
 
 class RunTransaction:

@@ -25,10 +25,12 @@ INSERT ... SELECT / UPDATE in the database, in the caller's transaction, which
 A plain run writes directly and counts from its writes; a dry run, a limit or a switched-off
 kind counts everything first (so nothing is written when the limit would be exceeded).
 
-The parts: `importers.request` (the checked request), `importers.plan` (the units),
-`importers.model_shape`/`model_diff`/`model_writes`/`model_unit` (one model),
-`importers.association_unit`, `importers.transaction` (the Continuum transaction),
-`importers.run` (the run). This module is the public face: `import_versions` (a session
+The parts: `cachework.importers.request` (the checked request), `cachework.importers.plan` (the
+units),
+`cachework.importers.model_shape`/`model_diff`/`model_writes`/`model_unit` (one model),
+`cachework.importers.association_unit`, `cachework.importers.transaction` (the Continuum
+transaction),
+`cachework.importers.run` (the run). This module is the public face: `import_versions` (a session
 and keywords or a request) and `run_import` (the job: a database and the app's models),
 with every name that used to live here.
 """
@@ -48,11 +50,11 @@ from cachework.errors import (
     ValidationError,
     transient_errors,
 )
-from importers.association_unit import AssociationVersions
-from importers.bootstrap import Models
-from importers.model_shape import Level
-from importers.model_unit import MAX_REPORTED_KEYS, VersionModel
-from importers.plan import (
+from cachework.importers.association_unit import AssociationVersions
+from cachework.importers.bootstrap import Models
+from cachework.importers.model_shape import Level
+from cachework.importers.model_unit import MAX_REPORTED_KEYS, VersionModel
+from cachework.importers.plan import (
     ROW_HOOKS,
     SUPPORTED_PLUGINS,
     Unit,
@@ -62,11 +64,11 @@ from importers.plan import (
     select_models,
     unsupported_plugins,
 )
-from importers.request import COMMENT_MAX, REMOTE_ADDR_MAX, USER_MAX, ImportRequest
-from importers.results import Counts, ImportResult, Needed, switched
-from importers.run import Progress, execute
-from importers.sql import WITHOUT_EQUALITY, comparable, equality_type, stored_type
-from importers.transaction import RunTransaction
+from cachework.importers.request import COMMENT_MAX, REMOTE_ADDR_MAX, USER_MAX, ImportRequest
+from cachework.importers.results import Counts, ImportResult, Needed, switched
+from cachework.importers.run import Progress, execute
+from cachework.importers.sql import WITHOUT_EQUALITY, comparable, equality_type, stored_type
+from cachework.importers.transaction import RunTransaction
 
 ImportOptions = ImportRequest  # its old name: what a run may do (now with the rest it is asked)
 

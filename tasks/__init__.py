@@ -4,4 +4,7 @@ Tasks are `shared_task`s registered under the contract's names, so every app mad
 `worker.create_app` has them.
 """
 
-from tasks import health, invalidation, project_cache, tables, versions  # noqa: F401
+from cachework.moves import alias_checkout_name
+from cachework.tasks import health, invalidation, project_cache, tables, versions  # noqa: F401
+
+alias_checkout_name(__name__)  # a checkout's `import tasks`: the same modules, not a copy

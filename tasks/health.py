@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from celery import shared_task
 
 from cachework.errors import ValidationError, shown
-from worker import routing
-from worker.celery_app import require_runtime
+from cachework.worker import routing
+from cachework.worker.celery_app import require_runtime
 
 
 @shared_task(name=routing.PING, bind=True)

@@ -8,10 +8,10 @@ import os
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from cache.invalidation.events import id_key
-from tasks import policy
-from worker import jobs, routing
-from worker.celery_app import require_runtime
+from cachework.cache.invalidation.events import id_key
+from cachework.tasks import policy
+from cachework.worker import jobs, routing
+from cachework.worker.celery_app import require_runtime
 
 
 @shared_task(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cachework.errors import TransientError
-from worker.logsetup import EXPECTED_ERRORS
+from cachework.worker.logsetup import EXPECTED_ERRORS
 
 
 def retrying(first: int, cap: int, tries: int, *, jitter: bool = True) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 subtask `cachework.sync_project_cache` a sync of all projects fans out over the `cache`
 queue (so several worker nodes share it), combined by `cachework.sync_cache_summary`.
 
-Each task parses its arguments into a request once (`worker.jobs.sync_request`...), runs
-the job of `worker.jobs` with it and the app's runtime and time limit, and returns the
+Each task parses its arguments into a request once (`cachework.worker.jobs.sync_request`...), runs
+the job of `cachework.worker.jobs` with it and the app's runtime and time limit, and returns the
 result's JSON.
 """
 
@@ -13,9 +13,9 @@ from celery import chord, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from cachework.errors import ValidationError, shown
-from tasks import policy
-from worker import jobs, routing
-from worker.celery_app import require_runtime
+from cachework.tasks import policy
+from cachework.worker import jobs, routing
+from cachework.worker.celery_app import require_runtime
 
 RETRY = policy.CACHE_JOB
 ERRORS = ("errors",)  # a result too large to store keeps its first errors (worker/task_base)

@@ -8,9 +8,9 @@ from celery import shared_task
 
 from cachework.errors import ValidationError, shown
 from cachework.records import to_json
-from tasks import policy
-from worker import routing
-from worker.celery_app import require_runtime
+from cachework.tasks import policy
+from cachework.worker import routing
+from cachework.worker.celery_app import require_runtime
 
 
 @shared_task(

@@ -6,12 +6,12 @@ import logging
 
 from celery import shared_task
 
+from cachework.importers.progress import RunProgress, Throttle
+from cachework.importers.versions import run_import
 from cachework.settings import Settings
-from importers.progress import RunProgress, Throttle
-from importers.versions import run_import
-from tasks import policy
-from worker import routing
-from worker.celery_app import require_runtime
+from cachework.tasks import policy
+from cachework.worker import routing
+from cachework.worker.celery_app import require_runtime
 
 log = logging.getLogger(__name__)
 PROGRESS_LOG_EVERY = 5.0  # seconds between the worker's progress lines (at most)

@@ -16,14 +16,21 @@ import time
 
 from celery import Celery
 
-FORBIDDEN = ("worker.celery_app", "celeryconfig", "tasks", "cache", "importers", "sqlalchemy")
+FORBIDDEN = (
+    "cachework.worker.celery_app",
+    "celeryconfig",
+    "tasks",
+    "cache",
+    "importers",
+    "sqlalchemy",
+)
 
 
 def main() -> None:
     broker, backend, mode, calls = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     celery = Celery(broker=broker, backend=backend)
     if mode == "routed":
-        celery.conf.task_routes = ("worker.routing.route_task",)
+        celery.conf.task_routes = ("cachework.worker.routing.route_task",)
     sent = [(name, celery.send_task(name, kwargs=kwargs)) for name, kwargs in calls]
     results = []
     deadline = time.monotonic() + 30  # for all results together
@@ -35,7 +42,7 @@ def main() -> None:
             continue
         results.append({"name": name, "value": value, "worker": result.worker})
     celery.close()
-    ours = sorted(m for m in sys.modules if m.split(".")[0] in ("worker", *FORBIDDEN))
+    ours = sorted(m for m in sys.modules if m.split(".")[0] in ("cachework", *FORBIDDEN))
     print(json.dumps({"results": results, "modules": ours}))
 
 

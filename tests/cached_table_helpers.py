@@ -7,9 +7,9 @@ import threading
 
 import sqlalchemy as sa
 
-from cache.tables.indexes import NonUnique, PrimaryKey, Range, Unique
-from cache.tables.source import SelectSource
-from cache.tables.table import CachedTable
+from cachework.cache.tables.indexes import NonUnique, PrimaryKey, Range, Unique
+from cachework.cache.tables.source import SelectSource
+from cachework.cache.tables.table import CachedTable
 
 metadata = sa.MetaData()
 items = sa.Table(

@@ -39,8 +39,8 @@ for _name in list(os.environ):
         del os.environ[_name]
 
 from cachework import database as db  # noqa: E402
+from cachework.importers.bootstrap import bootstrap  # noqa: E402
 from cachework.settings import Settings, load_settings  # noqa: E402
-from importers.bootstrap import bootstrap  # noqa: E402
 
 REQUIRE_SERVICES = os.environ.get("CACHEWORK_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get(
@@ -144,7 +144,7 @@ def pg_database(pg_url: str) -> Iterator[db.Database]:
 
 
 def _database(url: str) -> Iterator[db.Database]:
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     database = db.Database(url)
     create_tables(database.engine, MODELS)
@@ -161,7 +161,7 @@ def _database(url: str) -> Iterator[db.Database]:
 def runtime(database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A runtime on the `database` fixture (invalidation log and locks in that database);
     the environment says the same, so CLI commands run in-process see it too."""
-    from worker.runtime import Runtime
+    from cachework.worker.runtime import Runtime
 
     env = make_env(tmp_path, database_url=database.url, redis_url="off")
     for name, value in env.items():
@@ -258,10 +258,10 @@ def settings_of(env: dict[str, str]) -> Settings:
 
 @pytest.fixture
 def worker_process(tmp_path: Path) -> Iterator[Callable[..., object]]:
-    """Start REAL prefork workers (`celery -A worker worker -P prefork`); all are stopped
+    """Start REAL prefork workers (`celery -A cachework.worker worker -P prefork`); all are stopped
     and reaped at teardown. Call with an env (see `make_env`); returns (worker, app)."""
-    from worker import create_app
-    from worker.spawn import WorkerProcess
+    from cachework.worker import create_app
+    from cachework.worker.spawn import WorkerProcess
 
     started: list[tuple[WorkerProcess, object]] = []
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy_continuum import versioning_manager
 from sqlalchemy_continuum.plugins import TransactionMetaPlugin
 
-from importers.bootstrap import bootstrap
+from cachework.importers.bootstrap import bootstrap
 
 TOKENS = [uuid.UUID(int=1), uuid.UUID(int=2)]
 POOLS: dict[str, list[Any]] = {

@@ -22,8 +22,8 @@ from sqlalchemy_continuum.plugins import (
 )
 
 from cachework.errors import NotFoundError, ValidationError
-from importers.bootstrap import bootstrap
-from importers.versions import UnsupportedVersioning, import_versions
+from cachework.importers.bootstrap import bootstrap
+from cachework.importers.versions import UnsupportedVersioning, import_versions
 
 
 def _raises(error: type[Exception], text: str, fn, *args, **kwargs) -> None:

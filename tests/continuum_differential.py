@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 from sqlalchemy_continuum import versioning_manager
 
-from importers.versions import import_versions
+from cachework.importers.versions import import_versions
 from tests.continuum_app import (
     COMMENTS,
     FAMILIES,

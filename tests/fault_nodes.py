@@ -12,7 +12,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import RedisLog
+from cachework.cache.invalidation import RedisLog
 from cachework.settings import load_settings
 from demo.seed import seed
 from tests.conftest import MODELS, make_env
@@ -22,7 +22,7 @@ from tests.invalidation_helpers import OwnRedis
 
 def fresh_schema(url: str) -> sa.Engine:
     """An engine on `url` whose public schema was dropped, recreated and seeded."""
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     engine = engine_for(url)
     with engine.begin() as conn:
@@ -38,7 +38,7 @@ class Node:
     """Worker nodes of one environment, started and always stopped."""
 
     def __init__(self, env: dict[str, str], folder: Path) -> None:
-        from worker import create_app
+        from cachework.worker import create_app
 
         self.env = env
         self.folder = folder
@@ -46,7 +46,7 @@ class Node:
         self.nodes: list = []
 
     def start(self, concurrency: int = 2):
-        from worker.spawn import WorkerProcess
+        from cachework.worker.spawn import WorkerProcess
 
         node = WorkerProcess(
             self.env,

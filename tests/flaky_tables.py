@@ -12,7 +12,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cache.tables.full_table import FullTableCache
+from cachework.cache.tables.full_table import FullTableCache
 from cachework.errors import TransientError
 from demo.cached_tables import categories
 from demo.models import Category

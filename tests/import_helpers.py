@@ -15,8 +15,8 @@ from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.utils import option
 
 from cachework import database as db
-from importers.bootstrap import bootstrap
-from worker.schema import create_tables
+from cachework.importers.bootstrap import bootstrap
+from cachework.worker.schema import create_tables
 
 MODELS = bootstrap(("demo.models", "tests.versions_models"))
 BY_NAME = MODELS.by_name()

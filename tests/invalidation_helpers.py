@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeTarget:
-    """Records what the listener does; the shape of cache.tables.registry.Registry."""
+    """Records what the listener does; the shape of cachework.cache.tables.registry.Registry."""
 
     def __init__(self, names: tuple[str, ...] = ("categories",)) -> None:
         self.cursor = "0"
@@ -138,7 +138,7 @@ def _pings(client: redis.Redis) -> bool:
 _STALLING_RELAY = """
 import sys, time
 import redis, sqlalchemy as sa
-from cache.invalidation import DatabaseLog, RedisLog, Relay
+from cachework.cache.invalidation import DatabaseLog, RedisLog, Relay
 
 url, target, key = sys.argv[1:4]
 engine = sa.create_engine(url)

@@ -27,8 +27,8 @@ def rename(self, key: int, name: str, hold: float = 0.0) -> dict:
     the session open `hold` seconds in a query (tasks beside it see it open, and run only
     if waiting on the server is cooperative), then read the category through the cached
     table: read-your-writes inside the worker."""
-    from cache.invalidation import track
-    from worker.celery_app import require_runtime
+    from cachework.cache.invalidation import track
+    from cachework.worker.celery_app import require_runtime
 
     started = time.time()
     runtime = require_runtime(self.app)
@@ -55,7 +55,7 @@ def rename(self, key: int, name: str, hold: float = 0.0) -> dict:
 def hold(self, seconds: float) -> list[float]:
     """Hold a database connection `seconds` in a query; the server's clock at its start
     and end (tasks overlapping there had a connection each at the same time)."""
-    from worker.celery_app import require_runtime
+    from cachework.worker.celery_app import require_runtime
 
     with require_runtime(self.app).database.session() as session:
         now = sa.text("SELECT extract(epoch FROM clock_timestamp())")

@@ -1,7 +1,8 @@
 """Test-only cache plugins, registered the ordinary way: a model module that names them.
 
 Workers started with `CACHEWORK_MODELS=demo.models,tests.project_cache_helpers` find them
-through `cache.items.plugins.discover` (this module re-exports the demo's `Base`, which is what
+through `cachework.cache.items.plugins.discover` (this module re-exports the demo's `Base`, which
+is what
 bootstrap asks of a model module; it maps no classes of its own).
 
 - `recorder`: item `total` = the sum of the project's prices; holds the rebuild for
@@ -23,7 +24,7 @@ from decimal import Decimal
 import redis
 import sqlalchemy as sa
 
-from cache.items import store
+from cachework.cache.items import store
 from demo.models import Base, Product, Project  # noqa: F401 - Base: bootstrap's model check
 
 CACHE_PLUGINS = [

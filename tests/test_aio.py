@@ -24,14 +24,14 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import sessionmaker
 
-from cache import aio
-from cache.invalidation import RedisLog, track
+from cachework.cache import aio
+from cachework.cache.invalidation import RedisLog, track
 from cachework.errors import ConfigError, TransientError, ValidationError
 from cachework.schema import invalidation_outbox
+from cachework.worker.runtime import Runtime, runtime_lifespan
 from demo.models import Category
 from tests.conftest import make_env, settings_of
 from tests.invalidation_helpers import wait_until
-from worker.runtime import Runtime, runtime_lifespan
 
 DRIVERS = ["asyncpg", "psycopg"]
 WRITERS = 15  # rows 1..15 by flushes, 16..30 by statements

@@ -23,11 +23,11 @@ from sqlalchemy.orm import Session
 
 from cachework.errors import ConfigError
 from cachework.settings import load_settings
+from cachework.worker import routing
+from cachework.worker.schema import create_tables
+from cachework.worker.spawn import stop_process_group
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
-from worker import routing
-from worker.schema import create_tables
-from worker.spawn import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = Path(__file__).with_name("any_client.py")
@@ -84,8 +84,12 @@ def client_results(client: subprocess.Popen, mode: str) -> list[dict]:
             client.communicate()
     assert client.returncode == 0, stderr[-3000:]
     out = json.loads(stdout)
-    # Nothing of cachework but the routing module (and the lazy package holding it).
-    expected = ["worker", "worker.routing"] if mode == "routed" else []
+    # Nothing of cachework but the routing module (and the small packages holding it).
+    expected = (
+        ["cachework", "cachework.moves", "cachework.worker", "cachework.worker.routing"]
+        if mode == "routed"
+        else []
+    )
     assert out["modules"] == expected, out["modules"]
     return out["results"]
 
@@ -141,7 +145,14 @@ def wait_for_ping(app, name: str, proc: subprocess.Popen, log: Path, timeout=60.
 
 def cli_status(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "status", "--timeout", "2"],
+        [
+            sys.executable,
+            "-c",
+            "from cachework.worker.cli import main; main()",
+            "status",
+            "--timeout",
+            "2",
+        ],
         env={**env, "COLUMNS": "200"},
         capture_output=True,
         text=True,
@@ -154,9 +165,9 @@ def cli_status(env: dict[str, str]) -> subprocess.CompletedProcess:
 
 def test_routing_module_imports_no_celery_and_reads_no_settings():
     code = (
-        "import sys, worker.routing\n"
+        "import sys, cachework.worker.routing\n"
         "assert 'celery' not in sys.modules and 'cache' not in sys.modules, sorted(sys.modules)\n"
-        "assert 'worker.celery_app' not in sys.modules\n"
+        "assert 'cachework.worker.celery_app' not in sys.modules\n"
     )
     env = {**os.environ, "CACHEWORK_BROKER_URL": "kafka://not-read"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=30)
@@ -201,7 +212,7 @@ def test_bad_shared_broker_value_names_variable_and_value(tmp_path: Path):
 
 
 def test_embedded_broker_makes_its_folders_when_it_connects(tmp_path: Path):
-    from worker import create_app
+    from cachework.worker import create_app
 
     settings = load_settings({"CACHEWORK_DATA_DIR": str(tmp_path / "data")})
     app = create_app(settings)
@@ -217,7 +228,7 @@ def test_embedded_broker_makes_its_folders_when_it_connects(tmp_path: Path):
 
 
 def test_unknown_task_explanations_name_the_task_and_the_fix():
-    from worker.unknown_tasks import explain
+    from cachework.worker.unknown_tasks import explain
 
     text = explain("myapp.send_mail", "celery", {"cache", "celery"}, shared=False)
     assert "'myapp.send_mail' is not a cachework task" in text
@@ -433,7 +444,8 @@ def test_readme_client_example_runs_as_written(tmp_path, sqlite_url, redis_url, 
         + example
         + "\nimport sys\n"
         + "assert not [m for m in sys.modules if m.split('.')[0] in "
-        + "('tasks', 'cache', 'celeryconfig', 'sqlalchemy') or m == 'worker.celery_app']\n"
+        + "('tasks', 'cache', 'celeryconfig', 'sqlalchemy')"
+        + " or m == 'cachework.worker.celery_app']\n"
     )
     client_env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEWORK_")}
     done = subprocess.run(

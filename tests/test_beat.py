@@ -1,4 +1,4 @@
-"""Exactly one beat: two real `celery -A worker beat` processes on one Redis send each
+"""Exactly one beat: two real `celery -A cachework.worker beat` processes on one Redis send each
 scheduled job once per tick; when the holder of the beat lock dies, the other takes over."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 
 import redis
 
+from cachework.worker.beat import LOCK_KEY
+from cachework.worker.spawn import stop_process_group
 from tests.conftest import make_env
-from worker.beat import LOCK_KEY
-from worker.spawn import stop_process_group
 
 TICK = 1.0  # CACHEWORK_SYNC_SCHEDULE
 TTL = 3.0  # CACHEWORK_BEAT_LOCK_TTL
@@ -24,7 +24,16 @@ TTL = 3.0  # CACHEWORK_BEAT_LOCK_TTL
 def _start_beat(env, log_path):
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "beat", "--max-interval", "1"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "cachework.worker",
+                "beat",
+                "--max-interval",
+                "1",
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

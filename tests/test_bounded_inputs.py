@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from cache import jobs
-from cache.invalidation import validate_event
+from cachework.cache import jobs
+from cachework.cache.invalidation import validate_event
 from cachework.errors import MESSAGE_MAX, CacheworkError, ValidationError, cut, shown
+from cachework.importers.versions import import_versions
 from demo.seed import project_uuid, seed
-from importers.versions import import_versions
 from tests.import_helpers import MODELS, STEPS, apply_sql, create_all, seed_fixed, transactions
 
 HUGE = "x" * 10_000_000
@@ -116,7 +116,7 @@ def base_app():
     from celery import Celery, signals
 
     from cachework.errors import TransientError
-    from worker.task_base import CacheworkTask
+    from cachework.worker.task_base import CacheworkTask
 
     app = Celery("bounded-inputs", task_cls=CacheworkTask, set_as_current=False)
 
@@ -182,7 +182,7 @@ def test_an_unknown_or_missing_argument_is_a_validation_error_naming_it(base_app
 
 
 def test_bounded_arguments_stay_json_and_small():
-    from worker.task_base import bounded_args, bounded_kwargs
+    from cachework.worker.task_base import bounded_args, bounded_kwargs
 
     many = {f"k{i}": i for i in range(50)}
     kept = bounded_kwargs({**many, "big": [HUGE], HUGE: 1})
@@ -196,12 +196,12 @@ def test_bounded_arguments_stay_json_and_small():
 
 def test_every_task_of_our_app_has_the_base_class(tmp_path):
     """`create_app` sets the base class for the app, so shared_task gives it to ours."""
-    import tasks  # noqa: F401 - registers the shared tasks
+    from cachework import tasks  # noqa: F401 - registers the shared tasks
     from cachework.settings import load_settings
+    from cachework.worker import create_app
+    from cachework.worker.logsetup import EXPECTED_ERRORS
+    from cachework.worker.task_base import CacheworkTask
     from tests.conftest import make_env
-    from worker import create_app
-    from worker.logsetup import EXPECTED_ERRORS
-    from worker.task_base import CacheworkTask
 
     app = create_app(load_settings(make_env(tmp_path)))
     try:

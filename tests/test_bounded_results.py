@@ -18,9 +18,7 @@ import sqlalchemy as sa
 from cachework import database as db
 from cachework.errors import MESSAGE_MAX, TooLargeError, TransientError
 from cachework.settings import load_settings
-from demo.seed import seed
-from tests.conftest import MODELS, make_env
-from worker.task_base import (
+from cachework.worker.task_base import (
     RESULT_MAX,
     STORED_ARGUMENTS_MAX,
     STORED_MAX,
@@ -28,6 +26,8 @@ from worker.task_base import (
     json_size,
     stored_arguments,
 )
+from demo.seed import seed
+from tests.conftest import MODELS, make_env
 
 SIX_MB = "A" * 6_000_000
 PROJECTS = 3
@@ -97,8 +97,8 @@ PUBLIC = {  # the README's task table
 def test_every_internal_task_bounds_its_arguments(tmp_path):
     """Tasks outside the public contract are sent by our own code, and by anyone who can
     reach the broker: each refuses an oversized argument too."""
-    import tasks  # noqa: F401 - registers the shared tasks
-    from worker import create_app
+    from cachework import tasks  # noqa: F401 - registers the shared tasks
+    from cachework.worker import create_app
 
     app = create_app(load_settings(make_env(tmp_path)))
     try:
@@ -125,7 +125,7 @@ def test_every_internal_task_bounds_its_arguments(tmp_path):
 def base_app():
     from celery import Celery
 
-    from worker.task_base import CacheworkTask
+    from cachework.worker.task_base import CacheworkTask
 
     app = Celery("bounded-results", task_cls=CacheworkTask, set_as_current=False)
     seen: list[object] = []
@@ -177,9 +177,9 @@ def test_a_retry_sends_the_whole_arguments_again(base_app):
 def worker_env(request, pg_server_url, redis_server_url, tmp_path_factory) -> Iterator[dict]:
     """One prefork worker on the run's PostgreSQL and its own Redis as broker; results in
     Redis or in the database (Celery's SQLAlchemy backend)."""
-    from worker import create_app
-    from worker.schema import create_tables
-    from worker.spawn import WorkerProcess
+    from cachework.worker import create_app
+    from cachework.worker.schema import create_tables
+    from cachework.worker.spawn import WorkerProcess
 
     engine = sa.create_engine(pg_server_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:

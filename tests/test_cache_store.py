@@ -9,8 +9,8 @@ from datetime import UTC, timedelta
 import pytest
 import sqlalchemy as sa
 
-from cache.items import store
-from cache.items.locks import DatabaseLocks, RedisLocks, Renewer
+from cachework.cache.items import store
+from cachework.cache.items.locks import DatabaseLocks, RedisLocks, Renewer
 from cachework.errors import ValidationError
 
 P1 = str(uuid.uuid4())
@@ -181,7 +181,8 @@ def _re(text: str) -> str:
 
 
 def test_project_keys_of_any_type_are_stored_as_strings(database):
-    """The store takes keys already canonical (cache.items.projects.ProjectSource.canonical);
+    """The store takes keys already canonical
+    (cachework.cache.items.projects.ProjectSource.canonical);
     uuid.UUID and int values become their canonical strings, other strings are kept."""
     with database.session() as session:
         store.set_item(session, "app", "x", 1, project=uuid.UUID(P1.upper()))

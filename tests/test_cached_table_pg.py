@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from cache.tables.indexes import NonUnique, PrimaryKey, Range, Spec, Unique
-from cache.tables.source import SelectSource
-from cache.tables.table import CachedTable
+from cachework.cache.tables.indexes import NonUnique, PrimaryKey, Range, Spec, Unique
+from cachework.cache.tables.source import SelectSource
+from cachework.cache.tables.table import CachedTable
 from cachework.records import to_json
 from demo.models import Category, Product
 from demo.seed import seed

@@ -13,7 +13,11 @@ import sqlalchemy as sa
 
 from tests.conftest import MODELS, assert_one_usage_line, make_env
 
-CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main(prog_name='cachework')"]
+CACHEWORK = [
+    sys.executable,
+    "-c",
+    "from cachework.worker.cli import main; main(prog_name='cachework')",
+]
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -141,7 +145,7 @@ def test_celery_command_with_bad_configuration_prints_one_line(
     pool = ["-P", "solo"] if command == "worker" else []
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", command, *pool],
+        [sys.executable, "-m", "celery", "-A", "cachework.worker", command, *pool],
         env=env,
         capture_output=True,
         text=True,
@@ -160,8 +164,8 @@ def test_worker_command_consumes_all_queues_and_passes_options_to_celery(
 ):
 
     from cachework.settings import load_settings
-    from worker import create_app
-    from worker.spawn import stop_process_group
+    from cachework.worker import create_app
+    from cachework.worker.spawn import stop_process_group
 
     env = make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url)
     name = f"cli{time.monotonic_ns()}@127.0.0.1"

@@ -14,7 +14,7 @@ from tests.conftest import make_env
 from tests.continuum_checks import CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main()"]
+CACHEWORK = [sys.executable, "-c", "from cachework.worker.cli import main; main()"]
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))

@@ -10,8 +10,8 @@ import uuid
 import pytest
 import redis
 
-from cache.invalidation import DatabaseLog, Listener, RedisLog, Tracker, publish
-from cache.invalidation.events import decode_event, table_of
+from cachework.cache.invalidation import DatabaseLog, Listener, RedisLog, Tracker, publish
+from cachework.cache.invalidation.events import decode_event, table_of
 from cachework.errors import ValidationError
 from tests.invalidation_helpers import FakeTarget, wait_until
 

@@ -16,9 +16,17 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import DatabaseLog, Listener, RedisLog, Relay, RelayLoop, Tracker, publish
-from cache.invalidation.log import LogUnavailable
-from cache.invalidation.node_lock import NodeLock
+from cachework.cache.invalidation import (
+    DatabaseLog,
+    Listener,
+    RedisLog,
+    Relay,
+    RelayLoop,
+    Tracker,
+    publish,
+)
+from cachework.cache.invalidation.log import LogUnavailable
+from cachework.cache.invalidation.node_lock import NodeLock
 from tests.conftest import MODELS, make_env, settings_of, started
 from tests.invalidation_helpers import ROOT, FakeTarget, OwnRedis, wait_until
 
@@ -238,7 +246,7 @@ def test_only_one_relay_per_node_polls_and_another_takes_over(tmp_path, sqlite_u
 
 _HOLDER = """
 import sys, time
-from cache.invalidation.node_lock import NodeLock
+from cachework.cache.invalidation.node_lock import NodeLock
 lock = NodeLock.for_relay("db", "x", folder=sys.argv[1])
 print(lock.acquire(), flush=True)
 time.sleep(60)
@@ -272,7 +280,7 @@ def test_a_killed_holder_releases_the_node_lock_and_a_forked_child_never_holds_i
 
 
 def test_two_runtimes_on_one_node_run_one_polling_relay(tmp_path, monkeypatch):
-    from worker.runtime import Runtime
+    from cachework.worker.runtime import Runtime
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # this test's own lock folder
     url = f"sqlite:///{tmp_path / 'node.db'}"
@@ -304,13 +312,13 @@ def test_the_lock_file_is_named_by_a_hash_of_its_identity():
 
 
 def publish_json(key: int) -> str:
-    from cache.invalidation.events import Event
+    from cachework.cache.invalidation.events import Event
 
     return Event("categories", (key,)).to_json()
 
 
 def _engine_with_tables(url: str) -> sa.Engine:
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     engine = sa.create_engine(url)
     create_tables(engine, MODELS)

@@ -19,15 +19,15 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from cache.invalidation import publish
-from cache.items.store import set_items
+from cachework.cache.invalidation import publish
+from cachework.cache.items.store import set_items
 from cachework.schema import invalidation_outbox
+from cachework.worker.runtime import Runtime
 from demo.models import Category
 from demo.seed import project_uuid
 from tests.conftest import make_env, settings_of
 from tests.fastapi_helpers import Uvicorn
 from tests.invalidation_helpers import wait_until
-from worker.runtime import Runtime
 
 ROUNDS = 20
 PROJECT = project_uuid(0)

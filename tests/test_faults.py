@@ -28,8 +28,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import RedisLog, publish
-from cache.items import store
+from cachework.cache.invalidation import RedisLog, publish
+from cachework.cache.items import store
 from demo.seed import project_uuid
 from tests.conftest import make_env
 from tests.fault_helpers import TABLE, OwnPostgres, children_of, kill_group, wait_until

@@ -16,7 +16,7 @@ import redis
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from cache.invalidation import RedisLog
+from cachework.cache.invalidation import RedisLog
 from cachework.errors import MESSAGE_MAX
 from tests.fault_helpers import TABLE, kill_group, wait_until
 from tests.fault_inputs import BAD_COMMANDS, BAD_SUBPROCESS_COMMANDS, BAD_TASKS, TASK_NAMES
@@ -148,9 +148,9 @@ def _line_of(output: str, code: int) -> str | None:
 def _refused_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch) -> str | None:
     """Run `cachework ARGS` in this process (CliRunner), closing any app an --enqueue
     command made: the problem with its output, or None."""
-    import worker
-    from worker import celery_app
-    from worker.cli import main
+    from cachework import worker
+    from cachework.worker import celery_app
+    from cachework.worker.cli import main
 
     monkeypatch.delitem(worker.__dict__, "app", raising=False)
     monkeypatch.delitem(celery_app.__dict__, "app", raising=False)
@@ -169,7 +169,11 @@ def _cachework_command() -> list[str]:
     exe = Path(sys.executable).parent / "cachework"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-c", "from worker.cli import main; main(prog_name='cachework')"]
+    return [
+        sys.executable,
+        "-c",
+        "from cachework.worker.cli import main; main(prog_name='cachework')",
+    ]
 
 
 def _refused_in_subprocess(cachework: list[str], argv: list[str], env: dict) -> str | None:

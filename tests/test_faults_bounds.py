@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from cachework import database as db
 from cachework.errors import MESSAGE_MAX
 from cachework.settings import load_settings
+from cachework.worker.task_base import STORED_MAX
 from demo.seed import seed
 from tests.conftest import MODELS, make_env
 from tests.fault_helpers import TABLE
-from worker.task_base import STORED_MAX
 
 pytestmark = pytest.mark.faults
 
@@ -77,9 +77,9 @@ ACCEPTED: list[tuple[str, dict, list]] = [
 
 @pytest.fixture(scope="module")
 def bounds_env(pg_server_url, redis_server_url, tmp_path_factory) -> Iterator[dict]:
-    from worker import create_app
-    from worker.schema import create_tables
-    from worker.spawn import WorkerProcess
+    from cachework.worker import create_app
+    from cachework.worker.schema import create_tables
+    from cachework.worker.spawn import WorkerProcess
 
     engine = sa.create_engine(pg_server_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
@@ -154,7 +154,7 @@ def _problems(app, client: redis.Redis, entry: tuple, refused: bool) -> list[str
 def test_oversized_arguments_and_results_of_every_task(bounds_env):
     app, client, engine = bounds_env["app"], bounds_env["redis"], bounds_env["engine"]
     assert {name for name, _kwargs, _args in REFUSED + ACCEPTED} == TASKS
-    import tasks  # noqa: F401 - registers every task: the calls cover them all
+    from cachework import tasks  # noqa: F401 - registers every task: the calls cover them all
 
     assert {n for n in app.tasks if n.startswith("cachework.")} == TASKS
     row = TABLE.row(

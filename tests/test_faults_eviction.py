@@ -3,7 +3,7 @@
 With `maxmemory` set and an `allkeys-*` policy, Redis evicted the dirty sets of rebuild
 requests silently. Two halves, each on a redis-server of the suite's own:
 
-- every `allkeys-*` policy: a real `celery -A worker worker` must refuse to start with one
+- every `allkeys-*` policy: a real `celery -A cachework.worker worker` must refuse to start with one
   line naming the setting (completed: refused; lost: it started);
 - `noeviction` and `volatile-lru` (the policies that start): rebuild requests (the write
   `rebuild_scope` begins with: the scope's dirty set) and invalidations (the stream) made
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache.invalidation import RedisLog
-from cache.items.locks import RedisLocks
+from cachework.cache.invalidation import RedisLog
+from cachework.cache.items.locks import RedisLocks
 from cachework.errors import CacheworkError
 from tests.fault_helpers import TABLE
 from tests.invalidation_helpers import OwnRedis

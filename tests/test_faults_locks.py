@@ -25,7 +25,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.items import store
+from cachework.cache.items import store
 from demo.seed import project_uuid
 from tests.fault_helpers import ROOT, TABLE
 from tests.project_cache_helpers import HOLD_KEY, price_total, read_key, started_key
@@ -167,8 +167,8 @@ def skewed_rebuild(database_url: str, redis_url: str, project: str, hold: float)
     if ahead:
         real = time.time
         time.time = lambda: real() + ahead
-    from cache.items.locks import lock_backend
-    from cache.items.sync import rebuild_scope
+    from cachework.cache.items.locks import lock_backend
+    from cachework.cache.items.sync import rebuild_scope
     from cachework.database import Database
 
     database = Database(database_url)

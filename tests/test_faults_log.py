@@ -24,7 +24,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import DatabaseLog, RedisLog
+from cachework.cache.invalidation import DatabaseLog, RedisLog
 from cachework.schema import SQLITE_FIXED_IDS, SQLITE_TRIGGERS, ddl
 from cachework.settings import load_settings
 from demo.seed import seed
@@ -41,14 +41,14 @@ class Nodes:
     """Worker nodes of one environment (started one by one), always stopped."""
 
     def __init__(self, env: dict[str, str], folder: Path) -> None:
-        from worker import create_app
+        from cachework.worker import create_app
 
         self.env, self.folder = env, folder
         self.app = create_app(load_settings(env))
         self.nodes: list = []
 
     def start(self) -> None:
-        from worker.spawn import WorkerProcess
+        from cachework.worker.spawn import WorkerProcess
 
         node = WorkerProcess(
             self.env,
@@ -112,7 +112,7 @@ def nodes_on(database_url: str, redis_base: str, folder: Path, stream: bool) -> 
 
 
 def _database(kind: str, request, folder: Path) -> tuple[str, sa.Engine]:
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     url = request.getfixturevalue("pg_url") if kind == "postgresql" else None
     url = url or f"sqlite:///{folder / 'faults.db'}"

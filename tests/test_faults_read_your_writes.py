@@ -19,14 +19,14 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from cache.invalidation import track
+from cachework.cache.invalidation import track
 from cachework.schema import invalidation_outbox
+from cachework.worker.runtime import Runtime
 from demo.models import Category
 from tests.conftest import make_env, settings_of
 from tests.fault_helpers import TABLE, Row
 from tests.invalidation_helpers import OwnRedis
 from tests.test_faults import Node, _fresh_schema
-from worker.runtime import Runtime
 
 pytestmark = pytest.mark.faults
 COMMITS = 1000

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cache.invalidation import DatabaseLog, RedisLog, publish
+from cachework.cache.invalidation import DatabaseLog, RedisLog, publish
 from tests.conftest import make_env
 from tests.fault_helpers import TABLE
 from tests.fault_nodes import Node, traffic_environment

@@ -10,10 +10,17 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from cache.items import store
-from cache.items import sync as cache_sync
-from cache.items.locks import DatabaseLocks, RedisLocks, Renewer, claim_fence, hold_fence, scope_key
-from cache.items.sync import rebuild_scope
+from cachework.cache.items import store
+from cachework.cache.items import sync as cache_sync
+from cachework.cache.items.locks import (
+    DatabaseLocks,
+    RedisLocks,
+    Renewer,
+    claim_fence,
+    hold_fence,
+    scope_key,
+)
+from cachework.cache.items.sync import rebuild_scope
 from cachework.errors import LockLostError
 
 PROJECT = "p-1"

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from cache.invalidation import DatabaseLog, Listener, Tracker, publish
-from cache.invalidation.db_log import _PG_STATE
-from cache.invalidation.events import id_key
+from cachework.cache.invalidation import DatabaseLog, Listener, Tracker, publish
+from cachework.cache.invalidation.db_log import _PG_STATE
+from cachework.cache.invalidation.events import id_key
 from cachework.schema import SQLITE_FIXED_IDS, SQLITE_TRIGGERS
 from tests.invalidation_helpers import FakeTarget, LoadedTarget, wait_until
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def health(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str]:
     """Run `cachework health ARGS` in a process of its own: (exit status, output)."""
     proc = subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "health", *args],
+        [sys.executable, "-c", "from cachework.worker.cli import main; main()", "health", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -233,7 +233,7 @@ class Proxy:
 def cut_off_node(request, pg_url, tmp_path, worker_process) -> Iterator[dict]:
     """A two-child worker whose listeners read the stream through a proxy the test cuts;
     with and without an exporter (readiness must not depend on one)."""
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     create_tables(engine, MODELS)

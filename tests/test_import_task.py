@@ -12,14 +12,14 @@ from click.testing import CliRunner
 
 from cachework import database as db
 from cachework.errors import LockedError, ValidationError
+from cachework.importers.locking import LOCK_KEY
+from cachework.worker.cli import main
+from cachework.worker.schema import create_tables
 from demo.seed import seed
-from importers.locking import LOCK_KEY
 from tests.conftest import MODELS, make_env, settings_of
 from tests.import_helpers import transactions
-from worker.cli import main
-from worker.schema import create_tables
 
-CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main()"]
+CACHEWORK = [sys.executable, "-c", "from cachework.worker.cli import main; main()"]
 
 
 def test_task_through_a_real_worker(tmp_path, pg_database, redis_url, worker_process):
@@ -72,8 +72,8 @@ def test_task_through_a_real_worker(tmp_path, pg_database, redis_url, worker_pro
 @pytest.fixture
 def pg_app(pg_database, tmp_path):
     """A worker app whose runtime uses the `pg_database` fixture (tasks run in-process)."""
-    from worker import create_app
-    from worker.runtime import Runtime
+    from cachework.worker import create_app
+    from cachework.worker.runtime import Runtime
 
     settings = settings_of(make_env(tmp_path, database_url=pg_database.url, redis_url="off"))
     app = create_app(settings)
@@ -131,7 +131,7 @@ def test_cli_checks_max_changes(database, limit):
 
 
 def test_a_held_lock_is_retried_and_bad_input_is_not(pg_database, pg_app, monkeypatch):
-    import importers.versions as module
+    import cachework.importers.versions as module
 
     task = pg_app.tasks["cachework.import_versions"]
     with pg_database.session() as session:

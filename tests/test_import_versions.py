@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy_continuum import version_class
 
 from cachework.errors import LockedError, NotFoundError, ValidationError
-from importers.locking import LOCK_KEY
-from importers.statistics import is_stale, refresh_stale_statistics
-from importers.versions import ChangeLimitExceeded, import_versions
+from cachework.importers.locking import LOCK_KEY
+from cachework.importers.statistics import is_stale, refresh_stale_statistics
+from cachework.importers.versions import ChangeLimitExceeded, import_versions
 from tests.import_helpers import (
     MODELS,
     STEPS,
@@ -386,7 +386,7 @@ def test_json_and_json_arrays_compare_as_jsonb_on_postgresql(pg_url):
     jsonb (semantic equality, like Python's == on the loaded values)."""
     from sqlalchemy.dialects import postgresql
 
-    from importers.versions import comparable
+    from cachework.importers.versions import comparable
 
     table = sa.Table(
         "no_equality",
@@ -479,7 +479,7 @@ def test_types_without_equality_compare_on_postgresql_however_they_are_reached(p
     true equality: xml, jsonpath, geometric types, whose box `=` compares areas) reached
     through a TypeDecorator, a variant, a domain or an array must still be cast, or the
     first import of such a model fails ("operator does not exist: json = json")."""
-    from importers.versions import comparable
+    from cachework.importers.versions import comparable
 
     columns = []
     for name, (type_, _same, _other) in NO_EQUALITY.items():

@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from cache import jobs
-from cache.invalidation import DatabaseLog, publish
+from cachework.cache import jobs
+from cachework.cache.invalidation import DatabaseLog, publish
 from cachework.errors import NotFoundError, ValidationError
 from tests.conftest import make_env, settings_of
 
@@ -38,7 +38,7 @@ def _rename(engine: sa.Engine, key: int, name: str) -> None:
 def test_task_start_catch_up_alone_keeps_a_solo_worker_fresh(
     tmp_path, seeded, registry, redis_url, inprocess_worker
 ):
-    from worker import create_app
+    from cachework.worker import create_app
 
     results = f"db+sqlite:///{tmp_path / 'results.db'}"  # no pooled PG connection left over
     env = make_env(
@@ -118,7 +118,7 @@ def test_process_invalidation_validates_publishes_and_rebuilds(seeded, runtime):
 
 
 def test_cli_invalidate_publishes_and_reports_errors_in_one_line(seeded, registry):
-    from worker.cli import main
+    from cachework.worker.cli import main
 
     runner = CliRunner()
     ok = runner.invoke(main, ["invalidate", "categories", "3", "4"])

@@ -11,7 +11,7 @@ import logging
 import pytest
 import sqlalchemy as sa
 
-from cache.invalidation import DatabaseLog, RedisLog, Tracker, publish
+from cachework.cache.invalidation import DatabaseLog, RedisLog, Tracker, publish
 from cachework.schema import invalidation_log
 from tests.invalidation_helpers import FakeTarget
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cache.invalidation import (
+from cachework.cache.invalidation import (
     DatabaseLog,
     Listener,
     LogError,
@@ -24,7 +24,7 @@ from cache.invalidation import (
     Tracker,
     publish,
 )
-from cache.invalidation.events import id_key
+from cachework.cache.invalidation.events import id_key
 from cachework.errors import ConfigError, NotFoundError, TransientError
 from cachework.schema import invalidation_log, invalidation_outbox
 from tests.invalidation_helpers import (
@@ -59,7 +59,7 @@ def _event(key: int) -> str:
 
 
 def publish_json(table: str, keys: list | None) -> str:
-    from cache.invalidation.events import validate_event
+    from cachework.cache.invalidation.events import validate_event
 
     return validate_event(table, keys).to_json()
 
@@ -120,7 +120,7 @@ def test_the_publish_time_of_each_applied_event_is_known_where_the_log_keeps_it(
     """For the lag metric: a Redis Stream id is its own time; the database log on
     PostgreSQL reads each row's `created_at` with it; SQLite's timestamps have whole
     seconds, so its events give none."""
-    from worker.metrics import publish_time
+    from cachework.worker.metrics import publish_time
 
     target = FakeTarget(names=("categories",))
     tracker = Tracker(target, log)

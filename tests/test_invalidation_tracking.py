@@ -10,15 +10,15 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cache.invalidation import decode_event, track
-from cache.invalidation import triggers as db_triggers
-from cache.invalidation.tracking import Dependency, dependencies, source_dependencies
-from cache.tables.full_table import FullTableCache
-from cache.tables.indexes import PrimaryKey, Unique
-from cache.tables.registry import Registry
-from cache.tables.source import SelectSource
-from cache.tables.table import CachedTable
 from cachework import database as db
+from cachework.cache.invalidation import decode_event, track
+from cachework.cache.invalidation import triggers as db_triggers
+from cachework.cache.invalidation.tracking import Dependency, dependencies, source_dependencies
+from cachework.cache.tables.full_table import FullTableCache
+from cachework.cache.tables.indexes import PrimaryKey, Unique
+from cachework.cache.tables.registry import Registry
+from cachework.cache.tables.source import SelectSource
+from cachework.cache.tables.table import CachedTable
 from cachework.schema import invalidation_outbox
 from demo.models import Category, Product
 from tests.conftest import MODELS, make_env
@@ -212,7 +212,7 @@ def test_bulk_statements_use_returning_else_the_whole_table(database, monkeypatc
 
 
 def test_an_explicit_publish_beside_tracking_is_applied_twice_harmlessly(database):
-    from cache.invalidation import publish
+    from cachework.cache.invalidation import publish
 
     seed(database)
     registry = registry_of(database.engine)
@@ -388,7 +388,7 @@ def test_triggers_write_one_outbox_row_per_statement(pg_database, tmp_path, monk
         for name, value in env.items():
             if name.startswith("CACHEWORK_"):
                 monkeypatch.setenv(name, value)
-        from worker.cli import main
+        from cachework.worker.cli import main
 
         runner = CliRunner()
         outdated = runner.invoke(main, ["triggers", "status"])
@@ -520,7 +520,7 @@ def test_random_flushes_invalidate_exactly_what_the_reference_model_says(
     events, must agree with the database for every id and code ever used."""
     folder = tmp_path_factory.mktemp("flushes")
     database = db.Database(f"sqlite:///{folder / 'test.db'}")
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     create_tables(database.engine, MODELS)
     model = {i: f"c{i}" for i in range(1, 6)}  # id -> code, committed

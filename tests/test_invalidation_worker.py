@@ -16,8 +16,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import LogUnavailable, RedisLog, publish
-from cache.invalidation.events import id_key, validate_event
+from cachework.cache.invalidation import LogUnavailable, RedisLog, publish
+from cachework.cache.invalidation.events import id_key, validate_event
 from tests.conftest import MODELS, make_env
 from tests.invalidation_helpers import OwnRedis, wait_until
 
@@ -81,10 +81,10 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(pg_server_url, redis_server_url, tmp_path_factory) -> Iterator[Cluster]:
     from cachework.settings import load_settings
+    from cachework.worker import create_app
+    from cachework.worker.schema import create_tables
+    from cachework.worker.spawn import WorkerProcess
     from demo.seed import seed
-    from worker import create_app
-    from worker.schema import create_tables
-    from worker.spawn import WorkerProcess
 
     folder = tmp_path_factory.mktemp("invalidation")
     engine = sa.create_engine(pg_server_url)

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from cachework.errors import ConfigError
 from cachework.settings import load_settings
+from cachework.worker.cli import main
+from cachework.worker.logsetup import JsonFormatter
 from demo.seed import seed
 from tests.conftest import make_env
 from tests.import_helpers import transactions
-from worker.cli import main
-from worker.logsetup import JsonFormatter
 
 
 def _records(path) -> list[dict]:
@@ -70,7 +70,7 @@ def test_log_format_setting():
 
 
 def test_ctrl_c_mid_import_rolls_back_and_exits_130(database, runtime, monkeypatch):
-    import importers.versions as importer
+    import cachework.importers.versions as importer
 
     with database.session() as session:
         seed(session, projects=1, products=30)

@@ -16,12 +16,12 @@ import redis
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from cache.invalidation import RedisLog, publish
+from cachework.cache.invalidation import RedisLog, publish
 from cachework.errors import ConfigError
 from cachework.settings import load_settings
+from cachework.worker import metrics
 from tests.conftest import MODELS, make_env
 from tests.invalidation_helpers import OwnRedis, free_port, wait_until
-from worker import metrics
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json"
 
@@ -53,8 +53,8 @@ def value(found: dict, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def node(pg_url, tmp_path, worker_process) -> Iterator[dict]:
+    from cachework.worker.schema import create_tables
     from demo.seed import seed
-    from worker.schema import create_tables
 
     engine = sa.create_engine(pg_url)
     create_tables(engine, MODELS)
@@ -221,8 +221,8 @@ class _Runtime:
 def test_every_read_counts_one_hit_or_one_miss_and_the_sampler_copies_them(
     sqlite_url, fresh_metrics
 ):
-    from cache.tables.source import SelectSource
-    from cache.tables.table import CachedTable
+    from cachework.cache.tables.source import SelectSource
+    from cachework.cache.tables.table import CachedTable
     from tests.cached_table_helpers import INDEXES, items, make_engine
 
     engine = make_engine(sqlite_url)
@@ -257,7 +257,7 @@ def test_every_read_counts_one_hit_or_one_miss_and_the_sampler_copies_them(
 
 
 def test_a_web_process_serves_its_runtime_metrics_and_readiness(runtime, fresh_metrics):
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     create_tables(runtime.database.engine, MODELS)
     with runtime.database.session() as session:

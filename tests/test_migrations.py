@@ -23,12 +23,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 
-from cache.invalidation import DatabaseLog, Tracker, publish
 from cachework import migrate
+from cachework.cache.invalidation import DatabaseLog, Tracker, publish
 from cachework.schema import BigId, invalidation_log, own_metadata
+from cachework.worker.cli import main
 from tests.conftest import MODELS, make_env
 from tests.invalidation_helpers import FakeTarget
-from worker.cli import main
 
 NEW_INDEX = "ix_cache_items_project"  # added by revision 0002
 
@@ -196,7 +196,18 @@ def test_behind_schema_stops_the_cli_with_the_command_to_run(behind_url, tmp_pat
 def test_behind_schema_stops_a_real_worker_with_one_line(behind_url, tmp_path):
     env = make_env(tmp_path, database_url=behind_url, redis_url="off")
     done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "solo", "-l", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "cachework.worker",
+            "worker",
+            "-P",
+            "solo",
+            "-l",
+            "WARNING",
+        ],
         env=env,
         capture_output=True,
         text=True,

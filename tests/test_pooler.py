@@ -11,8 +11,8 @@ import celeryconfig
 from cachework import database as db
 from cachework.errors import ConfigError
 from cachework.pooler import connect_args, result_engine_options
+from cachework.worker.process_health import check_database
 from tests.conftest import make_env, settings_of
-from worker.process_health import check_database
 
 PG = "postgresql://u@127.0.0.1:6432/app"
 
@@ -113,7 +113,7 @@ def test_a_url_prepare_threshold_connects_where_it_used_to_be_a_type_error(pg_ur
 
 
 def test_every_engine_of_a_transaction_pooled_runtime_prepares_nothing(pg_url, tmp_path):
-    from worker.runtime import Runtime
+    from cachework.worker.runtime import Runtime
 
     s = _settings(tmp_path, database_url=pg_url, database_pooler="transaction", redis_url="off")
     runtime = Runtime(s)

@@ -12,14 +12,14 @@ import time
 import sqlalchemy as sa
 from rich.console import Console
 
+from cachework.importers.progress import RunProgress, Throttle
+from cachework.importers.versions import import_versions
+from cachework.worker.cli.versions import ModelProgress
 from demo.seed import seed
-from importers.progress import RunProgress, Throttle
-from importers.versions import import_versions
 from tests.conftest import MODELS, make_env
-from worker.cli.versions import ModelProgress
 
 PRODUCTS = 300
-CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main()"]
+CACHEWORK = [sys.executable, "-c", "from cachework.worker.cli import main; main()"]
 
 
 class Clock:
@@ -170,9 +170,9 @@ def _waits_on_products_version(database) -> bool:
 def test_the_task_sends_task_progress_events_for_flower(pg_database, tmp_path, monkeypatch):
     """Run by a worker, the import also sends `task-progress` events (Flower shows the
     task in state PROGRESS, with the whole run so far)."""
+    from cachework.worker import create_app
+    from cachework.worker.runtime import Runtime
     from tests.conftest import settings_of
-    from worker import create_app
-    from worker.runtime import Runtime
 
     settings = settings_of(make_env(tmp_path, database_url=pg_database.url, redis_url="off"))
     app = create_app(settings)

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from cache import jobs
-from cache.items import plugins as cache_plugins
-from cache.items import store
-from cache.items.locks import DatabaseLocks, RedisLocks, scope_key
-from cache.items.sync import rebuild, rebuild_scope
+from cachework.cache import jobs
+from cachework.cache.items import plugins as cache_plugins
+from cachework.cache.items import store
+from cachework.cache.items.locks import DatabaseLocks, RedisLocks, scope_key
+from cachework.cache.items.sync import rebuild, rebuild_scope
 from cachework.errors import ConfigError, NotFoundError, ValidationError
 from demo.plugin import InventoryPlugin
 from demo.seed import project_uuid, seed
@@ -315,7 +315,7 @@ def test_delete_for_one_project_leaves_the_others(runtime, seeded):
 
 
 def test_cli_sync_and_delete_in_process(seeded):
-    from worker.cli import main
+    from cachework.worker.cli import main
 
     runner = CliRunner()
     synced = runner.invoke(main, ["sync-cache", "--user", "cli"])
@@ -344,7 +344,7 @@ def test_cli_sync_and_delete_in_process(seeded):
     ],
 )
 def test_cli_unknown_project_or_app_is_one_red_line_and_changes_nothing(seeded, argv, message):
-    from worker.cli import main
+    from cachework.worker.cli import main
 
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 2

@@ -16,10 +16,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.items import store
-from cache.items.projects import ProjectSource
 from cachework import database as db
+from cachework.cache.items import store
+from cachework.cache.items.projects import ProjectSource
 from cachework.settings import load_settings
+from cachework.worker import create_app
+from cachework.worker.schema import create_tables
+from cachework.worker.spawn import WorkerProcess
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, make_env
 from tests.project_cache_helpers import (
@@ -30,9 +33,6 @@ from tests.project_cache_helpers import (
     price_total,
     started_key,
 )
-from worker import create_app
-from worker.schema import create_tables
-from worker.spawn import WorkerProcess
 
 PROJECTS = 6
 NODES = ("a", "b")
@@ -233,7 +233,7 @@ def test_demo_step_syncs_reads_and_deletes_through_the_worker(env):
 
     from rich.console import Console
 
-    from worker.demo_steps.project_cache import run
+    from cachework.worker.demo_steps.project_cache import run
 
     _clear(env)
     console = Console(record=True, width=400)

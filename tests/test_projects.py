@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cache.items import store
-from cache.items.projects import ProjectSource
 from cachework import migrate
+from cachework.cache.items import store
+from cachework.cache.items.projects import ProjectSource
 from cachework.errors import ConfigError, NotFoundError, ValidationError
+from cachework.importers.bootstrap import bootstrap
 from cachework.settings import load_settings
-from importers.bootstrap import bootstrap
 from tests.conftest import MODELS, make_env
 
 SODAR = "tests.sodar_app.models"

@@ -18,14 +18,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from cache.invalidation import publish, track
-from cache.invalidation.outbox import PENDING_MAX
+from cachework.cache.invalidation import publish, track
+from cachework.cache.invalidation.outbox import PENDING_MAX
 from cachework.errors import ConfigError
 from cachework.schema import invalidation_outbox
+from cachework.worker.runtime import Runtime
 from demo.models import Category
 from tests.conftest import make_env, settings_of
 from tests.invalidation_helpers import wait_until
-from worker.runtime import Runtime
 
 ROUNDS = 30
 
@@ -177,7 +177,7 @@ def test_an_unreachable_log_at_the_commit_costs_neither_the_write_nor_freshness(
     log = runtime.invalidation_log()
 
     def refuse(_data):
-        from cache.invalidation import LogUnavailable
+        from cachework.cache.invalidation import LogUnavailable
 
         raise LogUnavailable("invalidation log unreachable (test)")
 
@@ -185,7 +185,8 @@ def test_an_unreachable_log_at_the_commit_costs_neither_the_write_nor_freshness(
     if hasattr(log, "append_many"):
         monkeypatch.setattr(type(log), "append_many", lambda self, datas: refuse(datas))
     monkeypatch.setattr(
-        "cache.invalidation.DatabaseLog.append_in", lambda self, conn, datas: refuse(datas)
+        "cachework.cache.invalidation.DatabaseLog.append_in",
+        lambda self, conn, datas: refuse(datas),
     )
     with Session.begin() as session:
         session.get(Category, 1).name = "kept"
@@ -248,8 +249,8 @@ def test_an_async_sessions_tracked_commit_keeps_the_write_and_its_event(pg_datab
 def test_an_unreachable_outbox_drops_the_tables_only_if_rows_were_waiting(writer, monkeypatch):
     """A database that is down takes no commits: a task start keeps serving from memory
     when the outbox was empty at its last read, and drops when rows were waiting then."""
-    from cache.invalidation import LogUnavailable
-    from worker import runtime as runtime_module
+    from cachework.cache.invalidation import LogUnavailable
+    from cachework.worker import runtime as runtime_module
 
     other = writer["other"]
     assert _read_after_catch_up(other) == "n1"

@@ -11,11 +11,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache import jobs
-from cache.items import store
-from cache.items import sync as cache_sync
-from cache.items.locks import DatabaseLocks, RedisLocks, scope_key
-from cache.items.sync import rebuild_scope
+from cachework.cache import jobs
+from cachework.cache.items import store
+from cachework.cache.items import sync as cache_sync
+from cachework.cache.items.locks import DatabaseLocks, RedisLocks, scope_key
+from cachework.cache.items.sync import rebuild_scope
 from cachework.errors import LockLostError, TransientError
 from demo.plugin import InventoryPlugin
 from demo.seed import project_uuid, seed

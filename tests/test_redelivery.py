@@ -39,8 +39,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.items import store
-from cache.items.locks import PREFIX, scope_key
+from cachework.cache.items import store
+from cachework.cache.items.locks import PREFIX, scope_key
 from cachework.settings import load_settings
 from demo.seed import project_uuid, seed
 from tests.conftest import MODELS, PG_ADMIN_URL, RUN_ID, _pg_admin, make_env, unavailable
@@ -67,7 +67,7 @@ def redelivery(redis_server_url: str, tmp_path: Path) -> Iterator[dict]:
     """Redis db 9 of the run's redis-server (it must be empty; flushed at the end:
     everything in it is then this test's), a PostgreSQL database of its own (dropped at
     the end), a worker environment."""
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     url = redis_server_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     client = redis.Redis.from_url(url)
@@ -163,7 +163,7 @@ def _wait(predicate, what: str, until: float, logfile: Path):
 
 def _pending_changes(engine: sa.Engine) -> int:
     """What an import would still write (a dry run in this process)."""
-    from importers.versions import import_versions
+    from cachework.importers.versions import import_versions
 
     with sa.orm.Session(engine) as session:
         result = import_versions(session, MODELS.versioned, dry_run=True).as_dict()
@@ -260,8 +260,8 @@ def _check_the_import(log: Log, engine: sa.Engine, sent: tuple, transactions_bef
 
 
 def test_a_second_delivery_of_a_running_rebuild_and_import_is_harmless(redelivery):
-    from worker import create_app
-    from worker.spawn import WorkerProcess
+    from cachework.worker import create_app
+    from cachework.worker.spawn import WorkerProcess
 
     engine, client = redelivery["engine"], redelivery["redis"]
     env, folder = redelivery["env"], redelivery["folder"]
@@ -323,9 +323,9 @@ def test_a_second_delivery_finishes_the_rebuild_of_a_worker_that_died(redelivery
     node) is SIGKILLed while the second delivery waits for it: the second delivery takes
     the scope when the dead holder's lock runs out and rebuilds. Deferring instead would
     have acknowledged the only record of the message, and the change would be lost."""
+    from cachework.worker import create_app
+    from cachework.worker.spawn import WorkerProcess
     from tests.fault_helpers import kill_group
-    from worker import create_app
-    from worker.spawn import WorkerProcess
 
     engine, client = redelivery["engine"], redelivery["redis"]
     env, folder = redelivery["env"], redelivery["folder"]

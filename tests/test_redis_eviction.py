@@ -89,7 +89,7 @@ def test_the_servers_checked(tmp_path):
 def run_until_exit(cmd: list[str], env: dict[str, str], timeout: float = 45) -> tuple[int, str]:
     """Run a worker command; (exit status, stderr). A worker that starts instead of
     refusing is stopped (with its process group) and reported as status None."""
-    from worker.spawn import stop_process_group
+    from cachework.worker.spawn import stop_process_group
 
     proc = subprocess.Popen(
         cmd,
@@ -110,8 +110,15 @@ def run_until_exit(cmd: list[str], env: dict[str, str], timeout: float = 45) -> 
         proc.stderr.close()
 
 
-CELERY = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "solo"]
-CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main()", "worker", "-P", "solo"]
+CELERY = [sys.executable, "-m", "celery", "-A", "cachework.worker", "worker", "-P", "solo"]
+CACHEWORK = [
+    sys.executable,
+    "-c",
+    "from cachework.worker.cli import main; main()",
+    "worker",
+    "-P",
+    "solo",
+]
 
 
 @pytest.mark.parametrize(
@@ -182,9 +189,9 @@ def test_an_acl_user_without_config_gets_a_warning_not_a_refusal(own_redis, tmp_
         admin.close()
     url = own_redis.url.replace("redis://", "redis://app:s3cret@")
     settings = settings_of(env_for(tmp_path, redis_url=url))
-    with caplog.at_level(logging.WARNING, logger="cache.redis_policy"):
+    with caplog.at_level(logging.WARNING, logger="cachework.redis_policy"):
         redis_policy.refuse_evicting(settings)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "cache.redis_policy"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cachework.redis_policy"]
     assert len(warnings) == 1, warnings
     assert (
         "cannot read Redis maxmemory-policy (CONFIG GET refused: NoPermissionError" in (warnings[0])
@@ -203,7 +210,14 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 def _health(env: dict[str, str]) -> tuple[int, str]:
     proc = subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "health", "--timeout", "2"],
+        [
+            sys.executable,
+            "-c",
+            "from cachework.worker.cli import main; main()",
+            "health",
+            "--timeout",
+            "2",
+        ],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -240,8 +254,8 @@ def test_readiness_fails_while_the_policy_may_evict(own_redis, tmp_path, worker_
 
 
 def test_a_web_process_readiness_fails_while_the_policy_may_evict(own_redis, tmp_path):
-    from worker import metrics
-    from worker.runtime import Runtime
+    from cachework.worker import metrics
+    from cachework.worker.runtime import Runtime
 
     settings = settings_of(env_for(tmp_path, redis_url=own_redis.url))
     runtime = Runtime(settings)
@@ -262,9 +276,9 @@ def test_a_web_process_readiness_fails_while_the_policy_may_evict(own_redis, tmp
 def test_no_key_that_must_not_be_lost_carries_a_ttl(redis_url):
     """`volatile-*` is safe only while this holds: after rebuild requests, a rebuild, an
     invalidation and beat's bookkeeping, the only keys of ours with a TTL are locks."""
-    from cache.invalidation import RedisLog
-    from cache.items.locks import RedisLocks
-    from worker.beat import LAST_RUN_KEY, BeatLock
+    from cachework.cache.invalidation import RedisLog
+    from cachework.cache.items.locks import RedisLocks
+    from cachework.worker.beat import LAST_RUN_KEY, BeatLock
 
     client = redis.Redis.from_url(redis_url)
     try:
@@ -293,7 +307,7 @@ def test_no_key_that_must_not_be_lost_carries_a_ttl(redis_url):
 
 def test_start_runtime_refuses_an_evicting_redis(own_redis, tmp_path):
     """A web process's `start_runtime()` checks CACHEWORK_REDIS_URL as a worker does."""
-    from worker.runtime import start_runtime
+    from cachework.worker.runtime import start_runtime
 
     set_policy(own_redis, "allkeys-lru")
     settings = settings_of(env_for(tmp_path, redis_url=own_redis.url))

@@ -11,8 +11,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from cache.invalidation import RedisLog, Tracker
-from cache.tables.registry import Registry, load_declarations
+from cachework.cache.invalidation import RedisLog, Tracker
+from cachework.cache.tables.registry import Registry, load_declarations
 from cachework.errors import ConfigError, NotFoundError, ValidationError
 from demo.models import Category
 from demo.seed import seed
@@ -80,7 +80,7 @@ def test_invalidate_refreshes_lazily_and_is_a_noop_before_the_table_is_built(see
 def test_drop_all_forgets_records_until_the_next_read(seeded, registry, caplog):
     table = registry.table("categories")
     table.get(1)
-    with caplog.at_level(logging.DEBUG, logger="cache.registry"):
+    with caplog.at_level(logging.DEBUG, logger="cachework.cache.tables.registry"):
         registry.drop_all("stream trimmed past cursor 5-0")
     assert registry.status()["categories"]["loaded"] is False
     assert "stream trimmed past cursor 5-0" in caplog.text

@@ -9,8 +9,8 @@ import os
 import subprocess
 import sys
 
+from cachework.worker.runtime import Runtime
 from tests.conftest import make_env, settings_of
-from worker.runtime import Runtime
 
 
 def test_building_a_runtime_connects_to_nothing_and_creates_nothing(tmp_path):
@@ -28,9 +28,9 @@ def test_importing_our_modules_reads_no_settings_and_creates_nothing(tmp_path):
     appear and a setting that would fail if it were read."""
     env = make_env(tmp_path, log_level="NOPE")  # reading the settings would raise
     code = (
-        "import celeryconfig, worker, worker.routing, importers.bootstrap, worker.runtime, "
-        "cache.jobs, worker.cli\n"
-        "import sys; print('worker.celery_app' in sys.modules)\n"
+        "import celeryconfig, worker, cachework.worker.routing, cachework.importers.bootstrap, "
+        "cachework.worker.runtime, cache.jobs, cachework.worker.cli\n"
+        "import sys; print('cachework.worker.celery_app' in sys.modules)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60

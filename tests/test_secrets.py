@@ -122,7 +122,7 @@ def test_a_query_with_an_at_still_has_its_password_masked():
 
 @pytest.mark.parametrize("where", ["database", "broker"])
 def test_status_never_prints_a_query_password(tmp_path: Path, monkeypatch, pg_url, where):
-    from worker.cli import main
+    from cachework.worker.cli import main
 
     monkeypatch.setenv("CACHEWORK_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "400")  # one line per row: a secret is never split
@@ -130,8 +130,8 @@ def test_status_never_prints_a_query_password(tmp_path: Path, monkeypatch, pg_ur
         monkeypatch.setenv("CACHEWORK_DATABASE_URL", f"{pg_url}?password={SECRET}")
     else:
         monkeypatch.setenv("CACHEWORK_BROKER_URL", f"redis://127.0.0.1:1/0?password={SECRET}")
-    import worker
-    from worker import celery_app
+    from cachework import worker
+    from cachework.worker import celery_app
 
     monkeypatch.delitem(worker.__dict__, "app", raising=False)
     monkeypatch.delitem(celery_app.__dict__, "app", raising=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from worker.cli import main
+from cachework.worker.cli import main
 
 
 def _cli(monkeypatch, tmp_path, url: str, *args: str, **env: str):

@@ -14,10 +14,10 @@ import pytest
 from cachework import redis_policy
 from cachework.errors import ConfigError
 from cachework.settings import load_settings
+from cachework.worker import process_health as health
+from cachework.worker.runtime import Runtime, start_runtime
 from tests.conftest import make_env, started
 from tests.sentinel_helpers import RedisCluster
-from worker import process_health as health
-from worker.runtime import Runtime, start_runtime
 
 pytestmark = pytest.mark.topology
 
@@ -63,8 +63,8 @@ def test_readiness_is_never_ok_on_a_cluster(tmp_path, cluster):
 
 
 def test_a_worker_on_a_cluster_exits_with_one_line(tmp_path, cluster):
-    """A real `celery -A worker worker`: exit status 2 and the one line, no traceback."""
-    from worker.spawn import WorkerProcess
+    """A real `celery -A cachework.worker worker`: exit status 2 and the one line, no traceback."""
+    from cachework.worker.spawn import WorkerProcess
 
     env = _env(tmp_path, cluster)
     log = tmp_path / "worker.log"

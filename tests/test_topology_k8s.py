@@ -61,7 +61,7 @@ def median_time(env: dict[str, str], *args: str, runs: int = 5) -> float:
 @pytest.fixture
 def node(tmp_path, worker_process) -> Iterator[dict]:
     """A one-child worker node on a private Redis and a private PostgreSQL, exporter on."""
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     try:
         pg = OwnPostgres().init()
@@ -171,7 +171,7 @@ def test_sigterm_gives_running_tasks_the_soft_shutdown_then_requeues_them(
     """CACHEWORK_SOFT_SHUTDOWN_TIMEOUT reaches Celery: a task shorter than it finishes on
     the node being stopped; a longer one is cancelled when it ends and runs again on
     another node (acks late), instead of holding the pod until its time limit."""
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     create_tables(engine, MODELS)

@@ -24,25 +24,29 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from cache import jobs
-from cache.invalidation import track
-from cache.items import store
-from cache.items.locks import DatabaseLocks, scope_key
-from cache.items.sync import rebuild_scope
 from cachework import database as db
+from cachework.cache import jobs
+from cachework.cache.invalidation import track
+from cachework.cache.items import store
+from cachework.cache.items.locks import DatabaseLocks, scope_key
+from cachework.cache.items.sync import rebuild_scope
 from cachework.errors import LockedError
+from cachework.importers.versions import import_versions
+from cachework.worker.runtime import Runtime
+from cachework.worker.schema import create_tables
 from demo.seed import project_uuid, seed
-from importers.versions import import_versions
 from tests.conftest import MODELS, make_env, settings_of, unavailable
 from tests.invalidation_helpers import wait_until
 from tests.pgbouncer_helpers import OwnPgBouncer, binary
 from tests.project_cache_helpers import price_total
-from worker.runtime import Runtime
-from worker.schema import create_tables
 
 pytestmark = pytest.mark.topology
 
-CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main(prog_name='cachework')"]
+CACHEWORK = [
+    sys.executable,
+    "-c",
+    "from cachework.worker.cli import main; main(prog_name='cachework')",
+]
 Category = MODELS.by_name()["Category"]
 NAME = re.compile(r"^cat(\d+)-v(\d+)$")
 CATEGORIES = range(1, 9)
@@ -99,12 +103,12 @@ def test_prepared_statements_break_through_transaction_pooling_unless_the_settin
 ):
     plain = db.Database(bouncer.url)  # what a new user had: psycopg prepares after 5 runs
     try:
-        with caplog.at_level(logging.ERROR, logger="cache.pooler"):
+        with caplog.at_level(logging.ERROR, logger="cachework.pooler"):
             errors = _statements(plain)
     finally:
         plain.dispose()
     assert errors and all("prepared statement" in e for e in errors), errors
-    hints = [r.getMessage() for r in caplog.records if r.name == "cache.pooler"]
+    hints = [r.getMessage() for r in caplog.records if r.name == "cachework.pooler"]
     assert len(hints) == 1 and "set CACHEWORK_DATABASE_POOLER=transaction" in hints[0], hints
     caplog.clear()
     for database in (
@@ -115,7 +119,7 @@ def test_prepared_statements_break_through_transaction_pooling_unless_the_settin
             assert _statements(database) == []
         finally:
             database.dispose()
-    assert not [r for r in caplog.records if r.name == "cache.pooler"]
+    assert not [r for r in caplog.records if r.name == "cachework.pooler"]
 
 
 def _cli(env: dict[str, str], *args: str) -> str:

@@ -25,13 +25,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import RedisLog, publish
-from cache.invalidation.events import id_key
+from cachework.cache.invalidation import RedisLog, publish
+from cachework.cache.invalidation.events import id_key
 from cachework.settings import Settings, load_settings
+from cachework.worker.spawn import WorkerProcess
 from demo.models import Category
 from tests.conftest import MODELS, make_env
 from tests.invalidation_helpers import OwnRedis, wait_until
-from worker.spawn import WorkerProcess
 
 pytestmark = pytest.mark.topology
 
@@ -39,7 +39,11 @@ pytestmark = pytest.mark.topology
 # gevent-cli: `cachework worker -P gevent` (it hands over to a fresh `celery` command).
 POOLS = ("prefork", "prefork-spawn", "threads", "solo", "gevent", "gevent-cli", "eventlet")
 CONCURRENCY = {"threads": 16, "solo": 1, "gevent": 16, "gevent-cli": 16, "eventlet": 16}  # or 2
-CACHEWORK = [sys.executable, "-c", "from worker.cli import main; main(prog_name='cachework')"]
+CACHEWORK = [
+    sys.executable,
+    "-c",
+    "from cachework.worker.cli import main; main(prog_name='cachework')",
+]
 PROCESSES = {"prefork": 2, "prefork-spawn": 2}  # processes running tasks (else 1: its own)
 RELAY_BOUND = 10.0  # seconds for a committed outbox row to reach the log
 SESSION_LEAK = "database session(s) open"
@@ -90,7 +94,7 @@ class Node:
 
 
 class CliWorker(WorkerProcess):
-    """A node started with `cachework worker` instead of `celery -A worker worker`."""
+    """A node started with `cachework worker` instead of `celery -A cachework.worker worker`."""
 
     def start(self) -> CliWorker:
         cmd = [
@@ -106,8 +110,8 @@ class CliWorker(WorkerProcess):
 
 @pytest.fixture
 def node(request, pg_url, redis_url, tmp_path) -> Iterator[Node]:
-    from worker import create_app
-    from worker.schema import create_tables
+    from cachework.worker import create_app
+    from cachework.worker.schema import create_tables
 
     pool = request.param
     engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
@@ -155,7 +159,7 @@ def node(request, pg_url, redis_url, tmp_path) -> Iterator[Node]:
 
 @pytest.mark.parametrize("node", POOLS, indirect=True)
 def test_every_pool_listens_relays_and_reports_its_listener(node):
-    from worker.health import readiness, workers_problems
+    from cachework.worker.health import readiness, workers_problems
 
     if CONCURRENCY.get(node.pool, 2) > 1 and node.pool not in PROCESSES:
         connection_each(node)
@@ -235,7 +239,7 @@ def test_a_pool_cachework_cannot_run_in_is_refused_at_start_up_with_one_line(tmp
     env = make_env(tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
     env["CELERY_CUSTOM_WORKER_POOL"] = "celery.concurrency.base:BasePool"
     done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "custom"],
+        [sys.executable, "-m", "celery", "-A", "cachework.worker", "worker", "-P", "custom"],
         env=env,
         capture_output=True,
         text=True,

@@ -61,7 +61,7 @@ def vhost() -> Iterator[tuple[str, str]]:
 @pytest.fixture
 def sqlite_db(tmp_path: Path) -> tuple[str, Path]:
     """(URL, file): a SQLite database with every table and the demo's rows."""
-    from worker.schema import create_tables
+    from cachework.worker.schema import create_tables
 
     path = tmp_path / "db" / "cachework.sqlite"
     path.parent.mkdir()
@@ -237,8 +237,8 @@ def test_a_queue_of_the_other_type_stops_the_worker_with_one_line(
 
     from cachework.errors import ConfigError
     from cachework.settings import load_settings
-    from worker import create_app
-    from worker.spawn import WorkerProcess
+    from cachework.worker import create_app
+    from cachework.worker.spawn import WorkerProcess
 
     url, name = vhost
     db_url, _db_file = sqlite_db

@@ -15,7 +15,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import RedisLog, publish
+from cachework.cache.invalidation import RedisLog, publish
 from cachework.redis_client import client_from_url
 from cachework.settings import load_settings
 from tests.conftest import MODELS, empty_schema, make_env, started
@@ -122,8 +122,8 @@ def test_plain_connections_and_the_default_user_are_refused(tls_redis):
 def test_a_worker_on_tls_with_an_acl_user_serves_and_invalidates(
     tls_redis, pg_server_url, worker_process, tmp_path
 ):
+    from cachework.worker.schema import create_tables
     from demo.seed import seed
-    from worker.schema import create_tables
 
     empty_schema(pg_server_url)
     engine = sa.create_engine(pg_server_url, poolclass=sa.pool.NullPool)

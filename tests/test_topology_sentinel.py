@@ -29,7 +29,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import RedisLog, publish
+from cachework.cache.invalidation import RedisLog, publish
 from cachework.errors import TransientError, is_transient
 from cachework.redis_client import client_from_url
 from cachework.settings import load_settings
@@ -58,10 +58,10 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def nodes(group, pg_server_url, tmp_path_factory) -> Iterator[Nodes]:
+    from cachework.worker import create_app
+    from cachework.worker.schema import create_tables
+    from cachework.worker.spawn import WorkerProcess
     from demo.seed import seed
-    from worker import create_app
-    from worker.schema import create_tables
-    from worker.spawn import WorkerProcess
 
     folder = tmp_path_factory.mktemp("sentinel-nodes")
     empty_schema(pg_server_url)
@@ -351,9 +351,9 @@ def test_a_redis_broker_demoted_to_a_replica_does_not_end_the_worker(tmp_path):
     connection lands on a server that is a replica now (REPLICAOF), whose READONLY and
     UNBLOCKED replies used to end the worker for good ("Unrecoverable error"). The worker
     stays up and, once the server is a master again, serves."""
+    from cachework.worker import create_app
+    from cachework.worker.spawn import WorkerProcess
     from tests.invalidation_helpers import OwnRedis
-    from worker import create_app
-    from worker.spawn import WorkerProcess
 
     try:
         broker = OwnRedis(tmp_path / "a").start()
@@ -398,7 +398,14 @@ def test_health_is_ok_through_the_sentinels(nodes):
     from pathlib import Path
 
     proc = subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "health", "--timeout", "5"],
+        [
+            sys.executable,
+            "-c",
+            "from cachework.worker.cli import main; main()",
+            "health",
+            "--timeout",
+            "5",
+        ],
         env=nodes.env,
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,

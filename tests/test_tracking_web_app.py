@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from cache.invalidation import RedisLog
-from cache.invalidation import triggers as db_triggers
-from cache.invalidation.tracking import dependencies
+from cachework.cache.invalidation import RedisLog
+from cachework.cache.invalidation import triggers as db_triggers
+from cachework.cache.invalidation.tracking import dependencies
 from cachework.schema import invalidation_outbox
+from cachework.worker.runtime import Runtime
 from tests.conftest import make_env, settings_of
 from tests.invalidation_helpers import wait_until
 from tests.test_web_app import WebApp, _every_child_reads
-from worker.runtime import Runtime
 
 
 def test_orm_bulk_and_raw_writes_reach_every_child_with_no_publish_call(

@@ -52,8 +52,8 @@ def test_each_prefork_child_has_its_own_postgres_connection(
 
 
 def test_inprocess_worker_runs_a_task(tmp_path, sqlite_url, redis_url, inprocess_worker):
+    from cachework.worker import create_app
     from tests.conftest import settings_of
-    from worker import create_app
 
     app = create_app(settings_of(make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url)))
     try:
@@ -66,7 +66,7 @@ def test_inprocess_worker_runs_a_task(tmp_path, sqlite_url, redis_url, inprocess
 
 
 def test_beat_sends_its_scheduled_task_through_the_broker(tmp_path, redis_url):
-    """`celery -A worker beat` starts (its data dir does not exist yet) and enqueues the
+    """`celery -A cachework.worker beat` starts (its data dir does not exist yet) and enqueues the
     cache sync, routed to the `cache` queue, when CACHEWORK_SYNC_SCHEDULE says so."""
     import json
     import subprocess
@@ -75,13 +75,22 @@ def test_beat_sends_its_scheduled_task_through_the_broker(tmp_path, redis_url):
 
     import redis
 
-    from worker.spawn import stop_process_group
+    from cachework.worker.spawn import stop_process_group
 
     env = make_env(tmp_path, broker_url=redis_url, sync_schedule="1")
     assert not (tmp_path / "cachework").exists()
     with open(tmp_path / "beat.log", "wb") as log:
         beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "beat", "--max-interval", "1"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "cachework.worker",
+                "beat",
+                "--max-interval",
+                "1",
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -107,7 +116,7 @@ def test_importing_the_worker_maps_no_model_and_leaves_versioning_off():
     import sys
 
     code = (
-        "import sys, worker, worker.cli, celeryconfig, tasks\n"
+        "import sys, worker, cachework.worker.cli, celeryconfig, tasks\n"
         "from importers import bootstrap\n"
         "print(bootstrap.continuum_enabled(), 'demo.models' in sys.modules)\n"
     )

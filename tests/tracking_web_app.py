@@ -15,8 +15,8 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from cache.invalidation import track
-from worker.runtime import start_runtime
+from cachework.cache.invalidation import track
+from cachework.worker.runtime import start_runtime
 
 
 def say(**fields) -> None:

@@ -12,8 +12,8 @@ import time
 
 import sqlalchemy as sa
 
-from cache.invalidation import publish
-from worker.runtime import start_runtime
+from cachework.cache.invalidation import publish
+from cachework.worker.runtime import start_runtime
 
 
 def say(**fields) -> None:
@@ -47,7 +47,11 @@ def main() -> None:
                 say(step="barrier", name=name_of(runtime, 1))
             elif command == "modules":
                 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("celery", "tasks"))
-                say(step="modules", loaded=loaded, worker_app="worker.celery_app" in sys.modules)
+                say(
+                    step="modules",
+                    loaded=loaded,
+                    worker_app="cachework.worker.celery_app" in sys.modules,
+                )
             elif command == "quit":
                 break
     finally:

@@ -1,8 +1,8 @@
 """Beat's scheduler: Celery's file schedule, with a Redis lock so that exactly one of any
-number of `celery -A worker beat` processes sends the scheduled jobs.
+number of `celery -A cachework.worker beat` processes sends the scheduled jobs.
 
 `celeryconfig` names it (`beat_scheduler`), so building the settings creates nothing and
-`celery -A worker beat` still starts on a data dir that does not exist yet (the folder of
+`celery -A cachework.worker beat` still starts on a data dir that does not exist yet (the folder of
 the schedule file is made when beat opens it; Celery's `beat_init` signal comes too late).
 
 With Redis configured (CACHEWORK_REDIS_URL, or a redis:// broker), every beat keeps its

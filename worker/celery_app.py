@@ -1,10 +1,10 @@
 """The Celery app of the worker.
 
-`app` is made from the environment when `celery -A worker ...` first asks for it;
+`app` is made from the environment when `celery -A cachework.worker ...` first asks for it;
 `create_app(settings)` makes another one for a given environment (tests, the CLI). Each
-app carries one `worker.runtime.Runtime` (`app.runtime`) that owns the process's database,
+app carries one `cachework.worker.runtime.Runtime` (`app.runtime`) that owns the process's database,
 Redis, locks, plugins, cached tables and invalidation threads, and one
-`worker.lifecycle.WorkerLifecycle` (`app.lifecycle`) that Celery's signals drive: the main
+`cachework.worker.lifecycle.WorkerLifecycle` (`app.lifecycle`) that Celery's signals drive: the main
 process maps the models and checks the database before the pool forks; every pool child
 (or, with a solo, threads, gevent or eventlet pool, the worker's own process:
 worker/pools.py) starts its listener and outbox relay; every task starts by catching up
@@ -21,14 +21,14 @@ from celery import Celery
 
 from cachework.errors import CacheworkError, ConfigError
 from cachework.settings import Settings, load_settings
-from worker import celery_settings, lifecycle
-from worker.lifecycle import WorkerLifecycle, exit_on_config_error
-from worker.logsetup import expected_errors_at_warning
-from worker.runtime import Runtime
-from worker.task_base import CacheworkTask
+from cachework.worker import celery_settings, lifecycle
+from cachework.worker.lifecycle import WorkerLifecycle, exit_on_config_error
+from cachework.worker.logsetup import expected_errors_at_warning
+from cachework.worker.runtime import Runtime
+from cachework.worker.task_base import CacheworkTask
 
 log = logging.getLogger(__name__)
-TASK_MODULES = ["tasks"]
+TASK_MODULES = ["cachework.tasks"]
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -38,7 +38,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     # arguments and bounds a failed request's stored ones (worker/task_base.py).
     # amqp: a RabbitMQ queue of another type is one line, not a traceback (queue_types).
     app = Celery(
-        "cachework", include=TASK_MODULES, task_cls=CacheworkTask, amqp="worker.queue_types:AMQP"
+        "cachework",
+        include=TASK_MODULES,
+        task_cls=CacheworkTask,
+        amqp="cachework.worker.queue_types:AMQP",
     )
     app.conf.update(celery_settings.build(settings))
     app.runtime = Runtime(settings)
@@ -59,19 +62,19 @@ def require_runtime(app: Celery) -> Runtime:
     if runtime is None:
         raise ConfigError(
             f"Celery app {app.main!r} has no cachework runtime: run cachework's tasks on an "
-            "app made by worker.create_app(settings) (celery -A worker)"
+            "app made by worker.create_app(settings) (celery -A cachework.worker)"
         )
     return runtime
 
 
 def _under_celery_command() -> bool:
-    """True when this process is the `celery` command (`celery -A worker ...`)."""
+    """True when this process is the `celery` command (`celery -A cachework.worker ...`)."""
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
     return argv0.name == "celery" or argv0.parts[-2:] == ("celery", "__main__.py")
 
 
 def __getattr__(name: str) -> Celery:
-    """`app`: the app of `celery -A worker ...`, made from the environment when first
+    """`app`: the app of `celery -A cachework.worker ...`, made from the environment when first
     asked for (importing this module reads no settings)."""
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,10 +2,10 @@
 
 `build(settings)` gives them as a dict (`celeryconfig.build` is the same function, at the
 top-level name Celery users look for); `worker.create_app(settings)` applies it to the app
-it makes (for `celery -A worker ...`, from the environment when the app is first asked
+it makes (for `celery -A cachework.worker ...`, from the environment when the app is first asked
 for). Importing this module reads no settings; building the settings creates nothing: the
-embedded broker makes its folders when it connects (`worker.fs_transport`), beat makes the
-folder of its schedule file when it opens it (`worker.beat`).
+embedded broker makes its folders when it connects (`cachework.worker.fs_transport`), beat makes the
+folder of its schedule file when it opens it (`cachework.worker.beat`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from celery.schedules import crontab
 
 from cachework.pooler import result_engine_options
 from cachework.settings import Settings
-from worker import routing
-from worker.queue_types import celery_settings as queue_type_settings
-from worker.queue_types import declared_queues
+from cachework.worker import routing
+from cachework.worker.queue_types import celery_settings as queue_type_settings
+from cachework.worker.queue_types import declared_queues
 
 
 def _transport_options(s: Settings) -> dict:
@@ -96,7 +96,7 @@ def build(s: Settings) -> dict:
         "task_default_queue": "cache",
         "task_default_exchange": "cache",
         "task_default_routing_key": "cache",
-        "task_routes": ("worker.routing.route_task",),
+        "task_routes": ("cachework.worker.routing.route_task",),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_track_started": True,
@@ -116,6 +116,6 @@ def build(s: Settings) -> dict:
         "enable_utc": True,
         "beat_schedule": _beat_schedule(s),
         "beat_schedule_filename": str(s.data_dir / "celerybeat-schedule"),
-        "beat_scheduler": "worker.beat:PersistentScheduler",
+        "beat_scheduler": "cachework.worker.beat:PersistentScheduler",
         **queue_type_settings(s),
     }

@@ -1,4 +1,4 @@
-"""The metrics exporter of a worker node: `python -m worker.exporter FOLDER PARENT NODE`.
+"""The metrics exporter of a worker node: `python -m cachework.worker.exporter FOLDER PARENT NODE`.
 
 Started by the node's main process (`start_exporter`, from `worker/lifecycle.py`) when
 CACHEWORK_METRICS_PORT is set, so that process (which forks the pool) runs no server
@@ -12,7 +12,7 @@ thread. It serves on CACHEWORK_METRICS_BIND:CACHEWORK_METRICS_PORT
   can change at run time) and the broker answer, the node answers ping and none of its
   children's invalidation listeners has been cut off longer than
   CACHEWORK_LISTENER_STALE_AFTER. The checks run in parallel and the answer comes within
-  `worker.probes.READY_TIMEOUT` (0.8 s), a check still hanging (a frozen Redis) named.
+  `cachework.worker.probes.READY_TIMEOUT` (0.8 s), a check still hanging (a frozen Redis) named.
 
 It prints one line, `listening on ...` or why it cannot, and ends when its parent does.
 """
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 from cachework.errors import CacheworkError, ConfigError
 from cachework.settings import Settings, load_settings
-from worker import health, metrics
-from worker.checks import broker_problem
-from worker.probes import READY_TIMEOUT, Checks
+from cachework.worker import health, metrics
+from cachework.worker.checks import broker_problem
+from cachework.worker.probes import READY_TIMEOUT, Checks
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -122,7 +122,7 @@ def start_exporter(folder: str, node: str) -> subprocess.Popen:
     """In a node's main process: start its exporter; ConfigError (one line) if it cannot
     listen (stopped first)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.exporter", folder, str(os.getpid()), node],
+        [sys.executable, "-m", "cachework.worker.exporter", folder, str(os.getpid()), node],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )

@@ -14,7 +14,7 @@ in touch with the log within CACHEWORK_LISTENER_STALE_AFTER: this process's
 (`process_readiness`), a node's children's, read from the node's metrics folder where
 every child writes its listener's last contact (the exporter), or every node's, asked
 with the remote-control command `cachework_listeners` (`readiness`, `cachework health`).
-The checks run in parallel (`worker.probes.Checks`): a healthy answer takes milliseconds,
+The checks run in parallel (`cachework.worker.probes.Checks`): a healthy answer takes milliseconds,
 not the timeout.
 """
 
@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
-from worker import celery_settings
-from worker.checks import broker_problem, database_problem, redis_problems
-from worker.probes import Check, Checks, run_checks
+from cachework.worker import celery_settings
+from cachework.worker.checks import broker_problem, database_problem, redis_problems
+from cachework.worker.probes import Check, Checks, run_checks
 
 if TYPE_CHECKING:
     from cachework.settings import Settings
-    from worker.runtime import Runtime
+    from cachework.worker.runtime import Runtime
 
 COMMAND = "cachework_listeners"
 LAST_CONTACT = "cachework_invalidation_listener_last_contact_timestamp_seconds"

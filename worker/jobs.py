@@ -5,7 +5,7 @@ A Celery task or a CLI command is a few lines: it parses its arguments into a ty
 request once (`sync_request`, `delete_request`, `invalidation_request`: bad input names
 the bad value and changes nothing), then runs the job with it (`sync`, `sync_one`,
 `delete`, `process_invalidation`), which trusts the request and returns a typed result
-(`cache.results`; `to_json()` is the task's result). Nothing here imports Celery; the
+(`cachework.cache.results`; `to_json()` is the task's result). Nothing here imports Celery; the
 caller passes its time limit's exception in `abort_on`.
 
 `rebuild_items`, `sync_scope`, `delete_items`, `invalidate` and `combine` take and return
@@ -14,28 +14,28 @@ plain values (parse, run, `to_json()`), for Python callers and tests.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from cache.invalidation import publish_event
-from cache.items import store
-from cache.items.sync import ScopeResult, rebuild, scope_label
-from cache.requests import (
+from cachework.cache.invalidation import publish_event
+from cachework.cache.items import store
+from cachework.cache.items.sync import ScopeResult, rebuild, scope_label
+from cachework.cache.requests import (
     DeleteRequest,
     InvalidationRequest,
     SyncRequest,
     item_names,
 )
-from cache.results import DeleteResult, InvalidationResult, SyncResult
-from cachework import moves
+from cachework.cache.results import DeleteResult, InvalidationResult, SyncResult
 from cachework.errors import NotFoundError, transient_errors
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from cache.items.plugins import CachePlugin
-    from worker.runtime import Runtime
+    from cachework.cache.items.plugins import CachePlugin
+    from cachework.worker.runtime import Runtime
 
 __all__ = [
     "combine",
@@ -56,7 +56,7 @@ __all__ = [
     "sync_scope",
 ]
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 Abort = tuple[type[BaseException], ...]
 OnScope = Callable[[int, int, "str | None"], None]
 
@@ -163,7 +163,7 @@ def rebuild_scope(
     Plugin failures are reported in the result; an unreachable lock store or database
     is a TransientError, so the caller retries and the request is not lost.
     `see_through`: wait for a running rebuild of the scope rather than defer to it (for
-    a message delivered again; see `cache.items.sync.rebuild_scope`)."""
+    a message delivered again; see `cachework.cache.items.sync.rebuild_scope`)."""
     with transient_errors(f"cache rebuild of {scope_label(project)}"):
         return rebuild(
             runtime.database.session,

@@ -13,13 +13,13 @@ imported (`worker/lifecycle.py`), so every child writes its values to its own fi
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from cachework import moves
 from cachework.instruments import (
     DURATION_BUCKETS,
     IMPORT_OPERATIONS,
@@ -38,9 +38,9 @@ from cachework.instruments import (
     record_task,
     reset,
 )
-from worker import health
-from worker.probes import LIVE_PATH, METRICS_PATH, READY_PATH, READY_TIMEOUT, Checks
-from worker.sampler import (
+from cachework.worker import health
+from cachework.worker.probes import LIVE_PATH, METRICS_PATH, READY_PATH, READY_TIMEOUT, Checks
+from cachework.worker.sampler import (
     EVENT_OUTCOMES,
     LISTENER_COUNTERS,
     SAMPLE_EVERY,
@@ -50,7 +50,7 @@ from worker.sampler import (
 )
 
 if TYPE_CHECKING:
-    from worker.runtime import Runtime
+    from cachework.worker.runtime import Runtime
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -78,7 +78,7 @@ __all__ = [
     "record_task",
     "start_http_server",
 ]
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 
 
 def disable_multiprocess() -> None:
@@ -159,7 +159,7 @@ def start_http_server(
 ) -> MetricsServer:
     """Serve this process's metrics and readiness (a web process that started its runtime):
     `/metrics`, `/ready` (database, Redis and its eviction policy, this process's
-    listener; in parallel, within `worker.probes.READY_TIMEOUT`) and `/live` (the process
+    listener; in parallel, within `cachework.worker.probes.READY_TIMEOUT`) and `/live` (the process
     alone: this server's thread answering; a liveness that followed the database or Redis
     would restart every web pod during their outage). Port and address default to
     CACHEWORK_METRICS_PORT and CACHEWORK_METRICS_BIND; port 0 picks a free one

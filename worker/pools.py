@@ -42,8 +42,8 @@ from celery.app.trace import build_tracer
 from cachework.database import Database
 from cachework.errors import ConfigError
 from cachework.settings import load_settings
-from worker.logsetup import expected_errors_at_warning
-from worker.runtime import Runtime
+from cachework.worker.logsetup import expected_errors_at_warning
+from cachework.worker.runtime import Runtime
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -108,7 +108,8 @@ def check_pool(name: str) -> None:
         raise ConfigError(
             f"Celery pool {name!r} needs the process monkey-patched before anything is "
             f"imported, which the celery command does only when the pool is on its command "
-            f"line: run `celery -A worker worker -P {name}` (not worker_pool={name!r} alone)"
+            f"line: run `celery -A cachework.worker worker -P {name}` "
+            f"(not worker_pool={name!r} alone)"
         )
 
 
@@ -159,7 +160,7 @@ def cooperative_database_waits(name: str) -> None:
 def spawned_child_runtime(app: Celery | None, hostname: str | None) -> Runtime | None:
     """In a prefork child started as a fresh interpreter (spawn): give the app Celery
     unpickled here the runtime it lacks, built from the environment the child inherited
-    (where `celery -A worker` took its settings, and the node's metrics folder, named
+    (where `celery -A cachework.worker` took its settings, and the node's metrics folder, named
     before prometheus_client was imported here), as the parent did before forking: the
     models mapped (tasks a model module registers get traced). None when this is no such
     child."""

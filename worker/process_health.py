@@ -4,9 +4,9 @@ against them: the checks are in `worker/checks.py`, liveness and readiness in
 
 from __future__ import annotations
 
-from worker.checks import database_problem as check_database
-from worker.checks import redis_problem as check_redis
-from worker.health import (
+from cachework.worker.checks import database_problem as check_database
+from cachework.worker.checks import redis_problem as check_redis
+from cachework.worker.health import (
     CONNECTED,
     LAST_CONTACT,
     alive,
@@ -16,7 +16,7 @@ from worker.health import (
     multiprocess_metrics,
     runtime_listener,
 )
-from worker.health import process_readiness as readiness
+from cachework.worker.health import process_readiness as readiness
 
 __all__ = [
     "CONNECTED",

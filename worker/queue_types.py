@@ -35,7 +35,7 @@ from kombu import Exchange, Queue
 
 from cachework.errors import ConfigError
 from cachework.settings import Settings
-from worker.routing import queues
+from cachework.worker.routing import queues
 
 TOPIC_SUFFIX = ".topic"
 QUORUM = {"x-queue-type": "quorum"}

@@ -3,7 +3,7 @@
 Importing this module reads no settings and imports no Celery, so a web app can route
 cachework's tasks with one line and nothing else of ours::
 
-    celery.conf.task_routes = ("worker.routing.route_task",)
+    celery.conf.task_routes = ("cachework.worker.routing.route_task",)
 
 `route_task` is a Celery router (Celery imports it by name): it sends every `cachework.*`
 task to cachework's own queue and leaves every other task alone (None: the app's own
@@ -57,7 +57,7 @@ ROUTES = {
 }
 FALLBACK_QUEUE = "cache"
 # The one line a web app adds to its Celery client (shown in the README and in logs).
-ROUTING_LINE = 'celery.conf.task_routes = ("worker.routing.route_task",)'
+ROUTING_LINE = 'celery.conf.task_routes = ("cachework.worker.routing.route_task",)'
 
 
 def route_task(

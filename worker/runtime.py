@@ -10,7 +10,7 @@ tables and threads (they belong to the parent) and build its own on first use.
 The Celery worker keeps one on its app and drives it from Celery's signals; a web app
 builds and starts the same runtime with one call and never imports Celery:
 
-    from worker.runtime import start_runtime
+    from cachework.worker.runtime import start_runtime
     runtime = start_runtime()            # after any fork; catches up, then listens
     runtime.registry.table("categories").get(3)
     publish("categories", [3], session=session)   # your transaction, through the outbox
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import threading
 import weakref
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 import redis
 import sqlalchemy as sa
 
-from cache.invalidation import (
+from cachework.cache.invalidation import (
     DatabaseLog,
     InvalidationLog,
     Listener,
@@ -46,25 +47,24 @@ from cache.invalidation import (
     Tracker,
     outbox,
 )
-from cache.invalidation.events import KeyCoercer
-from cache.invalidation.node_lock import NodeLock
-from cache.invalidation.outbox import PENDING_MAX, pending_rows
-from cache.items import plugins as cache_plugins
-from cache.items.locks import LockBackend, lock_backend
-from cache.items.projects import ProjectSource
-from cache.tables.registry import Registry, load_declarations
-from cachework import moves
+from cachework.cache.invalidation.events import KeyCoercer
+from cachework.cache.invalidation.node_lock import NodeLock
+from cachework.cache.invalidation.outbox import PENDING_MAX, pending_rows
+from cachework.cache.items import plugins as cache_plugins
+from cachework.cache.items.locks import LockBackend, lock_backend
+from cachework.cache.items.projects import ProjectSource
+from cachework.cache.tables.registry import Registry, load_declarations
 from cachework.database import Database
 from cachework.records import coerce
 from cachework.redis_client import client_from_url
 from cachework.redis_policy import refuse_evicting
 from cachework.settings import Settings, load_settings, mask_url
-from worker.sampler import Sampler
+from cachework.worker.sampler import Sampler
 
 if TYPE_CHECKING:
-    from importers.bootstrap import Models
+    from cachework.importers.bootstrap import Models
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 AIO_THREADS = 8  # an asyncio app's concurrent loads, refreshes and source reads
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
@@ -132,7 +132,7 @@ class Runtime:
     @property
     def models(self) -> Models:
         """The app's models, Continuum set up (idempotent per process)."""
-        from importers.bootstrap import bootstrap
+        from cachework.importers.bootstrap import bootstrap
 
         return bootstrap(self.settings.models)
 
@@ -176,7 +176,7 @@ class Runtime:
 
     @property
     def aio_threads(self) -> ThreadPoolExecutor:
-        """Threads for an asyncio app's blocking cachework work (`cache.aio`: a cached
+        """Threads for an asyncio app's blocking cachework work (`cachework.cache.aio`: a cached
         table's load or refresh, a barrier's wait), never the loop's default executor,
         which the app's own `to_thread` calls share. Ended by `stop()`."""
         with self._lock:

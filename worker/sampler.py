@@ -20,12 +20,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from cache.invalidation.events import id_key
+from cachework.cache.invalidation.events import id_key
 from cachework.instruments import Metrics, metrics, observe_many
 
 if TYPE_CHECKING:
-    from cache.invalidation.listener import Tracker
-    from cache.tables.registry import Registry
+    from cachework.cache.invalidation.listener import Tracker
+    from cachework.cache.tables.registry import Registry
 
 log = logging.getLogger(__name__)
 SAMPLE_EVERY = 1.0  # seconds between two samples of a runtime's tables and listener

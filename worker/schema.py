@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from cachework import migrate
+from cachework.importers.bootstrap import Models
 from cachework.schema import own_metadata
-from importers.bootstrap import Models
 
 
 def create_tables(engine: sa.Engine, models: Models) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any
 from celery import Task
 
 from cachework.errors import TooLargeError, ValidationError, cut, shown
-from worker.logsetup import EXPECTED_ERRORS
+from cachework.worker.logsetup import EXPECTED_ERRORS
 
 ARGUMENT_MAX = 200  # characters (as JSON) of one argument a cut stored request keeps whole
 ARGUMENTS_MAX = 20  # positional or keyword arguments a cut stored request keeps

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from worker.routing import DEFAULT_QUEUE, PREFIX, QUEUES, ROUTING_LINE
+from cachework.worker.routing import DEFAULT_QUEUE, PREFIX, QUEUES, ROUTING_LINE
 
 log = logging.getLogger(__name__)
 

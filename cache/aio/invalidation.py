@@ -13,10 +13,10 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cache.aio.threads import off_loop, pool_of
-from cache.invalidation import publish_event as publish_now
-from cache.invalidation.events import Event, KnownTables, validate_event
-from cache.invalidation.log import InvalidationLog
+from cachework.cache.aio.threads import off_loop, pool_of
+from cachework.cache.invalidation import publish_event as publish_now
+from cachework.cache.invalidation.events import Event, KnownTables, validate_event
+from cachework.cache.invalidation.log import InvalidationLog
 from cachework.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class Barrier(Protocol):
-    """A started runtime (`worker.runtime.Runtime`)."""
+    """A started runtime (`cachework.worker.runtime.Runtime`)."""
 
     def wait_for(self, event_id: str, timeout: float = 5.0) -> None: ...
 
@@ -41,7 +41,7 @@ async def publish(
     known_tables: KnownTables | None = None,
     max_keys: int = 10_000,
 ) -> str | None:
-    """`cache.invalidation.publish`, awaited: with `session` (an AsyncSession) into its
+    """`cachework.cache.invalidation.publish`, awaited: with `session` (an AsyncSession) into its
     transaction's outbox (returns None), else appended to `log` (returns the event id)."""
     event = validate_event(
         table, keys, project, app_name, names, known_tables=known_tables, max_keys=max_keys
@@ -56,8 +56,8 @@ async def publish_event(
     if session is not None:
         if not callable(getattr(session, "run_sync", None)):
             raise ConfigError(
-                f"cache.aio.publish needs an AsyncSession, not {session!r} "
-                "(with a Session, call cache.invalidation.publish)"
+                f"cachework.cache.aio.publish needs an AsyncSession, not {session!r} "
+                "(with a Session, call cachework.cache.invalidation.publish)"
             )
         return await session.run_sync(_into_outbox, event, log)
     if log is None:

@@ -1,4 +1,5 @@
-"""Project cache items through an `AsyncSession`: `cache.items.store`'s functions, awaited.
+"""Project cache items through an `AsyncSession`: `cachework.cache.items.store`'s functions,
+awaited.
 
 Each runs the store's own function on the session's connection (`AsyncSession.run_sync`),
 so the rules (validation, upserts that always move `updated_at`, site-wide items) are the
@@ -11,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from cache.items import store
-from cache.items.store import DEFAULT_MAX_BYTES, CacheItem
+from cachework.cache.items import store
+from cachework.cache.items.store import DEFAULT_MAX_BYTES, CacheItem
 from cachework.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 def _async(session: Any, what: str) -> AsyncSession:
     if not callable(getattr(session, "run_sync", None)):
         raise ConfigError(
-            f"cache.aio.{what} needs an AsyncSession, not {session!r} "
-            f"(with a Session, call cache.items.store.{what})"
+            f"cachework.cache.aio.{what} needs an AsyncSession, not {session!r} "
+            f"(with a Session, call cachework.cache.items.store.{what})"
         )
     return session
 

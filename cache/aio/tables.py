@@ -4,7 +4,7 @@
 `CachedTable` or `FullTableCache`); the rules stay the table's own. A read that memory
 can answer (the record is stored, valid and covered) returns at once, on the loop, with no
 thread hop. A read that must wait for a load or a refresh awaits it in a thread (the
-runtime's pool, see `cache.aio.threads`), and concurrent readers of one table share that
+runtime's pool, see `cachework.cache.aio.threads`), and concurrent readers of one table share that
 one refresh (the table's refresh lock already makes threads share it; here the loop's
 readers wait on one future instead of taking a thread each). A read the source must
 answer (a key outside the covered set, invalidations that keep arriving) is the table's
@@ -19,10 +19,10 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any
 
-from cache.aio.threads import off_loop, pool_of
-from cache.tables.full_table import CACHE_KEY, FullTableCache, LookupHook
-from cache.tables.indexes import Spec, check_spec, make_spec
-from cache.tables.table import READ_ATTEMPTS, CachedTable
+from cachework.cache.aio.threads import off_loop, pool_of
+from cachework.cache.tables.full_table import CACHE_KEY, FullTableCache, LookupHook
+from cachework.cache.tables.indexes import Spec, check_spec, make_spec
+from cachework.cache.tables.table import READ_ATTEMPTS, CachedTable
 from cachework.records import Record
 
 _views: weakref.WeakKeyDictionary[Any, AsyncTable] = weakref.WeakKeyDictionary()

@@ -10,17 +10,23 @@ included: nothing here imports Celery or the worker.
     publish("categories", [3], session=s)              # or: in your own transaction
     track(SessionFactory, runtime)                     # or: every ORM write, by itself
 
-A process's listener, tracker and relay belong to its runtime (`worker.runtime.Runtime`).
+A process's listener, tracker and relay belong to its runtime (`cachework.worker.runtime.Runtime`).
 """
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from cache.invalidation.db_log import DatabaseLog
-from cache.invalidation.events import Event, KnownTables, decode_event, id_key, validate_event
-from cache.invalidation.listener import Listener, ReconnectingLoop, Target, Tracker
-from cache.invalidation.log import (
+from cachework.cache.invalidation.db_log import DatabaseLog
+from cachework.cache.invalidation.events import (
+    Event,
+    KnownTables,
+    decode_event,
+    id_key,
+    validate_event,
+)
+from cachework.cache.invalidation.listener import Listener, ReconnectingLoop, Target, Tracker
+from cachework.cache.invalidation.log import (
     NOTHING,
     Batch,
     InvalidationLog,
@@ -28,9 +34,9 @@ from cache.invalidation.log import (
     LogState,
     LogUnavailable,
 )
-from cache.invalidation.outbox import Relay, RelayLoop, write_outbox
-from cache.invalidation.redis_log import RedisLog
-from cache.invalidation.tracking import Dependency, Tracking, track
+from cachework.cache.invalidation.outbox import Relay, RelayLoop, write_outbox
+from cachework.cache.invalidation.redis_log import RedisLog
+from cachework.cache.invalidation.tracking import Dependency, Tracking, track
 from cachework.errors import ConfigError
 
 __all__ = [

@@ -26,8 +26,8 @@ import time
 
 import sqlalchemy as sa
 
-from cache.invalidation.events import id_key
-from cache.invalidation.log import NOTHING, Batch, LogState, log_failure
+from cachework.cache.invalidation.events import id_key
+from cachework.cache.invalidation.log import NOTHING, Batch, LogState, log_failure
 from cachework.errors import CacheworkError
 from cachework.schema import invalidation_log
 

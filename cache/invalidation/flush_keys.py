@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import orm
 from sqlalchemy.orm.base import LoaderCallableStatus
 
-from cache.invalidation.dependencies import Dependency
-from cache.invalidation.tracked_keys import Keys, attribute_of
+from cachework.cache.invalidation.dependencies import Dependency
+from cachework.cache.invalidation.tracked_keys import Keys, attribute_of
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Protocol
 
-from cache.invalidation.events import (
+from cachework.cache.invalidation.events import (
     MAX_EVENT_CHARS,
     Event,
     decode_event,
@@ -25,7 +25,7 @@ from cache.invalidation.events import (
     is_after,
     table_of,
 )
-from cache.invalidation.log import (
+from cachework.cache.invalidation.log import (
     LISTEN_BLOCK,
     NOTHING,
     Batch,

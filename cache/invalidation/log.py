@@ -61,7 +61,7 @@ class Batch:
     gap: bool
     entries: list[tuple[str, object]] = field(default_factory=list)  # (id, raw payload)
     # When entries whose id carries no time were appended (Unix seconds, by id); a Redis
-    # Stream id is its own time (`worker.metrics.publish_time`).
+    # Stream id is its own time (`cachework.worker.metrics.publish_time`).
     published: dict[str, float] = field(default_factory=dict)
     # Entries whose id the log never handed out (the database log: above its sequence,
     # inserted with an id of their own): applied once as unknown, never a cursor.

@@ -29,11 +29,11 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cache.invalidation.db_log import DatabaseLog
-from cache.invalidation.events import Event
-from cache.invalidation.listener import ReconnectingLoop
-from cache.invalidation.log import InvalidationLog, log_failure
-from cache.invalidation.node_lock import NodeLock
+from cachework.cache.invalidation.db_log import DatabaseLog
+from cachework.cache.invalidation.events import Event
+from cachework.cache.invalidation.listener import ReconnectingLoop
+from cachework.cache.invalidation.log import InvalidationLog, log_failure
+from cachework.cache.invalidation.node_lock import NodeLock
 from cachework.schema import invalidation_outbox
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cache.invalidation.log import LISTEN_BLOCK, NOTHING, Batch, LogState, log_failure
+from cachework.cache.invalidation.log import LISTEN_BLOCK, NOTHING, Batch, LogState, log_failure
 from cachework.errors import CacheworkError
 from cachework.redis_client import client_from_url, follow_master
 

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm.base import LoaderCallableStatus
 
-from cache.invalidation.dependencies import Dependency
-from cache.invalidation.tracked_keys import Keys, attribute_of
+from cachework.cache.invalidation.dependencies import Dependency
+from cachework.cache.invalidation.tracked_keys import Keys, attribute_of
 
 
 class StatementPlan(NamedTuple):

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from cache.invalidation.events import Event, validate_event
+from cachework.cache.invalidation.events import Event, validate_event
 from cachework.errors import ValidationError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Automatic invalidation: the app's own ORM writes invalidate the cached tables by
 themselves, in the writer's transaction, with no `publish()` call.
 
-    from cache.invalidation import track
+    from cachework.cache.invalidation import track
     tracking = track(SessionFactory, runtime)   # once, at start-up; imports no Celery
 
 After that, every transaction of a session made by `SessionFactory` (a `sessionmaker`, a
@@ -16,9 +16,9 @@ Core INSERT/UPDATE/DELETE statements run on a tracked session's own connection
 (`session.connection().execute(update(table)...)`) are caught the same way, by the
 engine's `before_execute`/`after_execute`. Writes this cannot see (raw SQL, other
 programs, legacy `bulk_*_mappings`) need the PostgreSQL triggers
-(`cache.invalidation.triggers`, `cachework triggers install`).
+(`cachework.cache.invalidation.triggers`, `cachework triggers install`).
 
-What a cached table depends on: `cache.invalidation.dependencies`. Which keys a write
+What a cached table depends on: `cachework.cache.invalidation.dependencies`. Which keys a write
 names: `tracked_keys`, `flush_keys` (flushes) and `statement_keys` (statements). The
 outbox rows written at commit: `tracking_outbox`. This module wires them to the session's
 and the engine's events.
@@ -34,17 +34,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from cache.invalidation import outbox
-from cache.invalidation.dependencies import (
+from cachework.cache.invalidation import outbox
+from cachework.cache.invalidation.dependencies import (
     Dependency,
     declared_dependencies,
     dependencies,
     source_dependencies,
 )
-from cache.invalidation.flush_keys import FlushPlans
-from cache.invalidation.statement_keys import StatementPlan, plan_statement, read_returned
-from cache.invalidation.tracked_keys import WHOLE, Keys
-from cache.invalidation.tracking_outbox import SUPPORTED, check_engine, write_rows
+from cachework.cache.invalidation.flush_keys import FlushPlans
+from cachework.cache.invalidation.statement_keys import StatementPlan, plan_statement, read_returned
+from cachework.cache.invalidation.tracked_keys import WHOLE, Keys
+from cachework.cache.invalidation.tracking_outbox import SUPPORTED, check_engine, write_rows
 from cachework.errors import ConfigError
 
 __all__ = [  # the names this module had before its parts moved out stay importable here
@@ -103,7 +103,7 @@ class Tracking:
     # --- installing -----------------------------------------------------------------------
 
     def attach(self, target: Any) -> Tracking:
-        bind = _bind_of(target)
+        bind = bind_of(target)
         target = sync_target(target)
         ok = isinstance(target, orm.Session | orm.sessionmaker | orm.scoped_session) or (
             isinstance(target, type) and issubclass(target, orm.Session)
@@ -311,7 +311,7 @@ class Tracking:
             self._keep(conn, keys, list(conn.info.get(self._session_of) or ()))
 
 
-def _bind_of(target: Any) -> Any:
+def bind_of(target: Any) -> Any:
     """The engine a session factory or session is bound to, when it says (else None): an
     AsyncEngine for the async forms, which `check_engine` reads through its sync facade."""
     target = getattr(target, "session_factory", target)  # scoped_session, async or not

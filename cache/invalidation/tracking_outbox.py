@@ -2,8 +2,9 @@
 
 On psycopg (3), sync or async, the INSERT travels with the COMMIT in one round trip, so
 tracking adds no round trip to a transaction (asyncpg has no multi-statement query with
-results: there it is a statement of its own). Only PostgreSQL and SQLite hold cachework's outbox, so an
-engine of another database is refused before it writes anything (`check_engine`).
+results: there it is a statement of its own). Only PostgreSQL and SQLite hold cachework's
+outbox, so an engine of another database is refused before it writes anything
+(`check_engine`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cache.invalidation.events import Event
+from cachework.cache.invalidation.events import Event
 from cachework.errors import ConfigError
 from cachework.schema import invalidation_outbox
 

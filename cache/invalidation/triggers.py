@@ -1,7 +1,7 @@
 """PostgreSQL triggers that write the outbox rows for writes the ORM never sees (raw SQL,
 bulk loads, other programs): opt-in, through `cachework triggers install|remove|status`.
 
-Each base table a cached table depends on (see `cache.invalidation.tracking`) gets
+Each base table a cached table depends on (see `cachework.cache.invalidation.tracking`) gets
 statement-level AFTER triggers with transition tables: one for INSERT, UPDATE and DELETE
 each (PostgreSQL allows transition tables only on single-event triggers) and one for
 TRUNCATE. Each fires once per statement and inserts at most one outbox row per dependent
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from cache.invalidation.dependencies import Dependency
+from cachework.cache.invalidation.dependencies import Dependency
 from cachework.errors import ConfigError, NotFoundError
 
 PREFIX = "cachework_inv"
@@ -62,7 +62,8 @@ def _require_postgresql(engine: sa.Engine) -> None:
     if engine.dialect.name != "postgresql":
         raise ConfigError(
             f"invalidation triggers need PostgreSQL; CACHEWORK_DATABASE_URL is "
-            f"{engine.dialect.name} (track ORM writes with cache.invalidation.track instead)"
+            f"{engine.dialect.name} (track ORM writes with cachework.cache.invalidation.track "
+            "instead)"
         )
 
 

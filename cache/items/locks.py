@@ -15,7 +15,7 @@ A holder killed mid-rebuild (SIGKILL, a lost node) must not lose what it took: t
 dirty names moves them to a "taken" set that only `finish()` (after the commit) clears,
 and the next holder takes the dirty and the taken names together. `remaining_ms()` lets a
 request that found the lock held tell a live holder (it renews) from a dead one (its lock
-runs out, and the request then takes it: see `cache.items.sync.rebuild_scope`).
+runs out, and the request then takes it: see `cachework.cache.items.sync.rebuild_scope`).
 
 A lock alone cannot stop a holder that was paused (SIGSTOP, a long GC or swap) past its
 TTL: it wakes up believing it still holds the lock and writes items computed from old data
@@ -32,6 +32,7 @@ all users of the file share), so a worker whose clock runs ahead cannot take a h
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from typing import Protocol
@@ -40,12 +41,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from cachework import moves
 from cachework.errors import LockLostError
 from cachework.redis_lock import TokenLock
 from cachework.schema import cache_dirty, cache_fences, cache_locks, cache_taken
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 ALL = "*"  # the dirty name that means "every item of the scope"
 PREFIX = "cachework:cache"
 

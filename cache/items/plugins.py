@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session
 
-from cache.items.store import DEFAULT_MAX_BYTES, encode, validate_name
+from cachework.cache.items.store import DEFAULT_MAX_BYTES, encode, validate_name
 from cachework.errors import ConfigError, NotFoundError, ValidationError, shown
 
 ENTRY_POINT_GROUP = "cachework.cache_plugins"

@@ -26,6 +26,7 @@ Imports nothing but SQLAlchemy and `cache` modules; takes a Session; usable in a
 from __future__ import annotations
 
 import builtins
+import logging
 import sys
 import uuid
 from collections.abc import Iterable
@@ -34,12 +35,11 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cachework import moves
 from cachework.errors import ConfigError, NotFoundError, ValidationError
 from cachework.schema import cache_items
 from cachework.text import bounded
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 
 KEY_TYPES = ("uuid", "int", "text")
 SETTING = "CACHEWORK_PROJECTS"

@@ -7,7 +7,7 @@ plugin in a fresh session, write its items, commit, and loop while names are dir
 checking once more after releasing. A plugin that raises is reported in `errors` naming
 the app and the project; its items are not written; other scopes carry on. A transient
 database or Redis error is not a plugin failure: the names stay dirty and it propagates
-(as `TransientError` through `worker.jobs`, which the tasks retry with backoff).
+(as `TransientError` through `cachework.worker.jobs`, which the tasks retry with backoff).
 
 `session_factory` is a context manager factory that commits on success (e.g.
 `Database.session`): each round is its own transaction, committed before the lock is
@@ -16,15 +16,18 @@ released.
 A holder whose lock ran out while it was paused (SIGSTOP, swap, a long GC) may wake up
 after another holder has written newer items: it must never write its older ones. So each
 holder claims a fencing token right after taking the lock, and each round's write checks
-it in the write's own transaction (`cache.items.locks.hold_fence`): a holder taken over writes
+it in the write's own transaction (`cachework.cache.items.locks.hold_fence`): a holder taken over
+writes
 nothing, its names go back to dirty and a LockLostError propagates (the task retries).
 
-`project` is a canonical project key (`cache.items.projects.ProjectSource.check` makes one and
+`project` is a canonical project key (`cachework.cache.items.projects.ProjectSource.check` makes
+one and
 lists them), or None for the site-wide items.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -32,7 +35,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from cache.items.locks import (
+from cachework import instruments
+from cachework.cache.items.locks import (
     ALL,
     LockBackend,
     RebuildLock,
@@ -41,12 +45,11 @@ from cache.items.locks import (
     hold_fence,
     scope_key,
 )
-from cache.items.plugins import CachePlugin, ItemWriter
-from cache.items.store import DEFAULT_MAX_BYTES, set_items
-from cachework import instruments, moves
+from cachework.cache.items.plugins import CachePlugin, ItemWriter
+from cachework.cache.items.store import DEFAULT_MAX_BYTES, set_items
 from cachework.errors import LockLostError, first_line, is_transient
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 MAX_ROUNDS = 1_000  # a bound on one holder's loop; what is still dirty waits for the next run
 

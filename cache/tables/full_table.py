@@ -16,9 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from cache.tables.indexes import PrimaryKey, Unique
-from cache.tables.source import SelectSource
-from cache.tables.table import CachedTable
+from cachework.cache.tables.indexes import PrimaryKey, Unique
+from cachework.cache.tables.source import SelectSource
+from cachework.cache.tables.table import CachedTable
 from cachework.errors import ValidationError
 from cachework.records import Record, record_from
 

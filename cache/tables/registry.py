@@ -14,18 +14,19 @@ and `listener` are the tracker's bookkeeping.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
-from cache.tables.full_table import FullTableCache
-from cache.tables.table import CachedTable
-from cachework import moves
+from cachework import example_app
+from cachework.cache.tables.full_table import FullTableCache
+from cachework.cache.tables.table import CachedTable
 from cachework.errors import ConfigError, NotFoundError, ValidationError
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 Table = CachedTable | FullTableCache
 Factory = Callable[[sa.Engine], Table]
 
@@ -128,6 +129,7 @@ def load_declarations(modules: tuple[str, ...] | list[str]) -> dict[str, Factory
     factories: dict[str, Factory] = {}
     for module_name in modules:
         try:
+            example_app.make_importable(module_name)
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigError(

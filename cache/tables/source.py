@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import sqlalchemy as sa
 
-from cache.tables.indexes import Spec
+from cachework.cache.tables.indexes import Spec
 from cachework.errors import ValidationError, transient_errors
 from cachework.records import Record, freeze
 

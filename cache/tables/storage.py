@@ -12,7 +12,7 @@ from bisect import bisect_left, insort
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
-from cache.tables.indexes import Index, NonUnique, PrimaryKey, Range, Spec, Unique
+from cachework.cache.tables.indexes import Index, NonUnique, PrimaryKey, Range, Spec, Unique
 from cachework.records import Record
 
 

@@ -27,13 +27,14 @@ How it stays correct and fast:
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache.tables.indexes import (
+from cachework.cache.tables.indexes import (
     Index,
     Spec,
     check_indexes,
@@ -43,13 +44,12 @@ from cache.tables.indexes import (
     overlaps,
     within,
 )
-from cache.tables.source import SelectSource
-from cache.tables.storage import LocalStorage
-from cachework import moves
+from cachework.cache.tables.source import SelectSource
+from cachework.cache.tables.storage import LocalStorage
 from cachework.errors import TransientError, ValidationError
 from cachework.records import Record, coerce
 
-log = moves.logger(__name__)
+log = logging.getLogger(__name__)
 READ_ATTEMPTS = 3  # refreshes a read waits for before it reads the source directly
 
 
@@ -165,7 +165,7 @@ class CachedTable:
         """`key` converted to the primary key's type; ValidationError naming it otherwise."""
         return coerce(key, self.key_type, f"{self.name} {self.primary_key.column}")
 
-    # --- reads without I/O (for callers that must not wait: `cache.aio`) ----------------
+    # --- reads without I/O (for callers that must not wait: `cachework.cache.aio`) ----------------
 
     def cached(self, key: Hashable) -> Record | None:
         """`get`'s hot path alone: the valid stored record with primary key `key`, or None

@@ -1,4 +1,4 @@
-"""Models shaped like SODAR's (load through `importers.bootstrap.bootstrap()` only).
+"""Models shaped like SODAR's (load through `cachework.importers.bootstrap.bootstrap()` only).
 
 SODAR keeps its projects (and categories, `type` CATEGORY) in `projectroles_project`, with
 an integer primary key `id` and a public `sodar_uuid` (a native uuid on PostgreSQL, 32 hex

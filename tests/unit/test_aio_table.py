@@ -1,4 +1,4 @@
-"""The async view of a cached table (`cache.aio.table`): reads memory answers stay on the
+"""The async view of a cached table (`cachework.cache.aio.table`): reads memory answers stay on the
 loop, a refresh runs in cachework's threads and never blocks the loop, and concurrent
 readers of an invalidated table share one refresh. SQLite in a file; the source's query
 is held mid-read by the test (`GatedSource`), so "the loop is not blocked" is the loop
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cache import aio
-from cache.aio import tables as aio_tables
-from cache.tables.full_table import FullTableCache
+from cachework.cache import aio
+from cachework.cache.aio import tables as aio_tables
+from cachework.cache.tables.full_table import FullTableCache
 from cachework.database import make_engine as make_worker_engine
 from tests.cached_table_helpers import items, make_engine, make_table, row, write
 

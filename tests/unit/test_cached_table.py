@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from cache.tables.indexes import PrimaryKey, Spec, difference, overlaps, within
-from cache.tables.source import SelectSource
-from cache.tables.table import CachedTable
+from cachework.cache.tables.indexes import PrimaryKey, Spec, difference, overlaps, within
+from cachework.cache.tables.source import SelectSource
+from cachework.cache.tables.table import CachedTable
 from cachework.errors import ValidationError
 from cachework.records import coerce, make_record, to_json
 from tests.cached_table_helpers import INDEXES, items, make_engine, make_table, row, write

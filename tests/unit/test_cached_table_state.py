@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy.pool import StaticPool
 
-from cache.tables.indexes import Spec, within
+from cachework.cache.tables.indexes import Spec, within
 from tests.cached_table_helpers import items, make_table, metadata
 
 IDS = st.integers(1, 8)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cache.tables.indexes import Spec
+from cachework.cache.tables.indexes import Spec
 from cachework.database import make_engine as make_worker_engine
 from tests.cached_table_helpers import items, make_engine, make_table, row, write
 

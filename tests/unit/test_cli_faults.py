@@ -14,9 +14,9 @@ from tests.invalidation_helpers import free_port
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch):
     """Run `cachework ARGS` in-process with CACHEWORK_* from `env`; returns the result."""
-    import worker
-    from worker import celery_app
-    from worker.cli import main
+    from cachework import worker
+    from cachework.worker import celery_app
+    from cachework.worker.cli import main
 
     def run(args: list[str], **env: str):
         for name in [n for n in __import__("os").environ if n.startswith("CACHEWORK_")]:

@@ -10,7 +10,7 @@ import sys
 import click
 import pytest
 
-from worker.cli import COMMAND_MODULES, COMMANDS, main
+from cachework.worker.cli import COMMAND_MODULES, COMMANDS, main
 
 
 def test_every_command_is_in_the_table_with_its_module_and_help():
@@ -41,7 +41,7 @@ def test_help_imports_no_command_module():
     heavy = [*COMMAND_MODULES, "sqlalchemy", "celery", "alembic", "sqlalchemy_continuum"]
     script = (
         "import sys\n"
-        "from worker.cli import main\n"
+        "from cachework.worker.cli import main\n"
         "try:\n"
         "    main(['--help'], prog_name='cachework')\n"
         "except SystemExit:\n"

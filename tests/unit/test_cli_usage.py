@@ -19,9 +19,9 @@ from tests.conftest import assert_one_usage_line, make_env
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Run `cachework ARGS` in-process with a test environment (as `make_env` gives a
     worker); returns click's Result (stdout and stderr apart)."""
-    import worker
-    from worker import celery_app
-    from worker.cli import main
+    from cachework import worker
+    from cachework.worker import celery_app
+    from cachework.worker.cli import main
 
     for name, value in make_env(tmp_path).items():
         if name.startswith("CACHEWORK_"):

@@ -13,7 +13,7 @@ from celery import Celery
 from celery.backends.base import BaseBackend
 from click.testing import CliRunner
 
-from importers.progress import RunProgress
+from cachework.importers.progress import RunProgress
 
 RESULT = {
     "models": {"Product": {"created": 1, "updated": 0, "deleted": 0, "unchanged": 4}},
@@ -54,8 +54,8 @@ class FakeApp:
 
 @pytest.fixture
 def moving_app(monkeypatch):
-    import worker
-    from worker.cli import versions
+    from cachework import worker
+    from cachework.worker.cli import versions
 
     celery_app = Celery("enqueue-poll", set_as_current=False)
     progress = {"status": "PROGRESS", "result": _snapshot()}
@@ -72,7 +72,7 @@ def moving_app(monkeypatch):
 
 
 def test_a_task_that_finishes_between_two_reads_is_no_keyerror(moving_app):
-    from worker.cli.versions import import_versions_command
+    from cachework.worker.cli.versions import import_versions_command
 
     outcome = CliRunner().invoke(import_versions_command, ["--enqueue", "--timeout", "30"])
     assert outcome.exception is None or isinstance(outcome.exception, SystemExit), repr(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from cache.tables.full_table import FullTableCache, attach
+from cachework.cache.tables.full_table import FullTableCache, attach
 from cachework.errors import ValidationError
 from demo.models import Category
 from demo.seed import seed

@@ -8,10 +8,10 @@ import inspect
 import pytest
 
 from cachework.errors import ValidationError
+from cachework.importers.request import FIELDS, ImportRequest
 from cachework.settings import load_settings
-from importers.request import FIELDS, ImportRequest
+from cachework.worker import create_app, routing
 from tests.conftest import make_env
-from worker import create_app, routing
 
 
 def test_defaults_are_the_tasks():

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache.invalidation.events import Event, decode_event, id_key, is_after, validate_event
+from cachework.cache.invalidation.events import (
+    Event,
+    decode_event,
+    id_key,
+    is_after,
+    validate_event,
+)
 from cachework.errors import NotFoundError, ValidationError
 from cachework.records import coerce
 

@@ -18,7 +18,7 @@ import yaml
 
 import cachework.settings
 from cachework.settings import load_settings
-from worker.probes import LIVE_PATH, READY_PATH, READY_TIMEOUT
+from cachework.worker.probes import LIVE_PATH, READY_PATH, READY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "deploy" / "kubernetes"
@@ -114,7 +114,7 @@ def test_kinds(docs):
 
 
 def test_commands_are_real(docs):
-    from worker.cli import main
+    from cachework.worker.cli import main
 
     worker = container(deployment(docs, "cachework-worker"))
     assert worker["command"][0] == "cachework"
@@ -122,8 +122,8 @@ def test_commands_are_real(docs):
     assert main.get_command(click.Context(main), name) is not None, name
     assert name == "worker"
     beat = container(deployment(docs, "cachework-beat"))
-    # `celery -A worker beat`: the package `worker` gives Celery its app (worker/__init__).
-    assert beat["command"] == ["celery", "-A", "worker", "beat"]
+    # `celery -A cachework.worker beat`: the package gives Celery its app (worker/__init__).
+    assert beat["command"] == ["celery", "-A", "cachework.worker", "beat"]
     import worker as package
 
     assert "app" in package.__all__

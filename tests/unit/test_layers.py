@@ -1,7 +1,8 @@
 """The layers of the code, as DEVELOPERS.md gives them, checked on every import.
 
 cachework/ (foundations) <- cache/ and importers/ (side by side) <- worker/ (process wiring)
-<- tasks/ and celeryconfig.py. Each imports only the layers below it, cache/ and importers/
+<- tasks/ and celeryconfig.py (installed as cachework.cache, cachework.worker ...). Each
+imports only the layers below it, cache/ and importers/
 never each other, and no two files import each other in a loop. An import under
 `if TYPE_CHECKING:` names a type only and is left out; an import inside a function counts.
 """
@@ -14,16 +15,29 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = {"cachework": 1, "cache": 2, "importers": 2, "worker": 3, "tasks": 4, "celeryconfig": 4}
+LAYERS = {
+    "cachework": 1,
+    "cache": 2,
+    "importers": 2,
+    "worker": 3,
+    "tasks": 4,
+    "celeryconfig": 4,
+    "api": 5,  # cachework.api: the public face over everything; nothing of ours imports it
+}
+PACKAGES = ("cache", "importers", "worker", "tasks")  # in the checkout's root, installed
+# as cachework.<package> (pyproject's package-dir)
 
 
 def _modules() -> dict[str, Path]:
+    """Every module of ours by its installed name (`cachework.worker.runtime`)."""
     found = {"celeryconfig": ROOT / "celeryconfig.py"}
-    for package in ("cachework", "cache", "importers", "worker", "tasks"):
+    for package in ("cachework", *PACKAGES):
         for path in (ROOT / package).rglob("*.py"):
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
+            if package != "cachework":
+                parts.insert(0, "cachework")
             found[".".join(parts)] = path
     return found
 
@@ -81,8 +95,16 @@ def _graph() -> dict[str, set[str]]:
 GRAPH = _graph()
 
 
+def _top(name: str) -> str:
+    """`cache` for cachework.cache.x, `cachework` for a foundation (cachework.errors)."""
+    parts = name.split(".")
+    if parts[0] == "cachework" and len(parts) > 1 and parts[1] in (*PACKAGES, "api"):
+        return parts[1]
+    return parts[0]
+
+
 def _layer(name: str) -> int:
-    return LAYERS[name.split(".")[0]]
+    return LAYERS[_top(name)]
 
 
 @pytest.mark.parametrize("name", sorted(GRAPH))
@@ -96,7 +118,7 @@ def test_the_caches_and_the_version_import_stand_side_by_side():
         (name, dep)
         for name, deps in GRAPH.items()
         for dep in deps
-        if {name.split(".")[0], dep.split(".")[0]} == {"cache", "importers"}
+        if {_top(name), _top(dep)} == {"cache", "importers"}
     )
     assert not crossing, crossing
 
@@ -122,8 +144,9 @@ def test_no_two_files_import_each_other_in_a_loop():
 
 def test_the_checker_sees_imports():
     """The rules above hold because nothing is wrong, not because nothing was read."""
-    assert "cachework.errors" in GRAPH["cache.items.store"]
-    assert "worker.runtime" in GRAPH["worker.celery_app"]
-    assert "worker.celery_app" in GRAPH["worker"]  # its lazy app, from inside a function
-    assert "importers.request" in GRAPH["importers.versions"]
+    assert "cachework.errors" in GRAPH["cachework.cache.items.store"]
+    assert "cachework.worker.runtime" in GRAPH["cachework.worker.celery_app"]
+    # its lazy app, from inside a function
+    assert "cachework.worker.celery_app" in GRAPH["cachework.worker"]
+    assert "cachework.importers.request" in GRAPH["cachework.importers.versions"]
     assert len(GRAPH) > 100

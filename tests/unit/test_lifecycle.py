@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 from celery import signals
 
-from worker import lifecycle
-from worker.lifecycle import SIGNALS, WorkerLifecycle, lifecycle_of
+from cachework.worker import lifecycle
+from cachework.worker.lifecycle import SIGNALS, WorkerLifecycle, lifecycle_of
 
 OURS = "cachework."
 
@@ -22,8 +22,8 @@ def _cachework_receivers(signal) -> list:
 
 
 def test_every_signal_has_one_cachework_handler_however_many_apps(tmp_path):
+    from cachework.worker import create_app
     from tests.conftest import make_env, settings_of
-    from worker import create_app
 
     settings = settings_of(make_env(tmp_path))
     apps = [create_app(settings), create_app(settings)]
@@ -43,8 +43,9 @@ def test_no_module_but_the_lifecycle_connects_a_signal():
     """Importing the worker's modules connects nothing of theirs but the lifecycle's."""
     code = (
         "from celery import signals\n"
-        "import worker.pools, worker.prefork, worker.unknown_tasks, worker.task_base, "
-        "worker.metrics, worker.health, worker.exporter\n"
+        "import cachework.worker.pools, cachework.worker.prefork, cachework.worker.unknown_tasks, "
+        "cachework.worker.task_base, cachework.worker.metrics, cachework.worker.health, "
+        "cachework.worker.exporter\n"
         "names = [n for n in dir(signals) if hasattr(getattr(signals, n), 'receivers')]\n"
         "print(sum(len(getattr(signals, n).receivers or ()) for n in names))\n"
     )
@@ -96,7 +97,7 @@ def test_an_app_with_a_runtime_gets_a_lifecycle_and_others_none():
 def test_the_caches_record_metrics_without_the_worker():
     """cache/ imports the instruments from cachework/, never worker/ (layers)."""
     code = (
-        "import sys, cache.items.sync, cachework.instruments\n"
+        "import sys, cachework.cache.items.sync, cachework.instruments\n"
         "print(sorted(m for m in sys.modules if m == 'worker' or m.startswith('worker.')))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import cache  # noqa: F401  (installs the alias finder)
+from cachework import cache  # noqa: F401  (installs the alias finder)
 from cachework.moves import MOVED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,24 +25,24 @@ def test_an_old_name_is_the_new_module(old, new):
 
 
 def test_a_patch_through_the_old_name_reaches_the_new(monkeypatch):
-    old = importlib.import_module("cache.settings")
+    old = importlib.import_module("cachework.cache.settings")
     monkeypatch.setattr(old, "load_settings", "patched")
     assert importlib.import_module("cachework.settings").load_settings == "patched"
 
 
 def test_from_imports_of_old_names_work():
-    from cache.errors import ValidationError
-    from cache.settings import Settings
-    from cache.store import get_item
+    from cachework.cache.errors import ValidationError
+    from cachework.cache.settings import Settings
+    from cachework.cache.store import get_item
 
     assert ValidationError is importlib.import_module("cachework.errors").ValidationError
     assert Settings is importlib.import_module("cachework.settings").Settings
-    assert get_item is importlib.import_module("cache.items.store").get_item
+    assert get_item is importlib.import_module("cachework.cache.items.store").get_item
 
 
 def test_a_name_that_never_existed_is_still_missing():
     with pytest.raises(ModuleNotFoundError):
-        importlib.import_module("cache.no_such_module")
+        importlib.import_module("cachework.cache.no_such_module")
 
 
 def _old_imports(path: Path) -> list[str]:

@@ -13,7 +13,7 @@ from celery.concurrency import prefork, solo, thread
 
 from cachework.database import Database
 from cachework.errors import ConfigError
-from worker import celery_app, pools
+from cachework.worker import celery_app, pools
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_every_celery_pool_is_accepted_when_it_can_run():
         ("custom", "Celery pool 'custom' is not supported by cachework"),
         ("mypool:Pool", "use one of prefork, solo, threads, gevent, eventlet"),
         # This process is not monkey-patched: a green pool chosen by configuration alone.
-        ("gevent", "run `celery -A worker worker -P gevent`"),
+        ("gevent", "run `celery -A cachework.worker worker -P gevent`"),
         ("eventlet", "needs the process monkey-patched"),
     ],
 )
@@ -139,7 +139,7 @@ def test_a_task_ending_beside_another_holding_a_session_is_not_blamed(sqlite_url
 
     other = threading.Thread(target=other_task)
     other.start()
-    caplog.set_level(logging.ERROR, logger="worker.lifecycle")
+    caplog.set_level(logging.ERROR, logger="cachework.worker.lifecycle")
     try:
         assert opened.wait(10)
         celery_app._task_prerun(task=task)
@@ -177,8 +177,8 @@ def test_the_pool_a_worker_command_line_names(args, pool):
 
 
 def test_an_in_process_pool_keeps_a_connection_per_task_running_at_once(tmp_path):
+    from cachework.worker.runtime import Runtime
     from tests.conftest import make_env, settings_of
-    from worker.runtime import Runtime
 
     url = "postgresql+psycopg://app@127.0.0.1:1/app"  # never connected to here
     settings = settings_of(make_env(tmp_path, database_url=url))

@@ -13,10 +13,10 @@ import pytest
 import celeryconfig
 from cachework.errors import ConfigError
 from cachework.settings import load_settings
+from cachework.worker.metrics import MetricsServer
+from cachework.worker.probes import LIVE_PATH, READY_PATH, Checks, run_checks
 from tests.conftest import make_env
 from tests.test_health import timed_health as health
-from worker.metrics import MetricsServer
-from worker.probes import LIVE_PATH, READY_PATH, Checks, run_checks
 
 
 def test_checks_run_in_parallel_and_answer_when_all_are_in():

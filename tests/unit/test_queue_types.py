@@ -7,7 +7,7 @@ import pytest
 
 from cachework.errors import ConfigError
 from cachework.settings import load_settings
-from worker.queue_types import describe_refusal
+from cachework.worker.queue_types import describe_refusal
 
 AMQP = "amqp://guest:secret@127.0.0.1:5672/v"
 
@@ -93,7 +93,7 @@ def test_quorum_queues_each_with_a_topic_exchange_and_quorum_settings():
 def test_celery_detects_the_quorum_queues():
     from celery.utils.quorum_queues import detect_quorum_queues
 
-    from worker import create_app
+    from cachework.worker import create_app
 
     for queue_type, detected in (("classic", False), ("quorum", True)):
         env = {"CACHEWORK_BROKER_URL": AMQP, "CACHEWORK_QUEUE_TYPE": queue_type}
@@ -117,7 +117,7 @@ CLASSIC_NOT_QUORUM = (
 )
 EXCHANGE_TYPE = (
     "Exchange.declare: (406) PRECONDITION_FAILED - inequivalent arg 'type' for exchange "
-    "'cache.topic' in vhost 'prod': received 'topic' but current is 'direct'"
+    "'cachework.cache.topic' in vhost 'prod': received 'topic' but current is 'direct'"
 )
 
 
@@ -141,7 +141,7 @@ def test_the_refusal_of_a_classic_queue_to_a_quorum_worker():
 def test_other_refusals_name_the_argument_and_both_values():
     line = describe_refusal(Exception(EXCHANGE_TYPE), "quorum")
     assert line.startswith(
-        "RabbitMQ exchange 'cache.topic' (vhost 'prod') exists with type='direct', but "
+        "RabbitMQ exchange 'cachework.cache.topic' (vhost 'prod') exists with type='direct', but "
         "cachework declares it with type='topic'"
     )
     assert describe_refusal(Exception("something else"), "classic") == (

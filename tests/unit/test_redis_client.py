@@ -66,7 +66,7 @@ def test_a_sentinel_broker_gets_kombus_and_celerys_transport_options():
     assert options["visibility_timeout"] == 600  # ours are kept beside them
     assert conf["result_backend_transport_options"]["master_name"] == "mymaster"
     assert conf["broker_url"] == SENTINELS  # kombu reads the URL as written
-    assert conf["broker_transport"] == "worker.redis_transport:SentinelTransport"
+    assert conf["broker_transport"] == "cachework.worker.redis_transport:SentinelTransport"
     # Cachework's own Redis defaults to the broker's group, with its master name.
     assert parse_sentinel_url(s.redis_url).master_name == "mymaster"
     assert parse_sentinel_url(s.broker_redis_url).master_name == "mymaster"
@@ -74,7 +74,7 @@ def test_a_sentinel_broker_gets_kombus_and_celerys_transport_options():
 
 def test_plain_redis_brokers_use_the_failover_aware_transport():
     conf = celeryconfig.build(_settings(broker_url="redis://127.0.0.1:1/0"))
-    assert conf["broker_transport"] == "worker.redis_transport:Transport"
+    assert conf["broker_transport"] == "cachework.worker.redis_transport:Transport"
     assert "master_name" not in conf["broker_transport_options"]
     assert conf["result_backend_transport_options"] == {}
 

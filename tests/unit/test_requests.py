@@ -8,8 +8,8 @@ import dataclasses
 
 import pytest
 
-from cache.requests import DeleteRequest, InvalidationRequest, SyncRequest, item_names
-from cache.results import DeleteResult, InvalidationResult, SyncResult
+from cachework.cache.requests import DeleteRequest, InvalidationRequest, SyncRequest, item_names
+from cachework.cache.results import DeleteResult, InvalidationResult, SyncResult
 from cachework.errors import NotFoundError, ValidationError
 from cachework.schema import NAME_MAX
 from cachework.text import bounded, fits

@@ -1,4 +1,4 @@
-"""worker.routing: the task names of the public contract, where each is routed, and the
+"""cachework.worker.routing: the task names of the public contract, where each is routed, and the
 queues a worker consumes (pure data and two functions; one Celery app on the embedded
 default, never started, checks that Celery routes through them)."""
 
@@ -10,8 +10,8 @@ import pytest
 from celery.utils.imports import symbol_by_name
 
 from cachework.settings import load_settings
+from cachework.worker import create_app, routing
 from tests.conftest import make_env
-from worker import create_app, routing
 
 # The public contract (DESIGN.md, README): clients send these names as literals.
 CONTRACT = {

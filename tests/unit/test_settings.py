@@ -10,7 +10,7 @@ import pytest
 import celeryconfig
 from cachework.errors import ConfigError
 from cachework.settings import load_settings, mask_url
-from worker.logsetup import most_verbose
+from cachework.worker.logsetup import most_verbose
 
 
 def test_embedded_defaults(tmp_path: Path):
@@ -132,7 +132,7 @@ def test_celery_config_is_json_only_late_ack_and_routed(tmp_path: Path):
     assert conf["worker_send_task_events"] and not conf["worker_hijack_root_logger"]
     # A broker dedicated to cachework (the default): Celery's default queue as well.
     assert {q.name for q in conf["task_queues"]} == {"versions", "cache", "invalidations", "celery"}
-    assert conf["task_routes"] == ("worker.routing.route_task",)
+    assert conf["task_routes"] == ("cachework.worker.routing.route_task",)
     assert not (tmp_path / "broker").exists()  # the transport makes it when it connects
     assert conf["task_send_sent_event"]
     assert conf["beat_schedule_filename"].startswith(str(tmp_path))

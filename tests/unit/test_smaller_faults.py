@@ -11,7 +11,7 @@ from amqp.exceptions import ChannelError
 from celery.utils.time import get_exponential_backoff_interval
 from click.testing import CliRunner
 
-from worker import routing
+from cachework.worker import routing
 
 
 class _Channel:
@@ -50,14 +50,14 @@ class _App:
 
 def test_status_reads_queue_lengths_on_a_virtual_transport():
     """It showed "unknown (ChannelError)" for empty queues on a Redis broker."""
-    from worker.cli.core import _queue_lengths
+    from cachework.worker.cli.core import _queue_lengths
 
     lengths = _queue_lengths(_App({"cache": 3}), ("versions", "cache"))
     assert lengths == {"versions": 0, "cache": 3}
 
 
 def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path):
-    from worker.cli import main
+    from cachework.worker.cli import main
 
     folder = tmp_path / "precious"
     folder.mkdir()
@@ -69,7 +69,7 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path):
 
 
 def test_lookup_retries_for_longer_than_a_fast_postgres_restart():
-    from tasks.tables import lookup
+    from cachework.tasks.tables import lookup
 
     waits = [
         get_exponential_backoff_interval(
@@ -85,7 +85,7 @@ def test_lookup_retries_for_longer_than_a_fast_postgres_restart():
 
 def test_every_cachework_task_has_a_route(tmp_path: Path):
     from cachework.settings import load_settings
-    from worker import create_app
+    from cachework.worker import create_app
 
     app = create_app(load_settings({"CACHEWORK_DATA_DIR": str(tmp_path)}))
     try:

@@ -11,10 +11,10 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from cachework import errors
 from cachework.settings import load_settings
-from tasks import policy
+from cachework.tasks import policy
+from cachework.worker import create_app, routing
+from cachework.worker.logsetup import EXPECTED_ERRORS
 from tests.conftest import make_env
-from worker import create_app, routing
-from worker.logsetup import EXPECTED_ERRORS
 
 # Which policy each retrying task is declared with; the other tasks never retry.
 DECLARED = {

@@ -64,7 +64,10 @@ def test_service_addresses(address, refused):
 def test_servers_and_workers_are_not_started():
     with pytest.raises(ServiceUsedInUnitTest, match="redis-server"):
         subprocess.run(["redis-server", "--port", "0"], check=False)
-    assert server_program([sys.executable, "-m", "celery", "-A", "worker", "worker"])
+    assert server_program([sys.executable, "-m", "celery", "-A", "cachework.worker", "worker"])
     assert server_program("/usr/sbin/pgbouncer -d x.ini")
-    assert server_program([sys.executable, "-m", "celery", "-A", "worker", "inspect"]) is None
+    assert (
+        server_program([sys.executable, "-m", "celery", "-A", "cachework.worker", "inspect"])
+        is None
+    )
     assert subprocess.run([sys.executable, "-c", "pass"], check=False).returncode == 0

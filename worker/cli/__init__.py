@@ -34,44 +34,50 @@ NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 # and its whole short help (`cachework --help` cuts it as click would). A unit test
 # (tests/unit/test_cli_lazy.py) checks both against the commands themselves.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "db": ("worker.cli.db", "Migrations of cachework's own tables (never the app's)."),
+    "db": ("cachework.worker.cli.db", "Migrations of cachework's own tables (never the app's)."),
     "delete-cache": (
-        "worker.cli.project_cache",
+        "cachework.worker.cli.project_cache",
         "Delete project cache items (no options: every item).",
     ),
     "demo": (
-        "worker.cli.demo",
+        "cachework.worker.cli.demo",
         "Seed the embedded database, start a real worker and run every job through it.",
     ),
-    "health": ("worker.cli.health", "Exit 0 with `ok`, or 1 with one line saying what is wrong."),
+    "health": (
+        "cachework.worker.cli.health",
+        "Exit 0 with `ok`, or 1 with one line saying what is wrong.",
+    ),
     "import-versions": (
-        "worker.cli.versions",
+        "cachework.worker.cli.versions",
         "Bring every version table in line with its live table (one Continuum transaction).",
     ),
     "initdb": (
-        "worker.cli.core",
+        "cachework.worker.cli.core",
         "Create the tables of the configured models and Continuum's, and create or upgrade "
         "cachework's own (its migrations: `cachework db`).",
     ),
     "invalidate": (
-        "worker.cli.invalidate",
+        "cachework.worker.cli.invalidate",
         "Invalidate KEYs (primary keys; none = the whole table) of TABLE everywhere.",
     ),
     "seed": (
-        "worker.cli.seed",
+        "cachework.worker.cli.seed",
         "Fill the example app (projects, categories, products) for a trial.",
     ),
-    "status": ("worker.cli.core", "Broker, database, workers answering ping, and queue lengths."),
+    "status": (
+        "cachework.worker.cli.core",
+        "Broker, database, workers answering ping, and queue lengths.",
+    ),
     "sync-cache": (
-        "worker.cli.project_cache",
+        "cachework.worker.cli.project_cache",
         "Rebuild project cache items through the app plugins.",
     ),
     "triggers": (
-        "worker.cli.triggers",
+        "cachework.worker.cli.triggers",
         "PostgreSQL triggers that invalidate cached tables on any write (opt-in).",
     ),
     "worker": (
-        "worker.cli.core",
+        "cachework.worker.cli.core",
         "Start a Celery worker on all cachework queues (and Celery's default queue unless "
         "CACHEWORK_SHARED_BROKER is on); other options go to Celery.",
     ),

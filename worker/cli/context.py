@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 from cachework.migrate import check_schema
 from cachework.settings import load_settings
-from worker.checks import check_database
-from worker.runtime import Runtime
+from cachework.worker.checks import check_database
+from cachework.worker.runtime import Runtime
 
 
 @contextmanager

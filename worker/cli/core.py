@@ -11,11 +11,11 @@ from rich.table import Table
 
 from cachework import migrate
 from cachework.settings import mask_url
-from worker import pools, routing
-from worker.checks import check_broker, check_database
-from worker.cli.context import cli_runtime
-from worker.cli.params import timeout_option
-from worker.schema import create_tables
+from cachework.worker import pools, routing
+from cachework.worker.checks import check_broker, check_database
+from cachework.worker.cli.context import cli_runtime
+from cachework.worker.cli.params import timeout_option
+from cachework.worker.schema import create_tables
 
 
 @click.command()
@@ -38,7 +38,7 @@ def initdb() -> None:
 def worker(ctx: click.Context) -> None:
     """Start a Celery worker on all cachework queues (and Celery's default queue unless
     CACHEWORK_SHARED_BROKER is on); other options go to Celery."""
-    from worker import app
+    from cachework.worker import app
 
     settings = app.runtime.settings
     check_broker(settings)
@@ -50,7 +50,7 @@ def worker(ctx: click.Context) -> None:
     if pools.pool_option(args) in pools.GREEN:
         # gevent and eventlet must patch the process before anything is imported, which
         # only a fresh `celery` command does (this one has imported much already).
-        command = [sys.executable, "-m", "celery", "-A", "worker", "worker", *args]
+        command = [sys.executable, "-m", "celery", "-A", "cachework.worker", "worker", *args]
         os.execv(sys.executable, command)
     app.worker_main(["worker", *args])
 
@@ -118,7 +118,7 @@ def status(timeout: float) -> None:
     """Broker, database, workers answering ping, and queue lengths.
 
     Exits with status 1 when no cachework worker answered ping."""
-    from worker import app
+    from cachework.worker import app
 
     settings = app.runtime.settings
     console = Console()

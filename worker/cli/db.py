@@ -10,8 +10,8 @@ from __future__ import annotations
 import click
 
 from cachework import migrate
-from worker.checks import check_database
-from worker.cli.context import cli_runtime
+from cachework.worker.checks import check_database
+from cachework.worker.cli.context import cli_runtime
 
 
 @click.group()

@@ -21,19 +21,19 @@ from rich.console import Console
 from sqlalchemy.orm import Session
 
 from cachework import database as db
+from cachework.importers.bootstrap import Models, bootstrap
 from cachework.settings import Settings, load_settings
-from importers.bootstrap import Models, bootstrap
-from worker.cli.params import NulFreePath
-from worker.schema import create_tables
-from worker.spawn import WorkerProcess
+from cachework.worker.cli.params import NulFreePath
+from cachework.worker.schema import create_tables
+from cachework.worker.spawn import WorkerProcess
 
 DEMO_STEPS = [
-    "worker.demo_steps.basics:run",
-    "worker.demo_steps.versions:run",
-    "worker.demo_steps.project_cache:run",
-    "worker.demo_steps.tables:run",
-    "worker.demo_steps.invalidation:run",
-    "worker.demo_steps.tracking:run",
+    "cachework.worker.demo_steps.basics:run",
+    "cachework.worker.demo_steps.versions:run",
+    "cachework.worker.demo_steps.project_cache:run",
+    "cachework.worker.demo_steps.tables:run",
+    "cachework.worker.demo_steps.invalidation:run",
+    "cachework.worker.demo_steps.tracking:run",
 ]
 
 
@@ -118,7 +118,7 @@ def demo(projects: int, products: int, folder: Path, force: bool) -> None:
     worker = WorkerProcess(env, concurrency=2, name="demo@127.0.0.1", logfile=folder / "worker.log")
     try:
         models = _set_up(console, settings, database, projects, products)
-        from worker import create_app
+        from cachework.worker import create_app
 
         app = create_app(settings)
         console.print(f"worker    starting {worker.name} (prefork, 2 children) ...")

@@ -16,9 +16,9 @@ from typing import Any
 import click
 from celery.states import READY_STATES
 
-import worker
-from worker import routing
-from worker.checks import check_broker
+from cachework import worker
+from cachework.worker import routing
+from cachework.worker.checks import check_broker
 
 POLL_EVERY = 0.2  # seconds between reads of an enqueued task's state
 FINAL_READ = 5.0  # seconds to fetch the result of a task already seen ready

@@ -15,7 +15,7 @@ import sys
 import click
 
 from cachework.settings import Settings, load_settings
-from worker.cli.params import timeout_option
+from cachework.worker.cli.params import timeout_option
 
 
 @click.command()
@@ -66,11 +66,11 @@ def _health(mode: str, timeout: float) -> None:
     if mode in ("live", "ready"):
         problems = node_endpoint(settings, mode, timeout)
     elif mode == "liveness":
-        from worker.health import liveness
+        from cachework.worker.health import liveness
 
         problems = liveness(settings, timeout)
     else:
-        from worker.health import control_app, readiness
+        from cachework.worker.health import control_app, readiness
 
         app = control_app(settings)
         try:
@@ -88,7 +88,7 @@ def node_endpoint(settings: Settings, mode: str, timeout: float) -> list[str]:
     import urllib.error
     import urllib.request
 
-    from worker.probes import LIVE_PATH, READY_PATH
+    from cachework.worker.probes import LIVE_PATH, READY_PATH
 
     if settings.metrics_port is None:
         return [

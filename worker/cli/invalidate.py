@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import click
 
-from cache.results import InvalidationResult
-from worker import jobs, routing
-from worker.cli.context import cli_runtime
-from worker.cli.enqueue import enqueue as enqueue_job
-from worker.cli.params import timeout_option
+from cachework.cache.results import InvalidationResult
+from cachework.worker import jobs, routing
+from cachework.worker.cli.context import cli_runtime
+from cachework.worker.cli.enqueue import enqueue as enqueue_job
+from cachework.worker.cli.params import timeout_option
 
 
 @click.command("invalidate")

@@ -13,16 +13,16 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from cache.items.sync import scope_label
-from cache.requests import SyncRequest
-from cache.results import SyncResult
-from worker import jobs, routing
-from worker.cli.context import cli_runtime
-from worker.cli.enqueue import enqueue as enqueue_job
-from worker.cli.params import timeout_option
+from cachework.cache.items.sync import scope_label
+from cachework.cache.requests import SyncRequest
+from cachework.cache.results import SyncResult
+from cachework.worker import jobs, routing
+from cachework.worker.cli.context import cli_runtime
+from cachework.worker.cli.enqueue import enqueue as enqueue_job
+from cachework.worker.cli.params import timeout_option
 
 if TYPE_CHECKING:
-    from worker.runtime import Runtime
+    from cachework.worker.runtime import Runtime
 
 
 def _report(console: Console, summary: SyncResult) -> None:

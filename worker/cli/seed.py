@@ -12,7 +12,7 @@ import click
 import sqlalchemy as sa
 
 from cachework.errors import ConfigError, ValidationError
-from worker.cli.context import cli_runtime
+from cachework.worker.cli.context import cli_runtime
 
 DEMO_MODELS = "demo.models"
 

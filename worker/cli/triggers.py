@@ -2,7 +2,7 @@
 the outbox rows for writes the ORM never sees (raw SQL, bulk loads, other programs).
 
 The base tables come from the declared cached tables (`CACHEWORK_CACHED_TABLES`, see
-`cache.invalidation.tracking`); `max_keys` is CACHEWORK_INVALIDATION_MAX_KEYS at install
+`cachework.cache.invalidation.tracking`); `max_keys` is CACHEWORK_INVALIDATION_MAX_KEYS at install
 time (reinstall after changing it or the cached tables: `status` says when).
 
 Ordinary triggers do not fire under `session_replication_role = replica` (a logical-
@@ -16,9 +16,9 @@ import sys
 
 import click
 
-from cache.invalidation import triggers as db_triggers
-from cache.invalidation.dependencies import dependencies
-from worker.cli.context import cli_runtime
+from cachework.cache.invalidation import triggers as db_triggers
+from cachework.cache.invalidation.dependencies import dependencies
+from cachework.worker.cli.context import cli_runtime
 
 
 @click.group("triggers")

@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from importers.progress import RunProgress, Throttle, format_seconds
-from importers.request import ImportRequest
-from importers.versions import run_import
-from worker import routing
-from worker.cli.context import cli_runtime
-from worker.cli.params import timeout_option
+from cachework.importers.progress import RunProgress, Throttle, format_seconds
+from cachework.importers.request import ImportRequest
+from cachework.importers.versions import run_import
+from cachework.worker import routing
+from cachework.worker.cli.context import cli_runtime
+from cachework.worker.cli.params import timeout_option
 
 COLUMNS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
 SHORT = {"created": "c", "updated": "u", "deleted": "d", "unchanged": "same"}
@@ -128,7 +128,7 @@ def summary_table(result: dict[str, Any]) -> Table:
 def _enqueue(
     request: ImportRequest, timeout: float, on_event: Callable[[dict], None], sent: list[str]
 ) -> dict:
-    from worker import app
+    from cachework.worker import app
 
     async_result = app.send_task(routing.IMPORT_VERSIONS, kwargs=request.as_kwargs())
     sent.append(async_result.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker import routing
+from cachework.worker import routing
 
 
 def run(ctx) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from worker import routing
+from cachework.worker import routing
 
 KEY = 1
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from cache.items import store
-from cache.items.projects import ProjectSource
-from worker import routing
+from cachework.cache.items import store
+from cachework.cache.items.projects import ProjectSource
+from cachework.worker import routing
 
 
 def run(ctx) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cachework.errors import CacheworkError
-from worker import routing
+from cachework.worker import routing
 
 
 def run(ctx) -> None:

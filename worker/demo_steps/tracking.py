@@ -10,9 +10,9 @@ import time
 
 import sqlalchemy as sa
 
-from cache.invalidation import track
-from worker import routing
-from worker.runtime import Runtime
+from cachework.cache.invalidation import track
+from cachework.worker import routing
+from cachework.worker.runtime import Runtime
 
 KEY = 2
 

@@ -6,8 +6,8 @@ import sqlalchemy as sa
 from rich.table import Table
 from sqlalchemy_continuum import version_class
 
-from worker import routing
-from worker.cli.versions import summary_table
+from cachework.worker import routing
+from cachework.worker.cli.versions import summary_table
 
 OPERATIONS = {0: "insert", 1: "update", 2: "delete"}
 

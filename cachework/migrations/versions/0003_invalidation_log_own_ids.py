@@ -14,7 +14,7 @@ PostgreSQL, in the migration's one transaction: lock the table, drop the default
 sequence the column owned, and make `id` an identity column that starts above both the
 highest id in the table and the old sequence's next value, so no id a reader has seen is
 handed out again. ALTER only, never a new table: readers tell a recreated log by the
-table's oid (`cache.invalidation.db_log`), and it stays the same. An identity column
+table's oid (`cachework.cache.invalidation.db_log`), and it stays the same. An identity column
 BY DEFAULT is switched to ALWAYS.
 
 SQLite: the two triggers are created where missing. Every cachework version made the

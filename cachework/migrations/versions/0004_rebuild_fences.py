@@ -4,7 +4,8 @@ A rebuild holder paused past its lock's TTL (SIGSTOP, swap) used to wake up and 
 items computed from old data over those of the holder that took the lock after it (issue
 18, defect 2). Now every holder claims a token from this table right after taking the
 lock (one more than the last, per scope), and its item write checks in the same
-transaction that the token is still the newest (`cache.items.locks.claim_fence`, `hold_fence`).
+transaction that the token is still the newest (`cachework.cache.items.locks.claim_fence`,
+`hold_fence`).
 One row per scope key, as in `cache_locks`; the table starts empty (a missing row is
 made by the first claim).
 

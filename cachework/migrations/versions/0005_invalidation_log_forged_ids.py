@@ -4,7 +4,7 @@ Revision 0003 made PostgreSQL's `id` GENERATED ALWAYS, but an INSERT with `OVERR
 SYSTEM VALUE`, and COPY, still take an explicit id; on SQLite an UPDATE could still move
 an id above the AUTOINCREMENT counter. One such row with a high id put every reader's
 cursor past all later events (issue 18, item 6). Readers no longer follow such an id
-(`cache.invalidation.db_log`); this revision also makes the database refuse it, so the
+(`cachework.cache.invalidation.db_log`); this revision also makes the database refuse it, so the
 one who writes it gets the error:
 
 - PostgreSQL: a BEFORE INSERT trigger refuses an id above the sequence's last value (a
