@@ -1,4 +1,4 @@
-"""Start and stop a real `celery -A worker worker` subprocess (demo, tests, benchmarks).
+"""Start and stop a real `celery -A cachework.worker worker` subprocess (demo, tests, benchmarks).
 
 The child gets its own environment, so one caller can run workers against several brokers.
 `stop()` asks for a warm shutdown, waits, then kills the whole process group, and always
@@ -19,7 +19,7 @@ from pathlib import Path
 from celery import Celery
 
 from cachework.settings import load_settings
-from worker import routing
+from cachework.worker import routing
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -53,8 +53,10 @@ class WorkerProcess:
         logfile: Path | None = None,
         extra_args: tuple[str, ...] = (),
         pool: str = "prefork",
+        cwd: Path | None = None,
     ) -> None:
         self.env = env
+        self.cwd = cwd  # an app's folder, say (default: this process's)
         self.pool = pool
         self.concurrency = concurrency
         self.name = name or f"w{uuid.uuid4().hex[:8]}@127.0.0.1"
@@ -68,7 +70,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         cmd = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            sys.executable, "-m", "celery", "-A", "cachework.worker", "worker",
             "-P", self.pool, "-c", str(self.concurrency), "-n", self.name,
             "-Q", ",".join(self.queues), "--without-gossip", "--without-mingle",
             "-l", "INFO", *self.extra_args,
@@ -79,6 +81,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             cmd,
             env=self.env,
+            cwd=self.cwd,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
