@@ -55,6 +55,25 @@ def test_json_logs_expected_errors_warn_in_one_line_unexpected_keep_the_tracebac
     assert "Traceback" not in text.split(bad.id, 1)[1].split(broken.id, 1)[0]
 
 
+def test_json_logs_start_and_stop_a_worker_in_json_lines_only(
+    tmp_path, sqlite_url, redis_url, worker_process
+):
+    """With JSON logs, Celery's start-up banner (and its shutdown line) are JSON records
+    too: every line the worker writes to stdout or stderr parses (issue 22, item 9)."""
+    env = make_env(tmp_path, database_url=sqlite_url, broker_url=redis_url, log_format="json")
+    node, _app = worker_process(env, concurrency=1)
+    node.stop()
+    lines = node.logfile.read_text(errors="replace").splitlines()
+    assert lines
+    for line in lines:
+        json.loads(line)  # a plain-text line fails here, naming it
+    records = [json.loads(line) for line in lines]
+    (banner,) = [r for r in records if r.get("node") == node.name and "transport" in r]
+    assert banner["level"] == "INFO" and "starting" in banner["message"]
+    assert "127.0.0.1" in banner["transport"] and "cache" in banner["queues"]
+    assert any("shutdown" in r["message"] for r in records), records
+
+
 def test_json_formatter_outside_a_task():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
     data = json.loads(JsonFormatter().format(record))

@@ -13,8 +13,9 @@ run time), the broker answers (a node, a deployment), and the invalidation liste
 in touch with the log within CACHEWORK_LISTENER_STALE_AFTER: this process's
 (`process_readiness`), a node's children's, read from the node's metrics folder where
 every child writes its listener's last contact (the exporter), or every node's, asked
-with the remote-control command `cachework_listeners` (`readiness`, `cachework health`).
-The checks run in parallel (`cachework.worker.probes.Checks`): a healthy answer takes milliseconds,
+with the remote-control command `cachework_listeners` (`readiness`, `cachework health`),
+sent to cachework's nodes only (a shared broker's other workers never see it).
+The checks run in parallel (`worker.probes.Checks`): a healthy answer takes milliseconds,
 not the timeout.
 """
 
@@ -38,12 +39,15 @@ if TYPE_CHECKING:
     from cachework.worker.runtime import Runtime
 
 COMMAND = "cachework_listeners"
+# The key a cachework node adds to its answer to Celery's `stats` (lifecycle.NodeMarker):
+# how `cachework health` tells cachework's workers from another app's on a shared broker.
+MARKER = "cachework_node"
 LAST_CONTACT = "cachework_invalidation_listener_last_contact_timestamp_seconds"
 CONNECTED = "cachework_invalidation_listener_connected"
-# Seconds to wait for more nodes' answers once one has answered: every node answers the
-# same broadcast within milliseconds of the others (its main process does, from a file);
-# waiting out the whole timeout made a healthy `cachework health` take 4 s. A node slower
-# than that by more than QUIET is left out of that answer.
+# Seconds to wait for more workers' answers to `stats` once one has answered: every node
+# answers the same broadcast within milliseconds of the others; waiting out the whole
+# timeout made a healthy `cachework health` take 4 s. A node slower than that by more
+# than QUIET is left out of that answer.
 QUIET = 0.2
 # Seconds past `timeout` a command waits for a check that bounds itself by `timeout`, so
 # the line says what timed out (a connection, no worker) rather than only which check.
@@ -230,12 +234,46 @@ def alive(pid: int) -> bool:
 
 
 def collect_nodes(app: Celery, timeout: float = 3.0, quiet: float = QUIET) -> dict[str, dict]:
-    """Every cachework node's answer to `cachework_listeners`: node -> answer. Waits up to
-    `timeout` for the first answer, then `quiet` seconds for the others: a healthy
-    deployment answers in about `quiet`, not `timeout`. One broadcast, collected in a
-    thread of its own on a connection of its own, left to end by itself (kombu collects
-    replies until none came for a whole `timeout`; a second broadcast on the same
-    connection would lose its replies on Redis)."""
+    """Every cachework node's answer to `cachework_listeners`: node -> answer, within
+    about `timeout`. The command goes to cachework's nodes only (`destination`, found by
+    `cachework_nodes`): a worker of another app on a shared broker would log an unknown
+    command as an error with a traceback. It returns as soon as every one has answered."""
+    deadline = time.monotonic() + timeout
+    nodes = cachework_nodes(app, timeout, quiet)
+    if not nodes:
+        return {}
+    left = max(0.05, deadline - time.monotonic())
+    with contextlib.suppress(Exception), app.connection_for_write() as conn:
+        replies = app.control.broadcast(
+            COMMAND, destination=nodes, reply=True, timeout=left, limit=len(nodes), connection=conn
+        )
+        return {
+            node: answer
+            for reply in replies or []
+            for node, answer in reply.items()
+            if isinstance(answer, dict) and "listeners" in answer
+        }
+    return {}
+
+
+def cachework_nodes(app: Celery, timeout: float = 3.0, quiet: float = QUIET) -> list[str]:
+    """The node names of the cachework workers on the broker. Every Celery worker answers
+    the built-in `stats` (a foreign one without a word in its log); a cachework node's
+    carries `MARKER` (worker/lifecycle.py `NodeMarker`). How many workers there are is
+    not known: waits up to `timeout` for the first answer, then `quiet` for the others."""
+    return sorted(
+        node
+        for reply in _gather(app, "stats", timeout, quiet)
+        for node, answer in reply.items()
+        if isinstance(answer, dict) and MARKER in answer
+    )
+
+
+def _gather(app: Celery, command: str, timeout: float, quiet: float) -> list[dict]:
+    """The replies to a broadcast of the built-in `command` that came within `timeout` of
+    it and `quiet` of the first. Collected in a thread of its own on a connection of its
+    own, left to end by itself (kombu collects replies until none came for a whole
+    `timeout`); a later broadcast from another thread has a reply queue of its own."""
     replies: list[dict] = []
     answered = threading.Event()
 
@@ -246,7 +284,7 @@ def collect_nodes(app: Celery, timeout: float = 3.0, quiet: float = QUIET) -> di
     def broadcast() -> None:
         with contextlib.suppress(Exception), app.connection_for_write() as conn:
             app.control.broadcast(
-                COMMAND, reply=True, timeout=timeout, callback=on_reply, connection=conn
+                command, reply=True, timeout=timeout, callback=on_reply, connection=conn
             )
         answered.set()  # every answer is in, or none will come
 
@@ -256,12 +294,7 @@ def collect_nodes(app: Celery, timeout: float = 3.0, quiet: float = QUIET) -> di
     answered.wait(timeout)
     if replies:
         collector.join(min(quiet, max(0.0, deadline - time.monotonic())))
-    return {
-        node: answer
-        for reply in list(replies)
-        for node, answer in reply.items()
-        if isinstance(answer, dict) and "listeners" in answer
-    }
+    return list(replies)
 
 
 def workers_problems(app: Celery, timeout: float = 3.0) -> list[str]:

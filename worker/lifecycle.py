@@ -33,7 +33,11 @@ its lifecycle (apps that are not cachework's are left alone). In the order of a 
 
 A runtime is stopped once per process, whichever signals come. The remote-control
 command `cachework_listeners` (the node's children's listeners, for `cachework health`)
-is registered with the signals.
+is registered with the signals; `worker_init` adds `NodeMarker`, the step that marks the
+node in Celery's `stats`, so that the command is sent to cachework's nodes only. With
+JSON logs, Celery's plain-text start-up banner is one JSON record instead
+(`celeryd_after_setup`), and logging is set up at `celeryd_init`, Celery's first signal,
+so that nothing before `setup_logging` is written in another format.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from celery import current_app, signals
+from celery import bootsteps, current_app, signals
 from celery.worker.control import Panel, control_command
 
 from cachework import instruments
@@ -58,11 +62,11 @@ from cachework.errors import CacheworkError
 from cachework.migrate import check_schema
 from cachework.redis_policy import refuse_evicting
 from cachework.settings import load_settings
-from cachework.worker import health, pools, prefork, routing, unknown_tasks
-from cachework.worker.checks import check_database
-from cachework.worker.exporter import start_exporter, stop_exporter
-from cachework.worker.logsetup import configure_logging, most_verbose
-from cachework.worker.task_base import CacheworkTask
+from worker import health, pools, prefork, routing, unknown_tasks
+from worker.checks import check_database
+from worker.exporter import start_exporter, stop_exporter
+from worker.logsetup import banner_fields, configure_logging, json_console, most_verbose
+from worker.task_base import CacheworkTask
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -118,6 +122,8 @@ class WorkerLifecycle:
         """Before the pool forks (see the module's docstring); a bad pool, model module or
         database stops the worker with one line."""
         self.main_pid = os.getpid()
+        # Before the worker builds its steps from the app's (right after this signal).
+        self.app.steps["worker"].add(NodeMarker)
         runtime = self.runtime
         try:
             pool = pools.pool_name(getattr(worker, "pool_cls", None))
@@ -150,6 +156,24 @@ class WorkerLifecycle:
         self.exported = self.settings.metrics_port is not None
         if self.exported:
             self.exporter = start_exporter(folder, node)
+
+    def before_init(self, options: dict) -> None:
+        """Celery's first signal in a worker's main process: cachework's logging from here
+        on, so that what Celery warns and `worker_init` logs has its format (Celery sets
+        up logging only after `worker_init`); with JSON logs, Celery's own console lines
+        too (`json_console`)."""
+        settings = self.settings
+        level = most_verbose(options.get("loglevel"), settings.log_level)
+        configure_logging(level, options.get("logfile") or None, settings.log_format)
+        if settings.log_format == "json":
+            json_console()
+
+    def after_setup(self, worker: Any) -> None:
+        """Just before Celery prints its banner: with JSON logs, the banner's facts are one
+        JSON log record instead (`worker.quiet` turns the plain-text banner off)."""
+        if self.settings.log_format == "json":
+            worker.quiet = True
+            log.info("celery worker %s starting", worker.hostname, extra=banner_fields(worker))
 
     def worker_ready(self, consumer: Any) -> None:
         """An in-process pool: no child will start the runtime's threads, so this process
@@ -269,6 +293,12 @@ def on_setup_logging(loglevel: Any = None, logfile: Any = None, **_kwargs: Any) 
     )
 
 
+def on_celeryd_init(instance: Any = None, options: Any = None, **_kwargs: Any) -> None:
+    lifecycle = lifecycle_of(getattr(instance, "app", None))
+    if lifecycle is not None:
+        lifecycle.before_init(dict(options or {}))
+
+
 def on_worker_init(sender: Any = None, **_kwargs: Any) -> None:
     lifecycle = lifecycle_of(getattr(sender, "app", None))
     if lifecycle is not None:
@@ -287,6 +317,12 @@ def on_worker_process_init(sender: Any = None, **_kwargs: Any) -> None:
         lifecycle.main_pid = os.getppid()
         lifecycle.exported = lifecycle.settings.metrics_port is not None
     lifecycle.child_init()
+
+
+def on_after_setup(instance: Any = None, **_kwargs: Any) -> None:
+    lifecycle = lifecycle_of(getattr(instance, "app", None))
+    if lifecycle is not None:
+        lifecycle.after_setup(instance)
 
 
 def on_worker_ready(sender: Any = None, **_kwargs: Any) -> None:
@@ -343,10 +379,24 @@ def _cachework_listeners(state: Any, **_kwargs: Any) -> dict:
     return lifecycle.node_listeners()
 
 
+class NodeMarker(bootsteps.StartStopStep):
+    """A step of a cachework worker (nothing to start or stop) that marks its node in Celery's
+    built-in `stats` (`health.MARKER`): every worker on a broker answers `stats`, so
+    `cachework health` finds cachework's nodes without sending another app's workers a
+    command they do not know (each would log it as an error, with a traceback)."""
+
+    name = "cachework.NodeMarker"
+
+    def info(self, worker: Any) -> dict:
+        return {health.MARKER: {"pid": os.getpid()}}
+
+
 # In the order of a worker's life (the module's docstring).
 SIGNALS = (
+    (signals.celeryd_init, on_celeryd_init),
     (signals.setup_logging, on_setup_logging),
     (signals.worker_init, on_worker_init),
+    (signals.celeryd_after_setup, on_after_setup),
     (signals.worker_process_init, on_worker_process_init),
     (signals.worker_ready, on_worker_ready),
     (signals.task_prerun, on_task_prerun),

@@ -1,17 +1,21 @@
 """Our logging set-up; Celery's root-logger hijack is off (`worker_hijack_root_logger`).
 
 CACHEWORK_LOG_FORMAT=text (default) or json: one JSON object per line, with the task's
-name and id when the record was logged by (or about) a task. Expected errors of bad input
+name and id when the record was logged by (or about) a task, and a record's `fields`
+(`extra={"fields": {...}}`). With json, Celery's plain-text start-up banner is replaced by
+one record carrying its facts (`banner_fields`, worker/lifecycle.py). Expected errors of bad input
 (`EXPECTED_ERRORS`, named in each task's `throws`) are logged by Celery as one WARNING
 line without a traceback; any other exception keeps its ERROR line and traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from cachework.errors import ChangeLimitExceeded, ConfigError, NotFoundError, ValidationError
 
@@ -58,9 +62,53 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         data.update(_task_of(record))
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            data.update({k: v for k, v in fields.items() if k not in data})
         if record.exc_info:
             data["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)
+
+
+def banner_fields(worker: Any) -> dict:
+    """The facts of Celery's start-up banner (node, app, broker and results with their
+    passwords masked, pool, concurrency, task events, queues), as `extra` of one log
+    record: `{"fields": {...}}`. A fact that cannot be read is left out."""
+    app = worker.app
+    facts: dict[str, Any] = {"node": worker.hostname, "app": app.main}
+    readers = {
+        "transport": lambda: app.connection_for_write().as_uri(),
+        "results": lambda: app.backend.as_uri(),
+        "pool": lambda: getattr(worker.pool_cls, "__module__", str(worker.pool_cls)),
+        "concurrency": lambda: worker.concurrency,
+        "task_events": lambda: bool(worker.task_events),
+        "queues": lambda: sorted(app.amqp.queues.consume_from),
+    }
+    for name, read in readers.items():
+        with contextlib.suppress(Exception):
+            facts[name] = read()
+    return {"fields": facts}
+
+
+def json_console() -> None:
+    """With JSON logs, what Celery writes past the logging module is JSON too: warnings
+    (its superuser warning) go through logging, and the lines it writes straight to the
+    console from signal handlers (`worker: Warm shutdown (MainProcess)`) are records."""
+    logging.captureWarnings(True)
+    from celery.apps import worker as celery_worker
+
+    celery_worker.safe_say = _say_json
+
+
+def _say_json(msg: str, f: Any = sys.__stderr__) -> None:
+    """Celery's `safe_say` (called in signal handlers: one os.write, no logging locks), as
+    one JSON record."""
+    import os
+
+    record = logging.LogRecord("celery.apps.worker", logging.WARNING, __file__, 0, msg, None, None)
+    line = JsonFormatter().format(record) + "\n"
+    with contextlib.suppress(Exception):
+        os.write(f.fileno(), line.encode())
 
 
 def _task_of(record: logging.LogRecord) -> dict:
