@@ -11,10 +11,10 @@ What is here, and where it lives:
   forked from it), `start_runtime()` / `Runtime` (one per process), `runtime_lifespan()`
   (an asyncio app's lifespan), `jobs` (a job run in-process), `load_settings`;
 - invalidation: `publish`, `publish_event`, `track`, `RedisLog`, `DatabaseLog`;
-- project cache items: `store` (`get_item`, `get_project_items`, `set_item`, ...) and
-  `CacheItem`;
-- cached tables: `CachedTable`, `FullTableCache` and their indexes (`PrimaryKey`,
-  `Unique`, `NonUnique`, `Range`, `Spec`);
+- project cache items: `store` (`get_item`, `get_project_items`, `set_item`, ...),
+  `CacheItem`, and `ItemWriter` (what a cache plugin's `update_cache` gets);
+- cached tables: `CachedTable` over a `SelectSource`, `FullTableCache`, and their indexes
+  (`PrimaryKey`, `Unique`, `NonUnique`, `Range`, `Spec`);
 - asyncio: `aio` (the same names, awaited);
 - errors: `CacheworkError` and its kinds, also importable alone, cheaply, from
   `cachework.errors` (what a Celery client imports to catch them by type).
@@ -33,9 +33,11 @@ from cachework.cache.invalidation import (
     track,
 )
 from cachework.cache.items import store
+from cachework.cache.items.plugins import ItemWriter
 from cachework.cache.items.store import CacheItem
 from cachework.cache.tables.full_table import FullTableCache
 from cachework.cache.tables.indexes import NonUnique, PrimaryKey, Range, Spec, Unique
+from cachework.cache.tables.source import SelectSource
 from cachework.cache.tables.table import CachedTable
 from cachework.errors import (
     CacheworkError,
@@ -59,6 +61,7 @@ __all__ = [
     "ConfigError",
     "DatabaseLog",
     "FullTableCache",
+    "ItemWriter",
     "LockedError",
     "NonUnique",
     "NotFoundError",
@@ -67,6 +70,7 @@ __all__ = [
     "Range",
     "RedisLog",
     "Runtime",
+    "SelectSource",
     "Settings",
     "Spec",
     "TooLargeError",

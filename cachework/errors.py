@@ -4,6 +4,22 @@ Every error a task, the CLI or the library raises on purpose is a `CacheworkErro
 `TransientError` means "try again later" (tasks retry it with backoff); `PermanentError`
 means the input or configuration is wrong and retrying cannot help. Messages name the bad
 value and, where there is a short list, the valid ones.
+
+Every class of the tree is defined HERE, so that it crosses the wire by type. A failed
+task's result carries its exception as (module, class name, message), and a Celery client
+rebuilds that class only if the module is already in its `sys.modules`; otherwise it
+makes up a look-alike in `celery.exceptions` that no `except` of ours catches. So a plain
+Celery client (a web app that imports none of cachework's tasks) does
+
+    import cachework.errors  # the standard library only: no SQLAlchemy, Redis or Celery
+
+    try:
+        celery.send_task("cachework.lookup", kwargs=...).get(timeout=10)
+    except cachework.errors.NotFoundError: ...
+    except cachework.errors.PermanentError: ...  # bad input: do not resend as it is
+
+Keep it that way: a new error class goes here (a module elsewhere imports it from here),
+and this module imports nothing of cachework and nothing heavy at import time.
 """
 
 from __future__ import annotations
@@ -90,6 +106,17 @@ class TooLargeError(ValidationError):
 
 class UnsupportedVersioning(ConfigError):
     """A model uses a Continuum feature the version import cannot reproduce exactly."""
+
+
+class LogUnavailable(TransientError):
+    """The invalidation log cannot be reached (connection lost, server restarting,
+    database down)."""
+
+
+class LogError(CacheworkError):
+    """The invalidation log refused an operation for a reason no retry cures (its table
+    missing, a Redis key of another type): not retried; a listener still treats it as a
+    log it cannot read."""
 
 
 class LockedError(TransientError):

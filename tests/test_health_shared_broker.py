@@ -23,9 +23,9 @@ import pytest
 from celery import Celery
 
 from cachework.settings import load_settings
+from cachework.worker.spawn import stop_process_group
 from tests.conftest import make_env
 from tests.invalidation_helpers import wait_until
-from worker.spawn import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def team_worker(tmp_path: Path, broker_url: str) -> Iterator[tuple[str, Path]]:
 def health(env: dict[str, str], *args: str) -> tuple[int, str]:
     """`cachework health ARGS` in a process of its own: (exit status, output)."""
     proc = subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "health", *args],
+        [sys.executable, "-c", "from cachework.worker.cli import main; main()", "health", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -108,7 +108,7 @@ def assert_team_log_clean(log: Path) -> None:
 def test_readiness_asks_only_cachework_workers(
     tmp_path, sqlite_url, redis_url, broker_url, team_worker, worker_process
 ):
-    from worker.health import collect_nodes, control_app, readiness
+    from cachework.worker.health import collect_nodes, control_app, readiness
 
     team_node, team_log = team_worker
     env = make_env(
@@ -141,7 +141,7 @@ def test_readiness_asks_only_cachework_workers(
 def test_no_cachework_worker_beside_a_team_worker(tmp_path, sqlite_url, broker_url, team_worker):
     """Only the team's worker answers: readiness says no cachework worker answered, and
     says it without waiting out its timeout (the team's answer says who is there)."""
-    from worker.health import cachework_nodes, control_app
+    from cachework.worker.health import cachework_nodes, control_app
 
     _team_node, team_log = team_worker
     env = make_env(tmp_path, database_url=sqlite_url, broker_url=broker_url, redis_url="off")

@@ -15,7 +15,7 @@ in touch with the log within CACHEWORK_LISTENER_STALE_AFTER: this process's
 every child writes its listener's last contact (the exporter), or every node's, asked
 with the remote-control command `cachework_listeners` (`readiness`, `cachework health`),
 sent to cachework's nodes only (a shared broker's other workers never see it).
-The checks run in parallel (`worker.probes.Checks`): a healthy answer takes milliseconds,
+The checks run in parallel (`cachework.worker.probes.Checks`): a healthy answer takes milliseconds,
 not the timeout.
 """
 

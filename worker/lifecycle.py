@@ -62,11 +62,11 @@ from cachework.errors import CacheworkError
 from cachework.migrate import check_schema
 from cachework.redis_policy import refuse_evicting
 from cachework.settings import load_settings
-from worker import health, pools, prefork, routing, unknown_tasks
-from worker.checks import check_database
-from worker.exporter import start_exporter, stop_exporter
-from worker.logsetup import banner_fields, configure_logging, json_console, most_verbose
-from worker.task_base import CacheworkTask
+from cachework.worker import health, pools, prefork, routing, unknown_tasks
+from cachework.worker.checks import check_database
+from cachework.worker.exporter import start_exporter, stop_exporter
+from cachework.worker.logsetup import banner_fields, configure_logging, json_console, most_verbose
+from cachework.worker.task_base import CacheworkTask
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -18,23 +18,19 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cachework.errors import CacheworkError, TransientError, first_line, is_transient
+from cachework.errors import (  # the log's errors live with every other cachework error
+    CacheworkError,
+    LogError,
+    LogUnavailable,
+    first_line,
+    is_transient,
+)
 
 NOTHING = "0"  # the cursor of a reader that has seen nothing yet / head of an empty log
 # Seconds a listener blocks on one read of a log that can block (Redis: XREAD BLOCK): an
 # idle process costs one cheap call per LISTEN_BLOCK; a connection's read timeout must
 # exceed it (see RedisLog.for_listener).
 LISTEN_BLOCK = 5.0
-
-
-class LogUnavailable(TransientError):
-    """The log cannot be reached (connection lost, server restarting, database down)."""
-
-
-class LogError(CacheworkError):
-    """The log refused an operation for a reason no retry cures (its table missing, a
-    Redis key of another type): not retried; a listener still treats it as a log it
-    cannot read."""
 
 
 def log_failure(exc: Exception, what: str) -> CacheworkError:
