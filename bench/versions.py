@@ -18,7 +18,9 @@ changed, d) 1% of rows deleted. The row-by-row baseline is skipped above `--orm-
 (default 100k, where its target ratio is set): at 500k it needs gigabytes.
 
 Approaches: `import` = cachework.importers.versions.import_versions (model Product; every model of
-the shapes suite);
+the shapes suite); `progress` = the same with a progress listener doing what the task does
+for each event (RunProgress, its snapshot as JSON; a large model then reports after each
+of its statements), against `import` in the column "progress vs import";
 `orm` = a row-by-row ORM import in the reference's style (load live rows and open versions
 as objects, compare in Python, add version objects; products only); `sql` = hand-written
 set-based SQL for the same result (the floor). After the run each approach's version
@@ -49,7 +51,7 @@ MUTATIONS = {
     "c) 10% changed": "UPDATE products SET price = price + 1 WHERE id % 10 = 0",
     "d) 1% deleted": "DELETE FROM products WHERE id % 100 = 1",
 }
-APPROACHES = ("import", "orm", "sql")
+APPROACHES = ("import", "progress", "orm", "sql")
 COLUMNS = ("sku", "name", "price", "category_id", "project_uuid", "active")
 SHAPES_MODULE = "tests.continuum_apps.bench_shapes"
 SHAPES_MUTATIONS = {
@@ -86,6 +88,34 @@ def run_import_shapes(session, models) -> None:
     from cachework.importers.versions import import_versions
 
     import_versions(session, models.versioned, comment="bench")
+
+
+def _listener():
+    """What the task does with each progress event (tasks/versions.py): the whole run so
+    far, serialized as its PROGRESS meta would be."""
+    from cachework.importers.progress import RunProgress
+
+    run = RunProgress()
+
+    def progress(event: dict) -> None:
+        run(event)
+        json.dumps(run.snapshot())
+
+    return progress
+
+
+def run_progress(session, models) -> None:
+    from cachework.importers.versions import import_versions
+
+    import_versions(
+        session, models.versioned, names=["Product"], comment="bench", progress=_listener()
+    )
+
+
+def run_progress_shapes(session, models) -> None:
+    from cachework.importers.versions import import_versions
+
+    import_versions(session, models.versioned, comment="bench", progress=_listener())
 
 
 def run_sql_shapes(session, models) -> None:
@@ -399,9 +429,13 @@ def child(url: str, approach: str, suite: str = "products") -> dict:
     models = bootstrap((SHAPES_MODULE,) if shapes else ("demo.models",))
     database = Database(url)
     if shapes:
-        fn = {"import": run_import_shapes, "sql": run_sql_shapes}[approach]
+        fn = {"import": run_import_shapes, "progress": run_progress_shapes, "sql": run_sql_shapes}[
+            approach
+        ]
     else:
-        fn = {"import": run_import, "orm": run_orm, "sql": run_sql}[approach]
+        fn = {"import": run_import, "progress": run_progress, "orm": run_orm, "sql": run_sql}[
+            approach
+        ]
     mutations = SHAPES_MUTATIONS if shapes else {k: [v] for k, v in MUTATIONS.items()}
     times: dict[str, float] = {}
     try:
@@ -500,8 +534,10 @@ def run_suite(suite: str, args: argparse.Namespace) -> None:
             same = "identical" if len(set(digests.values())) == 1 else f"DIFFER {digests}"
             print(f"\n== {db}, {size:,} {names} (version tables: {same})")
             header = "".join(f"{a + ' rows/s':>16}{'(s)':>8}" for a in approaches)
-            ratios = ("   import vs orm" if "orm" in results else "") + (
-                "   import vs sql" if "sql" in results else ""
+            ratios = (
+                ("   import vs orm" if "orm" in results else "")
+                + ("   import vs sql" if "sql" in results else "")
+                + ("   progress vs import" if "progress" in results else "")
             )
             print(f"{'scenario':<16}{header}{ratios if 'import' in results else ''}")
             for scenario in SCENARIOS:
@@ -514,6 +550,8 @@ def run_suite(suite: str, args: argparse.Namespace) -> None:
                     line += f"{results['orm']['times'][scenario] / ours:>13.1f}x faster"
                 if ours and "sql" in results:
                     line += f"{ours / results['sql']['times'][scenario]:>10.2f}x time"
+                if ours and "progress" in results:
+                    line += f"{results['progress']['times'][scenario] / ours:>15.2f}x time"
                 print(line)
             for a in approaches:
                 memory.setdefault((db, a), []).append((size, results[a]["maxrss_mib"]))

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy_continuum.operation import Operation
 
+from cachework.importers.model_unit import Step, no_step
 from cachework.importers.request import ImportRequest
 from cachework.importers.results import Counts, History, Needed, Written
 from cachework.importers.sql import count, exists, rowcount, same_key
@@ -32,6 +33,7 @@ class AssociationVersions:
         synced = {c for pair in (*prop.synchronize_pairs, *prop.secondary_synchronize_pairs)
                   for c in pair if c.table is table}  # fmt: skip
         self.delete_columns = [(c, v) for c, v in self.pairs if c in synced]
+        self._live: int | None = None
 
     @property
     def anchor(self) -> sa.Table:
@@ -83,22 +85,33 @@ class AssociationVersions:
         return cur, joined, missing, gone
 
     def live_count(self, session: Session) -> int:
-        return count(session, self.live)
+        """Counted once (one snapshot; the run writes versions only)."""
+        if self._live is None:
+            self._live = count(session, self.live)
+        return self._live
 
-    def count(self, session: Session) -> tuple[int, int, int, int]:
+    def count(self, session: Session, step: Step = no_step) -> tuple[int, int, int, int]:
         cur, joined, missing, gone = self._parts(None)
         created = count(session, joined, missing)
+        step()
         deleted = count(session, cur, *gone)
-        return created, 0, deleted, self.live_count(session) - created
+        step()
+        live = self.live_count(session)
+        step()
+        return created, 0, deleted, live - created
 
-    def probe(self, session: Session) -> Needed:
+    def probe(self, session: Session, step: Step = no_step) -> Needed:
         cur, joined, missing, gone = self._parts(None)
-        return Needed(
-            changed=exists(session, sa.select(sa.literal(1)).select_from(joined).where(missing)),
-            gone=exists(session, sa.select(sa.literal(1)).select_from(cur).where(*gone)),
-        )
+        changed = exists(session, sa.select(sa.literal(1)).select_from(joined).where(missing))
+        step()
+        any_gone = exists(session, sa.select(sa.literal(1)).select_from(cur).where(*gone))
+        step()
+        return Needed(changed=changed, gone=any_gone)
 
-    def write(self, session: Session, tx: int, request: ImportRequest, needed: Needed) -> Written:
+    def write(
+        self, session: Session, tx: int, request: ImportRequest, needed: Needed,
+        step: Step = no_step,
+    ) -> Written:  # fmt: skip
         """Insert versions (live rows without one) and delete versions (gone rows), as
         `request` allows. Continuum's TransactionChanges records model classes only."""
         cur, joined, missing, gone = self._parts(tx)
@@ -117,6 +130,7 @@ class AssociationVersions:
                 .where(missing)
             )
             created = rowcount(session, sa.insert(self.versions).from_select(names, rows))
+        step()
         if request.delete and needed.gone:
             names = [v for _l, v in self.delete_columns] + internal
             rows = sa.select(
@@ -125,6 +139,8 @@ class AssociationVersions:
                 sa.literal(Operation.DELETE, sa.SmallInteger),
             ).where(*gone)
             deleted = rowcount(session, sa.insert(self.versions).from_select(names, rows))
+        step()
+        step()  # nothing to close: the same steps as a model's write
         counts = Counts(
             created=created, deleted=deleted, unchanged=self.live_count(session) - created
         )

@@ -5,6 +5,8 @@ some key has several open versions (the compare then takes the newest as current
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -18,6 +20,14 @@ from cachework.importers.sql import count, exists, json_key
 MAX_REPORTED_KEYS = 100
 KEYS_IN_WARNING = 20
 
+Step = Callable[[], None]  # called after each statement of a phase (progress within a unit)
+# The statements of each phase (a `step()` after each): what progress counts within a unit.
+STEPS = {"probe": 2, "write": 3, "count": 3}
+
+
+def no_step() -> None:
+    """The default `step`: a run nobody listens to (or a small unit) reports nothing."""
+
 
 class VersionModel:
     """A versioned class with a table of its own (with the single-table subclasses that
@@ -30,6 +40,7 @@ class VersionModel:
         self.classes = self.shape.classes
         self.dialect = dialect
         self.several_open = False
+        self._live: int | None = None
 
     @property
     def anchor(self) -> sa.Table:
@@ -89,9 +100,14 @@ class VersionModel:
         return closed
 
     def live_count(self, session: Session) -> int:
-        return count(session, self.shape.source(), *self.shape.partition(self.shape.root.live))
+        """The live rows, counted once: the run reads one snapshot and writes versions
+        only, so the count announced for progress is the one `unchanged` needs too."""
+        if self._live is None:
+            shape = self.shape
+            self._live = count(session, shape.source(), *shape.partition(shape.root.live))
+        return self._live
 
-    def count(self, session: Session) -> tuple[int, int, int, int]:
+    def count(self, session: Session, step: Step = no_step) -> tuple[int, int, int, int]:
         """(created, updated, deleted, unchanged) a run of every kind would write."""
         d = compare(self.shape, self.dialect, None, self.several_open)
         kind = sa.case((d.missing, 0), else_=1)
@@ -101,20 +117,30 @@ class VersionModel:
             .where(*d.changed(True, True))
             .group_by(kind)
         ).all()
+        step()
         needed = {int(k): int(n) for k, n in rows}
         deleted = count(session, d.cur, *d.gone())
+        step()
         live = self.live_count(session)
+        step()
         created, updated = needed.get(0, 0), needed.get(1, 0)
         return created, updated, deleted, live - created - updated
 
-    def probe(self, session: Session) -> Needed:
+    def probe(self, session: Session, step: Step = no_step) -> Needed:
         """Which writes are needed at all (each probe stops at its first row)."""
         d = compare(self.shape, self.dialect, None, self.several_open)
         changed = sa.select(sa.literal(1)).select_from(d.joined).where(*d.changed(True, True))
         gone = sa.select(sa.literal(1)).select_from(d.cur).where(*d.gone())
-        return Needed(changed=exists(session, changed), gone=exists(session, gone))
+        any_changed = exists(session, changed)
+        step()
+        any_gone = exists(session, gone)
+        step()
+        return Needed(changed=any_changed, gone=any_gone)
 
-    def write(self, session: Session, tx: int, request: ImportRequest, needed: Needed) -> Written:
+    def write(
+        self, session: Session, tx: int, request: ImportRequest, needed: Needed,
+        step: Step = no_step,
+    ) -> Written:  # fmt: skip
         """Write the kinds `request` allows (of those `needed`) in transaction `tx`."""
         d = compare(self.shape, self.dialect, tx, self.several_open)
         writer = VersionWriter(self.shape, session, tx)
@@ -122,11 +148,14 @@ class VersionModel:
         entities: set[str] = set()
         if needed.changed:
             created, updated, entities = writer.changed(d, request.create, request.update)
+        step()
         if request.delete and needed.gone:
             deleted, gone_entities = writer.deletes(d)
             entities |= gone_entities
+        step()
         if self.shape.validity and created + updated + deleted:
             writer.close_superseded(self.several_open)
+        step()
         counts = Counts(
             created=created,
             updated=updated,

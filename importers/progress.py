@@ -2,11 +2,18 @@
 
 `import_versions(..., progress=callback)` calls back with plain dicts: first
 `{"stage": "planned", "rows": {MODEL: live rows to check}}`, then per model
-`{"model", "index", "total", "stage": "checking" | "counted" | "done", counts...}`.
+`{"model", "index", "total", "stage": "checking" | "counted" | "done", counts...}` (`total`:
+the run's units); a large model also reports within itself, after each of its statements:
+`{"model", ..., "stage": "checking", "part": k, "parts": n}` (its rows count as k/n done).
 `RunProgress` keeps them as a whole: rows done of rows to check per model and overall,
 percentage and ETA. Its `snapshot()` is JSON (a task's PROGRESS meta: a client that
-polls it sees every model even when it missed events), `RunProgress.from_snapshot`
-reads one back, and `line()` says it in one line for logs and non-terminal output.
+polls it sees every model even when it missed events; Flower shows its top-level keys
+`percent`, `done`, `total`, `eta_seconds`, `model`), `RunProgress.from_snapshot` reads
+one back, and `line()` says it in one line for logs and non-terminal output.
+
+The ETA is honest: none ("estimating") until at least ESTIMATE_FRACTION of the rows and
+ESTIMATE_SECONDS have passed, then elapsed * todo / done. A small first model done in
+no time said "22h" before: one that short is no rate to extrapolate from.
 """
 
 from __future__ import annotations
@@ -17,6 +24,18 @@ from typing import Any
 
 COUNTS = ("created", "updated", "deleted", "unchanged", "skipped", "repaired")
 CHECKED = ("counted", "done")  # a model's rows are checked once it reaches these stages
+ESTIMATE_FRACTION = 0.05  # no ETA before this share of the rows is done ...
+ESTIMATE_SECONDS = 2.0  # ... and this long has passed
+
+
+def estimate(elapsed: float, done: float, total: float | None) -> float | None:
+    """Seconds left at the rate so far, or None while that rate says too little: before
+    ESTIMATE_FRACTION of `total` is `done` and ESTIMATE_SECONDS have passed."""
+    if total is None or total <= 0 or done >= total:
+        return None if total is None else 0.0
+    if done < ESTIMATE_FRACTION * total or elapsed < ESTIMATE_SECONDS:
+        return None
+    return elapsed * (total - done) / done
 
 
 class RunProgress:
@@ -41,6 +60,10 @@ class RunProgress:
         model.update({k: event[k] for k in COUNTS if k in event})
         if model["stage"] in CHECKED:
             model["done"] = model.get("rows") or 0
+        elif event.get("parts") and model.get("rows"):
+            part = min(int(event.get("part") or 0), int(event["parts"]))
+            share = model["rows"] * part // int(event["parts"])
+            model["done"] = max(model.get("done") or 0, share)  # never backwards
 
     # --- totals ----------------------------------------------------------------------
 
@@ -66,11 +89,8 @@ class RunProgress:
 
     @property
     def eta(self) -> float | None:
-        """Seconds left at the rate so far (None until some rows are done)."""
-        rows, done = self.rows, self.done
-        if rows is None or done <= 0:
-            return None
-        return max(self.elapsed * (rows - done) / done, 0.0)
+        """Seconds left at the rate so far (None until it can be estimated: `estimate`)."""
+        return estimate(self.elapsed, self.done, self.rows)
 
     @property
     def finished(self) -> bool:
@@ -79,15 +99,24 @@ class RunProgress:
     # --- output ----------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON: the last event's fields, plus every model and the totals."""
+        """JSON: the last event's fields, every model and the totals. What Flower shows
+        (every top-level key of a `task-progress` event) reads on its own: `percent`,
+        rows `done` of `total`, `eta_seconds` (None: still estimating) and the `model`
+        at work; the last event's unit count is `units` here."""
+        last = {k: v for k, v in self.last.items() if k not in ("rows", "total")}
+        if "total" in self.last:
+            last["units"] = self.last["total"]
+        percent, eta = self.percent, self.eta
         return {
-            **{k: v for k, v in self.last.items() if k != "rows"},
+            **last,
             "models": {name: dict(m) for name, m in self.models.items()},
             "rows": self.rows,
             "done": self.done,
-            "percent": self.percent,
+            "total": self.rows,
+            "percent": None if percent is None else round(percent, 1),
             "elapsed": round(self.elapsed, 3),
-            "eta": self.eta,
+            "eta_seconds": None if eta is None else round(eta),
+            "model": self.last.get("model"),
         }
 
     @classmethod
@@ -100,7 +129,8 @@ class RunProgress:
             for name, m in (meta.get("models") or {}).items()
             if isinstance(m, dict)
         }
-        run.last = {k: v for k, v in meta.items() if k not in ("models", "rows", "done")}
+        skip = ("models", "rows", "done", "total", "percent", "eta_seconds")
+        run.last = {k: v for k, v in meta.items() if k not in skip}
         run._elapsed = float(meta.get("elapsed") or 0.0)
         return run
 
@@ -110,9 +140,9 @@ class RunProgress:
         text = f"version import: {checked}/{len(self.models)} models checked"
         if rows is not None:
             text += f", {done:,}/{rows:,} rows ({self.percent:.0f}%)"
-        eta = self.eta
-        if eta is not None and done < (rows or 0):
-            text += f", ETA {format_seconds(eta)}"
+        if done < (rows or 0):
+            eta = self.eta
+            text += f", ETA {format_seconds(eta)}" if eta is not None else ", ETA estimating"
         each = [
             f"{name} {m['stage']}"
             + (f" {m.get('done') or 0:,}/{m['rows']:,}" if m.get("rows") is not None else "")

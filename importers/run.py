@@ -5,6 +5,11 @@ Continuum transaction, and the run's counts.
 A plain run writes directly and counts from its writes; a dry run, a limit or a
 switched-off kind counts everything first (so nothing is written when the limit would be
 exceeded).
+
+Progress (when listened to): the rows each unit will check, then per unit "checking" and
+"counted"/"done"; a unit of STEP_ROWS live rows or more also reports after each of its
+statements (`part` of `parts`: the probes and writes of a plain run, the counts of a
+counting one), so a large model's progress moves while it runs.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from sqlalchemy_continuum.utils import get_versioning_manager
 
 from cachework.errors import ChangeLimitExceeded
 from cachework.importers.locking import begin_import
-from cachework.importers.model_unit import VersionModel
+from cachework.importers.model_unit import STEPS, Step, VersionModel, no_step
 from cachework.importers.plan import Unit, is_versioned, plan_units, select_models
 from cachework.importers.request import ImportRequest
 from cachework.importers.results import Counts, History, ImportResult, Needed, switched
@@ -26,6 +31,11 @@ from cachework.importers.statistics import refresh_stale_statistics
 from cachework.importers.transaction import RunTransaction
 
 Progress = Callable[[dict[str, Any]], None]
+
+# A unit of at least this many live rows reports after each of its statements (events
+# with `part` of `parts`): its few set-based statements can take minutes, and without
+# them its progress would stand still until they all finished.
+STEP_ROWS = 5_000
 
 
 def execute(
@@ -94,12 +104,29 @@ class ImportRun:
         self.transaction = transaction
         self.listened = progress is not None
         self.notify: Progress = progress or (lambda _event: None)
+        self.rows: dict[str, int] = {}
 
     def announce(self) -> None:
         """The rows each model will check, for progress bars and ETA (when listened to)."""
         if self.listened:
-            rows = {u.name: u.live_count(self.session) for u in self.units}
-            self.notify({"stage": "planned", "rows": rows})
+            self.rows = {u.name: u.live_count(self.session) for u in self.units}
+            self.notify({"stage": "planned", "rows": dict(self.rows)})
+
+    def _steps(self, index: int, unit: Unit, parts: int) -> Step:
+        """A callback for the unit's statements: after each but the last, an event saying
+        how many of its `parts` are done (for a large unit, when listened to)."""
+        if self.rows.get(unit.name, 0) < STEP_ROWS:
+            return no_step
+        done = 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if done < parts:
+                event = {"model": unit.name, "index": index, "total": len(self.units)}
+                self.notify({**event, "stage": "checking", "part": done, "parts": parts})
+
+        return step
 
     def _step(self, index: int, unit: Unit, stage: str, counts: Counts | None = None) -> None:
         event = {"model": unit.name, "index": index, "total": len(self.units), "stage": stage}
@@ -111,10 +138,11 @@ class ImportRun:
         entities: set[str] = set()
         for index, unit in enumerate(self.units, 1):
             self._step(index, unit, "checking")
-            needed = unit.probe(self.session)
+            step = self._steps(index, unit, STEPS["probe"] + STEPS["write"])
+            needed = unit.probe(self.session, step)
             if needed:
                 tx = self.transaction.begin()
-                written = unit.write(self.session, tx, self.request, needed)
+                written = unit.write(self.session, tx, self.request, needed, step)
                 counts, entities = written.counts, entities | written.entities
             else:
                 counts = Counts(unchanged=unit.live_count(self.session))
@@ -128,7 +156,8 @@ class ImportRun:
         models: dict[str, Counts] = {}
         for index, unit in enumerate(self.units, 1):
             self._step(index, unit, "checking")
-            models[unit.name] = switched(*unit.count(self.session), self.request)
+            step = self._steps(index, unit, STEPS["count"])
+            models[unit.name] = switched(*unit.count(self.session, step), self.request)
             self._step(index, unit, "counted", models[unit.name])
         self._check_limit(models)
         entities: set[str] = set()

@@ -44,7 +44,9 @@ def import_versions(
 ) -> dict:
     """Bring every (or each named) version table in line with its live table.
 
-    Progress goes to the task state (`PROGRESS`, meta: model, stage and counts). Transient
+    Progress goes to the task state (`PROGRESS`, meta: `RunProgress.snapshot()`: percent,
+    rows done of total, eta_seconds, the model at work, every model so far) and, run by a
+    worker, to `task-progress` events with the same fields (what Flower shows). Transient
     database errors and a held import lock are retried with backoff; bad input is not.
     """
     # The arguments as they came: the import parses them once, into its typed request.
@@ -68,10 +70,11 @@ def import_versions(
 
     def progress(event: dict) -> None:
         run(event)
+        meta = run.snapshot()
         if report:  # the whole run so far: a client polling it misses no model
-            self.update_state(state="PROGRESS", meta=run.snapshot())
-        if events:  # Flower (and any event monitor) shows the task in state PROGRESS
-            self.send_event("task-progress", **run.snapshot())
+            self.update_state(state="PROGRESS", meta=meta)
+        if events:  # Flower shows the task in state PROGRESS with these fields
+            self.send_event("task-progress", **meta)
         if log_now() or run.finished:
             log.info("%s", run.line())
 

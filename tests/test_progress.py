@@ -12,13 +12,15 @@ import time
 import sqlalchemy as sa
 from rich.console import Console
 
-from cachework.importers.progress import RunProgress, Throttle
+from cachework.importers.progress import ESTIMATE_FRACTION, ESTIMATE_SECONDS, RunProgress, Throttle
+from cachework.importers.run import STEP_ROWS
 from cachework.importers.versions import import_versions
 from cachework.worker.cli.versions import ModelProgress
 from demo.seed import seed
 from tests.conftest import MODELS, make_env
 
 PRODUCTS = 300
+LARGE = STEP_ROWS + 1_000  # a model that reports after each of its statements
 CACHEWORK = [sys.executable, "-c", "from cachework.worker.cli import main; main()"]
 
 
@@ -197,3 +199,65 @@ def test_the_task_sends_task_progress_events_for_flower(pg_database, tmp_path, m
     last = sent[-1][1]
     assert last["rows"] == last["done"] == 15 and last["percent"] == 100.0
     assert set(last["models"]) == {"Category", "Product"}
+    for _type, fields in sent:  # what Flower's task page lists, in every event
+        assert {"percent", "done", "total", "eta_seconds", "model"} <= set(fields)
+    assert last["total"] == 15 and last["model"] == "Product" and last["eta_seconds"] == 0
+
+
+def _stepped_import(database, clock: Clock, **kwargs) -> list[tuple[str | None, dict]]:
+    """Import with a RunProgress on a clock that moves 1 s per event; returns each event's
+    model and the snapshot after it."""
+    run = RunProgress(clock)
+    seen = []
+
+    def progress(event: dict) -> None:
+        clock.now += 1.0
+        run(event)
+        seen.append((event.get("model"), run.snapshot()))
+
+    with database.session() as session:
+        import_versions(session, MODELS.versioned, progress=progress, **kwargs)
+    return seen
+
+
+def test_a_large_model_reports_within_itself_with_an_honest_eta(pg_database):
+    """A model of LARGE rows reports after each of its statements: its percentage moves
+    (monotonic, several values strictly between 0 and 100 while it runs), no ETA until
+    ESTIMATE_FRACTION of the rows and ESTIMATE_SECONDS have passed, then the rate's."""
+    with pg_database.session() as session:
+        seed(session, projects=2, products=LARGE)
+    total = LARGE + 8
+    # the first run writes (probes, then writes), a dry run counts, a run in sync probes
+    for kwargs in ({}, {"dry_run": True}, {}):
+        seen = _stepped_import(pg_database, Clock(), **kwargs)
+        percents = [meta["percent"] for _model, meta in seen]
+        assert percents == sorted(percents) and percents[-1] == 100.0, percents
+        inside = {meta["percent"] for model, meta in seen if model == "Product"} - {0.0, 100.0}
+        assert len(inside) >= 1 and all(0 < p < 100 for p in inside), percents
+        assert {meta["total"] for _m, meta in seen} == {total}
+        for _model, meta in seen:
+            done, elapsed = meta["done"], meta["elapsed"]
+            if done < ESTIMATE_FRACTION * total or elapsed < ESTIMATE_SECONDS:
+                assert meta["eta_seconds"] is None, meta
+            elif done < total:  # the rate so far: never hours for a run of seconds
+                assert meta["eta_seconds"] == round(elapsed * (total - done) / done), meta
+                assert meta["eta_seconds"] <= 5 * len(seen), meta
+        estimated = [meta["eta_seconds"] for _m, meta in seen if meta["done"] < total]
+        assert estimated[0] is None and any(e is not None for e in estimated), estimated
+        if not kwargs:
+            assert len(inside) >= (3 if seen[-1][1]["created"] else 1), percents
+
+
+def test_the_cli_bar_of_one_large_model_moves_and_says_estimating():
+    """One model, no "all models" row: its own row moves with its statements and says
+    that the ETA is still being estimated (a zero-time step gives no rate)."""
+    head = {"model": "Product", "index": 1, "total": 1}
+
+    def render(progress):
+        progress({"stage": "planned", "rows": {"Product": 10_000}})
+        progress({**head, "stage": "checking"})
+        progress({**head, "stage": "checking", "part": 2, "parts": 5})
+
+    frame = _bars(render)
+    assert "4,000/10,000 rows" in frame and "40%" in frame, frame
+    assert "checking, ETA estimating" in frame and "all models" not in frame, frame

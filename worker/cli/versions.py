@@ -90,6 +90,8 @@ class ModelProgress:
             status = {"checking": "checking", "counted": f"counted {counts}"}.get(
                 model["stage"], f"written {counts}" if model["stage"] == "done" else ""
             )
+            if model["stage"] == "checking" and len(run.models) == 1:
+                status += f", {_eta(run)}"  # no "all models" row to show it on
             self.progress.update(
                 self.rows[name],
                 total=rows,
@@ -100,14 +102,19 @@ class ModelProgress:
         if len(run.models) > 1 or self.overall is not None:
             if self.overall is None:
                 self.overall = self.progress.add_task("all models", total=None, rows="", status="")
-            eta = run.eta
             self.progress.update(
                 self.overall,
                 total=run.rows,
                 completed=run.done,
                 rows=_rows(run.done, run.rows),
-                status=f"ETA {format_seconds(eta)}" if eta is not None and not run.finished else "",
+                status=_eta(run) if not run.finished and run.rows is not None else "",
             )
+
+
+def _eta(run: RunProgress) -> str:
+    """The run's ETA, or that it is still being estimated (see cachework.importers.progress)."""
+    eta = run.eta
+    return f"ETA {format_seconds(eta)}" if eta is not None else "ETA estimating"
 
 
 def _rows(done: int, rows: int | None) -> str:
