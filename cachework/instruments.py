@@ -5,6 +5,13 @@ record through the small `record_*` functions below; the worker serves them
 (`worker/metrics.py`). Every name starts with `cachework_`; cached-table metrics carry a
 `table` label.
 
+A cached-table read is one hit (it found records in memory) or one miss (it did not: the
+key is absent, which a loaded table knows without asking, or the source had to be asked;
+`..._source_reads` counts the latter alone), so hits / (hits + misses) is the share of
+reads that found what they asked for in memory. A task that failed on its caller's input
+(`REJECTED_ERRORS`: a ValidationError, a name that does not exist) is counted with
+outcome REJECTED, not FAILURE, so failure alerts fire on cachework's faults only.
+
 Multiprocess mode (a worker node sums its pool children's values): prometheus_client
 decides how values are stored when it is first imported, from PROMETHEUS_MULTIPROC_DIR.
 So the worker's start names the folder (`use_multiprocess_dir`) before anything imports
@@ -22,6 +29,8 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from cachework.errors import NotFoundError, ValidationError
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -29,6 +38,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 IMPORT_OPERATIONS = ("created", "updated", "deleted", "unchanged")
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+FAILURE, REJECTED = "FAILURE", "REJECTED"  # task outcomes: cachework's fault, the caller's
+REJECTED_ERRORS = (ValidationError, NotFoundError)  # bad input (TooLargeError included)
 
 
 class Metrics:
@@ -44,12 +55,16 @@ class Metrics:
 
     def _tables(self, prom: Any, r: Any) -> None:
         self.table_hits = prom.Counter(
-            "cachework_cached_table_hits", "Reads answered from the cached table", ["table"],
-            registry=r,
+            "cachework_cached_table_hits", "Reads that found their records in the cached "
+            "table's memory", ["table"], registry=r,
         )  # fmt: skip
         self.table_misses = prom.Counter(
-            "cachework_cached_table_misses", "Reads sent to the source (uncovered, or "
-            "invalidations kept arriving)", ["table"], registry=r,
+            "cachework_cached_table_misses", "Reads that did not: the key is absent (known "
+            "from memory) or the source was asked", ["table"], registry=r,
+        )  # fmt: skip
+        self.table_source_reads = prom.Counter(
+            "cachework_cached_table_source_reads", "Misses sent to the source (uncovered, "
+            "or invalidations kept arriving)", ["table"], registry=r,
         )  # fmt: skip
         self.table_refreshes = prom.Counter(
             "cachework_cached_table_refreshes", "Refreshes of invalidated records", ["table"],
@@ -128,8 +143,8 @@ class Metrics:
         )  # fmt: skip
         # tasks
         self.tasks = prom.Counter(
-            "cachework_tasks", "Tasks run, by task name and outcome (SUCCESS, FAILURE, RETRY, "
-            "...)", ["task", "outcome"], registry=r,
+            "cachework_tasks", "Tasks run, by task name and outcome (SUCCESS, FAILURE, "
+            "REJECTED: bad input, RETRY, ...)", ["task", "outcome"], registry=r,
         )  # fmt: skip
         self.task_duration = prom.Histogram(
             "cachework_task_duration_seconds", "Task run time by task name", ["task"],
@@ -228,13 +243,16 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 
 def record_rebuild(app: str, seconds: float, errors: Iterable[object] = ()) -> None:
-    """One rebuild round of plugin `app` (its plugin errors, if any)."""
+    """One rebuild round of plugin `app` (its plugin errors, if any). The app's error,
+    lock wait and deferral counters are exported from its first round, at 0 until they
+    move: `rate()` over a series that appears at 1 never sees that first error."""
     m = metrics()
     m.rebuilds.labels(app).inc()
     m.rebuild_duration.labels(app).observe(seconds)
+    m.rebuild_lock_waits.labels(app)
+    m.rebuild_deferrals.labels(app)
     failed = len(list(errors))
-    if failed:
-        m.rebuild_errors.labels(app).inc(failed)
+    m.rebuild_errors.labels(app).inc(failed)
 
 
 def record_lock_wait(app: str) -> None:
@@ -247,23 +265,68 @@ def record_deferral(app: str) -> None:
 
 def record_import(result: dict | None, seconds: float, outcome: str = "SUCCESS") -> None:
     """A version import's duration and (unless a dry run) its rows by model and operation,
-    from its result (`ImportResult.as_dict()`)."""
+    from its result (`ImportResult.as_dict()`); a FAILURE on bad input counts as REJECTED."""
     m = metrics()
-    m.import_duration.labels(outcome).observe(seconds)
+    m.import_duration.labels(_noted_outcome(outcome)).observe(seconds)
     if not isinstance(result, dict) or result.get("dry_run"):
         return
     for model, counts in (result.get("models") or {}).items():
-        for operation in IMPORT_OPERATIONS:
+        for operation in IMPORT_OPERATIONS:  # each exported, at 0 when none (see above)
             value = counts.get(operation) if isinstance(counts, dict) else None
-            if isinstance(value, int) and value > 0:
-                m.import_rows.labels(model, operation).inc(value)
+            m.import_rows.labels(model, operation).inc(
+                value if isinstance(value, int) and value > 0 else 0
+            )
 
 
 def record_task(name: str, outcome: str, seconds: float | None) -> None:
+    """One run of task `name` (its state; a FAILURE on bad input counts as REJECTED)."""
     m = metrics()
-    m.tasks.labels(name, outcome).inc()
+    m.tasks.labels(name, _noted_outcome(outcome, name)).inc()
     if seconds is not None:
         m.task_duration.labels(name).observe(seconds)
+
+
+# --- task outcomes ----------------------------------------------------------------------------
+
+
+def task_outcome(state: str, error: object = None) -> str:
+    """The outcome label of a task that ended in `state` raising `error`: REJECTED for a
+    FAILURE on the caller's input (`REJECTED_ERRORS`), else the state."""
+    if state == FAILURE and isinstance(error, REJECTED_ERRORS):
+        return REJECTED
+    return state
+
+
+class _Noted(threading.local):
+    """The outcome of the task that last failed in this thread (a task and the signal that
+    records it run in one thread, or greenlet)."""
+
+    def __init__(self) -> None:
+        self.failed: tuple[str, str] | None = None  # (task name, outcome)
+
+
+_noted = _Noted()
+
+
+def note_failure(name: str, error: object) -> None:
+    """A task's failure, from its `on_failure` (`worker/task_base.py`), which Celery calls
+    right before the postrun signal that records the task: why it failed decides whether
+    the FAILURE it reports is counted as REJECTED. Celery passes the signal no error."""
+    _noted.failed = (name, task_outcome(FAILURE, error))
+
+
+def forget_failure() -> None:
+    """A task starts in this thread: no failure noted before it is its own."""
+    if _noted.failed is not None:
+        _noted.failed = None
+
+
+def _noted_outcome(state: str, name: str | None = None) -> str:
+    """`state`, or REJECTED for a FAILURE noted as bad input (of task `name`, if given)."""
+    failed = _noted.failed
+    if state != FAILURE or failed is None or (name is not None and failed[0] != name):
+        return state
+    return failed[1]
 
 
 def observe_many(histogram: Any, amounts: list[float]) -> None:

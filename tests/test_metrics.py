@@ -114,6 +114,7 @@ def _expected_samples(result: dict, categories: int, lookups: int) -> dict:
     expected = {
         ("cachework_cached_table_hits_total", (("table", "categories"),)): lookups,
         ("cachework_cached_table_misses_total", (("table", "categories"),)): 0,
+        ("cachework_cached_table_source_reads_total", (("table", "categories"),)): 0,
         ("cachework_cached_table_refreshes_total", (("table", "categories"),)): 2,
         ("cachework_cached_table_records", (("table", "categories"),)): 2 * categories,
         ("cachework_cached_table_invalid", (("table", "categories"),)): 0,
@@ -237,11 +238,24 @@ def test_every_read_counts_one_hit_or_one_miss_and_the_sampler_copies_them(
         lambda: table.get_records("code", "c5"),  # miss
         lambda: table.get_records("score", ge=0, lt=50),  # a range beyond coverage: miss
     ]
-    sampler = metrics.Sampler(_Runtime(_Registry({"items": table})))
+    whole = CachedTable(INDEXES, SelectSource(engine, sa.select(items)), name="whole")
+    absent = [  # the whole table is loaded: memory knows these are absent, still misses
+        lambda: whole.get(10**6),
+        lambda: whole.get_records("code", "nothing"),
+        lambda: whole.get_records("score", ge=10**6, lt=10**7),
+    ]
+    sampler = metrics.Sampler(_Runtime(_Registry({"items": table, "whole": whole})))
+    sampler.sync()  # every counter is exported from the first copy, before it moves
+    found = samples(metrics.exposition(metrics.metrics().registry).decode())
+    for counter in ("hits", "misses", "source_reads", "refreshes"):
+        assert (f"cachework_cached_table_{counter}_total", (("table", "whole"),)) in found
     for count, read in enumerate(reads * 3, start=1):
         read()
         stats = table.stats()
         assert stats["hits"] + stats["misses"] == count
+    for read in absent:
+        assert not read()
+    whole.get(1)
     table.invalidate_keys([1])
     table.get(1)  # refreshes first
     sampler.sync()
@@ -249,7 +263,11 @@ def test_every_read_counts_one_hit_or_one_miss_and_the_sampler_copies_them(
     found = samples(metrics.exposition(metrics.metrics().registry).decode())
     assert value(found, "cachework_cached_table_hits_total", table="items") == 3 * 3 + 1
     assert value(found, "cachework_cached_table_misses_total", table="items") == 4 * 3
+    assert value(found, "cachework_cached_table_source_reads_total", table="items") == 4 * 3
     assert value(found, "cachework_cached_table_refreshes_total", table="items") == 1
+    assert value(found, "cachework_cached_table_hits_total", table="whole") == 1
+    assert value(found, "cachework_cached_table_misses_total", table="whole") == len(absent)
+    assert value(found, "cachework_cached_table_source_reads_total", table="whole") == 0
     assert value(found, "cachework_cached_table_records", table="items") == len(
         table.storage.records
     )
@@ -293,10 +311,54 @@ def test_rebuild_and_import_reports(fresh_metrics):
     assert value(found, "cachework_rebuilds_total", app="inventory") == 2
     assert value(found, "cachework_rebuild_plugin_errors_total", app="inventory") == 1
     assert value(found, "cachework_rebuild_lock_waits_total", app="inventory") == 1
+    # exported at 0 from an app's first round: rate() sees the first error of "other"
+    metrics.record_rebuild("other", 0.1)
+    found = samples(metrics.exposition(metrics.metrics().registry).decode())
+    for name in ("plugin_errors", "lock_waits", "deferrals"):
+        assert (f"cachework_rebuild_{name}_total", (("app", "other"),)) in found, name
     assert value(found, "cachework_rebuild_deferrals_total", app="inventory") == 1
     assert value(found, "cachework_rebuild_duration_seconds_count", app="inventory") == 2
     assert value(found, "cachework_import_rows_total", model="Product", operation="created") == 2
+    deleted = ("cachework_import_rows_total", (("model", "Product"), ("operation", "deleted")))
+    assert found[deleted] == 0  # every operation of a model imported is exported
     assert value(found, "cachework_import_duration_seconds_count", outcome="SUCCESS") == 2
+
+
+def test_a_failure_on_bad_input_is_counted_as_rejected(fresh_metrics):
+    """The outcome of a task that failed: REJECTED for the caller's input (as noted by the
+    task's `on_failure` right before the worker counts it), FAILURE for anything else."""
+    from cachework.errors import NotFoundError, TooLargeError, TransientError, ValidationError
+    from cachework.instruments import forget_failure, note_failure
+
+    for error in (ValidationError("x"), TooLargeError("x"), NotFoundError("x")):
+        assert metrics.task_outcome("FAILURE", error) == metrics.REJECTED, error
+    for error in (ConfigError("x"), TransientError("x"), RuntimeError("x"), None):
+        assert metrics.task_outcome("FAILURE", error) == "FAILURE", error
+    assert metrics.task_outcome("RETRY", ValidationError("x")) == "RETRY"
+    note_failure("cachework.lookup", ValidationError("bad key"))
+    metrics.record_task("cachework.lookup", "FAILURE", 0.1)
+    metrics.record_task("cachework.other", "FAILURE", 0.1)  # not the task noted
+    note_failure("cachework.import_versions", ValidationError("bad model"))
+    metrics.record_task("cachework.import_versions", "FAILURE", 0.1)
+    metrics.record_import(None, 0.1, "FAILURE")
+    note_failure("cachework.lookup", RuntimeError("a bug"))
+    metrics.record_task("cachework.lookup", "FAILURE", 0.1)
+    note_failure("cachework.lookup", ValidationError("bad key"))
+    forget_failure()  # the next task started: the note was not its own
+    metrics.record_task("cachework.lookup", "FAILURE", 0.1)
+    found = samples(metrics.exposition(metrics.metrics().registry).decode())
+    tasks = {
+        (dict(labels)["task"], dict(labels)["outcome"]): v
+        for (name, labels), v in found.items()
+        if name == "cachework_tasks_total"
+    }
+    assert tasks == {
+        ("cachework.lookup", "REJECTED"): 1,
+        ("cachework.lookup", "FAILURE"): 2,
+        ("cachework.other", "FAILURE"): 1,
+        ("cachework.import_versions", "REJECTED"): 1,
+    }
+    assert value(found, "cachework_import_duration_seconds_count", outcome="REJECTED") == 1
 
 
 def test_the_lag_uses_the_log_s_publish_time_else_the_id_s(fresh_metrics):

@@ -24,6 +24,8 @@ from cachework.instruments import (
     DURATION_BUCKETS,
     IMPORT_OPERATIONS,
     LAG_BUCKETS,
+    REJECTED,
+    REJECTED_ERRORS,
     Metrics,
     exposition,
     mark_process_dead,
@@ -37,6 +39,7 @@ from cachework.instruments import (
     record_rebuild,
     record_task,
     reset,
+    task_outcome,
 )
 from cachework.worker import health
 from cachework.worker.probes import LIVE_PATH, METRICS_PATH, READY_PATH, READY_TIMEOUT, Checks
@@ -58,6 +61,8 @@ __all__ = [
     "IMPORT_OPERATIONS",
     "LAG_BUCKETS",
     "LISTENER_COUNTERS",
+    "REJECTED",
+    "REJECTED_ERRORS",
     "SAMPLE_EVERY",
     "TABLE_COUNTERS",
     "Metrics",
@@ -77,6 +82,7 @@ __all__ = [
     "record_rebuild",
     "record_task",
     "start_http_server",
+    "task_outcome",
 ]
 log = logging.getLogger(__name__)
 

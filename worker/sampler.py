@@ -1,16 +1,20 @@
 """Copying a runtime's own counters into the metrics (`Sampler`).
 
-Cached tables count their own reads (each read exactly one hit or one miss), refreshes,
+Cached tables count their own reads (each read exactly one hit or one miss: a lookup of an
+absent key is a miss; the misses the source answered are also source reads), refreshes,
 records and invalid records without any metrics call on the read path (`stats()`); the
 tracker counts events applied, ignored and malformed, drops, gaps and reconnects. A
 runtime's `Sampler` copies them into the instruments (`cachework/instruments.py`) about
 once a second in a thread (a worker's processes), after every task and when the process
-stops; a single-process server copies them right before each scrape. It also observes
-the lag from publish to apply of each event whose publish time is known (a Redis Stream
-id is the millisecond it was added; the database log on PostgreSQL reads each row's
-`created_at`; on SQLite, whose timestamps have whole seconds, its events give no lag),
-and reports the listener as connected or not and its last contact with the log (per pid),
-which readiness checks against CACHEWORK_LISTENER_STALE_AFTER.
+stops; a single-process server copies them right before each scrape. Every counter of a
+table is exported from its first copy, at 0 until it moves: a series that appears only on
+its first increment leaves a dashboard's ratio (hits over hits + misses) empty, and
+`rate()` misses the first increment. It also observes the lag from publish to apply of
+each event whose publish time is known (a Redis Stream id is the millisecond it was
+added; the database log on PostgreSQL reads each row's `created_at`; on SQLite, whose
+timestamps have whole seconds, its events give no lag), and reports the listener as
+connected or not and its last contact with the log (per pid), which readiness checks
+against CACHEWORK_LISTENER_STALE_AFTER.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SAMPLE_EVERY = 1.0  # seconds between two samples of a runtime's tables and listener
-TABLE_COUNTERS = ("hits", "misses", "refreshes")
+TABLE_COUNTERS = ("hits", "misses", "source_reads", "refreshes")
 EVENT_OUTCOMES = ("applied", "ignored", "malformed")
 LISTENER_COUNTERS = ("drops", "gaps", "reconnects")
 
@@ -93,13 +97,13 @@ class Sampler:
             if self.listener_only:  # only readiness reads this node's folder
                 self._listener_state(m)
                 return
+            counters = (m.table_hits, m.table_misses, m.table_source_reads, m.table_refreshes)
             for table, stats in registry.status().items():
-                for counter, name in zip(
-                    (m.table_hits, m.table_misses, m.table_refreshes), TABLE_COUNTERS, strict=True
-                ):
+                for counter, name in zip(counters, TABLE_COUNTERS, strict=True):
+                    child = counter.labels(table)  # exported at 0 before its first increment
                     delta = self._delta((table, name), stats.get(name))
                     if delta:
-                        counter.labels(table).inc(delta)
+                        child.inc(delta)
                 m.table_records.labels(table).set(stats.get("records") or 0)
                 m.table_invalid.labels(table).set(stats.get("invalid") or 0)
             self._sync_listener(m, registry.listener)

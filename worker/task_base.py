@@ -19,6 +19,9 @@ It adds to Celery's `Task` what keeps bad or huge input and output in bounds:
   (`cut_lists`: `errors`, `warnings`) keep their first entries and end with "... N more
   errors left out"; a result that cannot be cut so (a huge record) is a TooLargeError.
   Together an entry stays under STORED_MAX bytes.
+- a failure on the caller's input (a ValidationError, such as the refusals above, or a
+  name that does not exist) is noted for the metrics, so the worker counts it with
+  outcome REJECTED instead of FAILURE (`cachework.instruments.note_failure`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 from celery import Task
 
+from cachework import instruments
 from cachework.errors import TooLargeError, ValidationError, cut, shown
 from cachework.worker.logsetup import EXPECTED_ERRORS
 
@@ -213,6 +217,7 @@ class CacheworkTask(Task):
     _signature: inspect.Signature | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        instruments.forget_failure()
         self.bound_stored_request()
         if self.typing:  # Celery's switch for its own (sender-side) check
             problem = argument_problem(self.name, self._run_signature(), args, kwargs)
@@ -222,6 +227,14 @@ class CacheworkTask(Task):
             if problem is not None:
                 raise problem
         return bounded_result(self.name, super().__call__(*args, **kwargs), self.cut_lists)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Note why the task failed: the worker's postrun signal, which counts it, gets
+        only the state FAILURE, and bad input is counted as REJECTED."""
+        instruments.note_failure(self.name, exc)
+        super().on_failure(exc, task_id, args, kwargs, einfo)
 
     def retry(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         """Celery's retry, re-sending the whole arguments (the request's are cut)."""

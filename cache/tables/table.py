@@ -131,7 +131,10 @@ class CachedTable:
         self._seq = 0
         self._epoch = 0
         self._fast_hits = itertools.count()
-        self._hits = self._misses = self._refreshes = 0
+        # Every read is one hit (records found in memory) or one miss (nothing found in
+        # memory: the key is absent, which memory proves, or the source was asked); the
+        # misses the source answered are also `_source_reads` (what a miss costs).
+        self._hits = self._misses = self._source_reads = self._refreshes = 0
         self._loads = self._adjusts = self._drops = 0
         self._last_refresh: float | None = None
         self._last_refresh_seconds: float | None = None
@@ -187,7 +190,7 @@ class CachedTable:
             records, rest = self._from_storage(spec)
             if rest is not None:
                 return None
-            self._hits += 1
+            self._count_read(records)
             return records
 
     def needs_refresh(self, spec: Spec) -> bool:
@@ -212,7 +215,7 @@ class CachedTable:
                 if not self._touching(spec):
                     records, rest = self._from_storage(spec)
                     if rest is None:
-                        self._hits += 1
+                        self._count_read(records)
                     break
             self._refresh_for(spec)
         if rest is not None:
@@ -222,7 +225,16 @@ class CachedTable:
             records = records + self._fetch([rest], order_by=order if rest.is_range else ())
             with self._lock:
                 self._misses += 1
+                self._source_reads += 1
         return records
+
+    def _count_read(self, records: list[Record]) -> None:
+        """A read memory answered (under _lock): a hit when it found records, else a miss
+        (a lookup of an absent key is a miss even though no source was asked)."""
+        if records:
+            self._hits += 1
+        else:
+            self._misses += 1
 
     def _touching(self, spec: Spec) -> bool:
         return any(inv.force and inv.touches(spec) for inv in self._pending)
@@ -567,6 +579,7 @@ class CachedTable:
                 "invalid": records - len(self._valid) if loaded else 0,
                 "hits": self._hits + _count(self._fast_hits),
                 "misses": self._misses,
+                "source_reads": self._source_reads,
                 "refreshes": self._refreshes,
                 "loads": self._loads,
                 "adjusts": self._adjusts,
