@@ -320,14 +320,21 @@ class Tracker:
             except ValidationError as exc:
                 self.stats["malformed"] += 1
                 event = self._unknown(raw, f"malformed invalidation {event_id}", exc)
+            failed = None
             if event is None:
-                drop = drop or f"malformed invalidation {event_id} names no readable table"
+                failed = f"malformed invalidation {event_id} names no readable table"
             else:
                 done, failed = self._guarded(event_id, event, names)
                 applied += done
-                drop = drop or failed
+            if failed is not None and drop is None:
+                # Before the cursor passes it: a barrier (`wait_for`) that sees the cursor
+                # there must find the tables dropped already. Once per batch: a reload after
+                # this drop reads every later entry's change (committed before it was logged).
+                drop = failed
+                self.drop(drop)
             self.target.cursor = event_id
             self.recent.append((event_id, time.time(), batch.published.get(event_id)))
+        dropped, drop = drop is not None, None
         for event_id, raw in batch.foreign:
             # An id the log never handed out: following it would put the cursor past every
             # later event. Applied once, as an entry that cannot be trusted; never a cursor.
@@ -344,7 +351,7 @@ class Tracker:
                 drop = drop or f"{what} names no readable table"
             else:
                 drop = drop or self._guarded(event_id, event, names)[1]
-        if drop is not None:
+        if drop is not None and not dropped:
             self.drop(drop)
         return applied
 

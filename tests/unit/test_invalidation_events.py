@@ -147,3 +147,33 @@ def test_any_valid_event_round_trips(table, keys, project, app_name, names):
 def test_decoding_garbage_only_ever_raises_validation_error(raw):
     with contextlib.suppress(ValidationError):
         decode_event(raw)
+
+
+def test_the_cursor_passes_an_entry_that_drops_the_tables_only_after_the_drop():
+    """A barrier (`wait_for`) returns once the cursor is at its event: when that event is
+    one the tracker cannot apply (it drops every table instead), the drop must have
+    happened before the cursor moved there, or the barrier's caller reads a stale record.
+    (A CI run once saw the cursor there and no drop yet: the drop came after the batch.)"""
+    from cachework.cache.invalidation.listener import Tracker
+    from cachework.cache.invalidation.log import Batch
+    from tests.invalidation_helpers import FakeTarget
+
+    class Watched(FakeTarget):
+        def __setattr__(self, name, value):
+            if name == "cursor" and hasattr(self, "dropped"):
+                self.seen.append((value, len(self.dropped)))
+            super().__setattr__(name, value)
+
+    target = Watched(names=("categories",))
+    target.seen = []
+    tracker = Tracker(target, log=None)
+    tracker.stats["epoch"] = "e"
+    batch = Batch(
+        "e",
+        False,
+        [("1-0", '{"v":1,"table":"categories","keys":[1]}'), ("2-0", "not json"),
+         ("3-0", '{"v":1,"table":"categories","keys":[3]}')],
+    )  # fmt: skip
+    tracker._apply(batch)
+    assert target.seen == [("1-0", 0), ("2-0", 1), ("3-0", 1)]  # dropped once, before 2-0
+    assert target.invalidated == [("categories", [1]), ("categories", [3])]
