@@ -4,11 +4,13 @@ forked from it.
 
     POST /rename/NAME  renames category 1 through the app's Session, then reads the cached
                        table in the same process (read-your-writes in a forked worker)
-    GET /name          the cached name of category 1 in this worker, and its pid
+    GET /name          the cached name of category 1 in this worker, and its pid, after
+                       holding the worker 0.2 s (so two requests at once reach two workers)
 """
 
 import json
 import os
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
@@ -36,6 +38,7 @@ def app(environ, start_response):
             session.get(Category, 1).name = name
         body = {"pid": os.getpid(), "name": _name()}
     else:
+        time.sleep(0.2)
         body = {"pid": os.getpid(), "name": _name(), "main": MAIN_PID,
                 "listening": runtime.listening}  # fmt: skip
     start_response("200 OK", [("Content-Type", "application/json")])
