@@ -26,6 +26,7 @@ import glob
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -256,30 +257,48 @@ def collect_nodes(app: Celery, timeout: float = 3.0, quiet: float = QUIET) -> di
     return {}
 
 
+GRACE = 1.5  # seconds a cachework node may answer after a quicker foreign worker
+
+
 def cachework_nodes(app: Celery, timeout: float = 3.0, quiet: float = QUIET) -> list[str]:
     """The node names of the cachework workers on the broker. Every Celery worker answers
     the built-in `stats` (a foreign one without a word in its log); a cachework node's
     carries `MARKER` (worker/lifecycle.py `NodeMarker`). How many workers there are is
-    not known: waits up to `timeout` for the first answer, then `quiet` for the others."""
+    not known: waits up to `timeout` for the first cachework answer (a foreign worker's,
+    however quick, starts no count), then `quiet` for the others."""
     return sorted(
         node
-        for reply in _gather(app, "stats", timeout, quiet)
+        for reply in _gather(app, "stats", timeout, quiet, wanted=_marked)
         for node, answer in reply.items()
         if isinstance(answer, dict) and MARKER in answer
     )
 
 
-def _gather(app: Celery, command: str, timeout: float, quiet: float) -> list[dict]:
+def _marked(reply: dict) -> bool:
+    return any(isinstance(answer, dict) and MARKER in answer for answer in reply.values())
+
+
+def _gather(
+    app: Celery,
+    command: str,
+    timeout: float,
+    quiet: float,
+    wanted: Callable[[dict], bool] = lambda _reply: True,
+) -> list[dict]:
     """The replies to a broadcast of the built-in `command` that came within `timeout` of
-    it and `quiet` of the first. Collected in a thread of its own on a connection of its
-    own, left to end by itself (kombu collects replies until none came for a whole
-    `timeout`); a later broadcast from another thread has a reply queue of its own."""
+    it and `quiet` of the first `wanted` one; when the first answers are not wanted (a
+    foreign worker is quicker), a wanted one is waited for `GRACE` more. Collected in a
+    thread of its own on a connection of its own, left to end by itself (kombu collects
+    replies until none came for a whole `timeout`); a later broadcast from another thread
+    has a reply queue of its own."""
     replies: list[dict] = []
-    answered = threading.Event()
+    answered, wanted_answered = threading.Event(), threading.Event()
 
     def on_reply(body: dict) -> None:
         replies.append(body)
         answered.set()
+        if wanted(body):
+            wanted_answered.set()
 
     def broadcast() -> None:
         with contextlib.suppress(Exception), app.connection_for_write() as conn:
@@ -287,13 +306,19 @@ def _gather(app: Celery, command: str, timeout: float, quiet: float) -> list[dic
                 command, reply=True, timeout=timeout, callback=on_reply, connection=conn
             )
         answered.set()  # every answer is in, or none will come
+        wanted_answered.set()
 
     deadline = time.monotonic() + timeout
+
+    def left(at_most: float) -> float:
+        return min(at_most, max(0.0, deadline - time.monotonic()))
+
     collector = threading.Thread(target=broadcast, name="cachework-health-collect", daemon=True)
     collector.start()
     answered.wait(timeout)
     if replies:
-        collector.join(min(quiet, max(0.0, deadline - time.monotonic())))
+        wanted_answered.wait(left(GRACE))
+        collector.join(left(quiet))
     return list(replies)
 
 
