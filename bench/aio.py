@@ -54,13 +54,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.tracking import outbox_rows
 from cachework.cache import aio
 from cachework.cache.invalidation import outbox, track
 from cachework.cache.tables.indexes import PrimaryKey, Unique
 from cachework.cache.tables.source import SelectSource
 from cachework.cache.tables.table import CachedTable
 from cachework.importers.bootstrap import bootstrap
-from cachework.schema import invalidation_outbox
 from cachework.settings import load_settings
 from cachework.worker.runtime import Runtime
 from cachework.worker.schema import create_tables
@@ -366,15 +366,6 @@ async def update_run(
         return time.perf_counter() - started
 
     return session, run
-
-
-def outbox_rows(engine: sa.Engine, clear: bool = True) -> int:
-    with engine.begin() as conn:
-        count = conn.execute(sa.select(sa.func.count()).select_from(invalidation_outbox))
-        count = count.scalar_one()
-        if clear:
-            conn.execute(invalidation_outbox.delete())
-    return count
 
 
 async def driver_loop(

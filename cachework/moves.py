@@ -47,39 +47,50 @@ MOVED: dict[str, str] = {
 
 
 class _Aliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Resolves an old name to the module now at its new one: the names of `MOVED`, and
-    (once a checkout name was imported) every `<package>.x` to `cachework.<package>.x`."""
+    """Resolves an old name to the module now at the new name `target` gives."""
 
-    def __init__(self, first: bool) -> None:
-        self.first = first  # the checkout names: before the path finders find a 2nd copy
+    def target(self, fullname: str) -> str | None:
+        raise NotImplementedError
 
     def find_spec(self, fullname: str, path: object = None, target: object = None):
-        if self._target(fullname) is None:
+        if self.target(fullname) is None:
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
-    def _target(self, fullname: str) -> str | None:
-        if not self.first:
-            return MOVED.get(fullname)
-        top = fullname.partition(".")[0]
-        if top in _aliased and fullname != top:
-            return f"cachework.{fullname}"
-        return None
-
     def create_module(self, spec) -> ModuleType:
-        return importlib.import_module(self._target(spec.name))
+        return importlib.import_module(self.target(spec.name))
 
     def exec_module(self, module: ModuleType) -> None:
         """The module ran under its new name already."""
 
 
-_aliased: set[str] = set()
+class _Moved(_Aliases):
+    """The names of `MOVED`; consulted after the path finders."""
+
+    def target(self, fullname: str) -> str | None:
+        return MOVED.get(fullname)
+
+
+class _CheckoutNames(_Aliases):
+    """`<package>.x` as `cachework.<package>.x` for each package imported by its checkout
+    name; consulted first, before a path finder finds the file a second time."""
+
+    def __init__(self) -> None:
+        self.packages: set[str] = set()
+
+    def target(self, fullname: str) -> str | None:
+        top, dot, _rest = fullname.partition(".")
+        return f"cachework.{fullname}" if dot and top in self.packages else None
+
+
+def _installed(kind: type[_Aliases]) -> _Aliases | None:
+    return next((f for f in sys.meta_path if isinstance(f, kind)), None)
 
 
 def install() -> None:
     """Adds the finder of `MOVED` once, after the path finders."""
-    if not any(isinstance(f, _Aliases) and not f.first for f in sys.meta_path):
-        sys.meta_path.append(_Aliases(first=False))
+    if _installed(_Moved) is None:
+        sys.meta_path.append(_Moved())
 
 
 def alias_checkout_name(name: str) -> None:
@@ -87,7 +98,9 @@ def alias_checkout_name(name: str) -> None:
     name, and every submodule under it, the `cachework.` module."""
     if name not in PACKAGES:
         return  # imported as cachework.<name>: nothing to do
-    _aliased.add(name)
-    if not any(isinstance(f, _Aliases) and f.first for f in sys.meta_path):
-        sys.meta_path.insert(0, _Aliases(first=True))
+    finder = _installed(_CheckoutNames)
+    if finder is None:
+        finder = _CheckoutNames()
+        sys.meta_path.insert(0, finder)
+    finder.packages.add(name)
     sys.modules[name] = importlib.import_module(f"cachework.{name}")

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+import sqlalchemy as sa
 
 from cachework.errors import ValidationError
+from cachework.schema import invalidation_outbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +63,12 @@ class LoadedTarget(FakeTarget):
 
     def status(self) -> dict[str, dict]:
         return {name: {"loaded": True} for name in self._names}
+
+
+def outbox_count(engine: sa.Engine) -> int:
+    """Rows waiting in cachework's outbox (committed, not relayed yet)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(invalidation_outbox)).scalar()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, every=0.01) -> object:

@@ -31,7 +31,7 @@ from cachework.schema import invalidation_outbox
 from cachework.worker.runtime import Runtime, runtime_lifespan
 from demo.models import Category
 from tests.conftest import make_env, settings_of
-from tests.invalidation_helpers import wait_until
+from tests.invalidation_helpers import outbox_count, wait_until
 
 DRIVERS = ["asyncpg", "psycopg"]
 WRITERS = 15  # rows 1..15 by flushes, 16..30 by statements
@@ -72,19 +72,15 @@ def run(url, body, *, tracked_by=None):
     return asyncio.run(main())
 
 
-def _outbox(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(invalidation_outbox)).scalar()
+def _logged(runtime: Runtime, after: str) -> list[dict]:
+    """The events of `categories` the runtime's log holds after `after`."""
+    entries = runtime.invalidation_log().read(after, count=10_000).entries
+    events = [json.loads(data) for _id, data in entries]
+    return [event for event in events if event["table"] == "categories"]
 
 
 def _logged_keys(runtime: Runtime, after: str) -> set:
-    log = runtime.invalidation_log()
-    keys: set = set()
-    for _id, data in log.read(after, count=10_000).entries:
-        event = json.loads(data)
-        if event["table"] == "categories":
-            keys.update(event.get("keys") or ())
-    return keys
+    return {key for event in _logged(runtime, after) for key in event.get("keys") or ()}
 
 
 def test_tracked_writes_are_read_at_once_here_and_after_catch_up_elsewhere(app):
@@ -115,7 +111,7 @@ def test_tracked_writes_are_read_at_once_here_and_after_catch_up_elsewhere(app):
         "bulk",
         "core",
     ]
-    assert wait_until(lambda: _outbox(app["db"].engine) == 0, timeout=10)  # relayed here
+    assert wait_until(lambda: outbox_count(app["db"].engine) == 0, timeout=10)  # relayed here
     assert {1, 2, 3} <= _logged_keys(runtime, head)
 
 
@@ -134,7 +130,7 @@ def test_a_rollback_publishes_nothing(app):
         return (await view.get(4))["name"], (await view.get(5))["name"]
 
     assert run(app["url"], body, tracked_by=runtime) == ("n4", "n5")
-    assert _outbox(app["db"].engine) == 0
+    assert outbox_count(app["db"].engine) == 0
     assert _logged_keys(runtime, head) == set()
 
 
@@ -246,7 +242,7 @@ def test_tracking_an_async_factory_tracks_its_sessions_only(app):
             await single.close()
             single_tracking.stop()
 
-    before = _outbox_rows_written(app)
+    head = runtime.invalidation_log().state().head
     run(app["url"], body)  # the factory `run` makes is not tracked here
     sync_session = sessionmaker(app["db"].engine)()
     try:
@@ -254,30 +250,11 @@ def test_tracking_an_async_factory_tracks_its_sessions_only(app):
         sync_session.commit()
     finally:
         sync_session.close()
-    events = _outbox_rows_written(app) - before
+    wait_until(lambda: outbox_count(app["db"].engine) == 0, timeout=10)  # each row relayed
+    events = _logged(runtime, head)
     assert sorted(k for e in events for k in e["keys"]) == [7, 8]
     with pytest.raises(ConfigError, match="every async session of the process"):
         track(AsyncSession, runtime)
-
-
-def _outbox_rows_written(app) -> set:
-    """Events the runtime's log holds (each relayed outbox row), as comparable JSON."""
-    runtime = app["runtime"]
-    wait_until(lambda: _outbox(app["db"].engine) == 0, timeout=10)
-    entries = runtime.invalidation_log().read("0", count=10_000).entries
-    return {_Event(data) for _id, data in entries}
-
-
-class _Event(dict):
-    def __init__(self, data: str) -> None:
-        super().__init__(json.loads(data))
-        self._data = data
-
-    def __hash__(self) -> int:
-        return hash(self._data)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Event) and other._data == self._data
 
 
 def test_project_items_through_an_async_session(app):
@@ -331,7 +308,7 @@ def test_publish_into_the_outbox_or_the_log_and_the_read_barrier(app):
             await session.execute(sa.text("UPDATE categories SET name = 'p' WHERE id = 10"))
             await aio.publish("categories", [10], session=session)
             await session.rollback()
-        rolled_back = _outbox(app["db"].engine)
+        rolled_back = outbox_count(app["db"].engine)
         async with Session() as session:
             await session.execute(sa.text("UPDATE categories SET name = 'q' WHERE id = 10"))
             await aio.publish("categories", [10], session=session)

@@ -21,23 +21,17 @@ import sqlalchemy as sa
 
 from cachework.cache.invalidation import publish
 from cachework.cache.items.store import set_items
-from cachework.schema import invalidation_outbox
 from cachework.worker.runtime import Runtime
 from demo.models import Category
 from demo.seed import project_uuid
 from tests.conftest import make_env, settings_of
 from tests.fastapi_helpers import Uvicorn
-from tests.invalidation_helpers import wait_until
+from tests.invalidation_helpers import outbox_count, wait_until
 
 ROUNDS = 20
 PROJECT = project_uuid(0)
 SUMMARY = {"products": 4, "active": 3, "total_value": "12.50"}
 BY_CATEGORY = {"tools": 3, "garden": 1}
-
-
-def outbox_rows(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(invalidation_outbox)).scalar()
 
 
 @pytest.fixture(params=["redis", "database"])
@@ -119,17 +113,17 @@ def test_the_fastapi_app_reads_its_writes_sees_others_and_never_blocks(served, p
     # (Its own connection: uvicorn closes the one an unhandled error came through.)
     assert "ERROR" not in server.stderr()  # nothing failed in the app so far
     engine = pg_database.engine
-    assert wait_until(lambda: outbox_rows(engine) == 0, timeout=20, every=0.05)
+    assert wait_until(lambda: outbox_count(engine) == 0, timeout=20, every=0.05)
     head = log.state().head
     refused = httpx.put(f"{server.url}/categories/3", json={"name": "x" * 201}, timeout=10)
     assert refused.status_code == 500
     assert name_of(client, 3) == "n3"
-    assert (outbox_rows(engine), log.state().head) == (0, head)
+    assert (outbox_count(engine), log.state().head) == (0, head)
 
     # SIGTERM: the lifespan's shutdown ran (uvicorn says so only once it returned), and
     # the app's runtime had relayed every row it committed.
     assert server.stopped_cleanly(), server.stderr()[-3000:]
-    assert outbox_rows(engine) == 0
+    assert outbox_count(engine) == 0
 
 
 async def pings_during_refreshes(url: str, rounds: int = 5) -> float:

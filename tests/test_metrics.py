@@ -53,13 +53,20 @@ def value(found: dict, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def node(pg_url, tmp_path, worker_process) -> Iterator[dict]:
+    yield from started_node(pg_url, tmp_path, worker_process, products=5, concurrency=2)
+
+
+def started_node(
+    pg_url: str, tmp_path: Path, worker_process, *, products: int, concurrency: int
+) -> Iterator[dict]:
+    """The demo seeded, a private Redis and a prefork node with its exporter; stopped after."""
     from cachework.worker.schema import create_tables
     from demo.seed import seed
 
     engine = sa.create_engine(pg_url)
     create_tables(engine, MODELS)
     with sa.orm.Session(engine) as session, session.begin():
-        seed(session, projects=1, products=5)
+        seed(session, projects=1, products=products)
     server = OwnRedis(tmp_path / "redis").start()
     port = free_port()
     env = make_env(
@@ -71,7 +78,7 @@ def node(pg_url, tmp_path, worker_process) -> Iterator[dict]:
         metrics_port=str(port),
     )
     try:
-        worker, app = worker_process(env, concurrency=2)
+        worker, app = worker_process(env, concurrency=concurrency)
         yield {"app": app, "engine": engine, "port": port, "redis": server, "worker": worker}
         worker.stop()
     finally:

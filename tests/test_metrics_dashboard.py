@@ -20,14 +20,11 @@ from pathlib import Path
 
 import pytest
 import redis
-import sqlalchemy as sa
 from celery import states
 
 from cachework.cache.invalidation import RedisLog, publish
 from cachework.worker.metrics import REJECTED
-from tests.conftest import MODELS, make_env
-from tests.invalidation_helpers import OwnRedis, free_port
-from tests.test_metrics import samples, scrape
+from tests.test_metrics import samples, scrape, started_node
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json"
 TARGET_LABELS = frozenset({"job", "instance"})  # attached by Prometheus at scrape time
@@ -164,30 +161,7 @@ def test_every_query_is_scoped_by_the_job_and_instance_variables():
 @pytest.fixture
 def node(pg_url, tmp_path, worker_process) -> Iterator[dict]:
     """A prefork worker node of one child (reads counted exactly) with its exporter."""
-    from cachework.worker.schema import create_tables
-    from demo.seed import seed
-
-    engine = sa.create_engine(pg_url)
-    create_tables(engine, MODELS)
-    with sa.orm.Session(engine) as session, session.begin():
-        seed(session, projects=1, products=3)
-    server = OwnRedis(tmp_path / "redis").start()
-    port = free_port()
-    env = make_env(
-        tmp_path,
-        database_url=pg_url,
-        broker_url=server.url,
-        result_backend=server.url,
-        redis_url=server.url,
-        metrics_port=str(port),
-    )
-    try:
-        worker, app = worker_process(env, concurrency=1)
-        yield {"app": app, "port": port, "redis": server}
-        worker.stop()
-    finally:
-        server.stop()
-        engine.dispose()
+    yield from started_node(pg_url, tmp_path, worker_process, products=3, concurrency=1)
 
 
 def exported(text: str) -> tuple[dict[str, set[str]], dict[tuple[str, str], set[str]]]:

@@ -25,14 +25,9 @@ from cachework.schema import invalidation_outbox
 from cachework.worker.runtime import Runtime
 from demo.models import Category
 from tests.conftest import make_env, settings_of
-from tests.invalidation_helpers import wait_until
+from tests.invalidation_helpers import outbox_count, wait_until
 
 ROUNDS = 30
-
-
-def _outbox(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(invalidation_outbox)).scalar()
 
 
 @pytest.fixture(params=["redis", "database"])
@@ -90,7 +85,7 @@ def test_published_into_the_outbox_is_read_at_once_too(writer):
         assert _reads(runtime, 2) == str(i)
         assert _read_after_catch_up(other, 2) == str(i)
     # Relayed by the committer itself (its sweeper finishes the move off the commit's path)
-    assert wait_until(lambda: _outbox(engine) == 0, timeout=5)
+    assert wait_until(lambda: outbox_count(engine) == 0, timeout=5)
 
 
 def test_core_statements_on_a_tracked_sessions_connection_are_tracked(writer):
@@ -132,7 +127,7 @@ def test_a_rollback_invalidates_nothing_and_relays_nothing(writer):
         session.flush()
         session.rollback()
     assert log.state().head == head
-    assert _outbox(runtime.database.engine) == 0
+    assert outbox_count(runtime.database.engine) == 0
     assert _reads(runtime) == "n1"
     assert runtime.registry.table("categories").stats()["refreshes"] == 0
 
@@ -162,7 +157,7 @@ def test_a_commit_behind_a_backlog_is_relayed_first(writer):
     ours = ['{"v":1,"table":"categories","keys":[1]}']
     assert wait_until(lambda: sent() == ours, timeout=5)  # not after the 20,000 older rows
     # Its own row leaves the outbox; the backlog is still there, untouched
-    assert wait_until(lambda: _outbox(engine) == 20_000, timeout=5)
+    assert wait_until(lambda: outbox_count(engine) == 20_000, timeout=5)
     assert _read_after_catch_up(other) == "fresh"
     assert PENDING_MAX < 20_000
 
@@ -191,7 +186,7 @@ def test_an_unreachable_log_at_the_commit_costs_neither_the_write_nor_freshness(
     with Session.begin() as session:
         session.get(Category, 1).name = "kept"
     time.sleep(0.3)  # the sweeper's attempt (a database log) fails too
-    assert _outbox(runtime.database.engine) == 1
+    assert outbox_count(runtime.database.engine) == 1
     assert _reads(runtime) == "kept"
     assert _read_after_catch_up(other) == "kept"
 
@@ -308,7 +303,7 @@ def test_an_async_sessions_commit_is_read_at_once_and_relayed(
         head = log.state().head
         asyncio.run(run())
         assert seen == [f"async{i}" for i in range(5)]
-        assert wait_until(lambda: _outbox(pg_database.engine) == 0, timeout=5)
+        assert wait_until(lambda: outbox_count(pg_database.engine) == 0, timeout=5)
         assert len(log.read(head).entries) == 5  # relayed by this process, not the workers
     finally:
         tracking.stop()
@@ -336,5 +331,5 @@ def test_a_burst_of_commits_is_relayed_in_few_passes(writer, monkeypatch):
         with Session.begin() as session:
             session.get(Category, 1).name = f"burst{i}"
     gate.set()
-    assert wait_until(lambda: _outbox(runtime.database.engine) == 0, timeout=10)
+    assert wait_until(lambda: outbox_count(runtime.database.engine) == 0, timeout=10)
     assert sum(passes) == 20 and len(passes) <= 3, passes
