@@ -12,7 +12,9 @@ What is here, and where it lives:
   (an asyncio app's lifespan), `jobs` (a job run in-process), `load_settings`;
 - invalidation: `publish`, `publish_event`, `track`, `RedisLog`, `DatabaseLog`;
 - project cache items: `store` (`get_item`, `get_project_items`, `set_item`, ...),
-  `CacheItem`, and `ItemWriter` (what a cache plugin's `update_cache` gets);
+  `CacheItem`, `ItemWriter` (what a cache plugin's `update_cache` gets), `reads` (what
+  a plugin's items read, in its `depends_on`) and `freshness` (an item's built-at time
+  and whether a rebuild is pending);
 - cached tables: `CachedTable` over a `SelectSource`, `FullTableCache`, and their indexes
   (`PrimaryKey`, `Unique`, `NonUnique`, `Range`, `Spec`);
 - asyncio: `aio` (the same names, awaited);
@@ -33,7 +35,9 @@ from cachework.cache.invalidation import (
     track,
 )
 from cachework.cache.items import store
+from cachework.cache.items.changes import Freshness, freshness
 from cachework.cache.items.plugins import ItemWriter
+from cachework.cache.items.reads import Reads, reads
 from cachework.cache.items.store import CacheItem
 from cachework.cache.tables.full_table import FullTableCache
 from cachework.cache.tables.indexes import NonUnique, PrimaryKey, Range, Spec, Unique
@@ -60,6 +64,7 @@ __all__ = [
     "CacheworkError",
     "ConfigError",
     "DatabaseLog",
+    "Freshness",
     "FullTableCache",
     "ItemWriter",
     "LockedError",
@@ -68,6 +73,7 @@ __all__ = [
     "PermanentError",
     "PrimaryKey",
     "Range",
+    "Reads",
     "RedisLog",
     "Runtime",
     "SelectSource",
@@ -80,10 +86,12 @@ __all__ = [
     "ValidationError",
     "aio",
     "enable",
+    "freshness",
     "jobs",
     "load_settings",
     "publish",
     "publish_event",
+    "reads",
     "runtime_lifespan",
     "start_runtime",
     "store",

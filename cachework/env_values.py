@@ -4,6 +4,7 @@ booleans, module lists. Each bad value is a ConfigError naming the variable and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from cachework.errors import ConfigError
@@ -30,6 +31,8 @@ def float_value(env: Mapping[str, str], name: str, default: float, minimum: floa
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number")
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value

@@ -106,6 +106,36 @@ cache_fences = sa.Table(
 )
 
 
+# --- data-driven rebuilds (cachework.cache.items.changes; migration 0006) -------------------
+
+# One row per (project, app, item) a committed change has touched: when the last change
+# was seen, when a rebuild is due (NULL: none pending), when one was sent, and when the
+# last one that covered it started. Times are the database's clock in epoch milliseconds.
+# `project` '' is the site-wide scope ('' is never a project key); `name` '*' is every
+# item of the app.
+cache_changes = sa.Table(
+    "cache_changes",
+    metadata,
+    sa.Column("project", sa.String(NAME_MAX), primary_key=True),
+    sa.Column("app_name", sa.String(NAME_MAX), primary_key=True),
+    sa.Column("name", sa.String(NAME_MAX), primary_key=True),
+    sa.Column("changed_ms", sa.BigInteger, nullable=False),
+    sa.Column("due_ms", sa.BigInteger, nullable=True),
+    sa.Column("sent_ms", sa.BigInteger, nullable=True),
+    sa.Column("built_ms", sa.BigInteger, nullable=True),
+)
+sa.Index("ix_cache_changes_due", cache_changes.c.due_ms)
+# Where the change follower is in the invalidation log (one row per log: `name`), and the
+# log's epoch then; moved in the same transaction as the marks it made.
+cache_change_cursor = sa.Table(
+    "cache_change_cursor",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("cursor", sa.String(64), nullable=False),
+    sa.Column("epoch", sa.String(255), nullable=True),
+)
+
+
 # --- invalidation log and outbox ---------------------------------------------------------
 
 # BIGINT on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the auto-incrementing rowid.

@@ -208,7 +208,7 @@ def _sync_schedule(env: Mapping[str, str]) -> float | None:
     raw = env.get("CACHEWORK_SYNC_SCHEDULE")
     if raw is not None and raw.strip().lower() in OFF:
         return None
-    return float_value(env, "CACHEWORK_SYNC_SCHEDULE", 3600.0, minimum=1.0)
+    return float_value(env, "CACHEWORK_SYNC_SCHEDULE", 86_400.0, minimum=1.0)
 
 
 def _projects(env: Mapping[str, str], example: bool) -> tuple[str, str, str | None] | None:
@@ -393,4 +393,7 @@ def _limits(env: Mapping[str, str]) -> dict:
         "broker_visibility_timeout": int_value(env, "CACHEWORK_BROKER_VISIBILITY_TIMEOUT", 600, 10),
         "broker_restore_interval": int_value(env, "CACHEWORK_BROKER_RESTORE_INTERVAL", 10, 1),
         "beat_lock_ttl": float_value(env, "CACHEWORK_BEAT_LOCK_TTL", 30.0, 1.0),
+        "rebuild_delay": float_value(env, "CACHEWORK_REBUILD_DELAY", 1.0, 0.0),
+        "rebuild_every": float_value(env, "CACHEWORK_REBUILD_EVERY", 5.0, 0.0),
+        "rebuild_resend": float_value(env, "CACHEWORK_REBUILD_RESEND", 300.0, 1.0),
     }

@@ -32,9 +32,10 @@ class Settings:
     soft_shutdown_timeout: float = 0.0
     soft_shutdown_on_idle: bool = False
     # Beat schedule: a five-field crontab for the nightly version import, seconds for the
-    # cache sync; either may be None (off).
+    # cache sync; either may be None (off). The full sync is the safety net of data-driven
+    # rebuilds (cache/items/reads.py), so it runs daily by default.
     import_schedule: str | None = "0 3 * * *"
-    sync_schedule: float | None = 3600.0
+    sync_schedule: float | None = 86_400.0
     cache_item_max_bytes: int = 1024 * 1024
     cache_lock_ttl_ms: int = 60_000
     stream_maxlen: int = 100_000
@@ -56,6 +57,13 @@ class Settings:
     # Seconds a dead beat's lock outlives it (several beats: the standby takes over after
     # it; see worker/beat.py).
     beat_lock_ttl: float = 30.0
+    # Data-driven rebuilds (cache/items/changes.py): seconds from a change to its rebuild
+    # (a burst within it is one rebuild), the least seconds between two rebuilds of an item
+    # while changes keep coming, and after how long a rebuild sent but never reported
+    # done is sent again.
+    rebuild_delay: float = 1.0
+    rebuild_every: float = 5.0
+    rebuild_resend: float = 300.0
     log_format: str = "text"  # or "json": one JSON object per line
     # The broker is shared with the app's own Celery workers: cachework workers then leave
     # Celery's default queue `celery` to them (see worker/routing.py).

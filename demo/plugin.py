@@ -11,6 +11,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from cachework.api import reads
 from demo.models import Category, Product
 
 
@@ -27,6 +28,12 @@ class InventoryPlugin:
 
     app_name = "inventory"
     item_names = ("summary", "by_category")
+    # What each item reads: a change to a product rebuilds its project's items; a
+    # renamed category code (the whole table) rebuilds every project's `by_category`.
+    depends_on = {
+        "summary": [reads("products", project="project_uuid")],
+        "by_category": [reads("products", project="project_uuid"), reads("categories")],
+    }
 
     def update_cache(
         self, store, session: Session, project: str | None = None, name: str | None = None

@@ -1,6 +1,7 @@
-"""Project cache tasks: `cachework.sync_cache`, `cachework.delete_cache`, and the per-scope
+"""Project cache tasks: `cachework.sync_cache`, `cachework.delete_cache`, the per-scope
 subtask `cachework.sync_project_cache` a sync of all projects fans out over the `cache`
-queue (so several worker nodes share it), combined by `cachework.sync_cache_summary`.
+queue (so several worker nodes share it), combined by `cachework.sync_cache_summary`, and
+`cachework.rebuild_changed`, the data-driven rebuild the change follower sends.
 
 Each task parses its arguments into a request once (`cachework.worker.jobs.sync_request`...), runs
 the job of `cachework.worker.jobs` with it and the app's runtime and time limit, and returns the
@@ -48,6 +49,26 @@ def sync_project_cache(
         name,
         user,
         missing_ok=missing_ok,
+        abort_on=ABORT_ON,
+        see_through=delivered_again(self.request),
+    )
+
+
+@shared_task(name=routing.REBUILD_CHANGED, bind=True, cut_lists=ERRORS, **RETRY)
+def rebuild_changed(
+    self,
+    project: str | None = None,
+    app_name: str | None = None,
+    names: list[str] | None = None,
+) -> dict:
+    """A data-driven rebuild the change follower sends (worker/change_follower.py): the
+    items of one scope whose declared reads changed. Returns `{"updated", "projects",
+    "errors"}`."""
+    return jobs.rebuild_changed(
+        require_runtime(self.app),
+        project,
+        app_name,
+        names,
         abort_on=ABORT_ON,
         see_through=delivered_again(self.request),
     )

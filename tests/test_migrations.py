@@ -135,7 +135,7 @@ def test_initdb_upgrades_a_pre_migrations_database_and_loses_nothing(
         assert _diffs(engine) == []
         assert _refuses_explicit_ids(engine)
         again = _cli(monkeypatch, tmp_path, any_db_url, "db", "upgrade")
-        assert again.exit_code == 0 and "already at head 0005" in again.output
+        assert again.exit_code == 0 and "already at head 0006" in again.output
         assert _snapshot(engine) == before
     finally:
         engine.dispose()
@@ -164,9 +164,9 @@ def test_db_commands(sqlite_url, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "run `cachework initdb`" in result.output
     assert _cli(monkeypatch, tmp_path, sqlite_url, "db", "upgrade").exit_code == 0
     result = _cli(monkeypatch, tmp_path, sqlite_url, "db", "current")
-    assert result.exit_code == 0 and result.output.strip() == "0005 (head)"
+    assert result.exit_code == 0 and result.output.strip() == "0006 (head)"
     history = _cli(monkeypatch, tmp_path, sqlite_url, "db", "history").output.splitlines()
-    assert [line.split()[0] for line in history] == ["0005", "0004", "0003", "0002", "0001"]
+    assert [line.split()[0] for line in history] == ["0006", "0005", "0004", "0003", "0002", "0001"]
 
 
 @pytest.fixture
@@ -323,7 +323,7 @@ def test_0003_makes_an_old_log_refuse_explicit_ids_and_keeps_its_readers(any_db_
         epoch = log.state().epoch
 
         before, after = migrate.upgrade(engine)
-        assert (before, after) == (None if made == "before migrations" else "0002", "0005")
+        assert (before, after) == (None if made == "before migrations" else "0002", "0006")
         assert migrate.state(engine).current and migrate.differences(engine) == []
 
         assert _refuses_explicit_ids(engine)
@@ -400,7 +400,7 @@ def test_0003_down_and_up_again_from_a_database_made_at_head(any_db_url):
     table stays the same throughout."""
     engine = sa.create_engine(any_db_url, poolclass=sa.pool.NullPool)
     try:
-        assert migrate.upgrade(engine) == (None, "0005")
+        assert migrate.upgrade(engine) == (None, "0006")
         assert _refuses_explicit_ids(engine)
         log = DatabaseLog(engine)
         ids = [int(log.append(_event(k))) for k in range(3)]

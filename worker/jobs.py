@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from cachework.cache.invalidation import publish_event
-from cachework.cache.items import store
+from cachework.cache.items import changes, store
 from cachework.cache.items.sync import ScopeResult, rebuild, scope_label
 from cachework.cache.requests import (
     DeleteRequest,
@@ -46,6 +46,7 @@ __all__ = [
     "invalidation_request",
     "item_names",
     "process_invalidation",
+    "rebuild_changed",
     "rebuild_items",
     "rebuild_scope",
     "scope_request",
@@ -164,8 +165,9 @@ def rebuild_scope(
     is a TransientError, so the caller retries and the request is not lost.
     `see_through`: wait for a running rebuild of the scope rather than defer to it (for
     a message delivered again; see `cachework.cache.items.sync.rebuild_scope`)."""
+    started = _change_clock(runtime)
     with transient_errors(f"cache rebuild of {scope_label(project)}"):
-        return rebuild(
+        result = rebuild(
             runtime.database.session,
             runtime.locks,
             chosen,
@@ -176,6 +178,55 @@ def rebuild_scope(
             abort_on=abort_on,
             see_through=see_through,
         )
+    if started is not None:
+        _built(runtime, project, [p.app_name for p in chosen], names, started)
+    return result
+
+
+def _change_clock(runtime: Runtime) -> int | None:
+    """The database's clock before a rebuild starts (None when no plugin declares what
+    its items read): what changed before it is what this rebuild reads."""
+    if not runtime.item_reads:
+        return None
+    with transient_errors("database"), runtime.database.engine.connect() as conn:
+        return changes.now_ms(conn)
+
+
+def _built(
+    runtime: Runtime,
+    project: str | None,
+    app_names: list[str],
+    names: list[str] | None,
+    started: int,
+) -> None:
+    """Whatever rebuilt a scope (a data-driven request, `sync_cache`, the full sync):
+    the changes it read are no longer pending (cache/items/changes.py)."""
+    s = runtime.settings
+    delay, every = int(s.rebuild_delay * 1000), int(s.rebuild_every * 1000)
+    with transient_errors("database"), runtime.database.engine.begin() as conn:
+        for app_name in app_names:
+            changes.built(conn, project, app_name, names, started, delay, every)
+
+
+def rebuild_changed(
+    runtime: Runtime,
+    project: object,
+    app_name: object,
+    names: object,
+    abort_on: Abort = (),
+    see_through: bool = False,
+) -> dict:
+    """A data-driven rebuild (`cachework.rebuild_changed`, sent by the change follower):
+    `names` (None: every item) of one app for one scope. A project deleted since the
+    change is nothing to rebuild: its pending changes are cleared.
+    `{"updated", "projects", "errors"}`."""
+    started = _change_clock(runtime)
+    request = scope_request(runtime, project, app_name, names, missing_ok=True)
+    if request is None:
+        if started is not None and isinstance(app_name, str):
+            _built(runtime, project, [app_name], None, started)  # type: ignore[arg-type]
+        return SyncResult().to_json()
+    return sync_one(runtime, request, abort_on, see_through).to_json()
 
 
 def sync(

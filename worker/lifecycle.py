@@ -58,11 +58,13 @@ from celery import bootsteps, current_app, signals
 from celery.worker.control import Panel, control_command
 
 from cachework import instruments
+from cachework.cache.invalidation.node_lock import NodeLock
 from cachework.errors import CacheworkError
 from cachework.migrate import check_schema
 from cachework.redis_policy import refuse_evicting
-from cachework.settings import load_settings
+from cachework.settings import load_settings, mask_url
 from cachework.worker import health, pools, prefork, routing, unknown_tasks
+from cachework.worker.change_follower import ChangeFollower
 from cachework.worker.checks import check_database
 from cachework.worker.exporter import start_exporter, stop_exporter
 from cachework.worker.logsetup import banner_fields, configure_logging, json_console, most_verbose
@@ -103,6 +105,7 @@ class WorkerLifecycle:
         self._stopped_in: int | None = None  # the pid whose runtime was stopped
         self._started: dict[str, float] = {}  # task id -> perf_counter at prerun
         self._sessions = threading.local()  # sessions open in this thread at a task's start
+        self._follower: ChangeFollower | None = None  # data-driven rebuilds (this process)
 
     @property
     def runtime(self) -> Runtime:
@@ -217,10 +220,40 @@ class WorkerLifecycle:
         sampler = self.runtime.sampler
         sampler.listener_only = not self.exported  # only readiness reads the others
         self.runtime.start(relay=True, sample=instruments.multiprocess_dir() is not None)
+        self._start_follower()
+
+    def _start_follower(self) -> None:
+        """When plugins declare what their items read: follow the changes (one process
+        per node, elected like the relay) and send the rebuilds they make due."""
+        runtime = self.runtime
+        if not runtime.item_reads or (self._follower is not None and self._follower.alive):
+            return
+        s = runtime.settings
+        self._follower = ChangeFollower(
+            runtime.database.engine,
+            runtime.invalidation_log(),
+            runtime.item_reads,
+            self._send_rebuild,
+            delay=s.rebuild_delay,
+            every=s.rebuild_every,
+            resend=s.rebuild_resend,
+            elector=NodeLock.for_relay(
+                "changes", mask_url(s.database_url), mask_url(s.redis_url or "db-log")
+            ),
+        ).start()
+
+    def _send_rebuild(self, project: str | None, app_name: str, names: list[str] | None) -> None:
+        self.app.send_task(
+            routing.REBUILD_CHANGED,
+            kwargs={"project": project, "app_name": app_name, "names": names},
+        )
 
     def _stop_runtime(self) -> None:
         if self._stopped_in != os.getpid():
             self._stopped_in = os.getpid()
+            follower, self._follower = self._follower, None
+            if follower is not None:
+                follower.stop()
             self.runtime.stop()
 
     def task_prerun(self, task: Any, task_id: str | None) -> None:

@@ -33,6 +33,7 @@ PREFIX = "cachework."
 IMPORT_VERSIONS = "cachework.import_versions"
 SYNC_CACHE = "cachework.sync_cache"
 SYNC_PROJECT_CACHE = "cachework.sync_project_cache"
+REBUILD_CHANGED = "cachework.rebuild_changed"
 SYNC_CACHE_SUMMARY = "cachework.sync_cache_summary"
 DELETE_CACHE = "cachework.delete_cache"
 LOOKUP = "cachework.lookup"
@@ -46,6 +47,7 @@ ROUTES = {
     IMPORT_VERSIONS: "versions",
     SYNC_CACHE: "cache",
     SYNC_PROJECT_CACHE: "cache",
+    REBUILD_CHANGED: "cache",
     DELETE_CACHE: "cache",
     LOOKUP: "cache",
     CACHE_STATUS: "cache",

@@ -51,8 +51,10 @@ from cachework.cache.invalidation.events import KeyCoercer
 from cachework.cache.invalidation.node_lock import NodeLock
 from cachework.cache.invalidation.outbox import PENDING_MAX, pending_rows
 from cachework.cache.items import plugins as cache_plugins
+from cachework.cache.items import reads
 from cachework.cache.items.locks import LockBackend, lock_backend
 from cachework.cache.items.projects import ProjectSource
+from cachework.cache.items.reads import ItemReads
 from cachework.cache.tables.registry import Registry, load_declarations
 from cachework.database import Database
 from cachework.records import coerce
@@ -86,6 +88,7 @@ class Runtime:
         self._locks: LockBackend | None = None
         self._plugins: dict[str, cache_plugins.CachePlugin] | None = None
         self._projects: ProjectSource | None = None
+        self._item_reads: ItemReads | None = None
         self._registry: Registry | None = None
         self._tracker: Tracker | None = None
         self._tracker_made = False
@@ -153,6 +156,20 @@ class Runtime:
                     self.settings, metadata=self.models.metadatas
                 )
             return self._projects
+
+    @property
+    def item_reads(self) -> ItemReads:
+        """What the plugins' items read (`depends_on`), checked against the models once:
+        a ConfigError names a declaration that does not fit them."""
+        with self._lock:
+            if self._item_reads is None:
+                plugins = self.plugins
+                if reads.declares(plugins):
+                    found = reads.check(plugins, self.models.metadatas, self.projects)
+                else:  # nothing to check, and the projects table may not even be set
+                    found = ItemReads(ProjectSource.off())
+                self._item_reads = found
+            return self._item_reads
 
     @property
     def registry(self) -> Registry:

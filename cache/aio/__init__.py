@@ -19,6 +19,7 @@ lifespan: `cachework.worker.runtime.runtime_lifespan`.
 from cachework.cache.aio.invalidation import publish, publish_event, wait_for
 from cachework.cache.aio.items import (
     delete_items,
+    freshness,
     get_item,
     get_project_items,
     get_update_time,
@@ -30,6 +31,7 @@ from cachework.cache.aio.tables import AsyncTable, table
 __all__ = [
     "AsyncTable",
     "delete_items",
+    "freshness",
     "get_item",
     "get_project_items",
     "get_update_time",

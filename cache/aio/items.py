@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from cachework.cache.items import store
+from cachework.cache.items import changes, store
+from cachework.cache.items.changes import Freshness
 from cachework.cache.items.store import DEFAULT_MAX_BYTES, CacheItem
 from cachework.errors import ConfigError
 
@@ -34,6 +35,13 @@ async def get_item(
 ) -> CacheItem | None:
     """The item, or None (`project=None`: the site-wide item, never a project's)."""
     return await _async(session, "get_item").run_sync(store.get_item, app_name, name, project)
+
+
+async def freshness(
+    session: AsyncSession, app_name: str, name: str, project: Any = None
+) -> Freshness:
+    """How fresh the item is: built-at time, a rebuild pending, the last change seen."""
+    return await _async(session, "freshness").run_sync(changes.freshness, app_name, name, project)
 
 
 async def get_update_time(

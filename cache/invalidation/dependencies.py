@@ -85,7 +85,8 @@ def declared_dependencies(modules: Iterable[str], names: Iterable[str]) -> dict[
 
 def dependencies(source: Any) -> tuple[Dependency, ...]:
     """The dependencies of `source`: a runtime (its declared cached tables, derived from
-    their sources unless `DEPENDS_ON` says otherwise), a mapping `{cached: {base: column or
+    their sources unless `DEPENDS_ON` says otherwise, and what its plugins' items read),
+    a mapping `{cached: {base: column or
     None}}`, or Dependency objects."""
     registry = getattr(source, "registry", None)
     settings = getattr(source, "settings", None)
@@ -98,6 +99,11 @@ def dependencies(source: Any) -> tuple[Dependency, ...]:
                 deps.extend(declared[name])
             else:
                 deps.extend(source_dependencies(name, registry.table(name)))
+        # What project cache items read (cachework.cache.items.reads): their changes travel
+        # as events of virtual cached tables, in the same outbox rows and log.
+        item_reads = getattr(source, "item_reads", None)
+        if item_reads is not None:
+            deps.extend(item_reads.dependencies())
         return tuple(deps)
     return tuple(_dependencies_from(source))
 

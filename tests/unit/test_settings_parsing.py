@@ -36,7 +36,7 @@ def test_import_schedule(load, raw, expected):
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"), [(None, 3600.0), ("90", 90.0), ("1", 1.0), ("off", None)]
+    ("raw", "expected"), [(None, 86_400.0), ("90", 90.0), ("1", 1.0), ("off", None)]
 )
 def test_sync_schedule(load, raw, expected):
     values = {} if raw is None else {"sync_schedule": raw}

@@ -1,0 +1,201 @@
+"""Data-driven rebuilds in one process, on SQLite and PostgreSQL (issue 23): a tracked
+commit to a table an item declares marks exactly the scopes it touches, through the
+outbox, the relay and the log; the follower's pass is one transaction with its cursor;
+the debounce rules hold; a rebuild clears what it read; freshness reads say so. The real
+workers' side is tests/test_data_driven_worker.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import sessionmaker
+
+from cachework.cache.invalidation import track
+from cachework.cache.items import changes
+from cachework.cache.items.store import get_item
+from cachework.schema import cache_changes
+from cachework.worker import jobs
+from cachework.worker.change_follower import CURSOR, ChangeFollower
+from cachework.worker.runtime import Runtime
+from demo.models import Category, Product, Project
+from demo.seed import seed
+from tests.conftest import make_env, settings_of
+
+APP = "inventory"
+
+
+class Sent(list):
+    """The follower's `send`: records (project, app, names)."""
+
+    def __call__(self, project, app_name, names) -> None:
+        self.append((project, app_name, names))
+
+
+@pytest.fixture
+def app(database, tmp_path) -> Iterator[dict]:
+    with database.session() as session:
+        seed(session, projects=3, products=12)
+    env = make_env(
+        tmp_path,
+        database_url=database.url,
+        redis_url="off",
+        rebuild_delay="0",
+        rebuild_every="0",
+    )
+    with database.session() as session:
+        projects = list(session.scalars(sa.select(Project.uuid).order_by(Project.uuid)))
+    runtime = Runtime(settings_of(env), database=database).start(relay=True)
+    app_engine = sa.create_engine(database.url, poolclass=sa.pool.NullPool)
+    Session = sessionmaker(app_engine)
+    tracking = track(Session, runtime)
+    sent = Sent()
+    follower = ChangeFollower(
+        runtime.database.engine,
+        runtime.invalidation_log(),
+        runtime.item_reads,
+        sent,
+        delay=0,
+        every=0,
+        resend=60,
+    )
+    try:
+        follower.follow_once()  # the first pass starts at the log's head
+        yield {
+            "runtime": runtime,
+            "Session": Session,
+            "follower": follower,
+            "sent": sent,
+            "projects": [str(p) for p in projects],
+        }
+    finally:
+        tracking.stop()
+        runtime.stop()
+        app_engine.dispose()
+
+
+def follow(app: dict, timeout: float = 10.0) -> set:
+    """Relay what is committed, let the follower read it all; the pending scopes."""
+    follower, runtime = app["follower"], app["runtime"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if follower.follow_once() == 0 and not _outbox_left(runtime):
+            break
+        time.sleep(0.02)
+    with runtime.database.engine.connect() as conn:
+        return {(r["project"], r["app_name"], r["name"]) for r in changes.pending(conn)}
+
+
+def _outbox_left(runtime: Runtime) -> bool:
+    from cachework.schema import invalidation_outbox
+
+    with runtime.database.engine.connect() as conn:
+        return bool(
+            conn.execute(sa.select(sa.func.count()).select_from(invalidation_outbox)).scalar()
+        )
+
+
+def project_of(app: dict, product_id: int) -> str:
+    with app["Session"]() as session:
+        return str(session.get(Product, product_id).project_uuid)
+
+
+def test_an_orm_write_marks_exactly_its_projects_items(app):
+    p = project_of(app, 1)
+    with app["Session"].begin() as session:
+        session.get(Product, 1).price = 123
+    assert follow(app) == {(p, APP, "summary"), (p, APP, "by_category")}
+
+
+def test_a_product_moved_between_projects_marks_both(app):
+    p, q = project_of(app, 1), next(x for x in app["projects"] if x != project_of(app, 1))
+    with app["Session"].begin() as session:
+        session.get(Product, 1).project_uuid = q
+    names = ("summary", "by_category")
+    assert follow(app) == {(x, APP, n) for x in (p, q) for n in names}
+
+
+def test_a_rollback_marks_nothing(app):
+    with app["Session"]() as session:
+        session.get(Product, 1).price = 5
+        session.flush()
+        session.rollback()
+    assert follow(app) == set()
+
+
+def test_a_whole_table_change_marks_every_project(app):
+    with app["Session"].begin() as session:
+        session.scalars(sa.select(Category)).first().code = "renamed"
+    assert follow(app) == {(p, APP, "by_category") for p in app["projects"]}
+
+
+def test_a_due_scope_is_sent_once_and_its_rebuild_clears_it(app):
+    runtime, follower, sent = app["runtime"], app["follower"], app["sent"]
+    p = project_of(app, 1)
+    with app["Session"].begin() as session:
+        session.get(Product, 1).active = False
+    follow(app)
+    with runtime.database.session() as session:
+        before = changes.freshness(session, APP, "summary", p)
+    assert before.pending and before.changed_at is not None
+    assert follower.dispatch_once() == 1 and follower.dispatch_once() == 0  # claimed once
+    assert sent == [(p, APP, ["by_category", "summary"])]
+    result = jobs.rebuild_changed(runtime, *sent[0])
+    assert result["errors"] == [] and result["updated"] == 2
+    with runtime.database.session() as session:
+        after = changes.freshness(session, APP, "summary", p)
+        item = get_item(session, APP, "summary", p)
+    assert not after.pending and after.built_at == item.updated_at
+    assert follow(app) == set()
+
+
+def test_a_change_during_a_rebuild_leaves_it_pending(app):
+    runtime = app["runtime"]
+    p = project_of(app, 1)
+    with app["Session"].begin() as session:
+        session.get(Product, 1).price = 1
+    follow(app)
+    with runtime.database.engine.connect() as conn:
+        started = changes.now_ms(conn)
+    time.sleep(0.01)
+    with app["Session"].begin() as session:
+        session.get(Product, 1).price = 2  # after the rebuild started: it may not see it
+    follow(app)
+    with runtime.database.engine.begin() as conn:
+        changes.built(conn, p, APP, None, started, 0, 0)
+    assert follow(app) == {(p, APP, "summary"), (p, APP, "by_category")}
+
+
+def test_debounce_bounds(database):
+    """A burst is one due time; the next waits `every` after the last start."""
+    engine = database.engine
+    scope = [("p1", APP, "summary")]
+    with engine.begin() as conn:
+        changes.mark(conn, scope, 1_000, 500, 5_000)
+        changes.mark(conn, scope, 1_200, 500, 5_000)  # no later: the burst's first sets it
+        due = conn.execute(sa.select(cache_changes.c.due_ms)).scalar_one()
+        assert due == 1_500
+        assert changes.claim_due(conn, 1_499, 60_000) == []
+        assert changes.claim_due(conn, 1_500, 60_000) == [("p1", APP, "summary")]
+        changes.mark(conn, scope, 1_700, 500, 5_000)  # while the rebuild runs
+        changes.built(conn, "p1", APP, ["summary"], 1_600, 500, 5_000)
+        due = conn.execute(sa.select(cache_changes.c.due_ms)).scalar_one()
+        assert due == 6_600  # at most once per `every`: the last start + 5 s
+        changes.built(conn, "p1", APP, ["summary"], 6_600, 500, 5_000)
+        assert conn.execute(sa.select(cache_changes.c.due_ms)).scalar_one() is None
+        changes.mark(conn, scope, 7_000, 500, 5_000)  # quiet since: delay, then `every`
+        assert conn.execute(sa.select(cache_changes.c.due_ms)).scalar_one() == 11_600
+
+
+def test_the_cursor_moves_only_from_where_it_was(app):
+    """Two followers race on the cursor: the one whose `before` is stale moves nothing
+    (its marks roll back with it) and reads again."""
+    runtime = app["runtime"]
+    with runtime.database.engine.begin() as conn:
+        cursor = changes.read_cursor(conn, CURSOR)[0]
+        assert changes.move_cursor(conn, CURSOR, cursor, "999", None)
+        assert not changes.move_cursor(conn, CURSOR, cursor, "1000", None)
+        assert not changes.move_cursor(conn, CURSOR, None, "1", None)  # no second first pass
+        conn.rollback()
