@@ -120,6 +120,33 @@ def test_the_plugin_guide_example_is_found_and_rebuilds_every_scope(notes):
     assert item(runtime, "totals", "alpha") is None  # site-wide items are their own
 
 
+def test_the_plugin_guide_examples_reads_map_a_note_to_its_team(notes):
+    """The guide's `depends_on` is checked against its models, and a note's change leads
+    to its team's `stats` and `tags` and to the site-wide `totals`; a team's, to its
+    `stats` and `totals`."""
+    from cachework.cache.invalidation.events import Event
+
+    runtime, _models = notes
+    reads = runtime.item_reads
+    assert sorted(reads.routes) == [
+        "@items:notes",
+        "@items:notes.team_slug",
+        "@items:teams",
+        "@items:teams.slug",
+    ]
+    with runtime.database.session() as session:
+        note = reads.scopes(session, [Event("@items:notes.team_slug", ("beta",))])
+        note |= reads.scopes(session, [Event("@items:notes")])
+        team = reads.scopes(session, [Event("@items:teams.slug", ("alpha",))])
+        team |= reads.scopes(session, [Event("@items:teams")])
+    assert note == {
+        ("beta", "notes", "stats"),
+        ("beta", "notes", "tags"),
+        (None, "notes", "totals"),
+    }
+    assert team == {("alpha", "notes", "stats"), (None, "notes", "totals")}
+
+
 def test_the_plugin_guide_example_rebuilds_one_name_and_reports_its_failure(notes):
     runtime, models = notes
     jobs.rebuild_items(runtime, "beta", "notes", None)

@@ -31,6 +31,7 @@ CALLS: dict[str, dict[str, Any]] = {
     routing.IMPORT_VERSIONS: {"user": "alice"},
     routing.SYNC_CACHE: {"project": PROJECT},
     routing.SYNC_PROJECT_CACHE: {"project": PROJECT},
+    routing.REBUILD_CHANGED: {"project": PROJECT, "app_name": "inventory", "names": ["summary"]},
     routing.SYNC_CACHE_SUMMARY: {"results": [{"updated": 2, "projects": 1, "errors": []}]},
     routing.DELETE_CACHE: {"project": project_uuid(1)},
     routing.PROCESS_INVALIDATION: {"table": "categories", "keys": [1]},
