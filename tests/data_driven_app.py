@@ -60,3 +60,13 @@ class WatchPlugin:
         total = price_total(session, project)
         store.set_item("total", {"sum": total})
         client.rpush(rebuilds_key(project), json.dumps([start, time.time(), total, os.getpid()]))
+
+
+class MisdeclaredPlugin:
+    """`depends_on` naming a column products does not have (tests/test_data_driven.py)."""
+
+    app_name = "misdeclared"
+    depends_on = {"total": [reads("products", project="project_id")]}
+
+    def update_cache(self, store, session, project=None, name=None) -> None:
+        return None

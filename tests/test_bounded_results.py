@@ -106,6 +106,7 @@ def test_every_internal_task_bounds_its_arguments(tmp_path):
         internal = set(ours) - PUBLIC
         assert internal == {
             "cachework.sync_project_cache",
+            "cachework.rebuild_changed",
             "cachework.sync_cache_summary",
             "cachework.invalidation_probe",
             "cachework.ping",

@@ -217,6 +217,12 @@ REPLICA_WARNING = (
 )
 
 
+# What the triggers serve: the cached table `categories`, and the demo plugin's items,
+# which read `categories` whole and `products` by project (demo/plugin.py `depends_on`).
+CATEGORIES = "categories -> categories, @items:categories"
+PRODUCTS = "products -> @items:products.project_uuid"
+
+
 def _outbox_rows_of(engine: sa.Engine, statement: str, replica: bool) -> int:
     """How many outbox rows `statement` adds, run in a transaction (in replica mode)."""
     with engine.begin() as conn:
@@ -245,16 +251,17 @@ def test_triggers_status_says_what_replica_mode_does(pg_url, tmp_path: Path):
         done = run_cli(env, "triggers", "status")
         assert (done.returncode, done.stdout.splitlines()) == (
             0,
-            ["categories -> categories: installed", note],
+            [CATEGORIES + ": installed", PRODUCTS + ": installed", note],
         ), done.stderr
-        assert _outbox_rows_of(engine, rename, replica=False) == 1
+        # One row for the cached table, one for the items that read categories whole.
+        assert _outbox_rows_of(engine, rename, replica=False) == 2
         assert _outbox_rows_of(engine, rename, replica=True) == 0  # nothing announced: stale
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{name}" SET session_replication_role = replica'))
         done = run_cli(env, "triggers", "status")
         assert (done.returncode, done.stdout.splitlines()) == (
             1,
-            ["categories -> categories: installed", note, warning],
+            [CATEGORIES + ": installed", PRODUCTS + ": installed", note, warning],
         )
 
         installed = run_cli(env, "triggers", "install", "--always")
@@ -262,14 +269,17 @@ def test_triggers_status_says_what_replica_mode_does(pg_url, tmp_path: Path):
         done = run_cli(env, "triggers", "status")
         assert (done.returncode, done.stdout.splitlines()) == (
             0,
-            ["categories -> categories: installed, fires in replica mode too"],
+            [
+                CATEGORIES + ": installed, fires in replica mode too",
+                PRODUCTS + ": installed, fires in replica mode too",
+            ],
         )
-        assert _outbox_rows_of(engine, rename, replica=True) == 1
+        assert _outbox_rows_of(engine, rename, replica=True) == 2
         with engine.begin() as conn:
             conn.execute(sa.text("ALTER TABLE categories DISABLE TRIGGER USER"))
         done = run_cli(env, "triggers", "status")
         assert done.returncode == 1 and done.stdout.splitlines()[0] == (
-            "categories -> categories: disabled (ALTER TABLE ... DISABLE TRIGGER): no write "
+            CATEGORIES + ": disabled (ALTER TABLE ... DISABLE TRIGGER): no write "
             "fires them; run `cachework triggers install`"
         )
     finally:

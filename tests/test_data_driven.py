@@ -199,3 +199,16 @@ def test_the_cursor_moves_only_from_where_it_was(app):
         assert not changes.move_cursor(conn, CURSOR, cursor, "1000", None)
         assert not changes.move_cursor(conn, CURSOR, None, "1", None)  # no second first pass
         conn.rollback()
+
+
+def test_a_worker_with_a_misdeclared_plugin_refuses_to_start_with_one_line(tmp_path):
+    """Declarations are checked at start-up: an unknown column is one line naming the
+    plugin, the item and the column, and the worker exits."""
+    from tests.test_cli import run_cli
+
+    env = make_env(tmp_path, models="demo.models,tests.data_driven_bad", redis_url="off")
+    done = run_cli(env, "worker", timeout=60)
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    [line] = [x for x in done.stderr.splitlines() if "misdeclared" in x]
+    assert "products has no column 'project_id'" in line and "'total'" in line

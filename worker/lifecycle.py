@@ -135,6 +135,7 @@ class WorkerLifecycle:
             pools.cooperative_database_waits(pool)
             pools.size_database_pool(runtime, pool, getattr(worker, "concurrency", None))
             runtime.models  # noqa: B018 - maps the models once: the children inherit them
+            runtime.item_reads  # noqa: B018 - plugins' `depends_on` checked against them
             check_database(runtime.database.engine)
             refuse_evicting(runtime.settings, broker=True)  # a Redis that may drop requests
             # None of our tables yet: a worker may serve only tasks that need none.

@@ -22,6 +22,7 @@ DECLARED = {
     routing.LOOKUP: policy.LOOKUP,
     routing.SYNC_CACHE: policy.CACHE_JOB,
     routing.SYNC_PROJECT_CACHE: policy.CACHE_JOB,
+    routing.REBUILD_CHANGED: policy.CACHE_JOB,
     routing.DELETE_CACHE: policy.CACHE_JOB,
     routing.PROCESS_INVALIDATION: policy.CACHE_JOB,
 }

@@ -34,6 +34,7 @@ DEMO_STEPS = [
     "cachework.worker.demo_steps.tables:run",
     "cachework.worker.demo_steps.invalidation:run",
     "cachework.worker.demo_steps.tracking:run",
+    "cachework.worker.demo_steps.follow_data:run",
 ]
 
 
