@@ -81,7 +81,10 @@ def follow(app: dict, timeout: float = 10.0) -> set:
     follower, runtime = app["follower"], app["runtime"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if follower.follow_once() == 0 and not _outbox_left(runtime):
+        # The outbox first: once it is empty, every committed change is in the log, so
+        # a pass that then reads nothing has read them all.
+        left = _outbox_left(runtime)
+        if follower.follow_once() == 0 and not left:
             break
         time.sleep(0.02)
     with runtime.database.engine.connect() as conn:

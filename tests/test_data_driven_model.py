@@ -23,14 +23,10 @@ What the implementation marks besides (`World.extra`, each rule named where it i
 - FALLBACK: an ORM bulk UPDATE that sets the project column cannot tell the rows' old
   projects (RETURNING gives the new ones), so the tracking takes the whole table
   (cache/invalidation/statement_keys.py, documented): every project;
-- ZERO_ROWS: an ORM bulk UPDATE or DELETE that matches no row is taken as the whole table
-  (SQLAlchemy leaves `returned_defaults_rows` None for an empty RETURNING, which
-  `read_returned` reads as "cannot tell"): every project, for a write that changed nothing;
-- UNCHANGED: an ORM attribute set to the value it already has puts the object in
-  `session.dirty` with the attribute in its committed state, though the flush issues no
-  UPDATE; the tracking counts it as a write of the row (a categories row: the whole table).
-The last two are not by design: `test_*_marks_nothing` below assert the right behaviour
-and are strict xfails until the core changes (then they pass, and the model drops them).
+
+This model found two more, since fixed in the core and asserted by `test_*_marks_nothing`
+below: a bulk UPDATE or DELETE that matched no row was taken as the whole table (an empty
+RETURNING read as "cannot tell"), and an attribute set to the value it had as a write.
 """
 
 from __future__ import annotations
@@ -248,7 +244,7 @@ class World:
     def known_extra(self, rule: str, table: str, projects: set[str] | None) -> None:
         """What the implementation marks besides (module docstring: `rule`), as if rows of
         `table` in `projects` (EVERY: the whole table) had been written."""
-        assert rule in ("FALLBACK", "ZERO_ROWS", "UNCHANGED"), rule
+        assert rule == "FALLBACK", rule
         self.extra |= self.touches(table, projects)
 
     def touches(self, table: str, projects: set[str] | None) -> set[Scope]:
@@ -305,8 +301,6 @@ class SetFields:
         if new != row:
             world.products[product_id] = new
             world.write("products", {row.project})
-        elif self.price is not None or self.active is not None:  # no UPDATE issued
-            world.known_extra("UNCHANGED", "products", {row.project})
 
 
 @dataclass(frozen=True)
@@ -325,8 +319,6 @@ class Move:
         if target != row.project:
             world.products[product_id] = replace(row, project=target)
             world.write("products", {row.project, target})
-        else:
-            world.known_extra("UNCHANGED", "products", {row.project})
 
 
 @dataclass(frozen=True)
@@ -373,8 +365,6 @@ class Recode:
         if code != world.codes[category_id]:
             world.codes[category_id] = code
             world.write("categories", EVERY)
-        else:
-            world.known_extra("UNCHANGED", "categories", EVERY)
 
 
 @dataclass(frozen=True)
@@ -412,8 +402,6 @@ class BulkPrice:
             world.products[i] = replace(world.products[i], price=self.price)
         if matched:
             world.write("products", {world.products[i].project for i in matched})
-        else:
-            world.known_extra("ZERO_ROWS", "products", EVERY)
 
 
 @dataclass(frozen=True)
@@ -450,8 +438,6 @@ class BulkDelete:
         gone = {world.products.pop(i).project for i in ids if i in world.products}
         if gone:
             world.write("products", gone)
-        else:
-            world.known_extra("ZERO_ROWS", "products", EVERY)
 
 
 @dataclass(frozen=True)
@@ -545,12 +531,6 @@ def test_a_write_to_a_table_no_item_reads_marks_nothing(app: App) -> None:
     assert follow(app) == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core: statement_keys.read_returned takes SQLAlchemy's None returned_defaults_rows "
-    "(an empty RETURNING) for 'cannot tell' and marks the whole table (ZERO_ROWS)",
-)
 @pytest.mark.parametrize("kind", ["update", "delete"])
 def test_a_bulk_statement_that_matches_no_row_marks_nothing(app: App, kind: str) -> None:
     reset(app)
@@ -562,12 +542,6 @@ def test_a_bulk_statement_that_matches_no_row_marks_nothing(app: App, kind: str)
     assert follow(app) == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core: flush_keys counts an object in session.dirty whose attribute was set to "
-    "its own value (no UPDATE issued) as a write of its row (UNCHANGED)",
-)
 @pytest.mark.parametrize("column", ["price", "active", "project_uuid"])
 def test_setting_a_column_to_its_own_value_marks_nothing(app: App, column: str) -> None:
     """The ORM issues no UPDATE for an attribute set to the value it has: no row changed,

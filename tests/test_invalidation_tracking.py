@@ -396,7 +396,10 @@ def test_triggers_write_one_outbox_row_per_statement(pg_database, tmp_path, monk
         installed = runner.invoke(main, ["triggers", "install"])
         assert installed.exit_code == 0, installed.output
         current = runner.invoke(main, ["triggers", "status"])
-        assert current.exit_code == 0 and "categories -> categories: installed" in current.output
+        assert current.exit_code == 0, current.output
+        # The cached table and the demo plugin's items (demo/plugin.py `depends_on`).
+        assert "categories -> categories, @items:categories: installed" in current.output
+        assert "products -> @items:products.project_uuid: installed" in current.output
         removed = runner.invoke(main, ["triggers", "remove"])
         assert removed.exit_code == 0 and "categories" in removed.output
     finally:

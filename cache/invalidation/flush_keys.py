@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import orm
-from sqlalchemy.orm.base import LoaderCallableStatus
+from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE, LoaderCallableStatus
 
 from cachework.cache.invalidation.dependencies import Dependency
 from cachework.cache.invalidation.tracked_keys import Keys, attribute_of
@@ -44,8 +44,11 @@ class FlushPlans:
         committed = state.committed_state
         values = state.dict
         for plan in plans:
-            if kind == "dirty" and plan.attrs.isdisjoint(committed):
-                continue  # no column of this table changed: no UPDATE of its row
+            changed: set[str] | frozenset[str] = plan.attrs
+            if kind == "dirty":
+                changed = _changed(state, plan.attrs.intersection(committed))
+                if not changed:
+                    continue  # no column of this table changed: no UPDATE of its row
             for cached in plan.whole:
                 keys.whole(cached)
             for cached, attr, position in plan.keyed:
@@ -55,7 +58,7 @@ class FlushPlans:
                     continue
                 old = committed.get(attr, values.get(attr, LoaderCallableStatus.NO_VALUE))
                 _add(keys, cached, old, state, position, identity=True)
-                if kind == "dirty" and attr in committed:
+                if kind == "dirty" and attr in changed:
                     current = values.get(attr, LoaderCallableStatus.NO_VALUE)
                     _add(keys, cached, current, state, None)
 
@@ -104,3 +107,15 @@ def _add(
             keys.whole(cached)  # a value never loaded: cannot name the key
         return
     keys.add(cached, value)
+
+
+def _changed(state: orm.InstanceState, attrs: set[str]) -> set[str]:
+    """The attributes among `attrs` whose value really changed: one set to the value it
+    had is in `committed_state` too, but the flush issues no UPDATE for it."""
+    return {
+        attr
+        for attr in attrs
+        if state.manager[attr]
+        .impl.get_history(state, state.dict, PASSIVE_NO_INITIALIZE)
+        .has_changes()
+    }

@@ -59,6 +59,8 @@ def plan_statement(
 def read_returned(keys: Keys, keyed: list[tuple[str, sa.Column]], result: Any) -> None:
     """Add the keys a statement's RETURNING (its `return_defaults` rows) named."""
     rows = getattr(result, "returned_defaults_rows", None)
+    if rows is None and getattr(result, "rowcount", -1) == 0:
+        return  # RETURNING came back empty (SQLAlchemy keeps no rows then): no row written
     for cached, column in keyed:
         if rows is None:
             keys.whole(cached)
