@@ -327,6 +327,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         projects=_projects(env, example),
         shared_broker=bool_value(env, "CACHEWORK_SHARED_BROKER", False),
+        rebuild_on_change=bool_value(env, "CACHEWORK_REBUILD_ON_CHANGE", True),
         metrics_port=_metrics_port(env),
         metrics_bind=_metrics_bind(env),
         database_pooler=_database_pooler(env, database_url),

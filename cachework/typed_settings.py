@@ -61,6 +61,7 @@ class Settings:
     # (a burst within it is one rebuild), the least seconds between two rebuilds of an item
     # while changes keep coming, and after how long a rebuild sent but never reported
     # done is sent again.
+    rebuild_on_change: bool = True  # off: plugins' `depends_on` are not followed
     rebuild_delay: float = 1.0
     rebuild_every: float = 5.0
     rebuild_resend: float = 300.0

@@ -66,6 +66,12 @@ def _fill_every_table(engine: sa.Engine) -> None:
         conn.execute(tables["cache_taken"].insert(), [{"key": "inventory:p-2", "name": "*"}])
         # Made by create_all of a code with revision 0004, which then leaves it as it is.
         conn.execute(tables["cache_fences"].insert(), [{"key": "inventory:p-1", "token": 7}])
+        # Made by create_all of a code with revision 0006, which then leaves them as they are.
+        conn.execute(
+            tables["cache_changes"].insert(),
+            [{"project": "p-1", "app_name": "inventory", "name": "summary", "changed_ms": 5}],
+        )
+        conn.execute(tables["cache_change_cursor"].insert(), [{"name": "changes", "cursor": "2"}])
         conn.execute(
             tables["invalidation_log"].insert(), [{"data": '{"e": 1}'}, {"data": '{"e": 2}'}]
         )
@@ -124,7 +130,7 @@ def test_initdb_upgrades_a_pre_migrations_database_and_loses_nothing(
 
         done = _cli(monkeypatch, tmp_path, any_db_url, "initdb")
         assert done.exit_code == 0, done.output
-        assert "cachework schema at 0005 (head)" in done.output
+        assert "cachework schema at 0006 (head)" in done.output
 
         assert _snapshot(engine) == before
         assert migrate.state(engine).current
@@ -188,7 +194,7 @@ def test_behind_schema_stops_the_cli_with_the_command_to_run(behind_url, tmp_pat
         assert "run `cachework db upgrade`" in result.output, (args, result.output)
     result = _cli(monkeypatch, tmp_path, behind_url, "sync-cache")
     assert result.output.strip().splitlines() == [
-        "error: the database's cachework schema is behind (at 0001, head 0005): "
+        "error: the database's cachework schema is behind (at 0001, head 0006): "
         "run `cachework db upgrade`"
     ]
 
@@ -215,7 +221,7 @@ def test_behind_schema_stops_a_real_worker_with_one_line(behind_url, tmp_path):
     )
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: the database's cachework schema is behind (at 0001, head 0005): "
+        "error: the database's cachework schema is behind (at 0001, head 0006): "
         "run `cachework db upgrade`"
     )
 
@@ -229,12 +235,12 @@ def test_initdb_does_not_call_tables_with_a_dropped_column_ready(any_db_url, tmp
     result = _cli(monkeypatch, tmp_path, any_db_url, "initdb")
     assert result.exit_code == 2 and "database ready" not in result.output
     assert result.output.strip().splitlines() == [
-        "error: cachework's tables in the database differ from revision 0005: column "
+        "error: cachework's tables in the database differ from revision 0006: column "
         "cache_items.user missing (restore them from a backup, or repair them by hand)"
     ]
     current = _cli(monkeypatch, tmp_path, any_db_url, "db", "current")
     assert current.exit_code == 1
-    assert "0005 (head), but the tables differ: column cache_items.user missing" in current.output
+    assert "0006 (head), but the tables differ: column cache_items.user missing" in current.output
 
 
 # --- 0003: the invalidation log takes ids from its own sequence only ----------------------

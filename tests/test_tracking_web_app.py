@@ -29,7 +29,7 @@ def test_orm_bulk_and_raw_writes_reach_every_child_with_no_publish_call(
     env = make_env(tmp_path, database_url=url, broker_url=redis_url, result_backend=redis_url)
     runtime = Runtime(settings_of(env))
     try:
-        deps = dependencies(runtime)  # demo: categories, keyed by id
+        deps = dependencies(runtime)  # demo: categories by id, and the plugin's reads
         log = runtime.invalidation_log()
         _node, app = worker_process(env, concurrency=2)
         assert _every_child_reads(app, "Tools")
@@ -62,9 +62,11 @@ def test_orm_bulk_and_raw_writes_reach_every_child_with_no_publish_call(
                 assert web.ask(f"{how}-rollback Never{how}")["step"] == f"{how}-rollback"
                 nothing_published(head)
                 assert _every_child_reads(app, name)
-            # ORM tracking wrote one event per committed ORM write (a rolled-back one
-            # writes nothing) and none for raw SQL, which the trigger covered.
-            assert answer["stats"]["events"] == 2
+            # ORM tracking wrote one event per committed ORM write and affected cached
+            # table or item reads (categories: the cached table, and the demo plugin's
+            # `by_category`, which reads it whole); a rolled-back one writes nothing, and
+            # raw SQL none, which the trigger covered.
+            assert answer["stats"]["events"] == 2 * 2
 
             assert web.ask("code renamed-code") == {"step": "code", "old": None, "new": 1}
         finally:

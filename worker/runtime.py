@@ -160,11 +160,12 @@ class Runtime:
     @property
     def item_reads(self) -> ItemReads:
         """What the plugins' items read (`depends_on`), checked against the models once:
-        a ConfigError names a declaration that does not fit them."""
+        a ConfigError names a declaration that does not fit them. Empty (nothing tracked,
+        nothing followed) with CACHEWORK_REBUILD_ON_CHANGE=off."""
         with self._lock:
             if self._item_reads is None:
                 plugins = self.plugins
-                if reads.declares(plugins):
+                if self.settings.rebuild_on_change and reads.declares(plugins):
                     found = reads.check(plugins, self.models.metadatas, self.projects)
                 else:  # nothing to check, and the projects table may not even be set
                     found = ItemReads(ProjectSource.off())
