@@ -215,3 +215,24 @@ def test_a_worker_with_a_misdeclared_plugin_refuses_to_start_with_one_line(tmp_p
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     [line] = [x for x in done.stderr.splitlines() if "misdeclared" in x]
     assert "products has no column 'project_id'" in line and "'total'" in line
+
+
+def test_a_send_that_fails_leaves_the_rebuild_due_for_the_next_pass(app):
+    """A broker that refuses the task: nothing is lost, the scope is sent once it answers."""
+    from cachework.errors import TransientError
+
+    follower = app["follower"]
+    p = project_of(app, 1)
+    with app["Session"].begin() as session:
+        session.get(Product, 1).price = 77
+    follow(app)
+
+    def refuse(*_args) -> None:
+        raise ConnectionError("broker down")
+
+    follower.send = refuse
+    with pytest.raises(TransientError, match="broker down"):
+        follower.dispatch_once()
+    follower.send = app["sent"]
+    assert follower.dispatch_once() == 1
+    assert app["sent"] == [(p, APP, ["by_category", "summary"])]

@@ -179,18 +179,25 @@ class ChangeFollower(ReconnectingLoop):
         """Send the due rebuilds, one task per (project, app); returns tasks sent."""
         with transient_errors("database"), self.engine.begin() as conn:
             claimed = changes.claim_due(conn, changes.now_ms(conn), self.resend_ms)
-        sent = 0
+        sent, unsent, failure = 0, [], None
         scope_of = lambda s: (s[0] or "", s[1])  # noqa: E731
         for (_project, app_name), group in groupby(sorted(claimed, key=scope_of), key=scope_of):
             scopes = list(group)
             names = sorted({name for _p, _a, name in scopes})
-            try:
-                self.send(scopes[0][0], app_name, None if ALL in names else names)
-            except Exception:
-                log.exception("change follower: could not send a rebuild of %s", scopes[0][:2])
-                with transient_errors("database"), self.engine.begin() as conn:
-                    changes.unsend(conn, scopes)
-                continue
-            sent += 1
+            if failure is None:
+                try:
+                    self.send(scopes[0][0], app_name, None if ALL in names else names)
+                    sent += 1
+                    continue
+                except Exception as exc:  # the broker: every later send would fail too
+                    failure = exc
+            unsent.extend(scopes)
         self.stats["sent"] += sent
+        if failure is not None:
+            with transient_errors("database"), self.engine.begin() as conn:
+                changes.unsend(conn, unsent)  # due again once the broker answers
+            raise TransientError(
+                f"could not send {len(unsent)} due rebuild(s): "
+                f"{type(failure).__name__}: {str(failure)[:200]}"
+            ) from failure
         return sent

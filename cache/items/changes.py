@@ -90,33 +90,20 @@ def mark(
 
 def claim_due(conn: sa.Connection, now: int, resend_ms: int, limit: int = BATCH) -> list[Scope]:
     """Take the scopes whose rebuild is due and not sent (or sent over `resend_ms` ago):
-    marked sent at `now`, so a second dispatcher does not send them too."""
+    marked sent at `now` in one statement, so a second dispatcher does not send them too
+    (PostgreSQL: it skips the rows this one has locked)."""
     c = cache_changes.c
-    due = (
-        sa.select(c.project, c.app_name, c.name)
-        .where(c.due_ms <= now, sa.or_(c.sent_ms.is_(None), c.sent_ms < now - resend_ms))
-        .order_by(c.due_ms)
-        .limit(limit)
-    )
+    claimable = sa.and_(c.due_ms <= now, sa.or_(c.sent_ms.is_(None), c.sent_ms < now - resend_ms))
+    due = sa.select(c.project, c.app_name, c.name).where(claimable).order_by(c.due_ms).limit(limit)
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    keys = [tuple(row) for row in conn.execute(due)]
-    claimed: list[Scope] = []
-    for project, app_name, name in keys:
-        done = conn.execute(
-            sa.update(cache_changes)
-            .where(
-                c.project == project,
-                c.app_name == app_name,
-                c.name == name,
-                c.due_ms <= now,
-                sa.or_(c.sent_ms.is_(None), c.sent_ms < now - resend_ms),
-            )
-            .values(sent_ms=now)
-        ).rowcount
-        if done:
-            claimed.append((None if project == SITE else project, app_name, name))
-    return claimed
+    claimed = conn.execute(
+        sa.update(cache_changes)
+        .where(sa.tuple_(c.project, c.app_name, c.name).in_(due), claimable)
+        .values(sent_ms=now)
+        .returning(c.project, c.app_name, c.name)
+    )
+    return [(None if p == SITE else p, a, n) for p, a, n in claimed]
 
 
 def unsend(conn: sa.Connection, scopes: Iterable[Scope]) -> None:
