@@ -296,6 +296,27 @@ def test_project_items_through_an_async_session(app):
         asyncio.run(aio.get_item(app["db"].engine, "inventory", "summary"))
 
 
+def test_freshness_through_an_async_session(app):
+    """`aio.freshness`: the built-at time, and a pending rebuild once a change is marked."""
+    from cachework.cache.items import changes
+
+    with app["db"].engine.begin() as conn:
+        changes.mark(conn, [("p1", "inventory", "summary")], changes.now_ms(conn), 60_000, 0)
+
+    async def body(Session, _engine):
+        async with Session() as session:
+            await aio.set_item(session, "inventory", "summary", {"products": 3}, project="p1")
+            await session.commit()
+            item = await aio.get_item(session, "inventory", "summary", project="p1")
+            pending = await aio.freshness(session, "inventory", "summary", project="p1")
+            other = await aio.freshness(session, "inventory", "by_category", project="p1")
+        return item, pending, other
+
+    item, pending, other = run(app["url"], body)
+    assert pending.pending and pending.built_at == item.updated_at and pending.changed_at
+    assert not other.pending and other.built_at is None and other.changed_at is None
+
+
 def test_publish_into_the_outbox_or_the_log_and_the_read_barrier(app):
     runtime, other = app["runtime"], app["other"]
     view = aio.table(runtime, "categories")
