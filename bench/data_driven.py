@@ -1,6 +1,6 @@
 """Benchmark: the cost and the latency of data-driven rebuilds (issue 23), same run.
 
-    .venv/bin/python bench/data_driven.py [--flushes 1000] [--rounds 5] [--writes 100]
+    .venv/bin/python bench/data_driven.py [--flushes 1000] [--rounds 7] [--writes 100]
                                           [--pg-admin URL]
 
 A plugin that declares what its items read (`depends_on`) makes every tracked write to
@@ -191,11 +191,14 @@ def timed_modes(
     engine: sa.Engine, modes: dict[str, Callable[[], None]], rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Seconds of each mode's run per round, interleaved (all see the same machine
-    state), and the outbox rows each mode's last run wrote."""
+    state; the order turns each round, so no mode always follows another), and the outbox
+    rows each mode's last run wrote."""
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     written: dict[str, int] = {}
-    for _round in range(rounds):
-        for mode, run in modes.items():
+    names = list(modes)
+    for round_ in range(rounds):
+        for mode in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            run = modes[mode]
             started = time.perf_counter()
             run()
             times[mode].append(time.perf_counter() - started)
@@ -555,7 +558,7 @@ def throwaway_database(pg_admin: str, kind: str) -> Iterator[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flushes", type=int, default=1_000, help="transactions per run")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, ORM loop")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds, ORM loop")
     parser.add_argument("--writes", type=int, default=100, help="latency: writes per setting")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
