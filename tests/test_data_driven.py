@@ -236,3 +236,33 @@ def test_a_send_that_fails_leaves_the_rebuild_due_for_the_next_pass(app):
     follower.send = app["sent"]
     assert follower.dispatch_once() == 1
     assert app["sent"] == [(p, APP, ["by_category", "summary"])]
+
+
+def test_a_log_that_lost_entries_marks_every_declared_item(app, database):
+    """Entries trimmed past the follower's place may have held changes: every declared
+    item of every project is marked, never a missed rebuild."""
+    from cachework.cache.invalidation import DatabaseLog
+
+    with app["Session"].begin() as session:
+        session.get(Product, 1).price = 2
+    follow(app)  # the follower's place is now an entry of the log
+    with app["runtime"].database.engine.begin() as conn:
+        conn.execute(sa.delete(cache_changes))
+    for price in (3, 4, 5):
+        with app["Session"].begin() as session:
+            session.get(Product, 1).price = price
+    log = DatabaseLog(database.engine)
+    assert wait_until_empty(app["runtime"])
+    log.trim(1)  # the first two changes' entries are gone, unread
+    every = {(p, APP, n) for p in app["projects"] for n in ("summary", "by_category")}
+    assert follow(app) == every
+    assert app["follower"].stats["lost"] == 1
+
+
+def wait_until_empty(runtime: Runtime, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _outbox_left(runtime):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

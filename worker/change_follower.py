@@ -26,11 +26,11 @@ starts at the log's head: changes from before the follower ever ran are the full
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from itertools import groupby
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from cachework.cache.invalidation import InvalidationLog
 from cachework.cache.invalidation.events import Event, decode_event, table_of
@@ -49,6 +49,7 @@ from cachework.errors import (
 
 log = logging.getLogger(__name__)
 CURSOR = "changes"  # the follower's row in cache_change_cursor
+FOREIGN_MAX = 10_000
 Send = Callable[[str | None, str, list[str] | None], None]
 
 
@@ -83,7 +84,7 @@ class ChangeFollower(ReconnectingLoop):
         self.elector = elector
         self.stats = {"entries": 0, "marked": 0, "sent": 0, "lost": 0, "races": 0}
         self._cursor: str | None = None
-        self._woken = threading.Event()
+        self._foreign_seen: dict[str, None] = {}
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -119,7 +120,12 @@ class ChangeFollower(ReconnectingLoop):
         cursor, epoch = stored
         batch = self.source.read(cursor, count)
         lost = batch.gap or (epoch is not None and batch.epoch != epoch)
-        events = [self._event(raw) for _id, raw in [*batch.entries, *batch.foreign]]
+        # An entry whose id its log never handed out comes back on every read: once.
+        foreign = [(i, raw) for i, raw in batch.foreign if i not in self._foreign_seen]
+        self._foreign_seen.update(dict.fromkeys(i for i, _raw in foreign))
+        while len(self._foreign_seen) > FOREIGN_MAX:
+            del self._foreign_seen[next(iter(self._foreign_seen))]
+        events = [self._event(raw) for _id, raw in [*batch.entries, *foreign]]
         last = batch.entries[-1][0] if batch.entries else cursor
         if lost:
             last = self.source.state().head
@@ -133,11 +139,11 @@ class ChangeFollower(ReconnectingLoop):
             self._cursor = cursor
             return 0
         with transient_errors("database"), self.engine.begin() as conn:
-            session = sa.orm.Session(bind=conn)
-            if lost or any(e is None for e in events):
-                scopes = self.everything(session)
-            else:
-                scopes = self.item_reads.scopes(session, [e for e in events if e is not None])
+            with Session(bind=conn) as session:  # the queries that map rows to projects
+                if lost or any(e is None for e in events):
+                    scopes = self.everything(session)
+                else:
+                    scopes = self.item_reads.scopes(session, [e for e in events if e])
             if scopes:
                 now = changes.now_ms(conn)
                 self.stats["marked"] += changes.mark(
@@ -160,7 +166,7 @@ class ChangeFollower(ReconnectingLoop):
             table = table_of(raw)
             return None if table is None else Event(table)
 
-    def everything(self, session: sa.orm.Session) -> set[Scope]:
+    def everything(self, session: Session) -> set[Scope]:
         """Every declared item of every project (and the site-wide ones)."""
         every: list[str] | None = None
         found: set[Scope] = set()
