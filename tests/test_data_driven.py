@@ -266,3 +266,29 @@ def wait_until_empty(runtime: Runtime, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_a_follower_before_initdb_waits_for_the_tables_with_one_warning(tmp_path, caplog):
+    """A worker may start before `cachework initdb`: no traceback, one warning, no raise."""
+    from cachework.cache.invalidation import DatabaseLog
+    from cachework.cache.items.projects import ProjectSource
+    from cachework.cache.items.reads import ItemReads
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    follower = ChangeFollower(
+        engine,
+        DatabaseLog(engine),
+        ItemReads(ProjectSource.off()),
+        Sent(),
+        delay=0,
+        every=0,
+        resend=60,
+    )
+    follower._stop.set()  # the wait after the warning returns at once
+    try:
+        follower.on_iteration()
+        follower.on_iteration()
+    finally:
+        engine.dispose()
+    warned = [r for r in caplog.records if "tables are missing" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].exc_info is None

@@ -36,6 +36,7 @@ from cachework.cache.invalidation import InvalidationLog
 from cachework.cache.invalidation.events import Event, decode_event, table_of
 from cachework.cache.invalidation.listener import ReconnectingLoop
 from cachework.cache.invalidation.node_lock import NodeLock
+from cachework.cache.invalidation.outbox import missing_table
 from cachework.cache.items import changes
 from cachework.cache.items.locks import ALL
 from cachework.cache.items.reads import ItemReads, Scope
@@ -50,6 +51,7 @@ from cachework.errors import (
 log = logging.getLogger(__name__)
 CURSOR = "changes"  # the follower's row in cache_change_cursor
 FOREIGN_MAX = 10_000
+NO_TABLES_WAIT = 5.0  # seconds between looks for the tables `cachework initdb` makes
 Send = Callable[[str | None, str, list[str] | None], None]
 
 
@@ -85,6 +87,7 @@ class ChangeFollower(ReconnectingLoop):
         self.stats = {"entries": 0, "marked": 0, "sent": 0, "lost": 0, "races": 0}
         self._cursor: str | None = None
         self._foreign_seen: dict[str, None] = {}
+        self._told_no_tables = False
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -92,8 +95,17 @@ class ChangeFollower(ReconnectingLoop):
         if self.elector is not None and not self.elector.acquire():
             self._stop.wait(1.0)
             return
-        read = self.follow_once()
-        self.dispatch_once()
+        try:
+            read = self.follow_once()
+            self.dispatch_once()
+        except sa.exc.SQLAlchemyError as exc:
+            if not missing_table(exc):
+                raise
+            if not self._told_no_tables:  # a worker may start before `cachework initdb`
+                log.warning("change follower: cachework's tables are missing; waiting for them")
+                self._told_no_tables = True
+            self._stop.wait(NO_TABLES_WAIT)
+            return
         if read == 0 and self._cursor is not None:
             self.source.wait(self._cursor, self.tick, self._stop)
 

@@ -238,12 +238,12 @@ def pending_rows(engine: sa.Engine, limit: int = PENDING_MAX) -> list[tuple[int,
         with engine.connect() as conn:
             return [(row.id, row.data) for row in conn.execute(query)]
     except sa.exc.SQLAlchemyError as exc:
-        if _no_table(exc):  # cachework's tables not made yet: nothing can be waiting
+        if missing_table(exc):  # cachework's tables not made yet: nothing can be waiting
             return []
         raise log_failure(exc, "outbox") from exc
 
 
-def _no_table(exc: sa.exc.SQLAlchemyError) -> bool:
+def missing_table(exc: sa.exc.SQLAlchemyError) -> bool:
     """PostgreSQL's undefined_table, SQLite's 'no such table'."""
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) == "42P01" or "no such table" in str(orig)
