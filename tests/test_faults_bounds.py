@@ -1,7 +1,7 @@
 """Fault suite row (issue 18, defect 7): oversized arguments and results of every task.
 
 Every task of the workers (the public ones and the internal `sync_project_cache`,
-`sync_cache_summary`, `invalidation_probe`, `ping`), sent by name as any client does, with
+`rebuild_changed`, `sync_cache_summary`, `invalidation_probe`, `ping`), sent by name as any client does, with
 a 6 MB argument, through a real prefork worker whose results go to Redis. Each call must
 end in a result (a one-line error naming the argument, or a result of its usual shape)
 whose stored entry is under STORED_MAX; a refused call writes nothing. A call whose
@@ -32,6 +32,7 @@ TASKS = {
     "cachework.import_versions",
     "cachework.sync_cache",
     "cachework.sync_project_cache",
+    "cachework.rebuild_changed",
     "cachework.sync_cache_summary",
     "cachework.delete_cache",
     "cachework.process_invalidation",
@@ -48,6 +49,8 @@ REFUSED: list[tuple[str, dict, list]] = [
     ("cachework.sync_cache", {"user": BIG}, []),
     ("cachework.sync_project_cache", {"project": BIG}, []),
     ("cachework.sync_project_cache", {"name": BIG}, []),
+    ("cachework.rebuild_changed", {"project": BIG}, []),
+    ("cachework.rebuild_changed", {"names": [BIG]}, []),
     (
         "cachework.sync_cache_summary",
         {"results": [{"updated": 1, "projects": 1, "errors": [BIG]}]},
