@@ -1,11 +1,12 @@
 """Fault suite row (issue 18, defect 7): oversized arguments and results of every task.
 
 Every task of the workers (the public ones and the internal `sync_project_cache`,
-`rebuild_changed`, `sync_cache_summary`, `invalidation_probe`, `ping`), sent by name as any client does, with
-a 6 MB argument, through a real prefork worker whose results go to Redis. Each call must
-end in a result (a one-line error naming the argument, or a result of its usual shape)
-whose stored entry is under STORED_MAX; a refused call writes nothing. A call whose
-stored result and arguments exceed the bound counts as partial; one with no result, lost.
+`rebuild_changed`, `sync_cache_summary`, `invalidation_probe`, `ping`), sent by name as any
+client does, with a 6 MB argument, through a real prefork worker whose results go to
+Redis. Each call must end in a result (a one-line error naming the argument, or a result
+of its usual shape) whose stored entry is under STORED_MAX; a refused call writes nothing.
+A call whose stored result and arguments exceed the bound counts as partial; one with no
+result, lost.
 """
 
 from __future__ import annotations

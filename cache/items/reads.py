@@ -22,6 +22,9 @@ on any of its columns). No `project`: the item depends on the whole table, and a
 to it rebuilds the item of every project (`depends_on`) or the site-wide item
 (`site_depends_on`).
 
+With no projects table (CACHEWORK_PROJECTS=off) there is no project item to rebuild: only
+`site_depends_on` is followed (the tables `depends_on` names are still checked).
+
 `check` resolves every declaration against the models once, at start-up: an unknown table,
 column, a column with no foreign key to follow, or a path that does not reach the
 projects table is one ConfigError line. The result (`ItemReads`) gives the tracked
@@ -213,13 +216,26 @@ def check(
                 if isinstance(declared_reads, Reads | str):
                     declared_reads = [declared_reads]
                 for entry in declared_reads:
-                    route = _resolve(f"{where}[{name!r}]", entry, tables, projects, site_wide)
+                    label = f"{where}[{name!r}]"
+                    if not site_wide and not projects.enabled:
+                        _resolve(label, _whole(label, entry), tables, projects, site_wide)
+                        continue  # CACHEWORK_PROJECTS=off: no project item to rebuild
+                    route = _resolve(label, entry, tables, projects, site_wide)
                     found.routes.setdefault(route.virtual, route)
                     uses = found.uses.setdefault(route.virtual, [])
                     use = Use(app_name, name, site_wide)
                     if use not in uses:
                         uses.append(use)
     return found
+
+
+def _whole(where: str, entry: object) -> Reads:
+    """`entry` as a read of its whole table (its table is still checked)."""
+    if isinstance(entry, Reads):
+        return Reads(entry.table)
+    if isinstance(entry, str):
+        return Reads(entry)
+    raise ConfigError(f"{where}: {entry!r} is not reads(table, project=...)")
 
 
 def _tables(metadatas: Iterable[sa.MetaData]) -> dict[str, sa.Table]:

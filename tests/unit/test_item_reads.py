@@ -108,3 +108,20 @@ def test_a_site_wide_item_keyed_by_project_is_refused():
     with pytest.raises(ConfigError, match="site-wide item depends on the whole table") as caught:
         check({"inventory": plugin}, [Base.metadata], PROJECTS)
     assert "project='project_uuid'" in str(caught.value)
+
+
+def test_with_no_projects_table_only_site_wide_reads_are_followed() -> None:
+    """CACHEWORK_PROJECTS=off: project items have no project to be rebuilt for, so their
+    reads are checked (a bad table is still an error) but not followed."""
+
+    class Plugin:
+        app_name = "mixed"
+        depends_on = {"per_project": [reads("products", project="project_uuid")]}
+        site_depends_on = {"totals": [reads("products")]}
+
+    found = check({"mixed": Plugin()}, [Base.metadata], ProjectSource.off())
+    assert list(found.routes) == ["@items:products"]
+    assert found.items() == [("mixed", "totals", True)]
+    Plugin.depends_on = {"per_project": [reads("nosuch", project="x")]}
+    with pytest.raises(ConfigError, match="'nosuch' is not in the models"):
+        check({"mixed": Plugin()}, [Base.metadata], ProjectSource.off())
