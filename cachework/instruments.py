@@ -141,6 +141,19 @@ class Metrics:
             "cachework_rebuild_deferrals", "Rebuild requests left to the live holder of the "
             "lock", ["app"], registry=r,
         )  # fmt: skip
+        # data-driven rebuilds (worker/change_follower.py)
+        self.item_changes = prom.Counter(
+            "cachework_item_changes", "(project, item) scopes a committed change marked for "
+            "a rebuild, by the change follower", ["app"], registry=r,
+        )  # fmt: skip
+        self.item_rebuilds_sent = prom.Counter(
+            "cachework_item_rebuilds_sent", "Data-driven rebuilds sent (one per project and "
+            "app)", ["app"], registry=r,
+        )  # fmt: skip
+        self.item_change_losses = prom.Counter(
+            "cachework_item_change_losses", "Times the log lost entries the change follower "
+            "had not read (every declared item then marked)", registry=r,
+        )  # fmt: skip
         # tasks
         self.tasks = prom.Counter(
             "cachework_tasks", "Tasks run, by task name and outcome (SUCCESS, FAILURE, "
@@ -261,6 +274,18 @@ def record_lock_wait(app: str) -> None:
 
 def record_deferral(app: str) -> None:
     metrics().rebuild_deferrals.labels(app).inc()
+
+
+def record_item_changes(marked: dict[str, int], sent: dict[str, int], lost: bool) -> None:
+    """One pass of the change follower: scopes marked and rebuilds sent, by app."""
+    m = metrics()
+    for app, count in marked.items():
+        m.item_changes.labels(app).inc(count)
+        m.item_rebuilds_sent.labels(app)
+    for app, count in sent.items():
+        m.item_rebuilds_sent.labels(app).inc(count)
+    if lost:
+        m.item_change_losses.inc()
 
 
 def record_import(result: dict | None, seconds: float, outcome: str = "SUCCESS") -> None:

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
+from cachework import instruments
 from cachework.cache.invalidation import track
 from cachework.cache.items import changes
 from cachework.cache.items.store import get_item
@@ -107,9 +108,16 @@ def project_of(app: dict, product_id: int) -> str:
 
 def test_an_orm_write_marks_exactly_its_projects_items(app):
     p = project_of(app, 1)
+    marked = _counted(instruments.metrics().item_changes, APP)
     with app["Session"].begin() as session:
         session.get(Product, 1).price = 123
     assert follow(app) == {(p, APP, "summary"), (p, APP, "by_category")}
+    assert _counted(instruments.metrics().item_changes, APP) == marked + 2
+
+
+def _counted(counter, app: str) -> float:
+    """A counter's value for `app`, in this process (prometheus_client's own sample)."""
+    return counter.labels(app)._value.get()
 
 
 def test_a_product_moved_between_projects_marks_both(app):
@@ -143,8 +151,10 @@ def test_a_due_scope_is_sent_once_and_its_rebuild_clears_it(app):
     with runtime.database.session() as session:
         before = changes.freshness(session, APP, "summary", p)
     assert before.pending and before.changed_at is not None
+    sent_before = _counted(instruments.metrics().item_rebuilds_sent, APP)
     assert follower.dispatch_once() == 1 and follower.dispatch_once() == 0  # claimed once
     assert sent == [(p, APP, ["by_category", "summary"])]
+    assert _counted(instruments.metrics().item_rebuilds_sent, APP) == sent_before + 1
     result = jobs.rebuild_changed(runtime, *sent[0])
     assert result["errors"] == [] and result["updated"] == 2
     with runtime.database.session() as session:

@@ -26,12 +26,14 @@ starts at the log's head: changes from before the follower ever ran are the full
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from itertools import groupby
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from cachework import instruments
 from cachework.cache.invalidation import InvalidationLog
 from cachework.cache.invalidation.events import Event, decode_event, table_of
 from cachework.cache.invalidation.listener import ReconnectingLoop
@@ -167,6 +169,7 @@ class ChangeFollower(ReconnectingLoop):
                 return len(events)
         self.stats["entries"] += len(events)
         self._cursor = last
+        instruments.record_item_changes(dict(Counter(app for _p, app, _n in scopes)), {}, lost)
         return len(events) or int(lost)
 
     def _event(self, raw: object) -> Event | None:
@@ -197,7 +200,7 @@ class ChangeFollower(ReconnectingLoop):
         """Send the due rebuilds, one task per (project, app); returns tasks sent."""
         with transient_errors("database"), self.engine.begin() as conn:
             claimed = changes.claim_due(conn, changes.now_ms(conn), self.resend_ms)
-        sent, unsent, failure = 0, [], None
+        sent, by_app, unsent, failure = 0, Counter(), [], None
         scope_of = lambda s: (s[0] or "", s[1])  # noqa: E731
         for (_project, app_name), group in groupby(sorted(claimed, key=scope_of), key=scope_of):
             scopes = list(group)
@@ -206,11 +209,14 @@ class ChangeFollower(ReconnectingLoop):
                 try:
                     self.send(scopes[0][0], app_name, None if ALL in names else names)
                     sent += 1
+                    by_app[app_name] += 1
                     continue
                 except Exception as exc:  # the broker: every later send would fail too
                     failure = exc
             unsent.extend(scopes)
         self.stats["sent"] += sent
+        if by_app:
+            instruments.record_item_changes({}, dict(by_app), False)
         if failure is not None:
             with transient_errors("database"), self.engine.begin() as conn:
                 changes.unsend(conn, unsent)  # due again once the broker answers
