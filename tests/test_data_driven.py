@@ -302,3 +302,27 @@ def test_a_follower_before_initdb_waits_for_the_tables_with_one_warning(tmp_path
         engine.dispose()
     warned = [r for r in caplog.records if "tables are missing" in r.getMessage()]
     assert len(warned) == 1 and warned[0].exc_info is None
+
+
+def test_a_plugin_that_raises_keeps_its_changes_pending(app, monkeypatch):
+    """Its items unwritten, its scope stays pending (sent again after the resend time)
+    rather than marked rebuilt; a later rebuild that works clears it."""
+    from demo.plugin import InventoryPlugin
+
+    runtime = app["runtime"]
+    p = project_of(app, 1)
+    with app["Session"].begin() as session:
+        session.get(Product, 1).price = 9
+    follow(app)
+    app["follower"].dispatch_once()
+
+    def fail(self, store, session, project=None, name=None) -> None:
+        raise RuntimeError("the plugin's bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(InventoryPlugin, "update_cache", fail)
+        result = jobs.rebuild_changed(runtime, *app["sent"][0])
+    assert result["updated"] == 0 and "the plugin's bug" in result["errors"][0]
+    assert follow(app) == {(p, APP, "summary"), (p, APP, "by_category")}
+    assert jobs.rebuild_changed(runtime, *app["sent"][0])["errors"] == []
+    assert follow(app) == set()

@@ -166,21 +166,26 @@ def rebuild_scope(
     `see_through`: wait for a running rebuild of the scope rather than defer to it (for
     a message delivered again; see `cachework.cache.items.sync.rebuild_scope`)."""
     started = _change_clock(runtime)
-    with transient_errors(f"cache rebuild of {scope_label(project)}"):
-        result = rebuild(
-            runtime.database.session,
-            runtime.locks,
-            chosen,
-            project,
-            names,
-            user,
-            runtime.settings.cache_item_max_bytes,
-            abort_on=abort_on,
-            see_through=see_through,
-        )
-    if started is not None:
-        _built(runtime, project, [p.app_name for p in chosen], names, started)
-    return result
+    total = ScopeResult()
+    for plugin in chosen:  # one at a time, as `rebuild` does: each one's changes apart
+        with transient_errors(f"cache rebuild of {scope_label(project)}"):
+            result = rebuild(
+                runtime.database.session,
+                runtime.locks,
+                [plugin],
+                project,
+                names,
+                user,
+                runtime.settings.cache_item_max_bytes,
+                abort_on=abort_on,
+                see_through=see_through,
+            )
+        if started is not None and not result.errors:
+            # A plugin that raised leaves its changes pending: sent again after
+            # CACHEWORK_REBUILD_RESEND, never left stale for good.
+            _built(runtime, project, [plugin.app_name], names, started)
+        total.add(result)
+    return total
 
 
 def _change_clock(runtime: Runtime) -> int | None:

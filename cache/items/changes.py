@@ -14,8 +14,9 @@ Debounce, with `delay` (CACHEWORK_REBUILD_DELAY) and `every` (CACHEWORK_REBUILD_
 So while changes keep coming an item is rebuilt at most once per `every` seconds, and the
 rebuild that reads a change starts at most max(delay, every) seconds after it (plus the
 follower's tick). Any rebuild of the scope counts, an explicit `sync_cache` too
-(`built`). A sent rebuild that never reports back (its worker was killed and the broker did
-not deliver it again) is sent again after `resend`.
+(`built`), unless its plugin raised. A sent rebuild that never reports back (its worker was
+killed and the broker did not deliver it again, or its plugin raised) is sent again after
+`resend`.
 """
 
 from __future__ import annotations

@@ -62,8 +62,11 @@ class ScopeResult:
     rounds: int = 0
 
     def add(self, other: ScopeResult) -> None:
+        """Fold in another plugin's result for the same scope: deferred if any was."""
         self.updated += other.updated
         self.errors.extend(other.errors)
+        self.deferred = self.deferred or other.deferred
+        self.rounds += other.rounds
 
 
 def scope_label(project: str | None) -> str:
