@@ -51,7 +51,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.tracking import outbox_rows
+from bench.tracking import insert_run, outbox_rows, update_run
 from cachework.cache.invalidation import track
 from cachework.cache.invalidation.dependencies import Dependency, dependencies
 from cachework.cache.items import changes
@@ -144,47 +144,9 @@ def fill(engine: sa.Engine) -> None:
         conn.execute(sa.text("VACUUM ANALYZE bench_projects, bench_items"))
 
 
-def update_run(factory: sessionmaker, flushes: int, counter: list[int]) -> Callable[[], None]:
-    """`flushes` transactions each updating 10 objects loaded once, in one open session
-    (kept as `run.session`, for the caller to close)."""
-    session = factory()
-    ids = list(range(1, flushes * 10 + 1))
-    objects = session.scalars(
-        sa.select(BenchItem).where(BenchItem.id.in_(ids)).order_by(BenchItem.id)
-    ).all()
-    session.commit()
-
-    def run() -> None:
-        counter[0] += 1
-        for i in range(flushes):
-            for obj in objects[i * 10 : i * 10 + 10]:
-                obj.name = f"n{counter[0]}"
-            session.commit()  # one flush of 10 rows, one transaction
-
-    run.session = session  # type: ignore[attr-defined]
-    return run
-
-
-def insert_run(
-    factory: sessionmaker, base: int, flushes: int, counter: list[int]
-) -> Callable[[], None]:
-    """`flushes` transactions each inserting 10 new rows of 10 projects, ids fresh on
-    every call."""
-
-    def run() -> None:
-        counter[0] += 1
-        start = base + counter[0] * flushes * 10
-        with factory() as session:
-            for i in range(flushes):
-                session.add_all(
-                    BenchItem(
-                        id=start + j, code=f"N{start + j}", name="new", project_id=1 + j % PROJECTS
-                    )
-                    for j in range(i * 10, i * 10 + 10)
-                )
-                session.commit()
-
-    return run
+def new_item(key: int) -> BenchItem:
+    """A new row; each flush's 10 consecutive ids fall in 10 projects."""
+    return BenchItem(id=key, code=f"N{key}", name="new", project_id=1 + key % PROJECTS)
 
 
 def timed_modes(
@@ -252,9 +214,10 @@ def loop_cases(
     engine: sa.Engine, factories: dict[str, sessionmaker], flushes: int, rounds: int
 ) -> None:
     counter = [0]
-    updates = {m: update_run(f, flushes, counter) for m, f in factories.items()}
+    ids = list(range(1, flushes * 10 + 1))
+    updates = {m: update_run(f, ids, flushes, counter, BenchItem) for m, f in factories.items()}
     bases = {"off": 10_000_000, "tables": 50_000_000, "items": 90_000_000}
-    inserts = {m: insert_run(f, bases[m], flushes, counter) for m, f in factories.items()}
+    inserts = {m: insert_run(f, bases[m], flushes, counter, new_item) for m, f in factories.items()}
     outbox_rows(engine)
     try:
         for label, modes in (("update 10 loaded rows", updates), ("insert 10 new rows", inserts)):

@@ -155,12 +155,13 @@ def started_runtime(sink: Sink | None) -> Iterator[None]:
 
 
 def update_run(
-    factory: sessionmaker, ids: list[int], flushes: int, counter: list[int]
+    factory: sessionmaker, ids: list[int], flushes: int, counter: list[int], model: type = Item
 ) -> Callable[[], None]:
-    """`flushes` transactions each updating 10 objects loaded once, in one open session
-    (kept as `run.session`, for the caller to close)."""
+    """`flushes` transactions each updating 10 objects of `model` (any class with `id`
+    and `name`) loaded once, in one open session (kept as `run.session`, for the caller
+    to close)."""
     session = factory()
-    objects = session.scalars(sa.select(Item).where(Item.id.in_(ids))).all()
+    objects = session.scalars(sa.select(model).where(model.id.in_(ids)).order_by(model.id)).all()
     session.commit()
 
     def run() -> None:
@@ -175,19 +176,22 @@ def update_run(
 
 
 def insert_run(
-    factory: sessionmaker, base: int, flushes: int, counter: list[int]
+    factory: sessionmaker,
+    base: int,
+    flushes: int,
+    counter: list[int],
+    new_row: Callable[[int], object] | None = None,
 ) -> Callable[[], None]:
-    """`flushes` transactions each inserting 10 new rows, ids fresh on every call."""
+    """`flushes` transactions each inserting 10 new rows, ids fresh on every call;
+    `new_row(id)` makes one (default: an `Item`)."""
+    new_row = new_row or (lambda key: Item(id=key, code=f"N{key}", name="new"))
 
     def run() -> None:
         counter[0] += 1
         start = base + counter[0] * flushes * 10
         with factory() as session:
             for i in range(flushes):
-                session.add_all(
-                    Item(id=start + j, code=f"N{start + j}", name="new")
-                    for j in range(i * 10, i * 10 + 10)
-                )
+                session.add_all(new_row(start + j) for j in range(i * 10, i * 10 + 10))
                 session.commit()
 
     return run

@@ -8,16 +8,13 @@ that key is set (a rebuild to kill mid-way)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
 
-import redis
-
 from cachework.api import reads
 from demo.models import Base  # noqa: F401 - bootstrap's model check
-from tests.project_cache_helpers import price_total
+from tests.project_cache_helpers import price_total, worker_redis
 
 CACHE_PLUGINS = ["tests.data_driven_app:WatchPlugin"]
 HOLD_KEY = "watch:hold"
@@ -31,17 +28,6 @@ def started_key(project: str) -> str:
     return f"watch:started:{project}"
 
 
-@functools.cache
-def _redis_for(pid: int, url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-def _redis() -> redis.Redis:
-    from cachework.settings import load_settings
-
-    return _redis_for(os.getpid(), load_settings().redis_url)
-
-
 class WatchPlugin:
     app_name = "watch"
     item_names = ("total",)
@@ -50,7 +36,7 @@ class WatchPlugin:
     def update_cache(self, store, session, project=None, name=None) -> None:
         if project is None:
             return
-        client = _redis()
+        client = worker_redis()
         start = time.time()
         client.rpush(started_key(project), os.getpid())
         hold = float(client.get(HOLD_KEY) or 0)

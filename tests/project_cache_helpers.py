@@ -52,7 +52,7 @@ def _redis_for(pid: int, url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
-def _redis() -> redis.Redis:
+def worker_redis() -> redis.Redis:
     """This process's client for the worker's CACHEWORK_REDIS_URL."""
     from cachework.settings import load_settings
 
@@ -75,7 +75,7 @@ class RecordingPlugin:
     def update_cache(self, store, session, project=None, name=None) -> None:
         if project is None:
             return
-        client = _redis()
+        client = worker_redis()
         hold = float(client.get(HOLD_KEY) or HOLD)
         start = time.time()
         client.rpush(started_key(project), os.getpid())

@@ -11,94 +11,39 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import sessionmaker
 
 from cachework import instruments
-from cachework.cache.invalidation import track
 from cachework.cache.items import changes
 from cachework.cache.items.store import get_item
 from cachework.schema import cache_changes
 from cachework.worker import jobs
 from cachework.worker.change_follower import CURSOR, ChangeFollower
-from cachework.worker.runtime import Runtime
 from demo.models import Category, Product, Project
-from demo.seed import seed
-from tests.conftest import make_env, settings_of
+from tests.conftest import make_env
+from tests.data_driven_helpers import Sent, followed_app
+from tests.data_driven_helpers import follow as follow_all
+from tests.invalidation_helpers import outbox_count, wait_until
 
 APP = "inventory"
 
 
-class Sent(list):
-    """The follower's `send`: records (project, app, names)."""
-
-    def __call__(self, project, app_name, names) -> None:
-        self.append((project, app_name, names))
-
-
 @pytest.fixture
 def app(database, tmp_path) -> Iterator[dict]:
-    with database.session() as session:
-        seed(session, projects=3, products=12)
-    env = make_env(
-        tmp_path,
-        database_url=database.url,
-        redis_url="off",
-        rebuild_delay="0",
-        rebuild_every="0",
-    )
-    with database.session() as session:
-        projects = list(session.scalars(sa.select(Project.uuid).order_by(Project.uuid)))
-    runtime = Runtime(settings_of(env), database=database).start(relay=True)
-    app_engine = sa.create_engine(database.url, poolclass=sa.pool.NullPool)
-    Session = sessionmaker(app_engine)
-    tracking = track(Session, runtime)
-    sent = Sent()
-    follower = ChangeFollower(
-        runtime.database.engine,
-        runtime.invalidation_log(),
-        runtime.item_reads,
-        sent,
-        delay=0,
-        every=0,
-        resend=60,
-    )
-    try:
-        follower.follow_once()  # the first pass starts at the log's head
+    with followed_app(database, tmp_path) as followed:
+        with database.session() as session:
+            projects = session.scalars(sa.select(Project.uuid).order_by(Project.uuid))
+            projects = [str(p) for p in projects]
         yield {
-            "runtime": runtime,
-            "Session": Session,
-            "follower": follower,
-            "sent": sent,
-            "projects": [str(p) for p in projects],
+            "runtime": followed.runtime,
+            "Session": followed.Session,
+            "follower": followed.follower,
+            "sent": followed.sent,
+            "projects": projects,
         }
-    finally:
-        tracking.stop()
-        runtime.stop()
-        app_engine.dispose()
 
 
-def follow(app: dict, timeout: float = 10.0) -> set:
-    """Relay what is committed, let the follower read it all; the pending scopes."""
-    follower, runtime = app["follower"], app["runtime"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # The outbox first: once it is empty, every committed change is in the log, so
-        # a pass that then reads nothing has read them all.
-        left = _outbox_left(runtime)
-        if follower.follow_once() == 0 and not left:
-            break
-        time.sleep(0.02)
-    with runtime.database.engine.connect() as conn:
-        return {(r["project"], r["app_name"], r["name"]) for r in changes.pending(conn)}
-
-
-def _outbox_left(runtime: Runtime) -> bool:
-    from cachework.schema import invalidation_outbox
-
-    with runtime.database.engine.connect() as conn:
-        return bool(
-            conn.execute(sa.select(sa.func.count()).select_from(invalidation_outbox)).scalar()
-        )
+def follow(app: dict) -> set:
+    return follow_all(app["runtime"], app["follower"])
 
 
 def project_of(app: dict, product_id: int) -> str:
@@ -262,20 +207,11 @@ def test_a_log_that_lost_entries_marks_every_declared_item(app, database):
         with app["Session"].begin() as session:
             session.get(Product, 1).price = price
     log = DatabaseLog(database.engine)
-    assert wait_until_empty(app["runtime"])
+    assert wait_until(lambda: outbox_count(database.engine) == 0)
     log.trim(1)  # the first two changes' entries are gone, unread
     every = {(p, APP, n) for p in app["projects"] for n in ("summary", "by_category")}
     assert follow(app) == every
     assert app["follower"].stats["lost"] == 1
-
-
-def wait_until_empty(runtime: Runtime, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while _outbox_left(runtime):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_a_follower_before_initdb_waits_for_the_tables_with_one_warning(tmp_path, caplog):

@@ -31,7 +31,6 @@ RETURNING read as "cannot tell"), and an attribute set to the value it had as a 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -43,17 +42,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
-from cachework.cache.invalidation import track
-from cachework.cache.items import changes
 from cachework.cache.items.reads import Reads
 from cachework.database import Database
-from cachework.schema import cache_changes, invalidation_outbox
+from cachework.schema import cache_changes
 from cachework.worker.change_follower import ChangeFollower
 from cachework.worker.runtime import Runtime
 from demo.models import Category, Product, Project
 from demo.plugin import InventoryPlugin
-from demo.seed import seed
-from tests.conftest import make_env, settings_of
+from tests.data_driven_helpers import follow as follow_all
+from tests.data_driven_helpers import followed_app
 
 APP = InventoryPlugin.app_name
 MISSING = 999_999  # a product id no row has: a bulk statement that matches nothing there
@@ -61,20 +58,7 @@ Scope = tuple[str, str, str]
 EVERY = None  # a write's projects: every project (the whole table)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_db_url(request: pytest.FixtureRequest) -> str:
-    """Both databases, as tests/conftest.py's: the model is kept small enough for two."""
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
-# --- the app under test (as tests/test_data_driven.py builds it) ---------------------------
-
-
-class Sent(list):
-    """The follower's `send`: records (project, app, names); nothing is dispatched here."""
-
-    def __call__(self, project, app_name, names) -> None:
-        self.append((project, app_name, names))
+# --- the app under test (tests/data_driven_helpers.py) ----------------------------------------
 
 
 @dataclass
@@ -87,59 +71,14 @@ class App:
 
 @pytest.fixture
 def app(database: Database, tmp_path: Path) -> Iterator[App]:
-    with database.session() as session:
-        seed(session, projects=3, products=12)
-    env = make_env(
-        tmp_path,
-        database_url=database.url,
-        redis_url="off",
-        rebuild_delay="0",
-        rebuild_every="0",
-    )
-    runtime = Runtime(settings_of(env), database=database).start(relay=True)
-    app_engine = sa.create_engine(database.url, poolclass=sa.pool.NullPool)
-    factory = sessionmaker(app_engine)
-    tracking = track(factory, runtime)
-    follower = ChangeFollower(
-        runtime.database.engine,
-        runtime.invalidation_log(),
-        runtime.item_reads,
-        Sent(),
-        delay=0,
-        every=0,
-        resend=60,
-    )
-    try:
-        follower.follow_once()  # the first pass starts at the log's head
-        with factory() as session:
+    with followed_app(database, tmp_path) as followed:
+        with followed.Session() as session:
             baseline = World.read(session)
-        yield App(runtime, factory, follower, baseline)
-    finally:
-        tracking.stop()
-        runtime.stop()
-        app_engine.dispose()
+        yield App(followed.runtime, followed.Session, followed.follower, baseline)
 
 
-def follow(app: App, timeout: float = 10.0) -> set[Scope]:
-    """Relay what is committed, let the follower read it all; the pending scopes.
-
-    The outbox is seen empty before a pass that reads nothing, not after: a relay that
-    commits between a pass and the outbox count would otherwise leave its entry unread."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _outbox_left(app.runtime) and app.follower.follow_once() == 0:
-            break
-        time.sleep(0.02)
-    else:
-        raise AssertionError(f"the follower did not catch up within {timeout}s")
-    with app.runtime.database.engine.connect() as conn:
-        return {(r["project"], r["app_name"], r["name"]) for r in changes.pending(conn)}
-
-
-def _outbox_left(runtime: Runtime) -> bool:
-    with runtime.database.engine.connect() as conn:
-        count = sa.select(sa.func.count()).select_from(invalidation_outbox)
-        return bool(conn.execute(count).scalar())
+def follow(app: App) -> set[Scope]:
+    return follow_all(app.runtime, app.follower)
 
 
 def reset(app: App) -> None:

@@ -41,7 +41,7 @@ from cachework.cache.invalidation.node_lock import NodeLock
 from cachework.cache.invalidation.outbox import missing_table
 from cachework.cache.items import changes
 from cachework.cache.items.locks import ALL
-from cachework.cache.items.reads import ItemReads, Scope
+from cachework.cache.items.reads import ItemReads
 from cachework.errors import (
     LogError,
     LogUnavailable,
@@ -155,7 +155,7 @@ class ChangeFollower(ReconnectingLoop):
         with transient_errors("database"), self.engine.begin() as conn:
             with Session(bind=conn) as session:  # the queries that map rows to projects
                 if lost or any(e is None for e in events):
-                    scopes = self.everything(session)
+                    scopes = self.item_reads.every_scope(session)
                 else:
                     scopes = self.item_reads.scopes(session, [e for e in events if e])
             if scopes:
@@ -180,19 +180,6 @@ class ChangeFollower(ReconnectingLoop):
         except ValidationError:
             table = table_of(raw)
             return None if table is None else Event(table)
-
-    def everything(self, session: Session) -> set[Scope]:
-        """Every declared item of every project (and the site-wide ones)."""
-        every: list[str] | None = None
-        found: set[Scope] = set()
-        for app_name, name, site_wide in self.item_reads.items():
-            if site_wide:
-                found.add((None, app_name, name))
-                continue
-            if every is None:
-                every = self.item_reads.projects.list(session)
-            found.update((p, app_name, name) for p in every)
-        return found
 
     # --- 2. dispatch ------------------------------------------------------------------------
 

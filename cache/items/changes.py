@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from cachework.cache.items.locks import ALL, db_now_ms
+from cachework.cache.items.locks import ALL, db_now_ms, upsert_insert
 from cachework.cache.items.store import validate_key
 from cachework.schema import cache_change_cursor, cache_changes, cache_items
 
@@ -47,10 +46,6 @@ def now_ms(conn: sa.Connection | Session) -> int:
     """The database's clock, in epoch milliseconds."""
     bind = conn.get_bind() if isinstance(conn, Session) else conn
     return conn.execute(sa.select(db_now_ms(bind.dialect.name))).scalar_one()
-
-
-def _insert(conn: sa.Connection):
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(cache_changes)
 
 
 def _larger(a: sa.ColumnElement, b: sa.ColumnElement) -> sa.ColumnElement:
@@ -74,7 +69,7 @@ def mark(
     ]
     c = cache_changes.c
     for start in range(0, len(rows), BATCH):
-        stmt = _insert(conn).values(rows[start : start + BATCH])
+        stmt = upsert_insert(conn, cache_changes).values(rows[start : start + BATCH])
         after_last = sa.func.coalesce(c.built_ms, 0) + every_ms
         due = sa.case(
             (c.due_ms.is_(None), _larger(stmt.excluded.due_ms, after_last)),
@@ -234,8 +229,8 @@ def move_cursor(
     transaction; False when another follower moved it first (the caller rolls back)."""
     t = cache_change_cursor
     if before is None:
-        insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(t)
         values = {"name": name, "cursor": after, "epoch": epoch}
-        return conn.execute(insert.values(values).on_conflict_do_nothing()).rowcount == 1
+        insert = upsert_insert(conn, t).values(values).on_conflict_do_nothing()
+        return conn.execute(insert).rowcount == 1
     query = sa.update(t).where(t.c.name == name, t.c.cursor == before)
     return conn.execute(query.values(cursor=after, epoch=epoch)).rowcount == 1

@@ -157,7 +157,8 @@ class RedisLocks:
 # --- database -------------------------------------------------------------------------------
 
 
-def _insert(bind: sa.Engine | sa.Connection, table: sa.Table):
+def upsert_insert(bind: sa.Engine | sa.Connection, table: sa.Table):
+    """INSERT into `table` in `bind`'s dialect, which has `on_conflict_do_*`."""
     return (postgresql if bind.dialect.name == "postgresql" else sqlite).insert(table)
 
 
@@ -189,7 +190,9 @@ class DatabaseLock:
     def mark_dirty(self, names: list[str] | None) -> None:
         rows = [{"key": self.key, "name": n} for n in _names(names)]
         with self.engine.begin() as conn:
-            conn.execute(_insert(self.engine, cache_dirty).values(rows).on_conflict_do_nothing())
+            conn.execute(
+                upsert_insert(self.engine, cache_dirty).values(rows).on_conflict_do_nothing()
+            )
 
     def take_dirty(self) -> set[str]:
         with self.engine.begin() as conn:
@@ -201,7 +204,7 @@ class DatabaseLock:
             rows = [{"key": self.key, "name": n} for n in dirty]
             if rows:
                 conn.execute(
-                    _insert(self.engine, cache_taken).values(rows).on_conflict_do_nothing()
+                    upsert_insert(self.engine, cache_taken).values(rows).on_conflict_do_nothing()
                 )
             taken = conn.execute(sa.select(cache_taken.c.name).where(cache_taken.c.key == self.key))
             return set(taken.scalars())
@@ -237,7 +240,7 @@ class DatabaseLock:
         self.lost = False
         with self.engine.begin() as conn:
             conn.execute(
-                _insert(self.engine, cache_locks)
+                upsert_insert(self.engine, cache_locks)
                 .values(key=self.key, owner=None, expires_ms=None)
                 .on_conflict_do_nothing()
             )
@@ -293,7 +296,7 @@ def claim_fence(session: Session, key: str) -> int:
 
     Call it right after taking the scope's lock and commit it before the plugin reads:
     from then on, only this holder's write can pass `hold_fence`."""
-    stmt = _insert(session.get_bind(), cache_fences).values(key=key, token=1)
+    stmt = upsert_insert(session.get_bind(), cache_fences).values(key=key, token=1)
     stmt = stmt.on_conflict_do_update(
         index_elements=[cache_fences.c.key], set_={"token": cache_fences.c.token + 1}
     ).returning(cache_fences.c.token)

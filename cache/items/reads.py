@@ -114,6 +114,20 @@ class ItemReads:
         """(app, item name, site-wide) of every declared item."""
         return sorted({(u.app_name, u.name, u.site_wide) for us in self.uses.values() for u in us})
 
+    def every_scope(self, session: Session) -> set[Scope]:
+        """Every declared item of every project, and the site-wide ones (what a log that
+        lost entries may have touched)."""
+        every: list[str] | None = None
+        found: set[Scope] = set()
+        for app_name, name, site_wide in self.items():
+            if site_wide:
+                found.add((None, app_name, name))
+                continue
+            if every is None:
+                every = self.projects.list(session)
+            found.update((p, app_name, name) for p in every)
+        return found
+
     def scopes(self, session: Session, events: Iterable[Event]) -> set[Scope]:
         """The scopes the events touch (events of other tables are not item changes).
 
